@@ -1,0 +1,356 @@
+"""Typed configuration: a recipe is a Python function returning a :class:`Config` dataclass tree.
+
+Overrides use dotted keys (``--set train.lr=1e-4 model.bev_h=100``); the value is parsed to the
+field's annotated type, and an unknown key fails with a did-you-mean suggestion. The resolved config
+is written as JSON into the work dir (:func:`dump_config`).
+
+Every section lives here so a recipe reads top to bottom; modules never receive a config object:
+``build_*`` functions read the config and pass primitives (see DESIGN.md, habit 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+#: The 10 nuScenes detection classes in the official BEVFormer order (label index = position).
+DET_CLASSES: tuple[str, ...] = (
+    "car",
+    "truck",
+    "construction_vehicle",
+    "bus",
+    "trailer",
+    "barrier",
+    "motorcycle",
+    "bicycle",
+    "pedestrian",
+    "traffic_cone",
+)
+SEG_CLASSES: tuple[str, ...] = ("drivable_area", "ped_crossing", "lane_divider")
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how a sample becomes a tensor."""
+
+    data_root: str = "data/synthetic"  # nuScenes-format root (synthetic or real)
+    version: str = "v1.0-mini"
+    info_dir: str = "data/synthetic/infos"  # written by `bevforge prepare`
+    train_split: str = "train"
+    val_split: str = "val"
+    cameras: tuple[str, ...] = CAMERAS
+    classes: tuple[str, ...] = DET_CLASSES
+    point_cloud_range: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)  # metres, lidar frame
+    img_scale: float = 0.5  # resize factor applied to the raw camera images
+    pad_divisor: int = 32  # images are padded (bottom/right) to a multiple of this
+    img_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # in the channel order below
+    img_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    to_rgb: bool = True  # False: BGR order (official small/base)
+    queue_length: int = 3  # frames per training sample incl. the current one (official semantics)
+    photometric_aug: bool = True
+    batch_size: int = 1  # per process
+    num_workers: int = 4
+    image_cache: str = ""  # optional pre-resized uint8 cache built by `bevforge cache`
+    with_seg: bool = False  # produce BEV map-segmentation targets
+    seg_classes: tuple[str, ...] = SEG_CLASSES
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # 50 or 101 (torchvision ResNet)
+    out_indices: tuple[int, ...] = (3,)  # 0..3 = C2..C5
+    frozen_stages: int = 1  # stem + first `frozen_stages` stages get no gradient
+    norm_eval: bool = True  # BN stays frozen (eval mode) during training
+    dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    pretrained: str = ""  # "" (random), "torchvision" (local torch cache) or a path to a state dict
+    with_cp: bool = False  # activation checkpointing inside the backbone
+
+
+@dataclass
+class NeckConfig:
+    out_channels: int = 256
+    num_outs: int = 1
+    add_extra_convs: bool = True  # extra levels from the last output (official 'on_output')
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    embed_dims: int = 256
+    ffn_dims: int = 512
+    dropout: float = 0.1
+    bev_h: int = 50
+    bev_w: int = 50
+    encoder_layers: int = 3
+    num_points_in_pillar: int = 4
+    tsa_heads: int = 8
+    tsa_points: int = 4
+    sca_heads: int = 8
+    sca_points: int = 8
+    decoder_layers: int = 6
+    decoder_heads: int = 8
+    decoder_points: int = 4
+    num_queries: int = 900
+    num_classes: int = 10
+    use_grid_mask: bool = True
+    use_can_bus: bool = True
+    use_shift: bool = True
+    rotate_prev_bev: bool = True
+    official_compat: bool = False  # rotate about (100,100) and in-place shift_ref_2d (released ckpts)
+    with_det: bool = True
+    with_seg: bool = False
+    seg_classes: tuple[str, ...] = SEG_CLASSES
+
+
+@dataclass
+class LossConfig:
+    cls_weight: float = 2.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    bbox_weight: float = 0.25
+    code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+    match_cls_cost: float = 2.0
+    match_bbox_cost: float = 0.25
+    seg_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 24
+    max_iters: int = 0  # >0 stops after this many iterations (debug/benchmarks)
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    backbone_lr_mult: float = 0.1
+    grad_clip: float = 35.0
+    warmup_iters: int = 500
+    warmup_ratio: float = 1.0 / 3
+    min_lr_ratio: float = 1e-3
+    accum_steps: int = 1
+    amp: str = "auto"  # auto | bf16 | fp16 | off  (auto: bf16 on GPUs that support it, else off)
+    grad_ckpt: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    log_interval: int = 10
+    ckpt_interval: int = 1  # epochs
+    keep_last: int = 3
+    eval_interval: int = 0  # epochs; 0 = no periodic evaluation
+    max_nan_steps: int = 5  # consecutive non-finite steps before stopping
+    base_batch_size: int = 8  # global batch size the lr was tuned for (--auto-scale-lr)
+
+
+@dataclass
+class EvalConfig:
+    max_boxes: int = 300
+    score_threshold: float = 0.0
+    post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
+
+
+@dataclass
+class Config:
+    name: str = "unnamed"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    load_from: str = ""  # checkpoint to initialise from (not a resume)
+
+
+# --------------------------------------------------------------------------------------------------
+# overrides
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names it and the fix."""
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _parse_scalar(text: str, typ: Any, key: str) -> Any:
+    if typ is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a bool (true/false), got {text!r}")
+    if typ is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an int, got {text!r}") from None
+    if typ is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a float, got {text!r}") from None
+    if typ is str:
+        return text
+    raise ConfigError(f"{key}: cannot parse values of type {typ!r}")
+
+
+def parse_value(text: str, typ: Any, key: str) -> Any:
+    """Parse the command-line string ``text`` into ``typ`` (int/float/bool/str/tuple[...])."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if text.strip().lower() in ("none", "null"):
+            return None
+        return parse_value(text, args[0], key)
+    if origin is tuple:
+        args = typing.get_args(typ)
+        body = text.strip()
+        if body.startswith(("(", "[")):
+            body = body[1:-1]
+        parts = [p.strip() for p in body.split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse_scalar(p, args[0], key) for p in parts)
+        if len(parts) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {text!r}")
+        return tuple(_parse_scalar(p, a, key) for p, a in zip(parts, args, strict=True))
+    return _parse_scalar(text, typ, key)
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(options))}."
+
+
+def all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of a config tree."""
+    keys: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def apply_override(cfg: Config, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key=value (e.g. train.lr=1e-4)")
+    key, text = assignment.split("=", 1)
+    key = key.strip()
+    node: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(node)]
+        if part not in names:
+            scope = ".".join(parts[:depth])
+            full = [f"{scope}.{n}" if scope else n for n in names]
+            suggestions = difflib.get_close_matches(key, all_keys(cfg), n=3, cutoff=0.6)
+            hint = (
+                f" Did you mean: {', '.join(suggestions)}?" if suggestions else _did_you_mean(part, full)
+            )
+            raise ConfigError(f"unknown config key {key!r}.{hint}")
+        if depth == len(parts) - 1:
+            typ = _field_types(node)[part]
+            if dataclasses.is_dataclass(getattr(node, part)):
+                raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.<field>=...")
+            setattr(node, part, parse_value(text, typ, key))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
+
+
+def apply_overrides(cfg: Config, assignments: list[str] | None) -> Config:
+    for a in assignments or []:
+        apply_override(cfg, a)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# recipes
+
+
+def configs_dir() -> Path:
+    """The repository's ``configs/`` folder (recipes), also found from an installed package."""
+    env = os.environ.get("BEVFORGE_CONFIGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.py") if not p.name.startswith("_"))
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Load a recipe by name (``bevformer_tiny``) or path (``configs/bevformer_tiny.py``).
+
+    A recipe file defines ``def config() -> Config``.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = configs_dir() / f"{name_or_path}.py"
+    if not path.exists():
+        hint = _did_you_mean(path.stem, list_recipes())
+        raise ConfigError(f"config {name_or_path!r} not found (looked at {path}).{hint}")
+    spec = importlib.util.spec_from_file_location(f"bevforge_recipe_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "config"):
+        raise ConfigError(f"{path} defines no `config()` function returning a bevforge Config")
+    cfg = module.config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: config() returned {type(cfg).__name__}, expected bevforge.config.Config")
+    return apply_overrides(cfg, overrides)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    def convert(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [convert(x) for x in v]
+        return v
+
+    return {k: convert(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_from_dict(data: dict[str, Any], cls: type = Config) -> Any:
+    """Rebuild a config tree from :func:`config_to_dict` output (lists become tuples)."""
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {key!r} for {cls.__name__}.{_did_you_mean(key, list(names))}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = config_from_dict(value, typ)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def dump_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as JSON, atomically."""
+    from bevforge.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(config_to_dict(cfg), indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,69 @@
+"""The typed batch that every model consumes (made by ``data/loader.py``'s collate).
+
+Shape letters: B batch, T frames (oldest first, the current frame last), N cameras, M boxes,
+S map-segmentation classes, H/W image or BEV size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # [B, T, N, 3, H, W] float32, normalised, padded to the pad divisor
+    lidar2img: torch.Tensor  # [B, T, N, 4, 4] float32, maps lidar points to pixels of `images`
+    can_bus: torch.Tensor  # [B, T, 18] float32, ABSOLUTE values (official layout); the model makes deltas
+    ego2global: torch.Tensor  # [B, T, 4, 4] float64
+    lidar2ego: torch.Tensor  # [B, T, 4, 4] float64
+    frame_valid: torch.Tensor  # [B, T] bool; False = padding frame (queue reached before the data start)
+    scene_tokens: list[list[str]]  # [B][T] scene of every frame (a change resets temporal state)
+    sample_tokens: list[str]  # [B] the current frame's sample token
+    timestamps: torch.Tensor  # [B, T] int64 microseconds
+    img_hw: tuple[int, int]  # (H, W) of the un-padded resized images (the valid region)
+    gt_boxes: list[torch.Tensor]  # B x [M_b, 9] current frame, lidar frame (structures/boxes.py)
+    gt_labels: list[torch.Tensor]  # B x [M_b] int64 class index into DataConfig.classes
+    seg_target: torch.Tensor | None = None  # [B, S, bev_h, bev_w] float32 {0,1}, row = y, col = x
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return self.images.shape[1]
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                moved[f.name] = v.to(device, non_blocking=non_blocking)
+            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                moved[f.name] = [t.to(device, non_blocking=non_blocking) for t in v]
+        return replace(self, **moved)
+
+    def pin_memory(self) -> Batch:
+        pinned = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                pinned[f.name] = v.pin_memory()
+        return replace(self, **pinned)
+
+    def frame(self, t: int) -> Batch:
+        """The single-frame batch of frame ``t`` (T = 1); ground truth stays that of the current frame."""
+        sl = slice(t, t + 1) if t >= 0 else slice(self.num_frames + t, self.num_frames + t + 1)
+        return replace(
+            self,
+            images=self.images[:, sl],
+            lidar2img=self.lidar2img[:, sl],
+            can_bus=self.can_bus[:, sl],
+            ego2global=self.ego2global[:, sl],
+            lidar2ego=self.lidar2ego[:, sl],
+            frame_valid=self.frame_valid[:, sl],
+            scene_tokens=[s[sl] for s in self.scene_tokens],
+            timestamps=self.timestamps[:, sl],
+        )
