@@ -338,7 +338,8 @@ def config_from_dict(data: dict[str, Any], cls: type = Config) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown config key {key!r} for {cls.__name__}.{_did_you_mean(key, list(names))}")
+            hint = _did_you_mean(key, list(names))
+            raise ConfigError(f"unknown config key {key!r} for {cls.__name__}.{hint}")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             kwargs[key] = config_from_dict(value, typ)
