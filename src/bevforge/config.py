@@ -262,9 +262,7 @@ def apply_override(cfg: Config, assignment: str) -> None:
             scope = ".".join(parts[:depth])
             full = [f"{scope}.{n}" if scope else n for n in names]
             suggestions = difflib.get_close_matches(key, all_keys(cfg), n=3, cutoff=0.6)
-            hint = (
-                f" Did you mean: {', '.join(suggestions)}?" if suggestions else _did_you_mean(part, full)
-            )
+            hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else _did_you_mean(part, full)
             raise ConfigError(f"unknown config key {key!r}.{hint}")
         if depth == len(parts) - 1:
             typ = _field_types(node)[part]
@@ -324,11 +322,13 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     def convert(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
         if isinstance(v, tuple | list):
             return [convert(x) for x in v]
         return v
 
-    return {k: convert(v) for k, v in dataclasses.asdict(cfg).items()}
+    return convert(dataclasses.asdict(cfg))
 
 
 def config_from_dict(data: dict[str, Any], cls: type = Config) -> Any:

@@ -1,0 +1,28 @@
+"""The console script: help lists every subcommand; unknown subcommands fail."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bevforge.cli.main import SUBCOMMANDS, main
+
+
+def test_help_lists_subcommands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+def test_unknown_subcommand_exits_2():
+    with pytest.raises(SystemExit) as e:
+        main(["no-such-command"])
+    assert e.value.code == 2
+
+
+def test_console_script_runs():
+    r = subprocess.run(
+        [sys.executable, "-m", "bevforge.cli.main", "--version"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stdout.strip()
