@@ -1,0 +1,86 @@
+"""bevforge.doctor: checks, statuses and fixes (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bevforge import doctor
+
+
+def _recipe(tmp_path: Path, data_root: Path, info_dir: Path, load_from: str = "") -> Path:
+    path = tmp_path / "recipe_doctor.py"
+    path.write_text(
+        "from bevforge.config import Config\n\n\n"
+        "def config() -> Config:\n"
+        "    cfg = Config(name='doctor_test')\n"
+        f"    cfg.data.data_root = {str(data_root)!r}\n"
+        f"    cfg.data.info_dir = {str(info_dir)!r}\n"
+        f"    cfg.load_from = {load_from!r}\n"
+        "    return cfg\n"
+    )
+    return path
+
+
+def test_doctor_cpu_report_is_usable_and_has_versions() -> None:
+    report = doctor.run_checks(nccl=False)
+    d = report.to_dict()
+    assert set(d) >= {"usable", "cpu_only", "summary", "versions", "driver", "gpus", "checks"}
+    assert d["versions"]["torch"] == torch.__version__
+    assert {"cuda", "cudnn", "nccl", "triton", "python"} <= set(d["versions"])
+    names = [c["name"] for c in d["checks"]]
+    assert "matmul cpu" in names and "nuscenes-devkit" in names
+    assert all(c["status"] in ("ok", "warn", "fail") for c in d["checks"])
+    if not torch.cuda.is_available():
+        assert d["cpu_only"] and d["gpus"] == []
+        assert "CPU only" in d["summary"]
+        assert report.exit_code() == 0
+
+
+def test_doctor_missing_data_root_fails_with_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_data"
+    recipe = _recipe(tmp_path, missing, missing / "infos", load_from=str(tmp_path / "nope.pth"))
+    report = doctor.run_checks(config=str(recipe), nccl=False)
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["data root"].status == "fail"
+    assert str(missing) in by_name["data root"].detail and "data.data_root" in by_name["data root"].fix
+    assert by_name["infos train"].status == "fail"
+    assert "bevforge prepare" in by_name["infos train"].fix
+    assert by_name["load_from"].status == "fail"
+    assert not report.usable and report.exit_code() == 1
+
+
+def test_doctor_present_data_passes(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "infos").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / "infos" / f"infos_{split}.json").write_text("{}")
+    report = doctor.run_checks(config=str(_recipe(tmp_path, root, root / "infos")), nccl=False)
+    by_name = {c.name: c for c in report.checks}
+    assert by_name["data root"].status == "ok"
+    assert by_name["infos train"].status == "ok" and by_name["infos val"].status == "ok"
+    assert "load_from" not in by_name  # empty load_from is not checked
+    assert report.usable
+
+
+def test_doctor_unknown_recipe_fails() -> None:
+    report = doctor.run_checks(config="no_such_recipe_xyz", nccl=False)
+    check = next(c for c in report.checks if c.name == "config")
+    assert check.status == "fail" and "no_such_recipe_xyz" in check.detail
+
+
+def test_doctor_matmul_smoke_cpu() -> None:
+    torch.manual_seed(0)
+    assert doctor.matmul_smoke("cpu", size=16) < 1e-5
+
+
+def test_doctor_allreduce_smoke_gloo() -> None:
+    # The same spawn + all_reduce path the NCCL check uses, on CPU with gloo.
+    doctor.allreduce_smoke("gloo", world_size=2, timeout_s=60)
+
+
+def test_doctor_allreduce_smoke_reports_failure() -> None:
+    with pytest.raises(Exception, match="(?i)backend|invalid|unknown|error"):
+        doctor.allreduce_smoke("no_such_backend", world_size=1, timeout_s=20)
