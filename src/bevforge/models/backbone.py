@@ -1,0 +1,262 @@
+"""ResNet image backbone over torchvision's ResNet, with frozen BN/stages and optional DCNv2.
+
+Shape letters: B* images (batch x frames x cameras flattened), C channels, H/W pixels.
+
+Parameter names are torchvision's, which are also mmdet's (``conv1``, ``bn1``, ``layer{1..4}.{j}.conv2``,
+``downsample.0/1``); a DCNv2 conv keeps ``weight`` and adds ``conv_offset`` exactly as mmcv's
+``ModulatedDeformConv2dPack``, so official checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.models.resnet import Bottleneck
+
+_BUILDERS = {
+    18: (torchvision.models.resnet18, "ResNet18_Weights"),
+    34: (torchvision.models.resnet34, "ResNet34_Weights"),
+    50: (torchvision.models.resnet50, "ResNet50_Weights"),
+    101: (torchvision.models.resnet101, "ResNet101_Weights"),
+}
+_STRIP_PREFIXES = ("module.", "img_backbone.", "backbone.")
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """DCNv2 (modulated deformable conv) with its offset/mask predictor, mmcv layout.
+
+    ``conv_offset`` predicts ``3 * k * k`` channels: the first ``2 k k`` are (dy, dx) offsets per kernel
+    tap (interleaved, as mmcv and ``torchvision.ops.deform_conv2d``), the last ``k k`` the mask logits.
+    ``conv_offset`` starts at zero (as mmcv): zero offsets and masks sigmoid(0) = 0.5, i.e. half the
+    plain conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+        taps = kernel_size * kernel_size
+        self.conv_offset = nn.Conv2d(
+            in_channels, 3 * taps, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=True
+        )
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> ModulatedDeformConv2d:
+        assert conv.groups == 1, "grouped convs are not supported by the DCN replacement"
+        dcn = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size[0],
+            stride=conv.stride[0],
+            padding=conv.padding[0],
+            dilation=conv.dilation[0],
+            bias=conv.bias is not None,
+        )
+        with torch.no_grad():
+            dcn.weight.copy_(conv.weight)
+        return dcn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_offset(x)  # [B*, 3*k*k, H', W']
+        taps = out.shape[1] // 3
+        offset, mask = out[:, : 2 * taps], out[:, 2 * taps :].sigmoid()
+        return torchvision.ops.deform_conv2d(
+            x,
+            offset,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            mask=mask,
+        )
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet without avgpool/fc; returns the ``out_indices`` stages (0..3 = C2..C5).
+
+    ``style="caffe"`` puts the stride of a bottleneck in its first 1x1 conv (mmdet caffe style, used by
+    the official FCOS3D-initialised R101-DCN of BEVFormer small/base); torchvision is ``"pytorch"``.
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        out_indices: tuple[int, ...] = (3,),
+        frozen_stages: int = 1,
+        norm_eval: bool = True,
+        dcn_stages: tuple[bool, ...] = (False, False, False, False),
+        pretrained: str = "",
+        with_cp: bool = False,
+        style: str = "pytorch",
+    ) -> None:
+        super().__init__()
+        if depth not in _BUILDERS:
+            raise ValueError(f"ResNet depth {depth} is not supported; use one of {sorted(_BUILDERS)}")
+        if not out_indices or any(i not in (0, 1, 2, 3) for i in out_indices):
+            raise ValueError(f"out_indices {out_indices} must be a non-empty subset of 0..3 (C2..C5)")
+        if len(dcn_stages) != 4:
+            raise ValueError(f"dcn_stages needs 4 booleans (one per stage), got {dcn_stages}")
+        if style not in ("pytorch", "caffe"):
+            raise ValueError(f"style {style!r}: use 'pytorch' or 'caffe'")
+        builder, _ = _BUILDERS[depth]
+        net = builder(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.depth = depth
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+        expansion = 4 if depth >= 50 else 1
+        self.out_channels: list[int] = [64 * expansion * 2**i for i in self.out_indices]
+        for stage, layer in enumerate(self.stages):
+            for block in layer:
+                if style == "caffe" and isinstance(block, Bottleneck):
+                    block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+                if dcn_stages[stage]:
+                    block.conv2 = ModulatedDeformConv2d.from_conv(block.conv2)
+        if pretrained:
+            self.load_pretrained(pretrained)
+        if norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
+        self._freeze_stages()
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1, self.bn1, *self.stages[: self.frozen_stages]]
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ResNetBackbone:
+        """Frozen stages and (with ``norm_eval``) every BN stay in eval mode, as mmdet."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def load_pretrained(self, pretrained: str) -> None:
+        """``"torchvision"``: ImageNet weights from the local torch hub cache (never downloaded);
+        otherwise a path to a state dict (torchvision, mmdet or full BEVFormer checkpoint keys)."""
+        if pretrained == "torchvision":
+            path = torchvision_weights_path(self.depth)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"pretrained='torchvision' needs {path.name} in the local torch cache ({path.parent}); "
+                    f"bevforge never downloads weights: copy the file there (or set TORCH_HOME), or set "
+                    f"model.backbone.pretrained='' for a random init"
+                )
+        else:
+            path = Path(pretrained)
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"backbone checkpoint {path} not found; fix model.backbone.pretrained "
+                    f"('' random, 'torchvision', or a path to a state dict)"
+                )
+        state = load_state_dict_file(path)
+        state = backbone_keys(state)
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if ".conv_offset." not in k and not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise ValueError(
+                f"backbone checkpoint {path} does not fit ResNet-{self.depth}: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; "
+                "check model.backbone.depth"
+            )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[B*, 3, H, W]`` -> the selected stages; stage i is ``[B*, C_i, H/2^(i+2), W/2^(i+2)]``."""
+        assert x.dim() == 4 and x.shape[1] == 3, x.shape
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B*, 64, H/4, W/4]
+        outs: list[torch.Tensor] = []
+        for i, layer in enumerate(self.stages):
+            for block in layer:
+                if self.with_cp and self.training and x.requires_grad:
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+            if i in self.out_indices:
+                outs.append(x)
+            if i >= max(self.out_indices):
+                break
+        return outs
+
+
+def torchvision_weights_path(depth: int) -> Path:
+    """Where torchvision keeps the ImageNet V1 weights of ResNet-``depth`` (the official tiny init)."""
+    _, enum_name = _BUILDERS[depth]
+    url = getattr(torchvision.models, enum_name).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.pth``/``.pt`` (``weights_only``) or ``.safetensors``; unwraps ``state_dict``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with custom classes, a truncated file...
+        raise ValueError(
+            f"cannot read {path} as a weights-only state dict ({e}); re-save it as tensors"
+        ) from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, expected a state dict of tensors")
+    return obj
+
+
+def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep the backbone entries and strip ``module.``/``img_backbone.``/``backbone.``; drop ``fc``."""
+    has_prefixed = any(k.startswith(("img_backbone.", "module.img_backbone.")) for k in state)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        k = key.removeprefix("module.")
+        if has_prefixed and not k.startswith("img_backbone."):
+            continue
+        for prefix in _STRIP_PREFIXES:
+            k = k.removeprefix(prefix)
+        if k.startswith("fc."):
+            continue
+        out[k] = value
+    return out
+
+
+__all__ = ["ModulatedDeformConv2d", "ResNetBackbone", "torchvision_weights_path"]

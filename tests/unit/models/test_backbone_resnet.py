@@ -1,0 +1,104 @@
+import torch
+from torch import nn
+
+from bevforge.models.backbone import ModulatedDeformConv2d, ResNetBackbone
+from bevforge.models.grid_mask import GridMask
+
+
+def test_backbone_shapes_resnet18():
+    torch.manual_seed(0)
+    net = ResNetBackbone(depth=18, out_indices=(1, 2, 3), frozen_stages=1, norm_eval=True)
+    assert net.out_channels == [128, 256, 512]
+    outs = net(torch.randn(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 128, 8, 12), (2, 256, 4, 6), (2, 512, 2, 3)]
+
+
+def test_backbone_freezing_and_norm_eval():
+    torch.manual_seed(0)
+    net = ResNetBackbone(depth=18, out_indices=(3,), frozen_stages=2, norm_eval=True)
+    net.train()
+    for name, p in net.named_parameters():
+        frozen = (
+            name.startswith(("conv1", "bn1", "layer1", "layer2")) or ".bn" in name or "downsample.1" in name
+        )
+        assert p.requires_grad == (not frozen), name
+    assert all(not m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    assert net.layer3.training and not net.layer1.training
+    # BN statistics do not move in training mode
+    before = net.layer4[0].bn1.running_mean.clone()
+    net(torch.randn(2, 3, 64, 64))
+    assert torch.equal(before, net.layer4[0].bn1.running_mean)
+
+
+def test_backbone_trainable_bn_without_norm_eval():
+    net = ResNetBackbone(depth=18, out_indices=(3,), frozen_stages=-1, norm_eval=False)
+    net.train()
+    assert all(p.requires_grad for p in net.parameters())
+    assert net.bn1.training
+
+
+def test_backbone_dcn_stage_forward_backward():
+    torch.manual_seed(0)
+    net = ResNetBackbone(depth=50, out_indices=(3,), frozen_stages=1, dcn_stages=(False, False, True, True))
+    assert isinstance(net.layer3[0].conv2, ModulatedDeformConv2d)
+    assert not isinstance(net.layer2[0].conv2, ModulatedDeformConv2d)
+    assert net.out_channels == [2048]
+    x = torch.randn(1, 3, 64, 64)
+    out = net(x)[0]
+    assert out.shape == (1, 2048, 2, 2)
+    out.sum().backward()
+    assert net.layer3[0].conv2.conv_offset.weight.grad is not None
+
+
+def test_dcn_zero_offsets_equal_half_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False)
+    dcn = ModulatedDeformConv2d.from_conv(conv)
+    x = torch.randn(2, 4, 9, 7)
+    torch.testing.assert_close(dcn(x), 0.5 * conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_caffe_style_strides_and_checkpointing():
+    torch.manual_seed(0)
+    net = ResNetBackbone(depth=50, out_indices=(3,), frozen_stages=-1, style="caffe", with_cp=True)
+    assert net.layer2[0].conv1.stride == (2, 2) and net.layer2[0].conv2.stride == (1, 1)
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    net.train()
+    net(x)[0].sum().backward()
+    assert x.grad is not None
+
+
+def test_backbone_loads_state_dict_with_official_prefix(tmp_path):
+    torch.manual_seed(0)
+    src = ResNetBackbone(depth=18, out_indices=(3,))
+    state = {f"img_backbone.{k}": v for k, v in src.state_dict().items()}
+    state["pts_bbox_head.foo"] = torch.zeros(1)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": state}, path)
+    dst = ResNetBackbone(depth=18, out_indices=(3,), pretrained=str(path))
+    torch.testing.assert_close(dst.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+
+
+def test_backbone_missing_torchvision_weights_says_where(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    try:
+        ResNetBackbone(depth=18, pretrained="torchvision")
+    except FileNotFoundError as e:
+        assert "resnet18" in str(e) and str(tmp_path) in str(e)
+    else:
+        raise AssertionError("expected FileNotFoundError")
+
+
+def test_grid_mask_train_only_and_deterministic():
+    x = torch.ones(4, 3, 32, 48)
+    gm = GridMask(prob=1.0)
+    gm.eval()
+    assert torch.equal(gm(x), x)
+    gm.train()
+    torch.manual_seed(3)
+    a = gm(x)
+    torch.manual_seed(3)
+    b = gm(x)
+    assert torch.equal(a, b)
+    assert 0.4 < a.mean() < 0.99 and set(a.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(a[0], a[1]) or not torch.equal(a[1], a[2])  # per-image masks
