@@ -1,8 +1,10 @@
 """Multi-scale deformable attention: one dispatch function over the reference and the kernels.
 
-``BEVFORGE_KERNELS=reference|triton|auto`` (default ``auto``) forces a choice; ``auto`` takes a fast
-kernel when it is eligible (CUDA tensors, supported dtype) and the pure-PyTorch reference otherwise.
-Importing this module never fails: a kernel whose import fails is simply not eligible.
+``BEVFORGE_KERNELS=reference|triton|auto`` (default ``auto``) forces a choice; ``auto`` takes the Triton
+kernel (``torch.ops.bevforge.msda``, see ``op.py``) when it is eligible (CUDA tensors, fp32/fp16/bf16,
+sizes within the kernel's limits, not inside an ONNX export) and the pure-PyTorch reference otherwise;
+``triton`` raises a clear error when the kernel is not eligible. Importing this module never fails:
+a kernel whose import fails is simply not eligible (the reason is kept in ``triton_import_error()``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,22 @@ import torch
 
 from bevforge.ops.msda.reference import msda_reference
 
-__all__ = ["kernel_choice", "msda_reference", "multi_scale_deformable_attention"]
+__all__ = [
+    "kernel_choice",
+    "msda_reference",
+    "multi_scale_deformable_attention",
+    "triton_ineligible_reason",
+    "triton_import_error",
+]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: the largest channels per head / levels / points the Triton kernel is used for (unrolled loops, one
+#: register tile of D channels) and the int32 index limit of the kernel
+MAX_HEAD_DIM = 256
+MAX_LEVELS = 8
+MAX_POINTS = 32
+MAX_NUMEL = 2**31 - 1
+_op_state: dict[str, object] = {}  # "op": the custom op, or "error": why it could not be imported
 
 
 def kernel_choice() -> str:
@@ -21,6 +38,60 @@ def kernel_choice() -> str:
     if choice not in ("reference", "triton", "auto"):
         raise ValueError(f"BEVFORGE_KERNELS={choice!r}: use reference, triton or auto")
     return choice
+
+
+def _load_op():
+    """The custom op (imported on first use, so importing bevforge never imports Triton)."""
+    if "op" not in _op_state and "error" not in _op_state:
+        try:
+            from bevforge.ops.msda.op import msda_op
+
+            _op_state["op"] = msda_op
+        except Exception as e:  # no triton, a broken triton, no driver: the reference is used
+            _op_state["error"] = f"{type(e).__name__}: {e}"
+    return _op_state.get("op")
+
+
+def triton_import_error() -> str | None:
+    """Why the Triton op could not be imported (None when it can)."""
+    _load_op()
+    err = _op_state.get("error")
+    return None if err is None else str(err)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_ineligible_reason(
+    value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor
+) -> str | None:
+    """None when the Triton kernel can run these inputs, else why not (for errors and logs)."""
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return "exporting (ONNX/TorchScript use the grid_sample reference)"
+    devices = {value.device, sampling_locations.device, attention_weights.device}
+    if len(devices) != 1:
+        return f"inputs on several devices {sorted(str(d) for d in devices)}"
+    if value.device.type != "cuda" and not (value.device.type == "cpu" and _interpreting()):
+        return f"tensors on {value.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
+    named = (
+        ("value", value),
+        ("sampling_locations", sampling_locations),
+        ("attention_weights", attention_weights),
+    )
+    for name, t in named:
+        if t.dtype not in _SUPPORTED_DTYPES:
+            return f"{name} dtype {t.dtype} (supported: fp32, fp16, bf16)"
+    D, L, P = value.shape[3], sampling_locations.shape[3], sampling_locations.shape[4]
+    if D > MAX_HEAD_DIM or L > MAX_LEVELS or P > MAX_POINTS:
+        return (
+            f"sizes D={D}, L={L}, P={P} beyond the kernel limits (D<={MAX_HEAD_DIM}, "
+            f"L<={MAX_LEVELS}, P<={MAX_POINTS})"
+        )
+    out_numel = value.shape[0] * sampling_locations.shape[1] * value.shape[2] * D
+    if max(value.numel(), sampling_locations.numel(), out_numel) > MAX_NUMEL:
+        return "more than 2**31 elements (the kernel indexes with int32)"
+    return None
 
 
 def multi_scale_deformable_attention(
@@ -31,4 +102,19 @@ def multi_scale_deformable_attention(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """See :mod:`bevforge.ops.msda.reference` for the contract. Returns ``[B, Q, M * D]``."""
+    choice = kernel_choice()
+    if choice == "reference":
+        return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    # the cheap checks first, so CPU runs never import Triton
+    reason = triton_ineligible_reason(value, sampling_locations, attention_weights)
+    op = _load_op() if reason is None else None
+    if reason is None and op is None:
+        reason = f"triton could not be imported ({_op_state.get('error')})"
+    if reason is None:
+        return op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if choice == "triton":
+        raise RuntimeError(
+            f"BEVFORGE_KERNELS=triton but the Triton MSDA kernel cannot run: {reason}. "
+            "Unset BEVFORGE_KERNELS (auto falls back to the reference) or set it to 'reference'."
+        )
     return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

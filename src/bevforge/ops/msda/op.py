@@ -1,0 +1,76 @@
+"""``torch.ops.bevforge.msda``: the Triton MSDA kernels as a ``torch.library`` custom op.
+
+Registered with a fake (meta) implementation and an autograd formula, so ``torch.compile``,
+``torch.export`` and AOTAutograd see one opaque op with known output shapes instead of tracing into
+Triton launches. Shape letters as in :mod:`bevforge.ops.msda.reference` (B, S, M, D, Q, L, P).
+
+The op runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before Triton was
+imported (the test path). The dispatch in ``bevforge.ops.msda`` decides when it is used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bevforge.ops.msda import triton_msda
+
+__all__ = ["msda_backward_op", "msda_op"]
+
+
+@torch.library.custom_op("bevforge::msda", mutates_args=())
+def msda_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """``value [B, S, M, D]``, ``sampling_locations [B, Q, M, L, P, 2]``, ``attention_weights
+    [B, Q, M, L, P]`` -> ``[B, Q, M * D]`` in ``value.dtype`` (fp32 accumulation)."""
+    return triton_msda.msda_forward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+@msda_op.register_fake
+def _msda_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    B, _, M, D = value.shape
+    Q = sampling_locations.shape[1]
+    return value.new_empty(B, Q, M * D)
+
+
+@torch.library.custom_op("bevforge::msda_backward", mutates_args=())
+def msda_backward_op(
+    grad_out: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (value, sampling_locations, attention_weights); value grads via fp32 atomics."""
+    return triton_msda.msda_backward(
+        grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+@msda_backward_op.register_fake
+def _msda_backward_fake(grad_out, value, spatial_shapes, level_start_index, sampling_locations, attn):
+    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attn)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = inputs
+    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+def _backward(ctx, grad_out: torch.Tensor):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+    grad_value, grad_locs, grad_attn = msda_backward_op(
+        grad_out.contiguous(), value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+    # spatial_shapes and level_start_index are integer tensors: no gradient
+    return grad_value, None, None, grad_locs, grad_attn
+
+
+msda_op.register_autograd(_backward, setup_context=_setup_context)

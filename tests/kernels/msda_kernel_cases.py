@@ -1,0 +1,210 @@
+"""Checks of the Triton MSDA kernel against the reference, shared by two runners.
+
+- ``test_msda_kernels.py`` runs them in-process on CUDA (``@pytest.mark.gpu``), and
+- on CPU it runs this file as a script in a subprocess with ``TRITON_INTERPRET=1`` (the interpreter must
+  be switched on before Triton is imported, and torch imports Triton lazily in the pytest process).
+
+Shape letters: B batch, S value tokens, M heads, D channels per head, Q queries, L levels, P points.
+Tolerances (documented in benchmarks/README.md): fp32 kernel vs fp32 reference atol/rtol 1e-5 (forward)
+and 1e-4 (gradients, fp32 atomics reorder sums); fp16 inputs vs the fp32 reference on the same rounded
+inputs 2e-3; bf16 2e-2 (one output rounding to 8 mantissa bits, accumulation is fp32).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from bevforge.ops.msda import msda_reference, multi_scale_deformable_attention
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+GRAD_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}
+
+
+def make_inputs(
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    shapes: tuple[tuple[int, int], ...] = ((5, 7), (3, 4), (1, 2)),
+    B: int = 2,
+    M: int = 2,
+    D: int = 5,
+    Q: int = 9,
+    P: int = 3,
+    seed: int = 0,
+    spread: float = 1.4,
+):
+    """(value, spatial_shapes, level_start_index, locations, weights); locations in [-0.2, 1.2] by default."""
+    g = torch.Generator().manual_seed(seed)
+    L = len(shapes)
+    S = sum(h * w for h, w in shapes)
+    spatial = torch.tensor(shapes, dtype=torch.long)  # [L, 2]
+    start = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])  # [L]
+    value = torch.randn(B, S, M, D, generator=g)
+    locs = torch.rand(B, Q, M, L, P, 2, generator=g) * spread - (spread - 1) / 2
+    weights = torch.rand(B, Q, M, L, P, generator=g)
+    cast = [t.to(device=device, dtype=dtype) for t in (value, locs, weights)]
+    return cast[0], spatial.to(device), start.to(device), cast[1], cast[2]
+
+
+def _op():
+    from bevforge.ops.msda.op import msda_op
+
+    return msda_op
+
+
+def _grads(fn, value, spatial, start, locs, weights, grad_out):
+    leaves = [t.detach().clone().requires_grad_() for t in (value, locs, weights)]
+    out = fn(leaves[0], spatial, start, leaves[1], leaves[2])
+    return out, torch.autograd.grad(out, leaves, grad_out)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float, label: str, atol: float | None = None) -> None:
+    torch.testing.assert_close(
+        got, want, atol=tol if atol is None else atol, rtol=tol, msg=lambda m: f"{label}: {m}"
+    )
+
+
+def _ref_fp32(value, spatial, start, locs, weights):
+    return msda_reference(value.float(), spatial, start, locs.float(), weights.float())
+
+
+def check_forward_fp32(device: str) -> None:
+    args = make_inputs(device)
+    torch.testing.assert_close(_op()(*args), msda_reference(*args), atol=1e-5, rtol=1e-5)
+
+
+def check_forward_low_precision(device: str) -> None:
+    for dtype in (torch.float16, torch.bfloat16):
+        args = make_inputs(device, dtype)
+        got = _op()(*args)
+        assert got.dtype == dtype
+        tol = TOL[dtype]
+        _close(got.float(), _ref_fp32(*args), tol, f"{dtype}")
+
+
+def check_backward_fp32(device: str) -> None:
+    args = make_inputs(device, D=6, Q=11, P=4)
+    grad_out = torch.randn(2, 11, 2 * 6, generator=torch.Generator().manual_seed(1)).to(device)
+    out_k, g_k = _grads(_op(), *args, grad_out)
+    out_r, g_r = _grads(msda_reference, *args, grad_out)
+    torch.testing.assert_close(out_k, out_r, atol=1e-5, rtol=1e-5)
+    for name, a, b in zip(("value", "locations", "weights"), g_k, g_r):
+        _close(a, b, 1e-4, f"grad {name}")
+
+
+def check_backward_low_precision(device: str) -> None:
+    for dtype in (torch.float16, torch.bfloat16):
+        args = make_inputs(device, dtype)
+        grad_out = torch.randn(2, 9, 10, generator=torch.Generator().manual_seed(2)).to(device, dtype)
+        _, g_k = _grads(_op(), *args, grad_out)
+        _, g_r = _grads(_ref_fp32, *args, grad_out.float())
+        tol = GRAD_TOL[dtype]
+        for name, a, b in zip(("value", "locations", "weights"), g_k, g_r):
+            assert a.dtype == dtype, f"grad {name} dtype {a.dtype}"
+            # location grads scale with W, H (here <= 7): compare relative to their magnitude
+            scale = max(1.0, b.abs().max().item())
+            _close(a.float(), b.float(), tol, f"{dtype} grad {name}", atol=tol * scale)
+
+
+def check_odd_sizes(device: str) -> None:
+    """Non power-of-two D/P/Q, a 1x1 level, a tall and a wide level, far-away and boundary points."""
+    shapes = ((1, 1), (6, 1), (1, 9), (4, 3))
+    args = list(make_inputs(device, shapes=shapes, B=1, M=3, D=3, Q=37, P=5, seed=3, spread=2.0))
+    locs = args[3]
+    locs[0, 0] = 1e4  # far outside: int overflow must not wrap into the map
+    locs[0, 1] = -1e4
+    locs[0, 2] = 0.0  # the corner of the map (half-weight samples)
+    locs[0, 3] = 1.0
+    grad_out = torch.randn(1, 37, 9, generator=torch.Generator().manual_seed(4)).to(device)
+    out_k, g_k = _grads(_op(), *args, grad_out)
+    out_r, g_r = _grads(msda_reference, *args, grad_out)
+    torch.testing.assert_close(out_k, out_r, atol=1e-5, rtol=1e-5)
+    for name, a, b in zip(("value", "locations", "weights"), g_k, g_r):
+        _close(a, b, 1e-4, f"grad {name}")
+
+
+def check_opcheck(device: str) -> None:
+    value, spatial, start, locs, weights = make_inputs(device, B=1, Q=5, P=2)
+    args = (value.requires_grad_(), spatial, start, locs.requires_grad_(), weights.requires_grad_())
+    torch.library.opcheck(torch.ops.bevforge.msda.default, args)
+    grad_out = torch.randn(1, 5, 10, device=device)
+    plain = tuple(a.detach() for a in args)
+    torch.library.opcheck(torch.ops.bevforge.msda_backward.default, (grad_out, *plain))
+
+
+def check_dispatch_picks_triton(device: str) -> None:
+    args = make_inputs(device)
+    old = os.environ.get("BEVFORGE_KERNELS")
+    os.environ["BEVFORGE_KERNELS"] = "triton"
+    try:
+        got = multi_scale_deformable_attention(*args)
+        # float64 is not a kernel dtype: forced triton must say so
+        try:
+            multi_scale_deformable_attention(*[a.double() if a.is_floating_point() else a for a in args])
+        except RuntimeError as e:
+            assert "dtype" in str(e), e
+        else:
+            raise AssertionError("BEVFORGE_KERNELS=triton accepted float64")
+    finally:
+        if old is None:
+            os.environ.pop("BEVFORGE_KERNELS")
+        else:
+            os.environ["BEVFORGE_KERNELS"] = old
+    torch.testing.assert_close(got, _op()(*args), atol=0, rtol=0)
+
+
+def check_compile_graph(device: str) -> None:
+    """The op inside torch.compile (fake + autograd registrations), forward and backward."""
+    backend = "inductor" if device == "cuda" else "aot_eager"  # CPU inductor would need a C++ build
+    args = make_inputs(device, B=1, Q=6, P=2)
+
+    def f(value, spatial, start, locs, weights):
+        return _op()(value * 2, spatial, start, locs, weights.softmax(-1)).sum()
+
+    leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
+    compiled = torch.compile(f, backend=backend, fullgraph=True)
+    loss = compiled(*leaves)
+    loss.backward()
+    ref = f(*args)
+    torch.testing.assert_close(loss, ref, atol=1e-4, rtol=1e-4)
+    assert leaves[0].grad is not None and leaves[3].grad is not None
+
+
+CASES = {
+    "forward_fp32": check_forward_fp32,
+    "forward_low_precision": check_forward_low_precision,
+    "backward_fp32": check_backward_fp32,
+    "backward_low_precision": check_backward_low_precision,
+    "odd_sizes": check_odd_sizes,
+    "opcheck": check_opcheck,
+    "dispatch_picks_triton": check_dispatch_picks_triton,
+    "compile_graph": check_compile_graph,
+}
+
+
+def main() -> int:
+    """Run every case on CPU under the Triton interpreter; prints one line per case."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("set TRITON_INTERPRET=1 before running this file (the Triton interpreter)", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    failed = []
+    for name, case in CASES.items():
+        t0 = time.perf_counter()
+        try:
+            case("cpu")
+            print(f"ok   {name} ({time.perf_counter() - t0:.1f}s)")
+        except Exception as e:  # report every case, then fail
+            import traceback
+
+            failed.append(name)
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+            traceback.print_exc()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
