@@ -1,0 +1,167 @@
+"""Spatial cross-attention of BEVFormer: each BEV query samples the cameras its pillar projects into.
+
+Shape letters: B batch, N cameras, Q BEV queries, K = the most queries any (sample, camera) hits,
+S = sum_l H_l * W_l image tokens, C channels, M heads, D = C / M, L levels, Z pillar points,
+P points per query (split over the Z pillar points: ``P / Z`` around each projected point).
+
+Official semantics (``SpatialCrossAttention`` + ``MSDeformableAttention3D``), but per sample:
+every (sample, camera) gathers only the queries it hits (any pillar point inside the image), runs
+deformable attention on them, and the results are summed back and divided by the number of
+cameras that hit each query. The gather/scatter is vectorised over batch and cameras.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bevforge.ops.msda import multi_scale_deformable_attention
+
+
+class MSDeformableAttention3D(nn.Module):
+    """Deformable attention whose ``P`` points are shared out over ``Z`` reference points per query.
+
+    No output projection or residual (the enclosing :class:`SpatialCrossAttention` has them).
+    """
+
+    def __init__(
+        self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 8
+    ) -> None:
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # [M, 2]
+        grid = grid / grid.abs().max(dim=-1, keepdim=True)[0]
+        # [M, 2] -> [M, 1, 1, 2] -> [M, L, P, 2]
+        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        for i in range(self.num_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``query [G, K, C]``, ``value [G, S, C]``, ``reference_points [G, K, Z, 2]`` -> ``[G, K, C]``.
+
+        ``G`` is any flattened group dim (here sample x camera).
+        """
+        assert query.dim() == 3 and value.dim() == 3 and reference_points.dim() == 4
+        groups, num_q, channels = query.shape
+        num_value = value.shape[1]
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        num_z = reference_points.shape[2]
+        if p % num_z != 0:
+            raise ValueError(f"num_points ({p}) must be a multiple of the pillar points ({num_z})")
+        value = self.value_proj(value).view(groups, num_value, m, channels // m)  # [G, S, M, D]
+        offsets = self.sampling_offsets(query).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
+        # [G, K, M*L*P] -> [G, K, M, L*P] softmax -> [G, K, M, L, P]
+        weights = (
+            self.attention_weights(query)
+            .view(groups, num_q, m, lv * p)
+            .softmax(-1)
+            .view(groups, num_q, m, lv, p)
+        )
+        normaliser = torch.stack((spatial_shapes[:, 1], spatial_shapes[:, 0]), dim=-1).to(
+            offsets
+        )  # [L, 2] (W, H)
+        offsets = offsets / normaliser[None, None, None, :, None, :]
+        # point index = outer * Z + z (official): [G, K, M, L, P, 2] -> [G, K, M, L, P/Z, Z, 2]
+        offsets = offsets.view(groups, num_q, m, lv, p // num_z, num_z, 2)
+        # [G, K, Z, 2] -> [G, K, 1, 1, 1, Z, 2]
+        ref = reference_points[:, :, None, None, None, :, :]
+        locations = (ref + offsets).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
+        return multi_scale_deformable_attention(
+            value, spatial_shapes, level_start_index, locations.to(value.dtype), weights.to(value.dtype)
+        )  # [G, K, C]
+
+
+class SpatialCrossAttention(nn.Module):
+    """Returns ``query + dropout(output_proj(sum_n attn_n / hits))``, ``[B, Q, C]``."""
+
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_cams: int = 6,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 8,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.embed_dims = embed_dims
+        self.num_cams = num_cams
+        self.deformable_attention = MSDeformableAttention3D(embed_dims, num_heads, num_levels, num_points)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points_cam: torch.Tensor,
+        bev_mask: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query: ``[B, Q, C]`` BEV queries (also the residual).
+            value: ``[B, N, S, C]`` flattened multi-level camera features (with camera/level embeddings).
+            reference_points_cam: ``[B, N, Q, Z, 2]`` normalised (u, v) of the pillar points.
+            bev_mask: ``[B, N, Q, Z]`` bool, pillar point inside camera n of sample b.
+        """
+        assert query.dim() == 3 and value.dim() == 4, "query [B, Q, C], value [B, N, S, C]"
+        assert reference_points_cam.dim() == 5 and bev_mask.dim() == 4
+        batch, num_q, channels = query.shape
+        num_cams = value.shape[1]
+        if num_cams != self.num_cams:
+            raise ValueError(f"got {num_cams} cameras, the model was built for {self.num_cams}")
+        groups = batch * num_cams
+        hit = bev_mask.any(dim=-1).reshape(groups, num_q)  # [B*N, Q]
+        counts = hit.sum(dim=1)  # [B*N]
+        max_len = max(int(counts.max()), 1)
+        # hit queries first, in query order (stable sort of the "missed" flag)
+        order = torch.sort((~hit).to(torch.uint8), dim=1, stable=True).indices[:, :max_len]  # [B*N, K]
+        valid = torch.arange(max_len, device=query.device)[None, :] < counts[:, None]  # [B*N, K]
+        sample_of_group = torch.arange(batch, device=query.device).repeat_interleave(num_cams)  # [B*N]
+        queries = query[sample_of_group[:, None], order]  # [B*N, K, C]
+        refs = reference_points_cam.reshape(groups, num_q, *reference_points_cam.shape[-2:])  # [B*N, Q, Z, 2]
+        refs = torch.gather(
+            refs, 1, order[:, :, None, None].expand(-1, -1, *refs.shape[-2:])
+        )  # [B*N, K, Z, 2]
+        out = self.deformable_attention(
+            queries, value.reshape(groups, *value.shape[2:]), refs, spatial_shapes, level_start_index
+        )  # [B*N, K, C]
+        out = out * valid[..., None].to(out.dtype)
+        flat_index = (sample_of_group[:, None] * num_q + order).reshape(-1)  # [B*N*K] into B*Q
+        slots = out.new_zeros(batch * num_q, channels).index_add(0, flat_index, out.reshape(-1, channels))
+        slots = slots.view(batch, num_q, channels)  # [B, Q, C]
+        num_hits = hit.view(batch, num_cams, num_q).sum(dim=1).clamp(min=1)  # [B, Q]
+        slots = slots / num_hits[..., None].to(slots.dtype)
+        return query + self.dropout(self.output_proj(slots.to(query.dtype)))

@@ -1,0 +1,134 @@
+"""Temporal self-attention of BEVFormer: deformable attention over [previous BEV, current BEV queries].
+
+Shape letters: B batch, Q = bev_h * bev_w BEV queries, C channels, M heads, D = C / M, L levels (1),
+P points, V = 2 BEV queues (previous, current), stacked queue-major in the batch dim ([V * B]).
+
+Official semantics (``TemporalSelfAttention``): offsets and weights are predicted from the
+concatenation ``[prev_bev, query + pos]``; one set per queue; the two sampled results are averaged.
+Where a sample has no previous BEV the official code uses the current query as the "previous" BEV;
+that is done here per sample (``has_prev``), so a batch may mix scene starts and continuations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bevforge.ops.msda import multi_scale_deformable_attention
+
+
+class TemporalSelfAttention(nn.Module):
+    """Returns ``query + dropout(output_proj(mean_v attn_v))``, ``[B, Q, C]``."""
+
+    def __init__(
+        self,
+        embed_dims: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 1,
+        num_points: int = 4,
+        num_bev_queue: int = 2,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if embed_dims % num_heads != 0:
+            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+        if num_bev_queue != 2:
+            raise ValueError(f"num_bev_queue must be 2 (previous + current BEV), got {num_bev_queue}")
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.num_bev_queue = num_bev_queue
+        v, m, lv, p = num_bev_queue, num_heads, num_levels, num_points
+        self.sampling_offsets = nn.Linear(embed_dims * v, v * m * lv * p * 2)
+        self.attention_weights = nn.Linear(embed_dims * v, v * m * lv * p)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.dropout = nn.Dropout(dropout)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Official init: per-head ring of directions, point ``i`` at distance ``i + 1`` cells."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # [M, 2]
+        grid = grid / grid.abs().max(dim=-1, keepdim=True)[0]
+        # [M, 2] -> [M, 1, 1, 2] -> [M, V*L, P, 2]
+        grid = grid.view(self.num_heads, 1, 1, 2).repeat(
+            1, self.num_levels * self.num_bev_queue, self.num_points, 1
+        )
+        for i in range(self.num_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for lin in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor | None,
+        prev_bev: torch.Tensor | None,
+        has_prev: torch.Tensor | None,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query: ``[B, Q, C]`` current BEV queries (also the residual).
+            query_pos: ``[B, Q, C]`` positional encoding added to the query (not to the values).
+            prev_bev: ``[B, Q, C]`` ego-motion-aligned previous BEV, or None (no sample has one).
+            has_prev: ``[B]`` bool, which samples use ``prev_bev``; others use ``query`` (official).
+            reference_points: ``[V * B, Q, L, 2]`` normalised (x, y), queue-major (previous first).
+            spatial_shapes: ``[L, 2]`` int64 (bev_h, bev_w); ``level_start_index``: ``[L]``.
+        """
+        assert query.dim() == 3 and reference_points.dim() == 4, "query [B, Q, C], ref [V*B, Q, L, 2]"
+        batch, num_q, channels = query.shape
+        v, m, lv, p = self.num_bev_queue, self.num_heads, self.num_levels, self.num_points
+        identity = query
+        if prev_bev is None:
+            prev = query
+        else:
+            assert prev_bev.shape == query.shape, (
+                f"prev_bev {tuple(prev_bev.shape)} != query {tuple(query.shape)}"
+            )
+            use = torch.ones(batch, dtype=torch.bool, device=query.device) if has_prev is None else has_prev
+            prev = torch.where(use.view(batch, 1, 1), prev_bev.to(query.dtype), query)  # [B, Q, C]
+        if query_pos is not None:
+            query = query + query_pos
+        num_value = prev.shape[1]
+        assert int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) == num_value, "BEV shape mismatch"
+
+        value = torch.cat((prev, identity), dim=0)  # [V*B, Q, C] queue-major: previous, current
+        value = self.value_proj(value).view(v * batch, num_value, m, channels // m)  # [V*B, Q, M, D]
+        hybrid = torch.cat((prev, query), dim=-1)  # [B, Q, 2C]
+        # [B, Q, M*V*L*P*2] -> [B, Q, M, V, L, P, 2]
+        offsets = self.sampling_offsets(hybrid).view(batch, num_q, m, v, lv, p, 2)
+        # [B, Q, M*V*L*P] -> [B, Q, M, V, L*P] (softmax per queue over levels and points)
+        weights = self.attention_weights(hybrid).view(batch, num_q, m, v, lv * p).softmax(-1)
+        # [B, Q, M, V, L, P] -> [V, B, Q, M, L, P] -> [V*B, Q, M, L, P]
+        weights = (
+            weights.view(batch, num_q, m, v, lv, p)
+            .permute(3, 0, 1, 2, 4, 5)
+            .reshape(v * batch, num_q, m, lv, p)
+        )
+        # [B, Q, M, V, L, P, 2] -> [V, B, Q, M, L, P, 2] -> [V*B, Q, M, L, P, 2]
+        offsets = offsets.permute(3, 0, 1, 2, 4, 5, 6).reshape(v * batch, num_q, m, lv, p, 2)
+        normaliser = torch.stack((spatial_shapes[:, 1], spatial_shapes[:, 0]), dim=-1).to(
+            offsets
+        )  # [L, 2] (W, H)
+        # [V*B, Q, 1, L, 1, 2] + [V*B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2]
+        locations = (
+            reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
+        )
+        out = multi_scale_deformable_attention(
+            value, spatial_shapes, level_start_index, locations.to(value.dtype), weights.to(value.dtype)
+        )  # [V*B, Q, C]
+        out = out.view(v, batch, num_q, channels).mean(dim=0)  # [B, Q, C]: average of the queues
+        return identity + self.dropout(self.output_proj(out))
