@@ -80,6 +80,7 @@ class BackboneConfig:
     dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pretrained: str = ""  # "" (random), "torchvision" (local torch cache) or a path to a state dict
     with_cp: bool = False  # activation checkpointing inside the backbone
+    style: str = "pytorch"  # "caffe": stride in the bottleneck's 1x1 conv (official small/base R101-DCN init)
 
 
 @dataclass
