@@ -155,6 +155,9 @@ class TrainConfig:
     eval_interval: int = 0  # epochs; 0 = no periodic evaluation
     max_nan_steps: int = 5  # consecutive non-finite steps before stopping
     base_batch_size: int = 8  # global batch size the lr was tuned for (--auto-scale-lr)
+    ckpt_iter_interval: int = 0  # >0: also write latest.pth every this many iterations (mid-epoch resume)
+    auto_scale_lr: bool = False  # scale lr by global batch / base_batch_size
+    find_unused_parameters: bool = False  # DDP; only for models with parameters unused in some steps
 
 
 @dataclass
