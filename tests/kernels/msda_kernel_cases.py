@@ -185,17 +185,20 @@ CASES = {
 }
 
 
-def main() -> int:
-    """Run every case on CPU under the Triton interpreter; prints one line per case."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        print("set TRITON_INTERPRET=1 before running this file (the Triton interpreter)", file=sys.stderr)
+def main(argv: list[str]) -> int:
+    """Run every case (``--device cuda``, or CPU under the Triton interpreter); one line per case."""
+    device = "cuda" if "--device=cuda" in argv or argv[-2:] == ["--device", "cuda"] else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print(
+            "set TRITON_INTERPRET=1 before running this file on CPU (the Triton interpreter)", file=sys.stderr
+        )
         return 2
     torch.manual_seed(0)
     failed = []
     for name, case in CASES.items():
         t0 = time.perf_counter()
         try:
-            case("cpu")
+            case(device)
             print(f"ok   {name} ({time.perf_counter() - t0:.1f}s)")
         except Exception as e:  # report every case, then fail
             import traceback
@@ -207,4 +210,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

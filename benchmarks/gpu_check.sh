@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# One GPU check in a few minutes (<= 5 min on an H100/H200): the CUDA kernel tests, the MSDA kernel
+# benchmark (fp32 + bf16, BEVFormer-base shapes) and, when the model code is present, the inference
+# benchmark of the debug recipe. Numbers go to $RESULTS (default benchmarks/results/): kernel.md,
+# infer.md, gpu_check.md (step summary) and gpu_check.log (full output).
+#
+# No venv and no network needed: it uses the machine's own python (PYTHON, default python3) with
+# PYTHONPATH=src; a step whose imports fail is reported as skipped, not failed.
+#
+#   benchmarks/gpu_check.sh [RESULTS_DIR]
+#   BEVFORGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_check.sh   # where .git is absent
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+RESULTS=${1:-${RESULTS_DIR:-benchmarks/results}}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+mkdir -p "$RESULTS"
+LOG="$RESULTS/gpu_check.log"
+SUMMARY="$RESULTS/gpu_check.md"
+: >"$LOG"
+declare -a LINES=()
+status=0
+
+step() {  # step NAME CMD... : run with a timeout, log, record ok/FAIL and seconds
+  local name=$1
+  shift
+  echo "== $name: $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  if timeout "$STEP_TIMEOUT" "$@" 2>&1 | tee -a "$LOG"; then
+    LINES+=("| $name | ok | $((SECONDS - t0)) |")
+  else
+    LINES+=("| $name | FAIL (rc ${PIPESTATUS[0]}) | $((SECONDS - t0)) |")
+    status=1
+  fi
+}
+
+skip() {
+  echo "== $1: skipped ($2)" | tee -a "$LOG"
+  LINES+=("| $1 | skipped: $2 | 0 |")
+}
+
+can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA')"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+  2>&1 | tee -a "$LOG"
+
+HAVE_CUDA=0
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && HAVE_CUDA=1
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip kernels-cuda "no CUDA device"
+elif can_import pytest; then
+  step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
+else
+  step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip bench-kernel "no CUDA device"
+elif can_import triton; then
+  step bench-kernel-fp32 "$PY" -m bevforge.cli.main bench kernel --dtype fp32 --out "$RESULTS/kernel.md"
+  step bench-kernel-bf16 "$PY" -m bevforge.cli.main bench kernel --dtype bf16 --out "$RESULTS/kernel.md"
+else
+  skip bench-kernel "triton not importable"
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip bench-infer "no CUDA device"
+elif [ -f configs/bevformer_debug.py ] && can_import bevforge.models.build; then
+  step bench-infer-debug "$PY" -m bevforge.cli.main bench infer configs/bevformer_debug.py \
+    --out "$RESULTS/infer.md"
+else
+  skip bench-infer "configs/bevformer_debug.py or bevforge.models.build missing"
+fi
+
+{
+  echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') commit ${BEVFORGE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+  echo
+  echo "| step | result | seconds |"
+  echo "|---|---|---|"
+  printf '%s\n' "${LINES[@]}"
+} >"$SUMMARY"
+cat "$SUMMARY"
+exit $status

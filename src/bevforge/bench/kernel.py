@@ -1,0 +1,222 @@
+"""`bevforge bench kernel`: MSDA reference (grid_sample) vs the Triton kernel, forward and forward+backward.
+
+Shape letters: B batch (x cameras / x BEV queue), S value tokens, M heads, D channels per head,
+Q queries, L levels, P points per level. The shapes are those of BEVFormer-base (928x1600 images,
+FPN strides 8/16/32/64, 200x200 BEV, 256 channels = 8 heads x 32):
+
+- ``base-sca``: spatial cross-attention, value = 6 cameras x 4 FPN levels (116x200, 58x100, 29x50,
+  15x25), 10 000 queries per camera (~40 000 BEV queries x ~1.5 camera hits / 6 cameras, padded to the
+  max as the official rebatching does), 8 points per level (official: 4 Z anchors x 2 points).
+- ``base-tsa``: temporal self-attention, value = 2 (prev BEV + current BEV queue) x 200x200, 1 level,
+  40 000 queries, 4 points.
+- ``decoder``: detection decoder cross-attention, 900 queries on the 200x200 BEV, 1 level, 4 points.
+- ``tiny``: a small smoke shape.
+
+Medians over ``--iters`` timed runs after ``--warmup`` runs (CUDA events on GPU). The table is appended
+to ``benchmarks/results/kernel.md`` with the device, commit and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bevforge.io import atomic_write_text
+from bevforge.ops.msda import msda_reference, triton_import_error, triton_ineligible_reason
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class MsdaShape:
+    name: str
+    B: int
+    levels: tuple[tuple[int, int], ...]  # (H_l, W_l)
+    Q: int
+    M: int = 8
+    D: int = 32
+    P: int = 4
+
+
+SHAPES: dict[str, MsdaShape] = {
+    "tiny": MsdaShape("tiny", B=1, levels=((16, 16), (8, 8)), Q=256),
+    "base-sca": MsdaShape("base-sca", B=6, levels=((116, 200), (58, 100), (29, 50), (15, 25)), Q=10000, P=8),
+    "base-tsa": MsdaShape("base-tsa", B=2, levels=((200, 200),), Q=40000),
+    "decoder": MsdaShape("decoder", B=1, levels=((200, 200),), Q=900),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="which MSDA shape (default all)")
+    p.add_argument("--dtype", choices=[*DTYPES, "all"], default="fp32", help="input dtype (default fp32)")
+    p.add_argument("--iters", type=int, default=20, help="timed iterations (median reported)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (compile, caches)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default="benchmarks/results/kernel.md", help="markdown file to append to")
+
+
+def make_inputs(shape: MsdaShape, device: str, dtype: torch.dtype, seed: int = 0):
+    """(value, spatial_shapes, level_start_index, locations, weights) with softmaxed weights."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    L = len(shape.levels)
+    S = sum(h * w for h, w in shape.levels)
+    spatial = torch.tensor(shape.levels, dtype=torch.long, device=device)  # [L, 2]
+    start = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])  # [L]
+    value = torch.randn(shape.B, S, shape.M, shape.D, device=device, generator=g, dtype=dtype)
+    locs = torch.rand(shape.B, shape.Q, shape.M, L, shape.P, 2, device=device, generator=g, dtype=dtype)
+    logits = torch.randn(shape.B, shape.Q, shape.M, L * shape.P, device=device, generator=g)
+    # [B, Q, M, L*P] -> [B, Q, M, L, P]
+    weights = logits.softmax(-1).view(shape.B, shape.Q, shape.M, L, shape.P).to(dtype)
+    return value, spatial, start, locs, weights
+
+
+def time_median_ms(fn: Callable[[], object], warmup: int, iters: int, device: str) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.startswith("cuda"):
+            t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0.record()
+            fn()
+            t1.record()
+            torch.cuda.synchronize()
+            times.append(t0.elapsed_time(t1))
+        else:
+            s = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - s) * 1e3)
+    return statistics.median(times)
+
+
+def _fwd_bwd(fn, value, spatial, start, locs, weights, grad_out) -> Callable[[], object]:
+    leaves = [t.detach().requires_grad_() for t in (value, locs, weights)]
+
+    def step():
+        out = fn(leaves[0], spatial, start, leaves[1], leaves[2])
+        return torch.autograd.grad(out, leaves, grad_out)
+
+    return step
+
+
+def bench_shape(shape: MsdaShape, dtype: torch.dtype, device: str, warmup: int, iters: int) -> dict:
+    """Median ms of reference/Triton forward and forward+backward, max |diff| of the outputs."""
+    args = make_inputs(shape, device, dtype)
+    row: dict = {"shape": shape, "dtype": dtype}
+    with torch.no_grad():
+        ref_out = msda_reference(*args)
+    grad_out = torch.randn_like(ref_out)
+    row["ref_fwd"] = time_median_ms(lambda: msda_reference(*args), warmup, iters, device)
+    row["ref_fb"] = time_median_ms(_fwd_bwd(msda_reference, *args, grad_out), warmup, iters, device)
+    reason = triton_import_error() or triton_ineligible_reason(args[0], args[3], args[4])
+    row["triton_note"] = reason or ""
+    if reason is None:
+        from bevforge.ops.msda.op import msda_op
+
+        with torch.no_grad():
+            row["max_diff"] = (msda_op(*args).float() - ref_out.float()).abs().max().item()
+        row["tri_fwd"] = time_median_ms(lambda: msda_op(*args), warmup, iters, device)
+        row["tri_fb"] = time_median_ms(_fwd_bwd(msda_op, *args, grad_out), warmup, iters, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return row
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "n/a" if a is None or b is None or b <= 0 else f"{a / b:.2f}x"
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| shape | dtype | B | S | Q | M x D | L | P | ref fwd ms | triton fwd ms | speedup | "
+        "ref fwd+bwd ms | triton fwd+bwd ms | speedup | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s: MsdaShape = r["shape"]
+        S = sum(h * w for h, w in s.levels)
+        tf, tfb = r.get("tri_fwd"), r.get("tri_fb")
+        diff = f"{r['max_diff']:.2e}" if "max_diff" in r else f"triton skipped: {r['triton_note']}"
+        lines.append(
+            f"| {s.name} | {str(r['dtype']).replace('torch.', '')} | {s.B} | {S} | {s.Q} | {s.M} x {s.D} | "
+            f"{len(s.levels)} | {s.P} | {_fmt(r['ref_fwd'])} | {_fmt(tf)} | {_ratio(r['ref_fwd'], tf)} | "
+            f"{_fmt(r['ref_fb'])} | {_fmt(tfb)} | {_ratio(r['ref_fb'], tfb)} | {diff} |"
+        )
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    """Short commit of the working tree (``BEVFORGE_COMMIT`` wins: machines without git/.git)."""
+    if os.environ.get("BEVFORGE_COMMIT"):
+        return os.environ["BEVFORGE_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def command_line() -> str:
+    argv = sys.argv[1:] if Path(sys.argv[0]).name in ("bevforge", "main.py", "__main__.py") else sys.argv
+    return "bevforge " + " ".join(argv) if argv is not sys.argv else " ".join(argv)
+
+
+def append_result(path: str | Path, title: str, device: str, body: str) -> Path:
+    """Append one section (title, device, commit, command, versions, body) to a markdown results file."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else f"# {path.stem} benchmarks\n"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:  # not installed / broken: recorded as such
+        triton_version = "none"
+    section = (
+        f"\n## {title} — {stamp}\n\n"
+        f"- device: {device_name(device)}\n- commit: {git_commit()}\n- command: `{command_line()}`\n"
+        f"- torch {torch.__version__}, triton {triton_version}, CUDA {torch.version.cuda}\n\n{body}\n"
+    )
+    return atomic_write_text(path, old.rstrip("\n") + "\n" + section)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available; use --device cpu (reference only)")
+        return 2
+    shapes = list(SHAPES.values()) if args.shape == "all" else [SHAPES[args.shape]]
+    dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
+    rows = []
+    for shape in shapes:
+        for dtype in dtypes:
+            row = bench_shape(shape, dtype, args.device, args.warmup, args.iters)
+            print(format_table([row]).splitlines()[-1], flush=True)
+            rows.append(row)
+    table = format_table(rows)
+    print(table)
+    path = append_result(args.out, "MSDA kernel", args.device, table + f"\n\nmedian of {args.iters} runs")
+    print(f"appended to {path}")
+    return 0
