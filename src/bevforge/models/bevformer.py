@@ -1,0 +1,126 @@
+"""BEVFormer: backbone + FPN -> temporal BEV encoder -> detection / segmentation heads.
+
+Shape letters: B batch, T frames (history ``0..T-2``, current ``T-1``), N cameras, L feature levels,
+C channels, H/W image size, Q = bev_h * bev_w BEV queries, D decoder layers, K classes, S seg classes.
+
+``forward(batch, state) -> (preds, state)`` (docs/CONTRACTS.md). History frames run as the official
+``obtain_history_bev``: the whole history pass is in eval mode and without gradients, the backbone
+batched over all history frames, the encoder recurrent. The current frame gets gradients. Temporal
+state is explicit and per sample: a frame whose scene differs from the state's (or that is padding)
+starts without a previous BEV, exactly as a scene start in the official code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bevforge.geometry.ego_motion import can_bus_deltas
+from bevforge.models.bev_encoder import BEVEncoder
+from bevforge.structures.batch import Batch
+from bevforge.structures.temporal import TemporalState
+
+
+class BEVFormer(nn.Module):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        encoder: BEVEncoder,
+        det_head: nn.Module | None = None,
+        seg_head: nn.Module | None = None,
+        grid_mask: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if det_head is None and seg_head is None:
+            raise ValueError("BEVFormer needs a detection head, a segmentation head or both")
+        self.backbone = backbone
+        self.neck = neck
+        self.encoder = encoder
+        self.det_head = det_head
+        self.seg_head = seg_head
+        self.grid_mask = grid_mask  # applied in training only (the module checks self.training too)
+
+    def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``images [B', N, 3, H, W]`` -> L x ``[B', N, C, H_l, W_l]`` (one backbone call for all)."""
+        assert images.dim() == 5, f"expected [B', N, 3, H, W], got {tuple(images.shape)}"
+        groups, num_cams = images.shape[:2]
+        x = images.flatten(0, 1)  # [B'*N, 3, H, W]
+        if self.grid_mask is not None and self.training:
+            x = self.grid_mask(x)
+        feats = self.neck(self.backbone(x))  # L x [B'*N, C, H_l, W_l]
+        # [B'*N, C, H_l, W_l] -> [B', N, C, H_l, W_l]
+        return [f.view(groups, num_cams, *f.shape[1:]) for f in feats]
+
+    def encode_frame(
+        self, batch: Batch, t: int, feats: list[torch.Tensor], state: TemporalState | None
+    ) -> tuple[torch.Tensor, TemporalState]:
+        """BEV of frame ``t`` given L x ``[B, N, C, H_l, W_l]`` features and the previous state."""
+        num_b = batch.batch_size
+        scenes = [tokens[t] for tokens in batch.scene_tokens]
+        valid = batch.frame_valid[:, t]  # [B]
+        can_bus = batch.can_bus[:, t]  # [B, 18] absolute
+        if state is None:
+            prev_exists = torch.zeros(num_b, dtype=torch.bool, device=can_bus.device)
+            prev_bev, prev_can_bus = None, None
+        else:
+            if state.prev_bev.shape[0] != num_b or len(state.scene_tokens) != num_b:
+                raise ValueError(
+                    f"TemporalState holds {state.prev_bev.shape[0]} samples but the batch has {num_b}; "
+                    "pass state=None at a batch-size change (the state is per sample)"
+                )
+            prev_exists = state.prev_exists(scenes, valid).to(can_bus.device)
+            prev_bev, prev_can_bus = state.prev_bev, state.prev_can_bus
+        can_bus_delta = can_bus_deltas(can_bus, prev_can_bus, prev_exists)  # [B, 18]
+        pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
+        bev = self.encoder(feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists)
+        new_scenes = [s if ok else "" for s, ok in zip(scenes, valid.tolist(), strict=True)]
+        return bev, TemporalState(bev.detach(), can_bus.detach().clone(), new_scenes)
+
+    def forward(
+        self, batch: Batch, state: TemporalState | None = None
+    ) -> tuple[dict[str, torch.Tensor], TemporalState]:
+        """``batch.images [B, T, N, 3, H, W]`` -> (preds, state after the current frame).
+
+        preds: ``bev [B, Q, C]``; with a detection head ``cls_logits [D, B, Q, K]`` and
+        ``box_code [D, B, Q, 10]``; with a segmentation head ``seg_logits [B, S, bev_h, bev_w]``.
+        """
+        assert batch.images.dim() == 6, f"images must be [B, T, N, 3, H, W], got {tuple(batch.images.shape)}"
+        num_b, num_t = batch.images.shape[:2]
+        if not (self.training and torch.is_grad_enabled()):
+            # inference: no mode switch needed, one backbone call for every frame
+            feats = self.extract_features(batch.images.flatten(0, 1))  # L x [B*T, N, C, h, w]
+            feats = [f.view(num_b, num_t, *f.shape[1:]) for f in feats]  # L x [B, T, N, C, h, w]
+            for t in range(num_t - 1):
+                _, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state)
+            bev, state = self.encode_frame(batch, num_t - 1, [f[:, -1] for f in feats], state)
+        else:
+            if num_t > 1:
+                state = self._history_state(batch, state)
+            feats = self.extract_features(batch.images[:, -1])  # L x [B, N, C, h, w]
+            bev, state = self.encode_frame(batch, num_t - 1, feats, state)
+        return self._heads(bev), state
+
+    def _history_state(self, batch: Batch, state: TemporalState | None) -> TemporalState | None:
+        """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``)."""
+        num_b, num_t = batch.images.shape[:2]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                history = batch.images[:, :-1].flatten(0, 1)  # [B*(T-1), N, 3, H, W]
+                feats = self.extract_features(history)  # L x [B*(T-1), N, C, h, w]
+                feats = [f.view(num_b, num_t - 1, *f.shape[1:]) for f in feats]  # L x [B, T-1, N, C, h, w]
+                for t in range(num_t - 1):
+                    _, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state)
+        finally:
+            self.train(was_training)
+        return state
+
+    def _heads(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
+        preds: dict[str, torch.Tensor] = {"bev": bev}
+        if self.det_head is not None:
+            preds["cls_logits"], preds["box_code"] = self.det_head(bev)
+        if self.seg_head is not None:
+            preds["seg_logits"] = self.seg_head(bev)
+        return preds

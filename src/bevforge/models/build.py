@@ -1,0 +1,84 @@
+"""``build_model(cfg)``: the one place that reads the config and builds a BEVFormer from primitives."""
+
+from __future__ import annotations
+
+from bevforge.config import Config, ConfigError
+from bevforge.models.backbone import ResNetBackbone
+from bevforge.models.bev_encoder import BEVEncoder
+from bevforge.models.bevformer import BEVFormer
+from bevforge.models.det_head import DetectionHead
+from bevforge.models.grid_mask import GridMask
+from bevforge.models.neck import FPN
+from bevforge.models.seg_head import SegHead
+
+
+def build_model(cfg: Config) -> BEVFormer:
+    """BEVFormer from ``cfg.model``, ``cfg.data`` (range, cameras, classes) and ``cfg.train.grad_ckpt``."""
+    m, d = cfg.model, cfg.data
+    if len(d.point_cloud_range) != 6:
+        raise ConfigError(f"data.point_cloud_range needs 6 values, got {d.point_cloud_range}")
+    if not (m.with_det or m.with_seg):
+        raise ConfigError("model.with_det and model.with_seg are both false: enable at least one head")
+    if m.with_seg and tuple(m.seg_classes) != tuple(d.seg_classes):
+        raise ConfigError(
+            f"model.seg_classes {m.seg_classes} != data.seg_classes {d.seg_classes}: "
+            "set both to the same list"
+        )
+    if m.num_classes != len(d.classes):
+        raise ConfigError(f"model.num_classes={m.num_classes} but data.classes has {len(d.classes)} names")
+    b = m.backbone
+    backbone = ResNetBackbone(
+        depth=b.depth,
+        out_indices=tuple(b.out_indices),
+        frozen_stages=b.frozen_stages,
+        norm_eval=b.norm_eval,
+        dcn_stages=tuple(b.dcn_stages),
+        pretrained=b.pretrained,
+        with_cp=b.with_cp,
+        style=getattr(b, "style", "pytorch"),
+    )
+    neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
+    if m.neck.out_channels != m.embed_dims:
+        raise ConfigError(
+            f"model.neck.out_channels ({m.neck.out_channels}) must equal model.embed_dims ({m.embed_dims})"
+        )
+    pc_range = tuple(float(v) for v in d.point_cloud_range)
+    encoder = BEVEncoder(
+        embed_dims=m.embed_dims,
+        ffn_dims=m.ffn_dims,
+        dropout=m.dropout,
+        num_layers=m.encoder_layers,
+        bev_h=m.bev_h,
+        bev_w=m.bev_w,
+        pc_range=pc_range,
+        num_cams=len(d.cameras),
+        num_levels=m.neck.num_outs,
+        num_points_in_pillar=m.num_points_in_pillar,
+        tsa_heads=m.tsa_heads,
+        tsa_points=m.tsa_points,
+        sca_heads=m.sca_heads,
+        sca_points=m.sca_points,
+        use_can_bus=m.use_can_bus,
+        use_shift=m.use_shift,
+        rotate_prev_bev=m.rotate_prev_bev,
+        official_compat=m.official_compat,
+        grad_ckpt=cfg.train.grad_ckpt,
+    )
+    det_head = None
+    if m.with_det:
+        det_head = DetectionHead(
+            embed_dims=m.embed_dims,
+            ffn_dims=m.ffn_dims,
+            dropout=m.dropout,
+            num_queries=m.num_queries,
+            num_classes=m.num_classes,
+            num_layers=m.decoder_layers,
+            num_heads=m.decoder_heads,
+            num_points=m.decoder_points,
+            bev_h=m.bev_h,
+            bev_w=m.bev_w,
+            pc_range=pc_range,
+        )
+    seg_head = SegHead(m.embed_dims, len(m.seg_classes), m.bev_h, m.bev_w) if m.with_seg else None
+    grid_mask = GridMask(prob=0.7, ratio=0.5) if m.use_grid_mask else None  # official p 0.7, ratio 0.5
+    return BEVFormer(backbone, neck, encoder, det_head, seg_head, grid_mask)
