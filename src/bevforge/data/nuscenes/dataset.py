@@ -1,0 +1,224 @@
+"""nuScenes-format dataset over ``infos_{split}.json``: a temporal queue of frames per item.
+
+Shape letters: T frames (oldest first, current last), N cameras, H/W padded image size, M boxes,
+S seg classes. ``__getitem__`` returns a dict that ``loader.collate`` stacks into a ``Batch``.
+
+Temporal queue (official ``CustomNuScenesDataset.prepare_train_data``): for the current index i take
+the ``queue_length`` previous indices ``i-q .. i-1``, shuffle them, drop the first, sort, append i ->
+T = queue_length frames. History frames of another scene keep their own scene token (the model resets
+on a change); indices < 0 become padding frames (``frame_valid=False``, zero images, scene token "").
+Evaluation items hold only the current frame (T = 1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bevforge.config import Config
+from bevforge.data.image_io import ImageDecodeError, MissingImageError, read_image, target_size
+from bevforge.data.nuscenes.image_cache import ImageCache
+from bevforge.data.nuscenes.infos import load_infos
+from bevforge.data.transforms import (
+    filter_gt,
+    normalize,
+    pad_to_divisor,
+    photometric_distortion,
+    resize_lidar2img,
+)
+
+
+class NuScenesDataset(Dataset):
+    def __init__(
+        self,
+        info_path: str | Path,
+        data_root: str | Path,
+        *,
+        train: bool,
+        cameras: Sequence[str],
+        classes: Sequence[str],
+        point_cloud_range: Sequence[float],
+        img_scale: float = 0.5,
+        pad_divisor: int = 32,
+        img_mean: Sequence[float] = (123.675, 116.28, 103.53),
+        img_std: Sequence[float] = (58.395, 57.12, 57.375),
+        to_rgb: bool = True,
+        queue_length: int = 3,
+        photometric_aug: bool = True,
+        with_seg: bool = False,
+        seg_classes: Sequence[str] = (),
+        bev_hw: tuple[int, int] = (50, 50),
+        image_cache: str = "",
+        nuscenes_version: str | None = None,
+    ) -> None:
+        self.info = load_infos(info_path, expect_version=nuscenes_version)
+        self.samples = self.info.samples
+        if not self.samples:
+            raise ValueError(f"{info_path}: the info file holds no samples; re-run `bevforge prepare`")
+        self.data_root = Path(data_root)
+        self.train = train
+        self.cameras = tuple(cameras)
+        missing = [c for c in self.cameras if c not in self.samples[0]["cams"]]
+        if missing:
+            raise ValueError(f"{info_path}: cameras {missing} not in the infos; fix data.cameras")
+        self.classes = tuple(classes)
+        self.pcr = tuple(float(v) for v in point_cloud_range)
+        self.img_scale = float(img_scale)
+        self.pad_divisor = int(pad_divisor)
+        self.img_mean, self.img_std, self.to_rgb = tuple(img_mean), tuple(img_std), bool(to_rgb)
+        self.queue_length = max(1, int(queue_length)) if train else 1
+        self.photometric_aug = bool(photometric_aug) and train
+        self.seg = None
+        if with_seg:
+            from bevforge.data.map_targets import MapTargetBuilder
+
+            self.seg = MapTargetBuilder(data_root, seg_classes, self.pcr, bev_hw)
+        self.cache = (
+            ImageCache(image_cache, self.info.split, self.cameras, self.img_scale) if image_cache else None
+        )
+        scene_ids: dict[str, int] = {}
+        self._scene_of = [scene_ids.setdefault(s["scene_token"], len(scene_ids)) for s in self.samples]
+        self.num_corrupt_images = 0
+        self._reported: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg: Config, split: str, train: bool) -> NuScenesDataset:
+        d = cfg.data
+        return cls(
+            Path(d.info_dir) / f"infos_{split}.json",
+            d.data_root,
+            train=train,
+            cameras=d.cameras,
+            classes=d.classes,
+            point_cloud_range=d.point_cloud_range,
+            img_scale=d.img_scale,
+            pad_divisor=d.pad_divisor,
+            img_mean=d.img_mean,
+            img_std=d.img_std,
+            to_rgb=d.to_rgb,
+            queue_length=d.queue_length,
+            photometric_aug=d.photometric_aug,
+            with_seg=d.with_seg,
+            seg_classes=d.seg_classes,
+            bev_hw=(cfg.model.bev_h, cfg.model.bev_w),
+            image_cache=d.image_cache,
+            nuscenes_version=d.version,
+        )
+
+    # ---------------------------------------------------------------------------------- scenes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_scenes(self) -> int:
+        return max(self._scene_of) + 1
+
+    def scene_of(self, index: int) -> int:
+        """Scene id (0..num_scenes-1, in order of first appearance) of sample ``index``."""
+        return self._scene_of[index]
+
+    def queue_indices(self, index: int, rng: np.random.Generator) -> list[int]:
+        """Official queue: previous ``q`` indices, shuffled, first dropped, sorted, then ``index``."""
+        q = self.queue_length
+        if q <= 1:
+            return [index]
+        history = list(range(index - q, index))
+        rng.shuffle(history)
+        return sorted(history[1:]) + [index]
+
+    # ---------------------------------------------------------------------------------- frames
+
+    def _images(self, sample: dict, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (images [N, 3, Hp, Wp] float32 normalised + padded, lidar2img [N, 4, 4] float32)."""
+        imgs, l2is = [], []
+        cached = self.cache[sample["token"]] if self.cache is not None else None  # [N, H, W, 3]
+        for j, cam in enumerate(self.cameras):
+            c = sample["cams"][cam]
+            w, h = target_size(c["width"], c["height"], self.img_scale)
+            img = cached[j] if cached is not None else self._read(self.data_root / c["path"], (w, h))
+            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()  # [3, H, W]
+            if rng is not None and self.photometric_aug:
+                t = photometric_distortion(t, rng)
+            imgs.append(t)
+            l2i = torch.tensor(c["lidar2img"], dtype=torch.float64)
+            l2is.append(resize_lidar2img(l2i, w / c["width"], h / c["height"]))
+        if len({tuple(t.shape) for t in imgs}) != 1:
+            raise ValueError(f"sample {sample['token']}: cameras differ in size; use one resolution")
+        x = normalize(torch.stack(imgs), self.img_mean, self.img_std, self.to_rgb)  # [N, 3, H, W]
+        return pad_to_divisor(x, self.pad_divisor), torch.stack(l2is).float()
+
+    def _read(self, path: Path, wh: tuple[int, int]) -> np.ndarray:
+        try:
+            return read_image(path, wh)
+        except MissingImageError:
+            raise
+        except ImageDecodeError as e:
+            if not self.train:
+                raise
+            # Policy (docs/INFOS.md): in training a corrupt image becomes black, counted, reported once.
+            self.num_corrupt_images += 1
+            if str(path) not in self._reported:
+                self._reported.add(str(path))
+                warnings.warn(f"{e} (training continues with a black image; reported once)", stacklevel=2)
+            return np.zeros((wh[1], wh[0], 3), dtype=np.uint8)
+
+    def _frame(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        s = self.samples[index]
+        images, lidar2img = self._images(s, rng)
+        return {
+            "images": images,
+            "lidar2img": lidar2img,
+            "can_bus": torch.tensor(s["can_bus"], dtype=torch.float32),
+            "ego2global": torch.tensor(s["ego2global"], dtype=torch.float64),
+            "lidar2ego": torch.tensor(s["lidar2ego"], dtype=torch.float64),
+            "frame_valid": True,
+            "scene_token": s["scene_token"],
+            "timestamp": int(s["timestamp"]),
+        }
+
+    @staticmethod
+    def _padding_frame(like: dict[str, Any]) -> dict[str, Any]:
+        """A frame before the data start: zero images, geometry of ``like``, no scene (model resets)."""
+        return {**like, "images": torch.zeros_like(like["images"]), "frame_valid": False, "scene_token": ""}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item())) if self.train else None
+        order = self.queue_indices(index, rng) if rng is not None else [index]
+        frames: list[dict[str, Any] | None] = [self._frame(i, rng) if i >= 0 else None for i in order]
+        first_real = next(f for f in frames if f is not None)
+        frames = [f if f is not None else self._padding_frame(first_real) for f in frames]
+        s = self.samples[index]
+        gt = s["gt"]
+        boxes, labels = filter_gt(gt["boxes"], gt["names"], gt["valid"], self.classes, self.pcr)
+        seg = None
+        if self.seg is not None:
+            l2g = np.asarray(s["ego2global"]) @ np.asarray(s["lidar2ego"])
+            seg = torch.from_numpy(self.seg(s["location"], l2g))  # [S, bev_h, bev_w]
+        h, w = self._valid_hw(s)
+        return {
+            "images": torch.stack([f["images"] for f in frames]),  # [T, N, 3, H, W]
+            "lidar2img": torch.stack([f["lidar2img"] for f in frames]),  # [T, N, 4, 4]
+            "can_bus": torch.stack([f["can_bus"] for f in frames]),  # [T, 18]
+            "ego2global": torch.stack([f["ego2global"] for f in frames]),  # [T, 4, 4]
+            "lidar2ego": torch.stack([f["lidar2ego"] for f in frames]),  # [T, 4, 4]
+            "frame_valid": torch.tensor([f["frame_valid"] for f in frames]),  # [T]
+            "scene_tokens": [f["scene_token"] for f in frames],
+            "sample_token": s["token"],
+            "timestamps": torch.tensor([f["timestamp"] for f in frames], dtype=torch.int64),  # [T]
+            "img_hw": (h, w),
+            "gt_boxes": boxes,  # [M, 9]
+            "gt_labels": labels,  # [M]
+            "seg_target": seg,
+        }
+
+    def _valid_hw(self, sample: dict) -> tuple[int, int]:
+        c = sample["cams"][self.cameras[0]]
+        w, h = target_size(c["width"], c["height"], self.img_scale)
+        return h, w

@@ -1,0 +1,150 @@
+"""Image + camera + box transforms, applied together so the geometry stays consistent.
+
+Shape letters: N cameras, H/W image size, M boxes. Images are float32 ``[3, H, W]`` in [0, 255] (RGB)
+until :func:`normalize`; ``lidar2img`` is ``[N, 4, 4]`` mapping lidar points to pixels.
+
+Pipeline per frame (official BEVFormer order with the resize folded into decoding): decode+resize
+(``image_io``) -> photometric distortion (train) -> normalise (mean/std, channel order) -> pad to the
+divisor (zeros, bottom/right). ``lidar2img`` gets ``diag(sx, sy, 1, 1) @ lidar2img`` for the resize;
+padding does not move pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resize_lidar2img(lidar2img: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """``[..., 4, 4]`` lidar2img of the raw image -> that of the image resized by (sx, sy)."""
+    scale = torch.eye(4, dtype=lidar2img.dtype)
+    scale[0, 0], scale[1, 1] = sx, sy
+    return scale @ lidar2img  # [..., 4, 4]
+
+
+# ------------------------------------------------------------------------------ photometric
+
+
+def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
+    """[3, H, W] RGB in [0, 1] -> HSV with H in degrees [0, 360), S, V in [0, 1]."""
+    r, g, b = img.unbind(0)
+    maxc, _ = img.max(0)
+    minc, _ = img.min(0)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(
+        maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
+    )
+    h = torch.where(delta > 0, h * 60.0, torch.zeros_like(h))
+    s = torch.where(
+        maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc)
+    )
+    return torch.stack([h, s, maxc])  # [3, H, W]
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    h, s, v = hsv.unbind(0)
+    c = v * s
+    hp = (h % 360.0) / 60.0
+    x = c * (1 - (hp % 2 - 1).abs())
+    z = torch.zeros_like(c)
+    sector = hp.floor().clamp(0, 5).long()
+    r = torch.stack([c, x, z, z, x, c])  # [6, H, W] per sector
+    g = torch.stack([x, c, c, x, z, z])
+    b = torch.stack([z, z, x, c, c, x])
+    idx = sector[None]
+    m = v - c
+    return torch.stack([r.gather(0, idx)[0] + m, g.gather(0, idx)[0] + m, b.gather(0, idx)[0] + m])
+
+
+def photometric_distortion(
+    img: torch.Tensor,
+    rng: np.random.Generator,
+    brightness_delta: float = 32.0,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: float = 18.0,
+) -> torch.Tensor:
+    """mmdet3d ``PhotoMetricDistortionMultiViewImage`` on one ``[3, H, W]`` float image in [0, 255].
+
+    Each step fires with probability 0.5: brightness (+U(-32, 32)), contrast (x U(0.5, 1.5), before or
+    after the HSV steps), saturation (S x U(0.5, 1.5)), hue (H + U(-18, 18) degrees). The result is
+    clamped to [0, 255] (the official float pipeline does not clamp; clamping keeps HSV well defined).
+    """
+    assert img.dim() == 3 and img.shape[0] == 3, img.shape
+    img = img.clone()
+    if rng.integers(2):
+        img += float(rng.uniform(-brightness_delta, brightness_delta))
+    contrast_first = bool(rng.integers(2))
+    if contrast_first and rng.integers(2):
+        img *= float(rng.uniform(*contrast_range))
+    do_sat, do_hue = bool(rng.integers(2)), bool(rng.integers(2))
+    sat = float(rng.uniform(*saturation_range))
+    hue = float(rng.uniform(-hue_delta, hue_delta))
+    if do_sat or do_hue:
+        hsv = rgb_to_hsv(img.clamp(0, 255) / 255.0)  # [3, H, W]
+        if do_sat:
+            hsv[1] = (hsv[1] * sat).clamp(0, 1)
+        if do_hue:
+            hsv[0] = (hsv[0] + hue) % 360.0
+        img = hsv_to_rgb(hsv) * 255.0
+    if not contrast_first and rng.integers(2):
+        img *= float(rng.uniform(*contrast_range))
+    return img.clamp(0, 255)
+
+
+# ------------------------------------------------------------------------------ normalise, pad
+
+
+def normalize(
+    img: torch.Tensor, mean: Sequence[float], std: Sequence[float], to_rgb: bool = True
+) -> torch.Tensor:
+    """[..., 3, H, W] RGB float in [0, 255] -> (x - mean) / std in RGB (``to_rgb``) or BGR order."""
+    if not to_rgb:
+        img = img.flip(-3)  # RGB -> BGR (official caffe-style configs)
+    m = torch.tensor(mean, dtype=img.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=img.dtype).view(3, 1, 1)
+    return (img - m) / s
+
+
+def pad_to_divisor(img: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Zero-pad ``[..., H, W]`` at the bottom/right to multiples of ``divisor`` (after normalisation)."""
+    if divisor <= 1:
+        return img
+    h, w = img.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    return F.pad(img, (0, pw, 0, ph)) if (ph or pw) else img
+
+
+def padded_size(h: int, w: int, divisor: int) -> tuple[int, int]:
+    if divisor <= 1:
+        return h, w
+    return h + (-h) % divisor, w + (-w) % divisor
+
+
+# ------------------------------------------------------------------------------ ground truth
+
+
+def filter_gt(
+    boxes: np.ndarray,
+    names: Sequence[str],
+    valid: Sequence[bool],
+    classes: Sequence[str],
+    point_cloud_range: Sequence[float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep valid boxes of a detection class whose centre lies inside the BEV range.
+
+    ``boxes [M, 9]`` (ours). The range test is strict on x/y like mmdet3d's ``ObjectRangeFilter``
+    (``in_range_bev``); labels are indices into ``classes``. Returns ``(boxes [K, 9] float32,
+    labels [K] int64)``.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
+    labels = np.array([classes.index(n) if n in classes else -1 for n in names], dtype=np.int64)
+    x0, y0, _, x1, y1, _ = point_cloud_range
+    keep = (labels >= 0) & np.asarray(valid, dtype=bool).reshape(-1)
+    keep &= (b[:, 0] > x0) & (b[:, 0] < x1) & (b[:, 1] > y0) & (b[:, 1] < y1)
+    return torch.from_numpy(b[keep]).float(), torch.from_numpy(labels[keep])
