@@ -1,0 +1,90 @@
+"""The training loop with the contract stand-in: NaN skipping, OOM, accumulation, retention, resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bevforge.train.checkpoint import load_checkpoint
+from bevforge.train.errors import NonFiniteLoss, OutOfMemory
+from bevforge.train.trainer import train
+
+sys.path.insert(0, str(Path(__file__).parent))
+import train_standin as si  # noqa: E402
+
+
+def _run(tmp_path, overrides=(), model=None, **kw):
+    torch.manual_seed(0)
+    cfg = si.tiny_config(list(overrides))
+    return train(
+        cfg, tmp_path, model=model or si.StandInModel(), criterion=si.StandInCriterion(),
+        train_loader=si.make_loader(8, 2), progress=False, tensorboard=False, **kw,
+    )  # fmt: skip
+
+
+def _metrics(work_dir) -> list[dict]:
+    return [json.loads(x) for x in (Path(work_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nan_steps_are_skipped_then_stop(tmp_path) -> None:
+    model = si.StandInModel(nan_after=2)
+    with pytest.raises(NonFiniteLoss, match="3 optimizer steps in a row.*Lower the LR"):
+        _run(tmp_path, ["train.max_nan_steps=3"], model=model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no update from a NaN step
+    recs = _metrics(tmp_path)
+    assert recs[-1]["skipped_steps"] == 3 and recs[1]["skipped_steps"] == 0
+
+
+class _OomModel(si.StandInModel):
+    def forward(self, batch, state=None):
+        if self.calls == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return super().forward(batch, state)
+
+
+def test_oom_gives_advice_and_keeps_last_checkpoint(tmp_path) -> None:
+    with pytest.raises(OutOfMemory, match="--grad-ckpt.*--amp bf16.*img_scale"):
+        _run(tmp_path, ["train.ckpt_iter_interval=2"], model=_OomModel())
+    assert load_checkpoint(tmp_path / "latest.pth")["global_iter"] == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_accumulation_retention_and_max_iters(tmp_path) -> None:
+    out = _run(tmp_path, ["train.accum_steps=2", "train.epochs=3", "train.keep_last=1"])
+    assert out["global_iter"] == 12 and out["skipped_steps"] == 0
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["epoch_3.pth", "latest.pth"]
+    ck = load_checkpoint(
+        tmp_path / "latest.pth",
+    )
+    assert ck["epoch"] == 3 and ck["iter_in_epoch"] == 0
+    assert ck["scheduler"]["last_epoch"] == 6  # one schedule step per 2 batches
+    assert json.loads(ck["config_json"])["train"]["accum_steps"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["name"] == "standin"
+    # more epochs from the finished run: resume continues the iteration count
+    out2 = _run(tmp_path, ["train.accum_steps=2", "train.epochs=3", "train.max_iters=14"], resume="auto")
+    assert out2["global_iter"] == 12  # already done: nothing to train
+
+
+def test_max_iters_stops_mid_epoch_with_resumable_checkpoint(tmp_path) -> None:
+    out = _run(tmp_path, ["train.max_iters=3"])
+    assert out["global_iter"] == 3
+    ck = load_checkpoint(tmp_path / "latest.pth")
+    assert (ck["epoch"], ck["iter_in_epoch"], ck["global_iter"]) == (0, 3, 3)
+    assert [r["iter"] for r in _metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_load_from_initialises_weights(tmp_path) -> None:
+    _run(tmp_path / "a", ["train.max_iters=1"])
+    model = si.StandInModel()
+    _run(
+        tmp_path / "b",
+        ["train.max_iters=1", "train.lr=0"],
+        model=model,
+        load_from=str(tmp_path / "a/latest.pth"),
+    )
+    ref = load_checkpoint(tmp_path / "a/latest.pth")["model"]
+    assert torch.equal(model.cls.weight, ref["cls.weight"])
