@@ -94,9 +94,10 @@ class MSDeformableAttention3D(nn.Module):
         # [G, K, Z, 2] -> [G, K, 1, 1, 1, Z, 2]
         ref = reference_points[:, :, None, None, None, :, :]
         locations = (ref + offsets).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
+        # sampling in fp32 as the official code (``force_fp32``): half-precision locations are too coarse
         return multi_scale_deformable_attention(
-            value, spatial_shapes, level_start_index, locations.to(value.dtype), weights.to(value.dtype)
-        )  # [G, K, C]
+            value.float(), spatial_shapes, level_start_index, locations.float(), weights.float()
+        ).to(query.dtype)  # [G, K, C]
 
 
 class SpatialCrossAttention(nn.Module):

@@ -127,8 +127,9 @@ class TemporalSelfAttention(nn.Module):
         locations = (
             reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
         )
+        # sampling in fp32 as the official code (bf16 locations would be off by up to a cell at 200 x 200)
         out = multi_scale_deformable_attention(
-            value, spatial_shapes, level_start_index, locations.to(value.dtype), weights.to(value.dtype)
-        )  # [V*B, Q, C]
+            value.float(), spatial_shapes, level_start_index, locations.float(), weights.float()
+        ).to(query.dtype)  # [V*B, Q, C]
         out = out.view(v, batch, num_q, channels).mean(dim=0)  # [B, Q, C]: average of the queues
         return identity + self.dropout(self.output_proj(out))
