@@ -1,0 +1,278 @@
+"""nuScenes detection submissions: build (from our lidar-frame detections), validate, load and score.
+
+Submission format (official): ``{"meta": {use_camera, use_lidar, use_radar, use_map, use_external},
+"results": {sample_token: [box, ...]}}`` with boxes ``{sample_token, translation [3] (global m),
+size [3] (w, l, h m), rotation [4] (w, x, y, z), velocity [2] (global m/s), detection_name,
+detection_score, attribute_name}``. Every sample token of the split must be present (empty lists are
+fine); at most 500 boxes per sample.
+
+Attributes follow the official BEVFormer/mmdet3d ``_format_bbox``: speed > 0.2 m/s -> cars, trucks,
+buses, trailers, construction vehicles ``vehicle.moving``, bicycles/motorcycles ``cycle.with_rider``,
+others the default; otherwise pedestrians ``pedestrian.standing``, buses ``vehicle.stopped``, others
+the default (``DEFAULT_ATTRIBUTE``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bevforge.config import DET_CLASSES
+from bevforge.eval.box_table import ATTR_INDEX, CLASS_INDEX, BoxTable, GroundTruth
+from bevforge.eval.gt import lidar_boxes_to_global
+from bevforge.eval.metrics import DetectionEvalConfig, detection_metrics
+from bevforge.io import atomic_write_text
+
+DEFAULT_ATTRIBUTE: dict[str, str] = {
+    "car": "vehicle.parked",
+    "pedestrian": "pedestrian.moving",
+    "trailer": "vehicle.parked",
+    "truck": "vehicle.parked",
+    "bus": "vehicle.moving",
+    "motorcycle": "cycle.without_rider",
+    "construction_vehicle": "vehicle.parked",
+    "bicycle": "cycle.without_rider",
+    "barrier": "",
+    "traffic_cone": "",
+}
+_VEHICLES = ("car", "construction_vehicle", "bus", "truck", "trailer")
+MAX_BOXES_PER_SAMPLE = 500
+CAMERA_META = {
+    "use_camera": True,
+    "use_lidar": False,
+    "use_radar": False,
+    "use_map": False,
+    "use_external": True,
+}
+
+
+class SubmissionError(ValueError):
+    """A submission is malformed; the message names the file, sample token, box and field, and the fix."""
+
+
+def attribute_name(detection_name: str, speed_mps: float) -> str:
+    """The official BEVFormer/mmdet3d attribute of a detection from its class and speed."""
+    if speed_mps > 0.2:
+        if detection_name in _VEHICLES:
+            return "vehicle.moving"
+        if detection_name in ("bicycle", "motorcycle"):
+            return "cycle.with_rider"
+        return DEFAULT_ATTRIBUTE[detection_name]
+    if detection_name == "pedestrian":
+        return "pedestrian.standing"
+    if detection_name == "bus":
+        return "vehicle.stopped"
+    return DEFAULT_ATTRIBUTE[detection_name]
+
+
+def make_submission(
+    detections: dict[str, dict[str, Any]],
+    samples: list[dict[str, Any]],
+    classes: tuple[str, ...] = DET_CLASSES,
+    meta: dict[str, Any] | None = None,
+    max_boxes: int = MAX_BOXES_PER_SAMPLE,
+) -> dict[str, Any]:
+    """Official submission dict from per-sample detections in our convention.
+
+    ``detections[token]`` = ``{"boxes": [K, 9] lidar frame (structures/boxes.py), "scores": [K],
+    "labels": [K] index into ``classes``}`` (tensors or arrays). ``samples`` are the info dicts of the split
+    (their ``lidar2ego`` / ``ego2global`` place the boxes); every one gets an entry (empty if not
+    detected). Boxes beyond ``max_boxes`` per sample are dropped lowest score first.
+    """
+    results: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        token = s["token"]
+        det = detections.get(token)
+        if det is None or len(det["scores"]) == 0:
+            results[token] = []
+            continue
+        boxes = np.asarray(_numpy(det["boxes"]), dtype=np.float64).reshape(-1, 9)
+        scores = np.asarray(_numpy(det["scores"]), dtype=np.float64).reshape(-1)
+        labels = np.asarray(_numpy(det["labels"]), dtype=np.int64).reshape(-1)
+        keep = np.argsort(-scores, kind="stable")[:max_boxes]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        center, size, quat, vel = lidar_boxes_to_global(boxes, s["lidar2ego"], s["ego2global"])
+        out = []
+        for k in range(len(scores)):
+            name = classes[int(labels[k])]
+            speed = math.hypot(float(vel[k, 0]), float(vel[k, 1]))
+            out.append(
+                {
+                    "sample_token": token,
+                    "translation": center[k].tolist(),
+                    "size": size[k].tolist(),
+                    "rotation": quat[k].tolist(),
+                    "velocity": vel[k].tolist(),
+                    "detection_name": name,
+                    "detection_score": float(scores[k]),
+                    "attribute_name": attribute_name(name, speed),
+                }
+            )
+        results[token] = out
+    return {"meta": dict(meta or CAMERA_META), "results": results}
+
+
+def _numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
+def write_submission(path: str | Path, submission: dict[str, Any]) -> Path:
+    """Write the submission JSON atomically."""
+    return atomic_write_text(path, json.dumps(submission) + "\n")
+
+
+def load_submission(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: results file not found; run `bevforge test` to make one")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SubmissionError(f"{path}: not valid JSON ({e}); re-create it with `bevforge test`") from None
+
+
+def _box_error(src: str, token: str, k: int, field: str, problem: str) -> SubmissionError:
+    return SubmissionError(
+        f"{src}: results[{token!r}][{k}].{field} {problem}; fix the box (official nuScenes submission format)"
+    )
+
+
+def _vector(box: dict[str, Any], key: str, n: int, src: str, token: str, k: int) -> list[float]:
+    v = box[key]
+    if not isinstance(v, list | tuple) or len(v) != n:
+        raise _box_error(src, token, k, key, f"must be a list of {n} numbers, got {v!r}")
+    try:
+        return [float(x) for x in v]
+    except (TypeError, ValueError):
+        raise _box_error(src, token, k, key, f"must hold numbers, got {v!r}") from None
+
+
+_REQUIRED = (
+    "sample_token",
+    "translation",
+    "size",
+    "rotation",
+    "velocity",
+    "detection_name",
+    "attribute_name",
+)
+
+
+def parse_submission(
+    submission: dict[str, Any],
+    gt: GroundTruth,
+    max_boxes: int = MAX_BOXES_PER_SAMPLE,
+    source: str = "submission",
+) -> BoxTable:
+    """Validate a submission against the split of ``gt`` and flatten it (JSON order kept).
+
+    Rejected, with the token, box and field named: missing ``meta``/``results``, missing or extra sample
+    tokens, > ``max_boxes`` boxes, missing keys, non-finite translation/size/rotation/score, sizes <= 0,
+    zero quaternions, unknown detection/attribute names, a box whose ``sample_token`` differs from its key.
+    """
+    src = source
+    if not isinstance(submission, dict) or "results" not in submission or "meta" not in submission:
+        raise SubmissionError(f"{src}: needs top-level 'meta' and 'results' keys (official nuScenes format)")
+    results = submission["results"]
+    if not isinstance(results, dict):
+        raise SubmissionError(f"{src}: 'results' must map sample_token -> list of boxes")
+    index = gt.token_index()
+    missing = [t for t in gt.sample_tokens if t not in results]
+    if missing:
+        raise SubmissionError(
+            f"{src}: {len(missing)} sample token(s) of the split have no entry, e.g. {missing[0]!r}; "
+            f"every sample needs a (possibly empty) list ({gt.source})"
+        )
+    extra = [t for t in results if t not in index]
+    if extra:
+        raise SubmissionError(
+            f"{src}: sample token {extra[0]!r} is not in the evaluated split ({gt.source}); "
+            f"evaluate on the split the results were made for"
+        )
+    cols: dict[str, list[Any]] = {k: [] for k in ("s", "t", "z", "r", "v", "n", "c", "a", "p")}
+    for token, boxes in results.items():
+        if not isinstance(boxes, list):
+            raise SubmissionError(f"{src}: results[{token!r}] must be a list of boxes")
+        if len(boxes) > max_boxes:
+            raise SubmissionError(f"{src}: results[{token!r}] has {len(boxes)} boxes; at most {max_boxes}")
+        s_idx = index[token]
+        for k, box in enumerate(boxes):
+            if not isinstance(box, dict):
+                raise _box_error(src, token, k, "", "must be an object")
+            for key in _REQUIRED:
+                if key not in box:
+                    raise _box_error(src, token, k, key, "is missing")
+            if box["sample_token"] != token:
+                raise _box_error(src, token, k, "sample_token", f"is {box['sample_token']!r}, not its key")
+            name = box["detection_name"]
+            if name not in CLASS_INDEX:
+                raise _box_error(
+                    src, token, k, "detection_name", f"{name!r} is not one of {list(CLASS_INDEX)}"
+                )
+            attr = box["attribute_name"]
+            if attr != "" and attr not in ATTR_INDEX:
+                raise _box_error(
+                    src, token, k, "attribute_name", f"{attr!r} is not '' or one of {list(ATTR_INDEX)}"
+                )
+            try:
+                score = float(box.get("detection_score", -1.0))
+            except (TypeError, ValueError):
+                raise _box_error(src, token, k, "detection_score", "must be a number") from None
+            cols["s"].append(s_idx)
+            cols["t"].append(_vector(box, "translation", 3, src, token, k))
+            cols["z"].append(_vector(box, "size", 3, src, token, k))
+            cols["r"].append(_vector(box, "rotation", 4, src, token, k))
+            cols["v"].append(_vector(box, "velocity", 2, src, token, k))
+            cols["n"].append(CLASS_INDEX[name])
+            cols["c"].append(score)
+            cols["a"].append(ATTR_INDEX.get(attr, -1))
+            cols["p"].append(int(box.get("num_pts", -1)))
+    n = len(cols["s"])
+    table = BoxTable(
+        sample_idx=np.array(cols["s"], dtype=np.int64),
+        translation=np.array(cols["t"], dtype=np.float64).reshape(n, 3),
+        size=np.array(cols["z"], dtype=np.float64).reshape(n, 3),
+        rotation=np.array(cols["r"], dtype=np.float64).reshape(n, 4),
+        velocity=np.array(cols["v"], dtype=np.float64).reshape(n, 2),
+        label=np.array(cols["n"], dtype=np.int64),
+        score=np.array(cols["c"], dtype=np.float64),
+        attr=np.array(cols["a"], dtype=np.int64),
+        num_pts=np.array(cols["p"], dtype=np.int64),
+    )
+    checks = (
+        ("translation", ~np.isfinite(table.translation).all(1), "must be finite (no NaN/inf)"),
+        ("size", ~np.isfinite(table.size).all(1), "must be finite (no NaN/inf)"),
+        ("size", ~(table.size > 0).all(1), "must be > 0 in every dimension"),
+        ("rotation", ~np.isfinite(table.rotation).all(1), "must be finite (no NaN/inf)"),
+        ("rotation", ~(np.abs(table.rotation).sum(1) > 0), "must be a non-zero quaternion (w, x, y, z)"),
+        ("detection_score", ~np.isfinite(table.score), "must be finite (no NaN/inf)"),
+    )
+    tokens = list(results)
+    offsets = np.cumsum([0] + [len(results[t]) for t in tokens])
+    for field, bad, problem in checks:
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            t_pos = int(np.searchsorted(offsets, i, side="right") - 1)
+            raise _box_error(src, tokens[t_pos], i - int(offsets[t_pos]), field, problem)
+    return table
+
+
+def evaluate(
+    submission: dict[str, Any] | str | Path,
+    gt: GroundTruth,
+    cfg: DetectionEvalConfig | None = None,
+    source: str = "",
+) -> dict[str, Any]:
+    """Score a submission (dict or JSON path) against ``gt``: the devkit's ``metrics_summary`` layout."""
+    cfg = cfg or DetectionEvalConfig()
+    if not isinstance(submission, dict):
+        source = source or str(submission)
+        submission = load_submission(submission)
+    preds = parse_submission(submission, gt, cfg.max_boxes_per_sample, source or "submission")
+    metrics = detection_metrics(gt, preds, cfg)
+    metrics["meta"] = dict(submission["meta"]) if isinstance(submission["meta"], dict) else submission["meta"]
+    return metrics
