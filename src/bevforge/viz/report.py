@@ -125,7 +125,7 @@ def _plot(
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
     try:
         for k, x, y in data:
-            ax.plot(x, y, label=k, color=SERIES_COLORS[keys.index(k) % len(SERIES_COLORS)], linewidth=1.5)
+            ax.plot(x, y, label=k, linewidth=1.5, **_style(k, keys.index(k)))
         if logy and all(v > 0 for _, _, y in data for v in y):
             ax.set_yscale("log")
         ax.set_title(title)
@@ -140,6 +140,16 @@ def _plot(
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def _style(key: str, index: int) -> dict[str, str]:
+    """Line style: decoder-layer terms ``d{i}.<term>`` take layer i's colour, dashed for non-cls terms;
+    any other series takes the colour of its position."""
+    m = re.match(r"d(\d+)\.(.*)", key)
+    if m:
+        return {"color": SERIES_COLORS[int(m.group(1)) % len(SERIES_COLORS)],
+                "linestyle": "-" if "cls" in m.group(2) else "--"}  # fmt: skip
+    return {"color": SERIES_COLORS[index % len(SERIES_COLORS)], "linestyle": "-"}
 
 
 def _layer_key(k: str) -> tuple[int, str]:
