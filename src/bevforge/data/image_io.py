@@ -60,11 +60,11 @@ def decode_jpeg_bytes(
         img = None
     if img is None:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its image codecs
                 warnings.simplefilter("ignore", DeprecationWarning)
                 from torchvision.io import ImageReadMode, decode_jpeg
 
-            t = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                t = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
             img = t.permute(1, 2, 0).numpy()  # [3, H, W] -> [H, W, 3]
         except (RuntimeError, ValueError):
             raise ImageDecodeError(
