@@ -49,6 +49,7 @@ def batch_camera_images(
     img_mean: Sequence[float],
     img_std: Sequence[float],
     to_rgb: bool,
+    line_px: int = 2,
 ) -> dict[str, Image.Image]:
     """Camera images of element ``b``'s current frame (T-1) with its GT boxes drawn red."""
     t = batch.num_frames - 1
@@ -59,7 +60,7 @@ def batch_camera_images(
         raise ValueError(f"batch has {len(imgs)} cameras but the config lists {len(cameras)}: {cameras}")
     out = {}
     for n, cam in enumerate(cameras):
-        draw_boxes_camera(imgs[n], boxes, l2i[n], GT_COLOR, width=2)
+        draw_boxes_camera(imgs[n], boxes, l2i[n], GT_COLOR, width=line_px)
         out[cam] = imgs[n]
     return out
 
@@ -70,7 +71,8 @@ def render_batch(batch: Batch, cfg: Config, tile_w: int = 400) -> list[tuple[str
     pc = d.point_cloud_range
     out = []
     for b in range(batch.batch_size):
-        images = batch_camera_images(batch, b, d.cameras, d.img_mean, d.img_std, d.to_rgb)
+        line_px = max(1, round(2 * batch.img_hw[1] / tile_w))  # ~2 px once resized to tile_w
+        images = batch_camera_images(batch, b, d.cameras, d.img_mean, d.img_std, d.to_rgb, line_px)
         grid = compose_cameras(images, tile_w=tile_w)
         view = BevView(range_m=max(abs(float(v)) for v in (pc[0], pc[1], pc[3], pc[4])), size_px=grid.height)
         seg = batch.seg_target[b].cpu().numpy() if batch.seg_target is not None else None
