@@ -31,34 +31,34 @@ def resize_lidar2img(lidar2img: torch.Tensor, sx: float, sy: float) -> torch.Ten
 def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
     """[3, H, W] RGB in [0, 1] -> HSV with H in degrees [0, 360), S, V in [0, 1]."""
     r, g, b = img.unbind(0)
-    maxc, _ = img.max(0)
-    minc, _ = img.min(0)
+    maxc, argmax = img.max(0)
+    minc = img.amin(0)
     delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(
-        maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    )
-    h = torch.where(delta > 0, h * 60.0, torch.zeros_like(h))
-    s = torch.where(
-        maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc)
-    )
+    inv = 1.0 / delta.clamp_min(1e-12)
+    h = torch.stack([((g - b) * inv) % 6, (b - r) * inv + 2, (r - g) * inv + 4])  # [3, H, W] per argmax
+    h = h.gather(0, argmax[None])[0] * 60.0
+    h = torch.where(delta > 0, h, torch.zeros_like(h))
+    s = delta / maxc.clamp_min(1e-12)
     return torch.stack([h, s, maxc])  # [3, H, W]
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
+    """Inverse of :func:`rgb_to_hsv` (channel n: ``v - v*s*clamp(min(k, 4-k), 0, 1)``, k = (n + h/60) % 6)."""
     h, s, v = hsv.unbind(0)
-    c = v * s
-    hp = (h % 360.0) / 60.0
-    x = c * (1 - (hp % 2 - 1).abs())
-    z = torch.zeros_like(c)
-    sector = hp.floor().clamp(0, 5).long()
-    r = torch.stack([c, x, z, z, x, c])  # [6, H, W] per sector
-    g = torch.stack([x, c, c, x, z, z])
-    b = torch.stack([z, z, x, c, c, x])
-    idx = sector[None]
-    m = v - c
-    return torch.stack([r.gather(0, idx)[0] + m, g.gather(0, idx)[0] + m, b.gather(0, idx)[0] + m])
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype).view(3, 1, 1)
+    k = (n + h[None] / 60.0) % 6  # [3, H, W]
+    return v[None] - (v * s)[None] * torch.minimum(k, 4 - k).clamp(0, 1)  # [3, H, W]
+
+
+def adjust_saturation(img: torch.Tensor, alpha: float) -> torch.Tensor:
+    """HSV ``S *= alpha`` (clamped to 1) without the HSV round trip; ``[3, H, W]`` any scale.
+
+    With hue and V fixed, each channel is ``c = V - V*S*f_c``, so scaling S gives
+    ``c' = V - (V - c) * min(alpha, 1/S)``.
+    """
+    v = img.amax(0, keepdim=True)  # [1, H, W]
+    span = (v - img.amin(0, keepdim=True)).clamp_min(1e-12)
+    return v - (v - img) * torch.minimum(torch.full_like(v, alpha), v / span)
 
 
 def photometric_distortion(
@@ -82,15 +82,12 @@ def photometric_distortion(
     contrast_first = bool(rng.integers(2))
     if contrast_first and rng.integers(2):
         img *= float(rng.uniform(*contrast_range))
-    do_sat, do_hue = bool(rng.integers(2)), bool(rng.integers(2))
-    sat = float(rng.uniform(*saturation_range))
-    hue = float(rng.uniform(-hue_delta, hue_delta))
-    if do_sat or do_hue:
-        hsv = rgb_to_hsv(img.clamp(0, 255) / 255.0)  # [3, H, W]
-        if do_sat:
-            hsv[1] = (hsv[1] * sat).clamp(0, 1)
-        if do_hue:
-            hsv[0] = (hsv[0] + hue) % 360.0
+    img = img.clamp_(0, 255)
+    if rng.integers(2):
+        img = adjust_saturation(img, float(rng.uniform(*saturation_range)))
+    if rng.integers(2):
+        hsv = rgb_to_hsv(img / 255.0)  # [3, H, W]
+        hsv[0] = (hsv[0] + float(rng.uniform(-hue_delta, hue_delta))) % 360.0
         img = hsv_to_rgb(hsv) * 255.0
     if not contrast_first and rng.integers(2):
         img *= float(rng.uniform(*contrast_range))

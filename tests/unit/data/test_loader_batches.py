@@ -133,3 +133,19 @@ def test_missing_and_corrupt_images(data_root, tmp_path):
     path.unlink()
     with pytest.raises(MissingImageError, match="not found"):
         ds[0]
+
+
+def test_image_cache_cli_gives_same_images(data_root, tmp_path):
+    from bevforge.cli.main import main as cli_main
+
+    over = [f"data.data_root={data_root}", f"data.info_dir={data_root / 'infos'}", "data.num_workers=0"]
+    cache = tmp_path / "cache"
+    assert cli_main(["cache", "bevformer_debug", "--set", *over, "--out", str(cache), "--splits", "val"]) == 0
+    assert (cache / "val.u8").is_file() and (cache / "val.json").is_file()
+    plain = NuScenesDataset.from_config(_cfg(data_root, photometric_aug=False), "val", train=False)
+    cached = NuScenesDataset.from_config(_cfg(data_root, image_cache=str(cache)), "val", train=False)
+    assert torch.equal(plain[2]["images"], cached[2]["images"])
+    with pytest.raises(ValueError, match="img_scale=0.5.*img_scale=0.25.*bevforge cache"):
+        NuScenesDataset.from_config(
+            _cfg(data_root, image_cache=str(cache), img_scale=0.25), "val", train=False
+        )

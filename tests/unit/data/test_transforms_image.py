@@ -11,6 +11,7 @@ from PIL import Image
 
 from bevforge.data.image_io import ImageDecodeError, MissingImageError, decode_jpeg_bytes, read_image
 from bevforge.data.transforms import (
+    adjust_saturation,
     filter_gt,
     hsv_to_rgb,
     normalize,
@@ -102,3 +103,12 @@ def test_decode_errors_name_the_file(tmp_path):
     bad.write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ImageDecodeError, match="bad.jpg.*corrupt"):
         read_image(bad, (8, 8))
+
+
+def test_adjust_saturation_matches_hsv():
+    torch.manual_seed(0)
+    img = torch.rand(3, 6, 5, dtype=torch.float64)
+    for alpha in (0.5, 1.3, 4.0):
+        hsv = rgb_to_hsv(img)
+        hsv[1] = (hsv[1] * alpha).clamp(0, 1)
+        assert torch.allclose(adjust_saturation(img, alpha), hsv_to_rgb(hsv), atol=1e-9)

@@ -105,4 +105,4 @@ class ImageCache:
             raise ImageCacheError(
                 f"{self.index_path}: sample {token} not in the cache; re-run `bevforge cache`"
             )
-        return np.asarray(self._mm[self.rows[token]])  # [N, H, W, 3]
+        return np.array(self._mm[self.rows[token]])  # [N, H, W, 3], a writable copy
