@@ -203,8 +203,10 @@ class ResNetBackbone(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B*, 64, H/4, W/4]
         outs: list[torch.Tensor] = []
         for i, layer in enumerate(self.stages):
+            # checkpoint only blocks that train (frozen stages keep no activations for backward anyway)
+            use_cp = self.with_cp and self.training and torch.is_grad_enabled() and i >= self.frozen_stages
             for block in layer:
-                if self.with_cp and self.training and x.requires_grad:
+                if use_cp:
                     x = checkpoint(block, x, use_reentrant=False)
                 else:
                     x = block(x)
