@@ -88,18 +88,28 @@ def series(
     return [p[0] for p in kept], [p[1] for p in kept]  # type: ignore[misc]
 
 
+MEM_KEYS = ("allocated", "reserved", "peak")
+
+
 def _derived(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``data_time_share`` = data_time / step_time and memory in GiB (when logged in bytes)."""
-    mem_keys = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak")
-    big = max((abs(_num(r.get(k)) or 0.0) for r in records for k in mem_keys), default=0.0) > 1e6
+    """Add ``data_time_share`` = data_time / step_time and ``mem_<kind>_gib`` GPU memory in GiB.
+
+    Memory comes as ``mem_<kind>_mib`` (the trainer's monitor) or ``gpu_mem_<kind>`` in unknown units:
+    max > 1e6 is read as bytes, > 256 as MiB, else GiB.
+    """
+    raw = [_num(r.get(f"gpu_mem_{k}")) or 0.0 for r in records for k in MEM_KEYS]
+    peak = max(raw, default=0.0)
+    scale = 1.0 / GIB if peak > 1e6 else (1.0 / 1024 if peak > 256 else 1.0)
     out = []
     for r in records:
         r = dict(r)
         dt, st = _num(r.get("data_time")), _num(r.get("step_time"))
         r["data_time_share"] = dt / st if dt is not None and st else None
-        for k in mem_keys:
-            v = _num(r.get(k))
-            r[k] = v / GIB if (v is not None and big) else v
+        for k in MEM_KEYS:
+            mib, other = _num(r.get(f"mem_{k}_mib")), _num(r.get(f"gpu_mem_{k}"))
+            r[f"mem_{k}_gib"] = (
+                mib / 1024 if mib is not None else (other * scale if other is not None else None)
+            )
         out.append(r)
     return out
 
@@ -173,8 +183,7 @@ def build_panels(records: list[dict[str, Any]]) -> list[Panel]:
         ("data_time", "Data-loading share of the step time", "data_time / step_time",
          ["data_time_share"], False),
         ("gpu_util", "GPU utilisation", "%", ["gpu_util"], False),
-        ("gpu_mem", "GPU memory", "GiB (or as logged)",
-         ["gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak"], False),
+        ("gpu_mem", "GPU memory", "GiB", [f"mem_{k}_gib" for k in MEM_KEYS], False),
     ]  # fmt: skip
     panels = []
     for key, title, ylabel, keys, logy in specs:
@@ -203,22 +212,59 @@ def _table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     return f"<table>{head}{body}</table>"
 
 
+#: Display names of the nuScenes summary keys (``DetectionMetrics.serialize``).
+EVAL_ALIASES = {"mean_ap": "mAP", "nd_score": "NDS"}
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
+
+
 def render_eval(metrics: Any) -> str:
-    """Evaluation numbers as tables: top-level scalars, then one table per nested dict (any shape)."""
+    """Evaluation numbers as tables, for any nesting: top-level scalars (mAP, NDS, ... first), a 2-column
+    table per flat dict (TP errors, per-class APs), a 2-D table per dict of flat dicts (per-class APs by
+    distance, per-class TP errors), anything else as collapsed JSON (e.g. the eval config)."""
     if not isinstance(metrics, dict):
         return f"<pre>{_e(json.dumps(metrics, indent=1))}</pre>"
-    scalars = [[k, v] for k, v in metrics.items() if not isinstance(v, dict | list)]
+    scalars = [[EVAL_ALIASES.get(k, k), v] for k, v in metrics.items() if _is_scalar(v)]
+    scalars.sort(key=lambda r: r[0] not in ("mAP", "NDS"))
     parts = [_table(scalars, ["metric", "value"])] if scalars else []
     for k, v in metrics.items():
-        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+        if _is_scalar(v):
+            continue
+        if isinstance(v, dict) and v and all(_is_scalar(x) for x in v.values()):
+            parts.append(f"<h3>{_e(k)}</h3>" + _table([[a, b] for a, b in v.items()], ["", "value"]))
+        elif (
+            isinstance(v, dict)
+            and v
+            and all(isinstance(x, dict) and all(_is_scalar(y) for y in x.values()) for x in v.values())
+        ):
             cols = list(dict.fromkeys(c for x in v.values() for c in x))
             rows = [[name] + [x.get(c, "") for c in cols] for name, x in v.items()]
             parts.append(f"<h3>{_e(k)}</h3>" + _table(rows, [""] + cols))
-        elif isinstance(v, dict):
-            parts.append(f"<h3>{_e(k)}</h3>" + _table([[a, b] for a, b in v.items()], ["", "value"]))
-        elif isinstance(v, list):
-            parts.append(f"<h3>{_e(k)}</h3><pre>{_e(json.dumps(v))}</pre>")
+        else:
+            text = json.dumps(v, indent=1)
+            parts.append(f"<details><summary>{_e(k)}</summary><pre>{_e(text)}</pre></details>")
     return "".join(parts)
+
+
+def find_file(work_dir: Path, name: str) -> Path | None:
+    """``work_dir/name``, else the newest ``name`` up to 3 folders below (e.g. ``test/metrics_det.json``)."""
+    if (work_dir / name).is_file():
+        return work_dir / name
+    found = [p for d in ("*", "*/*", "*/*/*") for p in work_dir.glob(f"{d}/{name}") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _eval_section(work_dir: Path, name: str, hint: str) -> str:
+    path = find_file(work_dir, name)
+    if path is None:
+        return f"<p>No <code>{_e(name)}</code> ({hint}).</p>"
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"<p>{_e(path)}: not valid JSON ({_e(e)}); rerun <code>bevforge test</code>.</p>"
+    return f"<p><code>{_e(path.relative_to(work_dir))}</code></p>" + render_eval(data)
 
 
 def _summary(records: list[dict[str, Any]], bad: int) -> str:
@@ -249,10 +295,29 @@ CSS = (
 )
 
 
+def _periodic_eval(eval_records: list[dict[str, Any]]) -> str:
+    """Table (and plot) of the ``{"epoch", "eval"}`` records: one row per evaluation."""
+    flat = [
+        {"epoch": r.get("epoch"), **{k: v for k, v in r["eval"].items() if _is_scalar(v)}}
+        for r in eval_records
+    ]
+    keys = [k for k in dict.fromkeys(k for r in flat for k in r) if k != "epoch"]
+    rows = [[r.get("epoch")] + [r.get(k, "") for k in keys] for r in flat]
+    html_text = _table(rows, ["epoch"] + keys)
+    xs = [float(_num(r.get("epoch")) or i) for i, r in enumerate(flat)]
+    png = _plot(flat, xs, "epoch", [k for k in keys if series(flat, xs, k)[0]], "Evaluation", "value", False)
+    if png is not None:
+        html_text += f'<img id="plot-eval" alt="evaluation" src="data:image/png;base64,{_b64(png)}">'
+    return html_text
+
+
 def build_report(work_dir: str | Path, max_images: int = 6) -> str:
     """The HTML text of the report of ``work_dir``."""
     wd = Path(work_dir)
-    records, bad = read_metrics(wd / "metrics.jsonl")
+    all_records, bad = read_metrics(wd / "metrics.jsonl")
+    # the trainer's periodic evaluation appends {"epoch": e, "eval": {...}} records to the same file
+    eval_records = [r for r in all_records if isinstance(r.get("eval"), dict)]
+    records = [r for r in all_records if "eval" not in r]
     parts = [f"<h1>bevforge run report</h1><p><code>{_e(wd.resolve())}</code></p>", "<h2>Training</h2>"]
     parts.append(_summary(records, bad))
     parts.append('<div class="plots">')
@@ -264,15 +329,13 @@ def build_report(work_dir: str | Path, max_images: int = 6) -> str:
                 f'<img id="plot-{p.key}" data-series="{_e(",".join(p.series))}" alt="{_e(p.title)}" '
                 f'src="data:image/png;base64,{_b64(p.png)}">'
             )
-    parts.append("</div><h2>Evaluation</h2>")
-    det = wd / "metrics_det.json"
-    if det.is_file():
-        try:
-            parts.append(render_eval(json.loads(det.read_text())))
-        except json.JSONDecodeError as e:
-            parts.append(f"<p>{_e(det)}: not valid JSON ({_e(e)}); rerun <code>bevforge test</code>.</p>")
-    else:
-        parts.append("<p>No <code>metrics_det.json</code> (run <code>bevforge test</code>).</p>")
+    parts.append("</div>")
+    if eval_records:
+        parts.append("<h2>Evaluation during training</h2>" + _periodic_eval(eval_records))
+    parts.append("<h2>Evaluation</h2>")
+    parts.append(_eval_section(wd, "metrics_det.json", "run <code>bevforge test</code>"))
+    if find_file(wd, "metrics_seg.json") is not None:
+        parts.append("<h3>Map segmentation</h3>" + _eval_section(wd, "metrics_seg.json", ""))
     parts.append("<h2>Samples</h2>")
     images = sorted((wd / "vis").glob("*.png"))[:max_images]
     if not images:

@@ -22,22 +22,27 @@ def _write_run(wd: Path) -> None:
         rec = {"epoch": i // 10, "iter": i * 10, "loss": 10.0 - 0.45 * i, "loss_cls": 1.0 + 0.0 * i,
                "loss_bbox": 2.0, "d0.loss_cls": 1.5, "d0.loss_bbox": 2.5, "lr": 2e-4 * min(1.0, (i + 1) / 5),
                "grad_norm": 5.0 + i, "data_time": 0.1, "step_time": 0.4, "samples_per_s": 8.0,
-               "gpu_util": None, "gpu_mem_allocated": None}  # fmt: skip
+               "gpu_util": None, "mem_allocated_mib": None if i < 2 else 2048.0 + i,
+               "mem_peak_mib": 4096.0}  # fmt: skip
         if i == 7:
             del rec["grad_norm"]  # missing keys are tolerated
         lines.append(json.dumps(rec))
+        if i in (9, 19):  # the trainer's periodic evaluation records share the file
+            lines.append(json.dumps({"epoch": i // 10, "eval": {"mAP": 0.1 * i, "NDS": 0.2}}))
     lines.append('{"loss": 1.0, "ite')  # a torn last line
     (wd / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (wd / "config.json").write_text(json.dumps({"name": "debug <recipe>", "train": {"lr": 2e-4}}))
     (wd / "metrics_det.json").write_text(
         json.dumps(
             {
-                "mAP": 0.4167,
-                "NDS": 0.5171,
-                "per_class_ap": {"car": 0.6, "pedestrian": 0.5},
+                "mean_ap": 0.4167,
+                "nd_score": 0.5171,
+                "mean_dist_aps": {"car": 0.6, "pedestrian": 0.5},
+                "label_aps": {"car": {"0.5": 0.3, "4.0": 0.9}},
                 "tp_errors": {"mATE": 0.67, "mASE": 0.27},
+                "cfg": {"class_range": {"car": 50}, "dist_ths": [0.5, 4.0]},
             }
-        )  # fmt: skip
+        )
     )
     (wd / "vis").mkdir()
     Image.new("RGB", (8, 8), (255, 0, 0)).save(wd / "vis" / "tok.png")
@@ -67,8 +72,14 @@ def test_viz_report_contains_loss_curve(tmp_path: Path) -> None:
     for key in ("lr", "grad_norm", "throughput", "data_time"):
         _plot(text, key)
     assert 'id="plot-gpu_util"' in text and "no data" in text  # all-null on CPU
+    mem_series, _ = _plot(text, "gpu_mem")
+    assert mem_series == "mem_allocated_gib,mem_peak_gib"
+    assert 'id="plot-eval"' in text and "Evaluation during training" in text
     assert "1 unreadable line(s) skipped" in text and "20 records" in text
     assert "0.4167" in text and "pedestrian" in text and "mATE" in text  # evaluation tables
+    assert (
+        "<td>mAP</td><td>0.4167</td>" in text and "<th>4.0</th>" in text and "<summary>cfg</summary>" in text
+    )
     assert "debug &lt;recipe&gt;" in text  # config, escaped
     assert "tok.png" in text
 
