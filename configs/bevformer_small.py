@@ -18,8 +18,7 @@ def config() -> Config:
     m.backbone.dcn_stages = (False, False, True, True)
     m.backbone.pretrained = ""  # initialised from the FCOS3D checkpoint via load_from
     m.backbone.with_cp = True
-    if hasattr(m.backbone, "style"):
-        m.backbone.style = "caffe"
+    m.backbone.style = "caffe"  # FCOS3D-initialised R101-DCN
     m.neck.num_outs = 1
     m.bev_h = m.bev_w = 150
     m.encoder_layers = 3

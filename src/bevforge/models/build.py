@@ -35,7 +35,7 @@ def build_model(cfg: Config) -> BEVFormer:
         dcn_stages=tuple(b.dcn_stages),
         pretrained=b.pretrained,
         with_cp=b.with_cp,
-        style=getattr(b, "style", "pytorch"),
+        style=b.style,
     )
     neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
     if m.neck.out_channels != m.embed_dims:
