@@ -39,15 +39,17 @@ def test_backbone_trainable_bn_without_norm_eval():
 
 def test_backbone_dcn_stage_forward_backward():
     torch.manual_seed(0)
-    net = ResNetBackbone(depth=50, out_indices=(3,), frozen_stages=1, dcn_stages=(False, False, True, True))
+    net = ResNetBackbone(depth=18, out_indices=(3,), frozen_stages=1, dcn_stages=(False, False, True, True))
     assert isinstance(net.layer3[0].conv2, ModulatedDeformConv2d)
     assert not isinstance(net.layer2[0].conv2, ModulatedDeformConv2d)
-    assert net.out_channels == [2048]
-    x = torch.randn(1, 3, 64, 64)
-    out = net(x)[0]
-    assert out.shape == (1, 2048, 2, 2)
+    out = net(torch.randn(1, 3, 64, 64))[0]
+    assert out.shape == (1, 512, 2, 2)
     out.sum().backward()
     assert net.layer3[0].conv2.conv_offset.weight.grad is not None
+    with torch.device("meta"):
+        r50 = ResNetBackbone(depth=50, out_indices=(3,), dcn_stages=(False, False, True, True))
+    assert isinstance(r50.layer4[2].conv2, ModulatedDeformConv2d) and r50.out_channels == [2048]
+    assert r50.layer4[0].conv2.conv_offset.weight.shape == (27, 512, 3, 3)
 
 
 def test_dcn_zero_offsets_equal_half_conv():
