@@ -36,21 +36,22 @@ class GridMask(nn.Module):
     def _randint(self, low: int, high: int) -> int:
         return int(torch.randint(low, high, (1,)).item())
 
+    @staticmethod
+    def _stripes(n: int, d: int, start: int, width: int, device: torch.device) -> torch.Tensor:
+        """``[n]`` bool: inside one of the official stripes ``[d*i + start, d*i + start + width)``,
+        ``i < n // d`` (vectorised: no per-stripe kernel launches)."""
+        k = torch.arange(n, device=device) - start
+        return (k >= 0) & (k % d < width) & (torch.div(k, d, rounding_mode="floor") < n // d)
+
     def _mask(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """One ``[H, W]`` float mask (1 = keep)."""
         hh, ww = int(1.5 * h), int(1.5 * w)
         d = self._randint(2, max(h, 3))
         stripe = min(max(int(d * self.ratio + 0.5), 1), d - 1)
-        mask = torch.ones(hh, ww, device=device)
         st_h, st_w = self._randint(0, d), self._randint(0, d)
-        if self.use_h:
-            for i in range(hh // d):
-                s = d * i + st_h
-                mask[s : min(s + stripe, hh), :] = 0
-        if self.use_w:
-            for i in range(ww // d):
-                s = d * i + st_w
-                mask[:, s : min(s + stripe, ww)] = 0
+        rows = self._stripes(hh, d, st_h, stripe, device) if self.use_h else torch.zeros(hh, 1, device=device)
+        cols = self._stripes(ww, d, st_w, stripe, device) if self.use_w else torch.zeros(ww, device=device)
+        mask = (~(rows.bool().view(hh, 1) | cols.bool().view(1, ww))).float()  # [hh, ww] 0 on stripes
         angle = self._randint(0, self.rotate) if self.rotate > 1 else 0
         if angle:
             mask = TF.rotate(mask[None], float(angle))[0]  # nearest, zero fill as PIL

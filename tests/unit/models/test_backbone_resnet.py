@@ -114,3 +114,12 @@ def test_grid_mask_train_only_and_deterministic():
     assert torch.equal(a, b)
     assert 0.4 < a.mean() < 0.99 and set(a.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(a[0], a[1]) or not torch.equal(a[1], a[2])  # per-image masks
+
+
+def test_grid_mask_stripes_match_official_loop():
+    for n, d, start, width in [(30, 7, 3, 4), (48, 2, 1, 1), (13, 12, 11, 6), (9, 5, 0, 2)]:
+        expect = torch.zeros(n, dtype=torch.bool)
+        for i in range(n // d):  # the official drawing loop
+            s = d * i + start
+            expect[s : min(s + width, n)] = True
+        assert torch.equal(GridMask._stripes(n, d, start, width, torch.device("cpu")), expect)
