@@ -23,7 +23,6 @@ _BUILDERS = {
     50: (torchvision.models.resnet50, "ResNet50_Weights"),
     101: (torchvision.models.resnet101, "ResNet101_Weights"),
 }
-_STRIP_PREFIXES = ("module.", "img_backbone.", "backbone.")
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -246,18 +245,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep the backbone entries and strip ``module.``/``img_backbone.``/``backbone.``; drop ``fc``."""
-    has_prefixed = any(k.startswith(("img_backbone.", "module.img_backbone.")) for k in state)
+    """The backbone entries of a torchvision, mmdet (``backbone.*``) or BEVFormer/FCOS3D
+    (``img_backbone.*``) state dict, prefixes (and ``module.``) stripped; ``fc`` dropped."""
+    keys = [k.removeprefix("module.") for k in state]
+    prefix = next((p for p in ("img_backbone.", "backbone.") if any(k.startswith(p) for k in keys)), "")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         k = key.removeprefix("module.")
-        if has_prefixed and not k.startswith("img_backbone."):
-            continue
-        for prefix in _STRIP_PREFIXES:
-            k = k.removeprefix(prefix)
-        if k.startswith("fc."):
-            continue
-        out[k] = value
+        if not k.startswith(prefix):
+            continue  # neck / head entries of a full detector checkpoint
+        k = k[len(prefix) :]
+        if not k.startswith("fc."):
+            out[k] = value
     return out
 
 

@@ -89,6 +89,19 @@ def test_backbone_loads_state_dict_with_official_prefix(tmp_path):
     torch.save({"state_dict": state}, path)
     dst = ResNetBackbone(depth=18, out_indices=(3,), pretrained=str(path))
     torch.testing.assert_close(dst.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
+    # an mmdet detector checkpoint: backbone.* plus neck.* entries
+    state = {f"backbone.{k}": v for k, v in src.state_dict().items()}
+    state["neck.lateral_convs.0.conv.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    dst = ResNetBackbone(depth=18, out_indices=(3,), pretrained=str(path))
+    torch.testing.assert_close(dst.bn1.running_mean, src.bn1.running_mean)
+    # the wrong depth is a clear error naming the file
+    try:
+        ResNetBackbone(depth=34, out_indices=(3,), pretrained=str(path))
+    except ValueError as e:
+        assert str(path) in str(e) and "depth" in str(e)
+    else:
+        raise AssertionError("expected ValueError")
 
 
 def test_backbone_missing_torchvision_weights_says_where(tmp_path, monkeypatch):
