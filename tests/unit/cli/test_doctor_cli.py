@@ -36,3 +36,13 @@ def test_doctor_cli_missing_data_root_exit_1(tmp_path: Path, capsys) -> None:
     assert code == 1
     assert "[fail] data root" in out and "fix:" in out and "bevforge prepare" in out
     assert "NOT usable" in out
+
+
+def test_doctor_cli_rich_table(capsys) -> None:
+    from bevforge.cli.doctor import _print_rich
+    from bevforge.doctor import Check, DoctorReport
+
+    report = DoctorReport(checks=[Check("data root", "fail", "missing /x", "run `bevforge synth`")])
+    _print_rich(report)
+    out = capsys.readouterr().out
+    assert "data root" in out and "fail" in out and "bevforge synth" in out and "NOT usable" in out
