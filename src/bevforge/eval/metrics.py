@@ -28,6 +28,7 @@ from bevforge.eval.box_table import CLASS_INDEX, DETECTION_NAMES, BoxTable, Grou
 
 TP_METRICS: tuple[str, ...] = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 NELEM = 101  # recall points
+_CHUNK = 65536  # predictions per block when computing distances to all GT of their sample
 
 
 def _cvpr_2019_ranges() -> dict[str, float]:
@@ -74,8 +75,8 @@ class DetectionEvalConfig:
 # ------------------------------------------------------------------------------------------ filtering
 
 
-def _points_in_boxes(points: np.ndarray, center: np.ndarray, wlh: np.ndarray, rot: np.ndarray) -> np.ndarray:
-    """[M, 3] points vs [B] boxes -> [M, B] inside (devkit ``points_in_box``: corner-projection test)."""
+def _rack_frames(center: np.ndarray, wlh: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, ...]:
+    """[B] boxes -> ``points_in_box`` frame: corner p1 [B, 3], edges i/j/k [B, 3, 3], |edge|^2 [B, 3]."""
     from bevforge.eval.box_table import rotation_matrices
 
     w, l, h = wlh[:, 0] / 2, wlh[:, 1] / 2, wlh[:, 2] / 2
@@ -92,11 +93,28 @@ def _points_in_boxes(points: np.ndarray, center: np.ndarray, wlh: np.ndarray, ro
     )  # [B, 4, 3]
     corners = np.einsum("bij,bkj->bki", r, local) + center[:, None, :]  # [B, 4, 3]
     p1 = corners[:, 0]  # [B, 3]
-    axes = corners[:, 1:] - p1[:, None, :]  # [B, 3, 3] (i, j, k)
-    v = points[:, None, :] - p1[None, :, :]  # [M, B, 3]
-    proj = np.einsum("mbj,bkj->mbk", v, axes)  # [M, B, 3]
-    lim = np.einsum("bkj,bkj->bk", axes, axes)  # [B, 3]
-    return np.all((proj >= 0) & (proj <= lim[None]), axis=-1)  # [M, B]
+    axes = corners[:, 1:] - p1[:, None, :]  # [B, 3, 3]
+    return p1, axes, np.einsum("bkj,bkj->bk", axes, axes)
+
+
+def _in_any_rack(points: np.ndarray, point_sample: np.ndarray, racks: BoxTable) -> np.ndarray:
+    """[M] bool: point inside some bicycle rack of its own sample (all pairs at once)."""
+    inside = np.zeros(len(points), dtype=bool)
+    if len(racks) == 0 or len(points) == 0:
+        return inside
+    p1, axes, lim = _rack_frames(racks.translation, racks.size, racks.rotation)
+    rack_order = np.argsort(racks.sample_idx, kind="stable")
+    rs = racks.sample_idx[rack_order]
+    lo, hi = np.searchsorted(rs, point_sample, "left"), np.searchsorted(rs, point_sample, "right")
+    n_pairs = hi - lo  # racks per point
+    pt = np.repeat(np.arange(len(points)), n_pairs)  # [Pairs]
+    offs = np.arange(len(pt)) - np.repeat(np.cumsum(n_pairs) - n_pairs, n_pairs)
+    rk = rack_order[np.repeat(lo, n_pairs) + offs]  # [Pairs]
+    v = points[pt] - p1[rk]  # [Pairs, 3]
+    proj = np.einsum("pj,pkj->pk", v, axes[rk])  # [Pairs, 3]
+    hit = np.all((proj >= 0) & (proj <= lim[rk]), axis=1)
+    np.logical_or.at(inside, pt[hit], True)
+    return inside
 
 
 def filter_mask(boxes: BoxTable, gt: GroundTruth, class_range: dict[str, float]) -> np.ndarray:
@@ -107,18 +125,8 @@ def filter_mask(boxes: BoxTable, gt: GroundTruth, class_range: dict[str, float])
     dist = np.sqrt(dx**2 + dy**2)
     ranges = np.array([class_range[n] for n in DETECTION_NAMES], dtype=np.float64)
     keep = (dist < ranges[boxes.label]) & (boxes.num_pts != 0)
-    cycles = keep & np.isin(boxes.label, [CLASS_INDEX["bicycle"], CLASS_INDEX["motorcycle"]])
-    if cycles.any() and len(gt.racks):
-        for i in np.nonzero(cycles)[0]:
-            racks = gt.racks.sample_idx == boxes.sample_idx[i]
-            if racks.any():
-                inside = _points_in_boxes(
-                    boxes.translation[i : i + 1],
-                    gt.racks.translation[racks],
-                    gt.racks.size[racks],
-                    gt.racks.rotation[racks],
-                )
-                keep[i] = not inside.any()
+    cycles = np.nonzero(keep & np.isin(boxes.label, [CLASS_INDEX["bicycle"], CLASS_INDEX["motorcycle"]]))[0]
+    keep[cycles] &= ~_in_any_rack(boxes.translation[cycles], boxes.sample_idx[cycles], gt.racks)
     return keep
 
 
@@ -170,14 +178,26 @@ def greedy_match(
     s_sorted = pred_sample[order]
     pos = np.minimum(np.searchsorted(rows_samples, s_sorted), len(rows_samples) - 1)
     p_row = np.where(rows_samples[pos] == s_sorted, pos, -1)  # [P]
-    by_sample = np.argsort(s_sorted, kind="stable")
-    _, first, cnt = np.unique(s_sorted[by_sample], return_index=True, return_counts=True)
-    rank = np.empty(num_p, dtype=np.int64)
-    rank[by_sample] = np.arange(num_p) - np.repeat(first, cnt)
-    candidates = np.nonzero(p_row >= 0)[0]
-    by_rank = candidates[np.argsort(rank[candidates], kind="stable")]
-    bounds = np.searchsorted(rank[by_rank], np.arange(rank.max() + 2))
     ths = np.asarray(dist_ths, dtype=np.float64)
+    # Only predictions closer than the largest threshold to some GT of their sample can match; the others
+    # are false positives at every threshold and change no state, so the greedy loop skips them.
+    cand = np.nonzero(p_row >= 0)[0]
+    min_dist = np.full(num_p, np.inf)
+    for c0 in range(0, len(cand), _CHUNK):
+        c = cand[c0 : c0 + _CHUNK]
+        diff = pred_xy[order[c]][:, None, :] - pad_xy[p_row[c]]  # [C, K, 2]
+        d = np.sqrt(diff[..., 0] ** 2 + diff[..., 1] ** 2)  # [C, K]
+        d[pad_idx[p_row[c]] < 0] = np.inf
+        min_dist[c] = d.min(axis=1)
+    relevant = cand[min_dist[cand] < ths.max() + 1e-6]  # increasing = processing order
+    if relevant.size == 0:
+        return order, match
+    by_row = np.argsort(p_row[relevant], kind="stable")  # [V] grouped by row, processing order inside
+    _, first, cnt = np.unique(p_row[relevant][by_row], return_index=True, return_counts=True)
+    rank = np.empty(relevant.size, dtype=np.int64)
+    rank[by_row] = np.arange(relevant.size) - np.repeat(first, cnt)
+    by_rank = relevant[np.argsort(rank, kind="stable")]
+    bounds = np.searchsorted(np.sort(rank), np.arange(rank.max() + 2))
     for r in range(len(bounds) - 1):
         sel = by_rank[bounds[r] : bounds[r + 1]]  # sorted positions with rank r (one per row)
         if sel.size == 0:

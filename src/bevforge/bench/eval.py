@@ -1,0 +1,167 @@
+"""`bevforge bench eval`: our nuScenes detection metrics vs the devkit's, same large generated submission.
+
+A random nuScenes-format DB (``eval/fake_db.py``, val scene names of v1.0-trainval) and a submission of
+``--boxes`` boxes per sample (noisy copies of the GT + false positives) are written to ``--work-dir``.
+Timed, on identical inputs:
+
+- end to end: ours (``load_gt_from_db`` + JSON load + validation + metrics) vs the devkit
+  (``NuScenes(...)`` + ``DetectionEval(...)`` + ``evaluate()``);
+- metrics only: our ``detection_metrics`` on loaded arrays vs ``DetectionEval.evaluate()`` on its boxes.
+
+Both summaries are compared number by number (must agree to 1e-6). Appended to ``benchmarks/results/eval.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bevforge.eval.box_table import ATTRIBUTE_NAMES, DETECTION_NAMES, GroundTruth
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenes", type=int, default=20, help="val scenes in the generated DB (<= 150)")
+    p.add_argument("--samples-per-scene", type=int, default=40)
+    p.add_argument("--objects-per-scene", type=int, default=60)
+    p.add_argument("--boxes", type=int, default=300, help="predicted boxes per sample (<= 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", default="work_dirs/bench_eval", help="where the DB and submission go")
+    p.add_argument("--skip-devkit", action="store_true", help="time ours only")
+    p.add_argument("--out", default="benchmarks/results/eval.md", help="markdown file to append to")
+
+
+def make_submission_for(gt: GroundTruth, boxes_per_sample: int, seed: int) -> dict[str, Any]:
+    """Noisy copies of every GT box + uniform false positives up to ``boxes_per_sample`` per sample."""
+    rng = np.random.default_rng(seed)
+    b = gt.boxes
+    results: dict[str, list[dict[str, Any]]] = {t: [] for t in gt.sample_tokens}
+    for i in range(len(b)):
+        tok = gt.sample_tokens[int(b.sample_idx[i])]
+        if len(results[tok]) >= boxes_per_sample or rng.random() < 0.2:
+            continue
+        a = int(b.attr[i]) if rng.random() < 0.8 else int(rng.integers(-1, len(ATTRIBUTE_NAMES)))
+        results[tok].append(
+            {
+                "sample_token": tok,
+                "translation": (b.translation[i] + rng.normal(0, 0.7, 3)).tolist(),
+                "size": (b.size[i] * rng.uniform(0.8, 1.2, 3)).tolist(),
+                "rotation": b.rotation[i].tolist(),
+                "velocity": (np.nan_to_num(b.velocity[i]) + rng.normal(0, 1.0, 2)).tolist(),
+                "detection_name": DETECTION_NAMES[int(b.label[i])],
+                "detection_score": float(rng.uniform(0.2, 1.0)),
+                "attribute_name": ATTRIBUTE_NAMES[a] if a >= 0 else "",
+            }
+        )
+    for s, tok in enumerate(gt.sample_tokens):
+        need = boxes_per_sample - len(results[tok])
+        xy = gt.ego_xyz[s, :2] + rng.uniform(-55, 55, (need, 2))
+        for k in range(need):
+            results[tok].append(
+                {
+                    "sample_token": tok,
+                    "translation": [float(xy[k, 0]), float(xy[k, 1]), 1.0],
+                    "size": rng.uniform(0.5, 5.0, 3).tolist(),
+                    "rotation": [1.0, 0.0, 0.0, 0.0],
+                    "velocity": rng.normal(0, 2, 2).tolist(),
+                    "detection_name": DETECTION_NAMES[int(rng.integers(len(DETECTION_NAMES)))],
+                    "detection_score": float(rng.uniform(0.0, 0.5)),
+                    "attribute_name": "",
+                }
+            )
+    return {"meta": {"use_camera": True, "use_lidar": False}, "results": results}
+
+
+def run(args: argparse.Namespace) -> int:
+    from bevforge.bench.kernel import append_result
+    from bevforge.eval.devkit_bridge import max_abs_difference
+    from bevforge.eval.fake_db import write_fake_db
+    from bevforge.eval.gt import load_gt_from_db
+    from bevforge.eval.metrics import detection_metrics
+    from bevforge.eval.nuscenes_det import evaluate, parse_submission
+
+    work = Path(args.work_dir)
+    t0 = time.time()
+    db = write_fake_db(
+        work / "db",
+        num_scenes=args.scenes,
+        samples_per_scene=args.samples_per_scene,
+        objects_per_scene=args.objects_per_scene,
+        seed=args.seed,
+        version="v1.0-trainval",
+    )
+    gt0 = load_gt_from_db(work / "db", db["version"], db["split"])
+    sub = make_submission_for(gt0, args.boxes, args.seed)
+    result_path = work / "results_nusc.json"
+    result_path.write_text(json.dumps(sub))
+    n_boxes = sum(len(v) for v in sub["results"].values())
+    print(
+        f"generated {len(gt0.sample_tokens)} samples, {len(gt0.boxes)} GT, {n_boxes} predictions in "
+        f"{time.time() - t0:.1f}s"
+    )
+
+    t = time.time()
+    gt = load_gt_from_db(work / "db", db["version"], db["split"])
+    ours = evaluate(result_path, gt)
+    ours_e2e = time.time() - t
+    preds = parse_submission(json.loads(result_path.read_text()), gt)
+    t = time.time()
+    detection_metrics(gt, preds)
+    ours_metrics = time.time() - t
+    print(
+        f"ours: end to end {ours_e2e:.2f}s, metrics {ours_metrics:.3f}s; "
+        f"mAP {ours['mean_ap']:.4f} NDS {ours['nd_score']:.4f}"
+    )
+    rows = [("ours", ours_e2e, ours_metrics)]
+    diff_text = "devkit skipped"
+    if not args.skip_devkit:
+        import tempfile
+
+        from nuscenes import NuScenes
+        from nuscenes.eval.common.config import config_factory
+        from nuscenes.eval.detection.evaluate import DetectionEval
+
+        from bevforge.eval.devkit_bridge import _plain
+
+        t = time.time()
+        nusc = NuScenes(version=db["version"], dataroot=str(work / "db"), verbose=False)
+        with tempfile.TemporaryDirectory() as out_dir:
+            ev = DetectionEval(
+                nusc,
+                config_factory("detection_cvpr_2019"),
+                str(result_path),
+                db["eval_set"],
+                output_dir=out_dir,
+                verbose=False,
+            )
+            t_m = time.time()
+            metrics, _ = ev.evaluate()
+        dk_metrics = time.time() - t_m
+        dk_e2e = time.time() - t
+        theirs = _plain(metrics.serialize())
+        worst, where = max_abs_difference(ours, theirs)
+        diff_text = f"max |ours - devkit| over every number: {worst:.3g} {where}"
+        print(
+            f"devkit: end to end {dk_e2e:.2f}s, metrics {dk_metrics:.3f}s; mAP {theirs['mean_ap']:.4f} "
+            f"NDS {theirs['nd_score']:.4f}\n{diff_text}"
+        )
+        rows.append(("devkit 1.2.0", dk_e2e, dk_metrics))
+        rows.append(("speed-up", dk_e2e / ours_e2e, dk_metrics / ours_metrics))
+    body = [
+        f"{len(gt.sample_tokens)} samples ({args.scenes} scenes), {len(gt.boxes)} GT boxes, "
+        f"{n_boxes} predictions ({args.boxes}/sample). mAP {ours['mean_ap']:.4f}, "
+        f"NDS {ours['nd_score']:.4f}. {diff_text}.",
+        "",
+        "| | end to end (load + score) | metrics only |",
+        "|---|---|---|",
+    ]
+    for name, e2e, met in rows:
+        unit = "x" if name == "speed-up" else " s"
+        body.append(f"| {name} | {e2e:.2f}{unit} | {met:.3f}{unit} |")
+    path = append_result(args.out, "nuScenes detection eval: ours vs devkit", "cpu", "\n".join(body))
+    print(f"appended to {path}")
+    return 0
