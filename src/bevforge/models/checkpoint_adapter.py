@@ -99,6 +99,11 @@ class AdapterReport:
         return "\n".join(lines)
 
 
+def is_official_state_dict(state: dict[str, torch.Tensor]) -> bool:
+    """True for a state dict with the official BEVFormer names (``pts_bbox_head.*``/``img_backbone.*``)."""
+    return any(k.removeprefix("module.").startswith(("pts_bbox_head.", "img_backbone.")) for k in state)
+
+
 def map_official_key(key: str) -> str | None:
     """Our name for one official key, or None when no rule applies."""
     key = key.removeprefix("module.")

@@ -7,7 +7,11 @@ import torch
 from torch import nn
 
 from bevforge.models.backbone import ResNetBackbone
-from bevforge.models.checkpoint_adapter import load_official_checkpoint, map_official_key
+from bevforge.models.checkpoint_adapter import (
+    is_official_state_dict,
+    load_official_checkpoint,
+    map_official_key,
+)
 from bevforge.models.det_head import DetectionHead
 from bevforge.models.neck import FPN
 from bevforge.structures.boxes import decode_box_code, from_mmdet3d_v0
@@ -117,6 +121,8 @@ def test_key_rules():
         "backbone.layer4.0.conv2.conv_offset.weight"
     )
     assert map_official_key("something.else") is None
+    assert is_official_state_dict({"module.pts_bbox_head.query_embedding.weight": torch.zeros(1)})
+    assert not is_official_state_dict({"det_head.query_embedding.weight": torch.zeros(1)})
 
 
 def test_adapter_loads_backbone_neck_head_and_reports_encoder_keys():
