@@ -187,3 +187,32 @@ def load_official_checkpoint(
     report.loaded = sorted(to_load)
     report.missing = sorted(k for k in target if k not in to_load and not k.endswith("num_batches_tracked"))
     return report
+
+
+def convert_checkpoint_file(
+    model: nn.Module,
+    src: str | Path,
+    dst: str | Path,
+    convert_box_code: bool = True,
+    allow_partial: bool = False,
+) -> AdapterReport:
+    """Official checkpoint ``src`` -> bevforge checkpoint ``dst`` (``{"model": state_dict}``, the format
+    ``--load-from`` and ``bevforge test`` read), through ``model`` (built from the matching recipe).
+
+    Raises ``ValueError`` with the report when keys are unmatched/missing/mis-shaped, unless
+    ``allow_partial``; the file is written atomically.
+    """
+    import io as _io
+
+    from bevforge.io import atomic_write_bytes
+
+    report = load_official_checkpoint(model, src, convert_box_code)
+    if not report.ok and not allow_partial:
+        raise ValueError(
+            f"{src} does not fit the model (wrong recipe? set model.official_compat, bev_h/bev_w, layers to "
+            f"the official config):\n{report.summary()}"
+        )
+    buf = _io.BytesIO()
+    torch.save({"model": model.state_dict()}, buf)
+    atomic_write_bytes(dst, buf.getvalue())
+    return report

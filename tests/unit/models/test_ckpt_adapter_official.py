@@ -199,3 +199,28 @@ def test_adapter_full_model_debug_dims():
     torch.testing.assert_close(
         model.encoder.can_bus_mlp[4].weight, sd["pts_bbox_head.transformer.can_bus_mlp.norm.weight"]
     )
+
+
+def test_convert_checkpoint_file_round_trip(tmp_path):
+    from bevforge.models.checkpoint_adapter import convert_checkpoint_file
+
+    torch.manual_seed(0)
+    model = _ImageAndHead()
+    sd = official_image_state(model.backbone, model.backbone.out_channels)
+    sd.update(official_head_state())
+    src, dst = tmp_path / "official.pth", tmp_path / "ours.pth"
+    torch.save({"state_dict": sd, "meta": {}}, src)
+    report = convert_checkpoint_file(model, src, dst)
+    assert report.ok
+    saved = torch.load(dst, weights_only=True)["model"]
+    torch.testing.assert_close(
+        saved["det_head.query_embedding.weight"], sd["pts_bbox_head.query_embedding.weight"]
+    )
+    sd["pts_bbox_head.extra.weight"] = torch.zeros(1)
+    torch.save(sd, src)
+    try:
+        convert_checkpoint_file(model, src, dst)
+    except ValueError as e:
+        assert "pts_bbox_head.extra.weight" in str(e)
+    else:
+        raise AssertionError("expected ValueError")
