@@ -149,3 +149,16 @@ def test_image_cache_cli_gives_same_images(data_root, tmp_path):
         NuScenesDataset.from_config(
             _cfg(data_root, image_cache=str(cache), img_scale=0.25), "val", train=False
         )
+
+
+def test_bgr_order_and_normalisation(data_root):
+    def images(**kw):
+        ds = NuScenesDataset.from_config(_cfg(data_root, photometric_aug=False, **kw), "val", train=False)
+        return ds[1]["images"]
+
+    ident = {"img_mean": (0.0, 0.0, 0.0), "img_std": (1.0, 1.0, 1.0)}
+    rgb, bgr, norm = images(**ident), images(**ident, to_rgb=False), images()
+    assert torch.equal(rgb.flip(2), bgr) and rgb.max() <= 255 and rgb.max() > 100
+    mean = torch.tensor((123.675, 116.28, 103.53)).view(3, 1, 1)
+    std = torch.tensor((58.395, 57.12, 57.375)).view(3, 1, 1)
+    assert torch.allclose(norm[..., :45, :80], (rgb[..., :45, :80] - mean) / std, atol=1e-4)

@@ -27,8 +27,7 @@ from bevforge.data.nuscenes.image_cache import ImageCache
 from bevforge.data.nuscenes.infos import load_infos
 from bevforge.data.transforms import (
     filter_gt,
-    normalize,
-    pad_to_divisor,
+    padded_size,
     photometric_distortion,
     resize_lidar2img,
 )
@@ -82,6 +81,9 @@ class NuScenesDataset(Dataset):
         self.cache = (
             ImageCache(image_cache, self.info.split, self.cameras, self.img_scale) if image_cache else None
         )
+        c0 = self.samples[0]["cams"][self.cameras[0]]
+        w0, h0 = target_size(c0["width"], c0["height"], self.img_scale)
+        self.img_hw = (h0, w0)  # valid (un-padded) size of every image of the split
         scene_ids: dict[str, int] = {}
         self._scene_of = [scene_ids.setdefault(s["scene_token"], len(scene_ids)) for s in self.samples]
         self.num_corrupt_images = 0
@@ -135,24 +137,33 @@ class NuScenesDataset(Dataset):
 
     # ---------------------------------------------------------------------------------- frames
 
-    def _images(self, sample: dict, rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (images [N, 3, Hp, Wp] float32 normalised + padded, lidar2img [N, 4, 4] float32)."""
-        imgs, l2is = [], []
+    def _images(self, sample: dict, rng: np.random.Generator | None, out: torch.Tensor) -> torch.Tensor:
+        """Write normalised images into ``out [N, 3, Hp, Wp]`` (zeros = padding); -> lidar2img [N, 4, 4]."""
+        l2is = []
         cached = self.cache[sample["token"]] if self.cache is not None else None  # [N, H, W, 3]
+        mean = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.img_std, dtype=torch.float32).view(3, 1, 1)
         for j, cam in enumerate(self.cameras):
             c = sample["cams"][cam]
             w, h = target_size(c["width"], c["height"], self.img_scale)
+            if (h, w) != self.img_hw or out.shape[-2] < h:
+                raise ValueError(
+                    f"sample {sample['token']} {cam}: {c['width']}x{c['height']} differs from the first "
+                    "camera of the split; bevforge batches one resolution (resize images or fix infos)"
+                )
             img = cached[j] if cached is not None else self._read(self.data_root / c["path"], (w, h))
-            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()  # [3, H, W]
+            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8
+            dst = out[j, :, :h, :w]  # [3, H, W] view into the padded frame
             if rng is not None and self.photometric_aug:
-                t = photometric_distortion(t, rng)
-            imgs.append(t)
+                dst.copy_(photometric_distortion(t.float(), rng))
+            else:
+                dst.copy_(t)
+            if not self.to_rgb:
+                dst.copy_(dst.flip(0))  # RGB -> BGR (official caffe-style configs)
+            dst.sub_(mean).div_(std)
             l2i = torch.tensor(c["lidar2img"], dtype=torch.float64)
             l2is.append(resize_lidar2img(l2i, w / c["width"], h / c["height"]))
-        if len({tuple(t.shape) for t in imgs}) != 1:
-            raise ValueError(f"sample {sample['token']}: cameras differ in size; use one resolution")
-        x = normalize(torch.stack(imgs), self.img_mean, self.img_std, self.to_rgb)  # [N, 3, H, W]
-        return pad_to_divisor(x, self.pad_divisor), torch.stack(l2is).float()
+        return torch.stack(l2is).float()
 
     def _read(self, path: Path, wh: tuple[int, int]) -> np.ndarray:
         try:
@@ -169,12 +180,10 @@ class NuScenesDataset(Dataset):
                 warnings.warn(f"{e} (training continues with a black image; reported once)", stacklevel=2)
             return np.zeros((wh[1], wh[0], 3), dtype=np.uint8)
 
-    def _frame(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+    def _frame(self, index: int, rng: np.random.Generator | None, out: torch.Tensor) -> dict[str, Any]:
         s = self.samples[index]
-        images, lidar2img = self._images(s, rng)
         return {
-            "images": images,
-            "lidar2img": lidar2img,
+            "lidar2img": self._images(s, rng, out),
             "can_bus": torch.tensor(s["can_bus"], dtype=torch.float32),
             "ego2global": torch.tensor(s["ego2global"], dtype=torch.float64),
             "lidar2ego": torch.tensor(s["lidar2ego"], dtype=torch.float64),
@@ -186,12 +195,20 @@ class NuScenesDataset(Dataset):
     @staticmethod
     def _padding_frame(like: dict[str, Any]) -> dict[str, Any]:
         """A frame before the data start: zero images, geometry of ``like``, no scene (model resets)."""
-        return {**like, "images": torch.zeros_like(like["images"]), "frame_valid": False, "scene_token": ""}
+        return {**like, "frame_valid": False, "scene_token": ""}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item())) if self.train else None
         order = self.queue_indices(index, rng) if rng is not None else [index]
-        frames: list[dict[str, Any] | None] = [self._frame(i, rng) if i >= 0 else None for i in order]
+        hp, wp = padded_size(*self.img_hw, self.pad_divisor)
+        h, w = self.img_hw
+        images = torch.empty(len(order), len(self.cameras), 3, hp, wp)  # [T, N, 3, H, W]
+        images[:, :, :, h:].zero_()  # bottom/right padding (cheaper than zeroing all of it)
+        images[:, :, :, :h, w:].zero_()
+        frames = [self._frame(i, rng, images[t]) if i >= 0 else None for t, i in enumerate(order)]
+        for t, i in enumerate(order):
+            if i < 0:
+                images[t].zero_()  # padding frame
         first_real = next(f for f in frames if f is not None)
         frames = [f if f is not None else self._padding_frame(first_real) for f in frames]
         s = self.samples[index]
@@ -201,9 +218,8 @@ class NuScenesDataset(Dataset):
         if self.seg is not None:
             l2g = np.asarray(s["ego2global"]) @ np.asarray(s["lidar2ego"])
             seg = torch.from_numpy(self.seg(s["location"], l2g))  # [S, bev_h, bev_w]
-        h, w = self._valid_hw(s)
         return {
-            "images": torch.stack([f["images"] for f in frames]),  # [T, N, 3, H, W]
+            "images": images,  # [T, N, 3, H, W]
             "lidar2img": torch.stack([f["lidar2img"] for f in frames]),  # [T, N, 4, 4]
             "can_bus": torch.stack([f["can_bus"] for f in frames]),  # [T, 18]
             "ego2global": torch.stack([f["ego2global"] for f in frames]),  # [T, 4, 4]
@@ -212,13 +228,8 @@ class NuScenesDataset(Dataset):
             "scene_tokens": [f["scene_token"] for f in frames],
             "sample_token": s["token"],
             "timestamps": torch.tensor([f["timestamp"] for f in frames], dtype=torch.int64),  # [T]
-            "img_hw": (h, w),
+            "img_hw": self.img_hw,
             "gt_boxes": boxes,  # [M, 9]
             "gt_labels": labels,  # [M]
             "seg_target": seg,
         }
-
-    def _valid_hw(self, sample: dict) -> tuple[int, int]:
-        c = sample["cams"][self.cameras[0]]
-        w, h = target_size(c["width"], c["height"], self.img_scale)
-        return h, w
