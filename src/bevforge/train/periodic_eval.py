@@ -1,7 +1,9 @@
-"""Evaluation every ``train.eval_interval`` epochs, through ``bevforge.eval.runner`` when it is importable.
+"""Evaluation every ``train.eval_interval`` epochs through ``bevforge.eval`` (when importable).
 
-Runs on rank 0 over the whole validation split (scenes stay whole, so temporal history is exact);
-the other ranks wait at a barrier. Metrics go to ``metrics.jsonl`` as an ``{"eval": ...}`` record.
+Every rank runs scene-whole inference on its share of the validation split
+(``build_dataloader(..., distributed=True)``), ``run_inference`` gathers on rank 0, rank 0 scores
+the detections (nuScenes metrics against the split's infos), writes ``eval_epoch_N/metrics_det.json``
+and an ``{"epoch": N, "eval": {...}}`` record in ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -18,50 +20,52 @@ from bevforge.train.distributed import DistInfo, barrier
 from bevforge.train.monitor import TrainMonitor
 
 
-def _numbers(d: Any, prefix: str = "") -> dict[str, float]:
+def _scalars(d: dict[str, Any]) -> dict[str, float]:
+    """The top-level numbers of a metrics dict (mAP, NDS, mATE ...)."""
     out: dict[str, float] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_numbers(v, f"{prefix}{k}/" if isinstance(v, dict) else f"{prefix}{k}"))
-    elif isinstance(d, int | float) and not isinstance(d, bool):
-        out[prefix.rstrip("/")] = float(d)
+    for k, v in d.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[k] = float(v)
+        elif k == "tp_errors" and isinstance(v, dict):
+            out.update({kk: float(vv) for kk, vv in v.items() if isinstance(vv, int | float)})
     return out
 
 
 def periodic_eval(
     model: nn.Module, cfg: Config, dist_info: DistInfo, monitor: TrainMonitor, work_dir: Path, epoch: int
 ) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    if dist_info.is_main:
-        try:
-            metrics = _evaluate(model, cfg, work_dir, epoch)
-        except ImportError as e:
-            monitor.warn(f"periodic evaluation is not available yet ({e}); training goes on")
-        if metrics:
-            monitor.info(
-                "eval epoch {}: {}".format(epoch, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            )
-            with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"epoch": epoch, "eval": metrics}) + "\n")
-    barrier()
-    return metrics
-
-
-def _evaluate(model: nn.Module, cfg: Config, work_dir: Path, epoch: int) -> dict[str, float]:
-    from bevforge.data.loader import build_dataloader
-    from bevforge.eval import runner
-
-    loader = build_dataloader(cfg, cfg.data.val_split, train=False, distributed=False)
+    try:
+        from bevforge.data.loader import build_dataloader
+        from bevforge.eval.gt import load_gt_from_infos
+        from bevforge.eval.nuscenes_det import make_submission
+        from bevforge.eval.pipeline import score_detection, write_metrics
+        from bevforge.eval.runner import run_inference
+    except ImportError as e:
+        monitor.warn(f"periodic evaluation is not available yet ({e}); training goes on")
+        return {}
+    split = cfg.data.val_split
+    loader = build_dataloader(cfg, split, train=False, distributed=dist_info.distributed)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            results = runner.run_inference(model, loader, cfg)
+            results = run_inference(model, loader, cfg)
     finally:
         model.train(was_training)
-    metrics: dict[str, float] = {"num_samples": float(len(results))}
-    score = getattr(runner, "evaluate_results", None)
-    if callable(score):
-        out_dir = work_dir / f"eval_epoch_{epoch}"
-        metrics.update(_numbers(score(results, cfg, out_dir)))
+    metrics: dict[str, float] = {}
+    if dist_info.is_main and cfg.model.with_det:
+        samples = loader.dataset.samples
+        dets = {t: r for t, r in results.items() if "scores" in r}
+        submission = make_submission(dets, samples, tuple(cfg.data.classes))
+        gt = load_gt_from_infos(samples, source=f"{cfg.data.info_dir}/infos_{split}.json")
+        det, _ = score_detection(submission, gt)
+        write_metrics(work_dir / f"eval_epoch_{epoch}" / "metrics_det.json", det)
+        metrics = _scalars(det)
+        shown = ", ".join(
+            f"{k} {v:.4f}" for k, v in metrics.items() if k in ("mean_ap", "nd_score", "mAP", "NDS")
+        )
+        monitor.info(f"eval epoch {epoch} on {split}: {shown or metrics}")
+        with open(work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"epoch": epoch, "eval": metrics}) + "\n")
+    barrier()
     return metrics
