@@ -32,7 +32,7 @@ def naive_sample(sample_list: list[dict], data_root: Path, cameras, scale: float
         for cam in cameras:
             c = s["cams"][cam]
             with Image.open(data_root / c["path"]) as im:
-                im = im.convert("RGB").resize((int(c["width"] * scale + 0.5), int(c["height"] * scale + 0.5)))
+                im = im.convert("RGB").resize((int(c["width"] * scale), int(c["height"] * scale)))
                 arr = np.asarray(im, dtype=np.float32)
             out.append((arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
     return np.stack(out)

@@ -27,8 +27,8 @@ class MissingImageError(ImageDecodeError, FileNotFoundError):
 
 
 def target_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """(W, H) after resizing by ``scale`` (rounded like mmcv's ``imrescale`` with a float factor)."""
-    return max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+    """(W, H) after resizing by ``scale``, truncated like the official ``RandomScaleImageMultiViewImage``."""
+    return max(1, int(width * scale + 1e-9)), max(1, int(height * scale + 1e-9))
 
 
 def read_image(path: str | Path, out_wh: tuple[int, int] | None = None) -> np.ndarray:
