@@ -98,9 +98,14 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1)
         weights = weights.view(B, Q, M, L, P)  # [B, Q, M, L, P]
         # (W, H) per level, to turn cell offsets into normalised (x, y) offsets: [L, 2]
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
-        # [B, Q, 1, L, 1, 2] + [B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2]
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None]
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).float()
+        # fp32 locations even under autocast: bf16 (8-bit mantissa) would misplace samples by up to
+        # ~0.4-0.8 cells on a 200-cell map. [B, Q, 1, L, 1, 2] + [B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2]
+        ref = reference_points.float()[:, :, None, :, None, :]
+        locations = ref + offsets.float() / normalizer[None, None, None, :, None]
+        if not torch.is_autocast_enabled(v.device.type):
+            # a model cast to half precision (export): the reference's grid_sample needs one dtype
+            locations, weights = locations.to(v.dtype), weights.to(v.dtype)
         out = multi_scale_deformable_attention(
             v, spatial_shapes, level_start_index, locations, weights
         )  # [B, Q, C]

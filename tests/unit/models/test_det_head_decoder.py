@@ -72,3 +72,41 @@ def test_msdeform_attn_init_and_single_point():
     out = attn(query, value, ref, torch.tensor([[3, 4]]), torch.tensor([0]))
     expect = query + attn.output_proj(attn.value_proj(value[:, 1 * 4 + 2]))[:, None]
     torch.testing.assert_close(out, expect, atol=1e-5, rtol=1e-5)
+
+
+def test_msdeform_attn_offsets_are_cells_x_then_y():
+    """An offset of (+1, 0) moves one column right on every level; (0, +1) one row down."""
+    torch.manual_seed(0)
+    attn = MSDeformAttn(embed_dims=4, num_heads=1, num_levels=2, num_points=1, dropout=0.0)
+    shapes = torch.tensor([[3, 4], [2, 2]])
+    start = torch.tensor([0, 12])
+    value = torch.randn(1, 16, 4)
+    ref = torch.tensor([[[[(1 + 0.5) / 4, (1 + 0.5) / 3], [(0 + 0.5) / 2, (0 + 0.5) / 2]]]])  # [1, 1, L, 2]
+    for offset, cells in (
+        ((1.0, 0.0), (1 * 4 + 2, 12 + 0 * 2 + 1)),
+        ((0.0, 1.0), (2 * 4 + 1, 12 + 1 * 2 + 0)),
+    ):
+        with torch.no_grad():
+            attn.sampling_offsets.bias.copy_(torch.tensor(offset).repeat(2))
+            attn.attention_weights.bias.copy_(torch.tensor([0.0, -1e4]))  # level 0 only
+        out0 = attn(torch.zeros(1, 1, 4), value, ref, shapes, start)
+        expect0 = attn.output_proj(attn.value_proj(value[:, cells[0]]))
+        torch.testing.assert_close(out0[:, 0], expect0, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            attn.attention_weights.bias.copy_(torch.tensor([-1e4, 0.0]))  # level 1 only
+        out1 = attn(torch.zeros(1, 1, 4), value, ref, shapes, start)
+        expect1 = attn.output_proj(attn.value_proj(value[:, cells[1]]))
+        torch.testing.assert_close(out1[:, 0], expect1, atol=1e-5, rtol=1e-5)
+
+
+def test_msdeform_attn_low_precision_modes():
+    torch.manual_seed(0)
+    attn = MSDeformAttn(embed_dims=8, num_heads=2, num_levels=1, num_points=2, dropout=0.0)
+    q, v, ref = torch.randn(1, 3, 8), torch.randn(1, 12, 8), torch.rand(1, 3, 1, 2)
+    args = (torch.tensor([[3, 4]]), torch.tensor([0]))
+    full = attn(q, v, ref, *args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = attn(q, v, ref, *args)
+    torch.testing.assert_close(mixed.float(), full, atol=0.1, rtol=0.05)
+    half = attn.to(torch.bfloat16)(q.bfloat16(), v.bfloat16(), ref, *args)  # a model cast to bf16 (export)
+    assert half.dtype == torch.bfloat16
