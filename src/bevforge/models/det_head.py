@@ -106,6 +106,9 @@ class DetectionHead(nn.Module):
         self.register_buffer(
             "pc_size", torch.tensor([pc_range[3 + i] - pc_range[i] for i in range(3)]), persistent=False
         )
+        # the BEV as a 1-level value map for the cross-attention (buffers: no host->device copy per call)
+        self.register_buffer("bev_shapes", torch.tensor([[bev_h, bev_w]]), persistent=False)  # [1, 2]
+        self.register_buffer("bev_start", torch.zeros(1, dtype=torch.long), persistent=False)  # [1]
         self.query_embedding = nn.Embedding(num_queries, 2 * embed_dims)
         self.reference_points = nn.Linear(embed_dims, 3)
         layer = DecoderLayer(embed_dims, ffn_dims, num_heads, num_points, dropout)
@@ -136,14 +139,14 @@ class DetectionHead(nn.Module):
         query_pos = query_pos[None].expand(B, -1, -1)  # [B, Q, C]
         query = query[None].expand(B, -1, -1)  # [B, Q, C]
         reference = self.reference_points(query_pos).sigmoid()  # [B, Q, 3] normalised (x, y, z)
-        spatial_shapes = torch.tensor([[self.bev_h, self.bev_w]], device=bev.device)  # [1, 2]
-        level_start_index = torch.zeros(1, dtype=torch.long, device=bev.device)
         all_cls, all_codes = [], []
         for layer, cls_branch, reg_branch in zip(self.layers, self.cls_branches, self.reg_branches):
-            query = layer(query, query_pos, bev, reference[:, :, None, :2], spatial_shapes, level_start_index)
+            query = layer(query, query_pos, bev, reference[:, :, None, :2], self.bev_shapes, self.bev_start)
             delta = reg_branch(query)  # [B, Q, 10]
             # refined normalised centre from code dims (0, 1, 4): [B, Q, 3]
-            centre = (delta[..., [0, 1, 4]] + inverse_sigmoid(reference)).sigmoid()
+            centre = (
+                torch.cat([delta[..., 0:2], delta[..., 4:5]], -1) + inverse_sigmoid(reference)
+            ).sigmoid()
             centre_m = centre * self.pc_size + self.pc_min  # [B, Q, 3] metres
             code = torch.cat(
                 [centre_m[..., :2], delta[..., 2:4], centre_m[..., 2:3], delta[..., 5:]], dim=-1
