@@ -8,8 +8,9 @@ within ``POINTS_RANGE_M`` of the sensor gets at least one.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
-from bevforge.data.synthetic.render import Cuboids
+from bevforge.data.synthetic.render import Cuboids, rigid_inverse
 
 POINTS_RANGE_M = 60.0
 _RING_ELEVATIONS_DEG = np.linspace(-30.0, -3.0, 12)
@@ -25,13 +26,27 @@ def _to_box_local(points_global: np.ndarray, boxes: Cuboids) -> np.ndarray:
     return np.stack([x, y, d[..., 2]], -1)
 
 
-def points_in_boxes(points_global: np.ndarray, boxes: Cuboids) -> np.ndarray:
-    """[N, 3] points, M boxes -> [M, N] bool."""
-    if len(boxes.centres_m) == 0:
-        return np.zeros((0, len(points_global)), dtype=bool)
-    local = _to_box_local(points_global, boxes)  # [M, N, 3]
-    half = boxes.size_wlh_m[:, [1, 0, 2]] / 2.0  # [M, 3] (l, w, h)
-    return (np.abs(local) <= half[:, None, :]).all(-1)
+def count_points_in_boxes(points_global: np.ndarray, boxes: Cuboids, pad_m: float = 0.0) -> np.ndarray:
+    """[N, 3] points, M boxes -> [M] number of points inside each box (grown by ``pad_m``)."""
+    m = len(boxes.centres_m)
+    counts = np.zeros(m, dtype=np.int64)
+    if m == 0 or len(points_global) == 0:
+        return counts
+    tree = cKDTree(points_global)
+    radii = np.linalg.norm(boxes.size_wlh_m, axis=-1) / 2.0 + pad_m
+    for i, idx in enumerate(tree.query_ball_point(boxes.centres_m, radii)):
+        if not idx:
+            continue
+        one = Cuboids(
+            boxes.centres_m[i : i + 1],
+            boxes.size_wlh_m[i : i + 1],
+            boxes.yaw_rad[i : i + 1],
+            boxes.colours[:0],
+        )
+        local = _to_box_local(points_global[idx], one)[0]  # [n, 3]
+        half = boxes.size_wlh_m[i, [1, 0, 2]] / 2.0 + pad_m
+        counts[i] = int((np.abs(local) <= half).all(-1).sum())
+    return counts
 
 
 def lidar_cloud(
@@ -51,9 +66,24 @@ def lidar_cloud(
     ground_ring = ring.reshape(-1).astype(np.float64)
     m = len(boxes.centres_m)
     if m:
-        local = _to_box_local(ground, boxes)  # [M, N, 3]
-        half = boxes.size_wlh_m[:, [1, 0, 2]] / 2.0
-        under = (np.abs(local[..., :2]) <= half[:, None, :2] + 0.05).all(-1).any(0)  # [N] hidden by a box
+        # drop ground points under a box footprint (they would be counted as the box's points)
+        tree = cKDTree(ground[:, :2])
+        radii = np.linalg.norm(boxes.size_wlh_m[:, :2], axis=-1) / 2.0 + 0.1
+        under = np.zeros(len(ground), dtype=bool)
+        for i, idx in enumerate(tree.query_ball_point(boxes.centres_m[:, :2], radii)):
+            if not idx:
+                continue
+            local = _to_box_local(
+                ground[idx],
+                Cuboids(
+                    boxes.centres_m[i : i + 1],
+                    boxes.size_wlh_m[i : i + 1],
+                    boxes.yaw_rad[i : i + 1],
+                    boxes.colours[:0],
+                ),
+            )[0]
+            half = boxes.size_wlh_m[i, [1, 0]] / 2.0 + 0.05
+            under[np.array(idx)[(np.abs(local[:, :2]) <= half).all(-1)]] = True
         ground, ground_ring = ground[~under], ground_ring[~under]
 
     obj_pts = [np.zeros((0, 3))]
@@ -82,8 +112,8 @@ def lidar_cloud(
     obj_ring = np.clip(np.round(np.interp(elev, _RING_ELEVATIONS_DEG, np.arange(12))), 0, 31)
     rings = np.concatenate([ground_ring, obj_ring])
     intensity = np.concatenate([rng.uniform(1.0, 12.0, len(ground)), rng.uniform(5.0, 60.0, len(objects))])
-    num_pts = points_in_boxes(pts_global, boxes).sum(1).astype(np.int64)  # [M]
-    global2lidar = np.linalg.inv(lidar2global)
+    num_pts = count_points_in_boxes(pts_global, boxes)  # [M]
+    global2lidar = rigid_inverse(lidar2global)
     pts_lidar = pts_global @ global2lidar[:3, :3].T + global2lidar[:3, 3]
     cloud = np.concatenate([pts_lidar, intensity[:, None], rings[:, None]], 1).astype(np.float32)  # [N, 5]
     return cloud, num_pts

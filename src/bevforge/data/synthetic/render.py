@@ -54,6 +54,14 @@ class Cuboids:
     colours: np.ndarray  # [M, 3] uint8 base colour
 
 
+def rigid_inverse(m: np.ndarray) -> np.ndarray:
+    """Inverse of a [4, 4] rotation + translation transform."""
+    out = np.eye(4)
+    out[:3, :3] = m[:3, :3].T
+    out[:3, 3] = -m[:3, :3].T @ m[:3, 3]
+    return out
+
+
 def box_corners_global(c: Cuboids) -> np.ndarray:
     """[M, 8, 3] corners; corner i has +half extent on axis a iff bit a of i is set (x=length)."""
     bits = np.array([[(i >> a) & 1 for a in range(3)] for i in range(8)], dtype=np.float64) * 2 - 1  # [8, 3]
@@ -162,7 +170,7 @@ def render_camera(
     Returns (image [H, W, 3] uint8 RGB, visible_px [M] pixels of each box not hidden by nearer boxes,
     silhouette_px [M] pixels the box would cover alone).
     """
-    global2cam = np.linalg.inv(cam2global)
+    global2cam = rigid_inverse(cam2global)
     rot, trans = global2cam[:3, :3], global2cam[:3, 3]
     cam_pos = cam2global[:3, 3]
     img = Image.fromarray(sky)
@@ -208,7 +216,13 @@ def render_camera(
         1,
     )  # [M, 3 axes, 3] box axes in the global frame
     half = boxes.size_wlh_m[:, [1, 0, 2]] / 2.0  # [M, 3]
-    k_inv = np.linalg.inv(intrinsics)
+    k_inv = np.array(
+        [
+            [1 / intrinsics[0, 0], 0.0, -intrinsics[0, 2] / intrinsics[0, 0]],
+            [0.0, 1 / intrinsics[1, 1], -intrinsics[1, 2] / intrinsics[1, 1]],
+            [0.0, 0.0, 1.0],
+        ]
+    )  # pinhole without skew
     for i in range(m):
         quick = corners_cam[i]
         if (quick[:, 2] < NEAR_M).all():
