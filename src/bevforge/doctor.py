@@ -396,11 +396,11 @@ def _check_nccl_allreduce(report: DoctorReport) -> None:
 # ------------------------------------------------------------------ recipe / data
 
 
-def _check_config(report: DoctorReport, config: str) -> None:
+def _check_config(report: DoctorReport, config: str, overrides: list[str] | None = None) -> None:
     from bevforge.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, overrides)
     except ConfigError as e:
         report.checks.append(Check("config", FAIL, str(e), "pass a recipe name (see configs/) or a path"))
         return
@@ -415,7 +415,19 @@ def _check_config(report: DoctorReport, config: str) -> None:
 
     root = Path(cfg.data.data_root)
     if root.is_dir():
-        report.checks.append(Check("data root", OK, str(root.resolve())))
+        tables = root / cfg.data.version / "sample.json"
+        ok = tables.is_file()
+        report.checks.append(
+            Check(
+                "data root",
+                OK if ok else WARN,
+                f"{root.resolve()}" + ("" if ok else f" has no {cfg.data.version}/sample.json"),
+                ""
+                if ok
+                else f"set data.version to the folder of nuScenes tables under {root} "
+                "(needed by prepare and evaluation against the DB)",
+            )
+        )
     else:
         report.checks.append(
             Check(
@@ -428,19 +440,7 @@ def _check_config(report: DoctorReport, config: str) -> None:
             )
         )
 
-    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
-        info = Path(cfg.data.info_dir) / f"infos_{split}.json"
-        if info.is_file():
-            report.checks.append(Check(f"infos {split}", OK, str(info)))
-        else:
-            report.checks.append(
-                Check(
-                    f"infos {split}",
-                    FAIL,
-                    f"infos missing: {info}",
-                    f"run `bevforge prepare --data-root {cfg.data.data_root} --out {cfg.data.info_dir}`",
-                )
-            )
+    _check_infos(report, cfg)
 
     if cfg.load_from:
         p = Path(cfg.load_from)
@@ -485,8 +485,52 @@ def _check_config(report: DoctorReport, config: str) -> None:
         )
 
 
-def run_checks(config: str | None = None, nccl: bool = True) -> DoctorReport:
-    """Run every check; ``config`` (recipe name or path) adds the data/checkpoint checks."""
+def _check_infos(report: DoctorReport, cfg: Any) -> None:
+    """Each split's info file exists, loads (format, version) and its first sample's images exist."""
+    fix = (
+        f"run `bevforge prepare --data-root {cfg.data.data_root} --version {cfg.data.version} "
+        f"--out {cfg.data.info_dir}`"
+    )
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+        info = Path(cfg.data.info_dir) / f"infos_{split}.json"
+        name = f"infos {split}"
+        if not info.is_file():
+            report.checks.append(Check(name, FAIL, f"infos missing: {info}", fix))
+            continue
+        try:
+            from bevforge.data.nuscenes.infos import load_infos
+
+            samples = load_infos(info, expect_version=cfg.data.version).samples
+        except ImportError:  # pragma: no cover - part of bevforge
+            report.checks.append(Check(name, OK, f"{info} exists (not validated)"))
+            continue
+        except ValueError as e:  # InfoFormatError: names the file and the fix
+            report.checks.append(Check(name, FAIL, str(e), fix))
+            continue
+        report.checks.append(Check(name, OK, f"{info} ({len(samples)} samples)"))
+        if samples:
+            missing = [
+                c["path"]
+                for c in samples[0]["cams"].values()
+                if not (Path(cfg.data.data_root) / c["path"]).is_file()
+            ]
+            if missing:
+                cached = bool(cfg.data.image_cache)  # the loader reads the cache, raw images are optional
+                report.checks.append(
+                    Check(
+                        f"images {split}",
+                        WARN if cached else FAIL,
+                        f"{len(missing)} camera image(s) of the first sample missing under "
+                        f"{cfg.data.data_root}, e.g. {missing[0]}",
+                        "data.data_root must be the folder the infos were prepared from (or re-run prepare)",
+                    )
+                )
+
+
+def run_checks(
+    config: str | None = None, nccl: bool = True, overrides: list[str] | None = None
+) -> DoctorReport:
+    """Run every check; ``config`` (recipe name or path, with ``overrides``) adds the data checks."""
     report = DoctorReport()
     keys = ("os", "python", "torch", "torchvision", "cuda", "cudnn", "nccl", "triton", "nuscenes-devkit")
     report.versions = dict.fromkeys(keys)
@@ -501,5 +545,5 @@ def run_checks(config: str | None = None, nccl: bool = True) -> DoctorReport:
         _check_nccl_allreduce(report)
     _check_nuscenes(report)
     if config:
-        _check_config(report, config)
+        _check_config(report, config, overrides)
     return report

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from bevforge import doctor
+from bevforge.structures.boxes import BOX_CONVENTION
 
 
 def _recipe(tmp_path: Path, data_root: Path, info_dir: Path, load_from: str = "") -> Path:
@@ -55,12 +57,23 @@ def test_doctor_missing_data_root_fails_with_fix(tmp_path: Path) -> None:
 def test_doctor_present_data_passes(tmp_path: Path) -> None:
     root = tmp_path / "data"
     (root / "infos").mkdir(parents=True)
-    for split in ("train", "val"):
-        (root / "infos" / f"infos_{split}.json").write_text("{}")
+    (root / "v1.0-mini").mkdir()
+    (root / "v1.0-mini" / "sample.json").write_text("[]")
+    header = {"format": "bevforge-infos", "format_version": 1, "box_convention": BOX_CONVENTION,
+              "nuscenes_version": "v1.0-mini", "split": "train", "num_samples": 0, "samples": []}  # fmt: skip
+    (root / "infos" / "infos_train.json").write_text(json.dumps(header))
+    (root / "infos" / "infos_val.json").write_text('{"format": "something else"}')
     report = doctor.run_checks(config=str(_recipe(tmp_path, root, root / "infos")), nccl=False)
     by_name = {c.name: c for c in report.checks}
     assert by_name["data root"].status == "ok"
-    assert by_name["infos train"].status == "ok" and by_name["infos val"].status == "ok"
+    assert by_name["infos train"].status == "ok" and "0 samples" in by_name["infos train"].detail
+    # a file of another format names the file and the fix
+    assert by_name["infos val"].status == "fail" and "infos_val.json" in by_name["infos val"].detail
+    assert "bevforge prepare" in by_name["infos val"].fix
+    assert report.exit_code() == 1
+    (root / "infos" / "infos_val.json").write_text(json.dumps(header))
+    report = doctor.run_checks(config=str(_recipe(tmp_path, root, root / "infos")), nccl=False)
+    by_name = {c.name: c for c in report.checks}
     assert "load_from" not in by_name  # empty load_from is not checked
     assert report.usable
 

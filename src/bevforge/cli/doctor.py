@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", default=None, help="recipe name or path: also check its data, infos, checkpoints"
     )
+    p.add_argument(
+        "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides"
+    )
     p.add_argument("--no-nccl", action="store_true", help="skip the multi-GPU NCCL all-reduce smoke test")
 
 
@@ -46,7 +49,7 @@ def _print_plain(report) -> None:  # noqa: ANN001
 def run(args: argparse.Namespace) -> int:
     from bevforge.doctor import run_checks
 
-    report = run_checks(config=args.config, nccl=not args.no_nccl)
+    report = run_checks(config=args.config, nccl=not args.no_nccl, overrides=args.overrides)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif sys.stdout.isatty():
