@@ -237,7 +237,9 @@ def parse_value(text: str, typ: Any, key: str) -> Any:
 
 def _did_you_mean(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
-    return f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(options))}."
+    if close:
+        return f" Did you mean: {', '.join(close)}?"
+    return f" Valid choices: {', '.join(sorted(options))}." if options else " There is nothing to choose from."
 
 
 def all_keys(cfg: Any, prefix: str = "") -> list[str]:
