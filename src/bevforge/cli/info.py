@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         model = build_for_counting(cfg)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:  # ValueError: a module rejected a setting (e.g. backbone depth)
         print(f"error: {e}")
         return 2
     counts = parameter_counts(model)

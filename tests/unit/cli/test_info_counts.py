@@ -67,3 +67,11 @@ def test_parameter_counts_trainable():
     net.backbone.weight.requires_grad_(False)
     counts = parameter_counts(net)
     assert counts == {"backbone": {"params": 16, "trainable": 4}, "total": {"params": 16, "trainable": 4}}
+
+
+def test_info_cli_bad_setting_is_a_clear_error(capsys):
+    from bevforge.cli.main import main
+
+    assert main(["info", "bevformer_tiny", "--set", "model.backbone.depth=42"]) == 2
+    out = capsys.readouterr().out
+    assert "error" in out and "depth 42" in out
