@@ -12,7 +12,12 @@ HELP = "synthetic data -> prepare -> train debug recipe -> test -> visualise -> 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (data/ and work/ inside)")
     p.add_argument("--quick", action="store_true", help="tiny data and model, a few iterations (~1 min)")
-    p.add_argument("--epochs", type=int, default=None, help="override the debug recipe's epochs")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs of the debug recipe (default 1: fits ~10 min on 2 CPU cores)",
+    )
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 
 
