@@ -1,0 +1,72 @@
+"""ONNX export of the debug recipe: onnxruntime matches PyTorch, also on inputs unlike the traced ones."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from bevforge.cli import export as export_cli
+from bevforge.config import load_config
+from bevforge.export.onnx_model import (
+    INPUT_NAMES,
+    ORT_TOLERANCE,
+    OUTPUT_NAMES,
+    compare_with_pytorch,
+    example_inputs,
+)
+from bevforge.models.build import build_model
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    export_cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_export_debug_recipe_matches_onnxruntime(tmp_path, capsys):
+    import onnx
+
+    torch.manual_seed(0)
+    cfg = load_config("configs/bevformer_debug.py")
+    model = build_model(cfg).eval()
+    ckpt = tmp_path / "epoch_1.pth"
+    torch.save({"model": model.state_dict()}, ckpt)
+    out = tmp_path / "debug.onnx"
+    assert export_cli.run(_parse(["configs/bevformer_debug.py", str(ckpt), "--onnx", str(out)])) == 0
+    info = json.loads((tmp_path / "debug.onnx.json").read_text())
+    assert max(info["onnxruntime_max_abs_diff"].values()) <= ORT_TOLERANCE
+    assert info["inputs"]["images"] == [1, 6, 3, 128, 224]  # 400x225 x 0.5, padded to 32
+    assert info["outputs"]["bev"] == [1, 32 * 32, 64]
+
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == list(INPUT_NAMES)
+    assert [o.name for o in graph.output] == list(OUTPUT_NAMES)
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 6, 3, 128, 224]  # static shapes
+    assert any(n.op_type == "GridSample" for n in graph.node)  # MSDA through the grid_sample reference
+
+    # other inputs than the traced ones: no previous BEV, another ego motion, shifted cameras
+    images, prev_bev, _, can_bus, lidar2img = example_inputs(cfg, seed=1)
+    lidar2img = lidar2img.clone()
+    lidar2img[..., 0, 3] += 7.0  # move every principal point: other queries hit each camera
+    can_bus = can_bus * -2.0
+    diffs = compare_with_pytorch(
+        model, out, (images, prev_bev, torch.zeros(1, dtype=torch.bool), can_bus, lidar2img)
+    )
+    assert max(diffs.values()) <= ORT_TOLERANCE, diffs
+
+
+def test_export_bad_checkpoint_names_the_file(tmp_path, capsys):
+    missing = tmp_path / "nope.pth"
+    rc = export_cli.run(
+        _parse(["configs/bevformer_debug.py", str(missing), "--onnx", str(tmp_path / "x.onnx")])
+    )
+    assert rc == 2
+    assert "nope.pth" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
