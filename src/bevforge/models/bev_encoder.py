@@ -61,9 +61,15 @@ class BEVFormerLayer(nn.Module):
         bev_mask: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        bev_query_init: torch.Tensor,
     ) -> torch.Tensor:
-        """``query [B, Q, C]`` -> ``[B, Q, C]`` (see :class:`BEVEncoder` for the other shapes)."""
-        query = self.temporal_attn(query, bev_pos, prev_bev, has_prev, ref_2d, bev_shapes, bev_start)
+        """``query [B, Q, C]`` -> ``[B, Q, C]`` (see :class:`BEVEncoder` for the other shapes).
+
+        ``bev_query_init [B, Q, C]``: the encoder's input queries, TSA's current-queue value.
+        """
+        query = self.temporal_attn(
+            query, bev_pos, prev_bev, has_prev, ref_2d, bev_shapes, bev_start, bev_query_init
+        )
         query = self.norms[0](query)
         query = self.spatial_attn(query, feats, ref_cam, bev_mask, spatial_shapes, level_start_index)
         query = self.norms[1](query)
@@ -237,21 +243,12 @@ class BEVEncoder(nn.Module):
         bev_shapes = torch.tensor([[self.bev_h, self.bev_w]], dtype=torch.long, device=device)
         bev_start = torch.zeros(1, dtype=torch.long, device=device)
 
+        bev_query_init = query  # TSA's current-queue value in every layer (official)
         for layer in self.layers:
-            args = (
-                query,
-                bev_pos,
-                prev_bev,
-                has_prev,
-                hybrid_ref,
-                bev_shapes,
-                bev_start,
-                value,
-                ref_cam,
-                bev_mask,
-            )
+            args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)
+            args = (*args, value, ref_cam, bev_mask, spatial_shapes, level_start, bev_query_init)
             if self.grad_ckpt and self.training and torch.is_grad_enabled():
-                query = checkpoint(layer, *args, spatial_shapes, level_start, use_reentrant=False)
+                query = checkpoint(layer, *args, use_reentrant=False)
             else:
-                query = layer(*args, spatial_shapes, level_start)
+                query = layer(*args)
         return query

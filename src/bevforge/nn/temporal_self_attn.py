@@ -78,34 +78,45 @@ class TemporalSelfAttention(nn.Module):
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        current_value: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
             query: ``[B, Q, C]`` current BEV queries (also the residual).
             query_pos: ``[B, Q, C]`` positional encoding added to the query (not to the values).
             prev_bev: ``[B, Q, C]`` ego-motion-aligned previous BEV, or None (no sample has one).
-            has_prev: ``[B]`` bool, which samples use ``prev_bev``; others use ``query`` (official).
+            has_prev: ``[B]`` bool, which samples use ``prev_bev`` (None: all, when it is given).
             reference_points: ``[V * B, Q, L, 2]`` normalised (x, y), queue-major (previous first).
             spatial_shapes: ``[L, 2]`` int64 (bev_h, bev_w); ``level_start_index``: ``[L]``.
+            current_value: ``[B, Q, C]`` values of the current queue for samples *with* a previous
+                BEV: the encoder's input BEV queries, the same in every layer (official: the encoder
+                stacks ``[prev_bev, bev_query]`` once, before its layers). None: ``query``.
+
+        Samples without a previous BEV use this layer's ``query`` for both queues (official
+        ``value = cat([query, query])`` when ``prev_bev`` is None).
         """
         assert query.dim() == 3 and reference_points.dim() == 4, "query [B, Q, C], ref [V*B, Q, L, 2]"
         batch, num_q, channels = query.shape
         v, m, lv, p = self.num_bev_queue, self.num_heads, self.num_levels, self.num_points
         identity = query
         if prev_bev is None:
-            prev = query
+            prev, current = query, query
         else:
             assert prev_bev.shape == query.shape, (
                 f"prev_bev {tuple(prev_bev.shape)} != query {tuple(query.shape)}"
             )
             use = torch.ones(batch, dtype=torch.bool, device=query.device) if has_prev is None else has_prev
-            prev = torch.where(use.view(batch, 1, 1), prev_bev.to(query.dtype), query)  # [B, Q, C]
+            use = use.view(batch, 1, 1)
+            prev = torch.where(use, prev_bev.to(query.dtype), query)  # [B, Q, C]
+            current = (
+                query if current_value is None else torch.where(use, current_value.to(query.dtype), query)
+            )
         if query_pos is not None:
             query = query + query_pos
         num_value = prev.shape[1]
         assert int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) == num_value, "BEV shape mismatch"
 
-        value = torch.cat((prev, identity), dim=0)  # [V*B, Q, C] queue-major: previous, current
+        value = torch.cat((prev, current), dim=0)  # [V*B, Q, C] queue-major: previous, current
         value = self.value_proj(value).view(v * batch, num_value, m, channels // m)  # [V*B, Q, M, D]
         hybrid = torch.cat((prev, query), dim=-1)  # [B, Q, 2C]
         # [B, Q, M*V*L*P*2] -> [B, Q, M, V, L, P, 2]

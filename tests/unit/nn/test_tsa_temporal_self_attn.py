@@ -53,3 +53,16 @@ def test_tsa_per_sample_prev_matches_single_sample_runs():
     # and the previous BEV really changes the result
     with_prev = tsa(query[1:], pos[1:], prev[1:], None, ref[[1, 3]], shapes, start)
     assert not torch.allclose(with_prev, alone1)
+
+
+def test_tsa_current_value_only_for_samples_with_prev():
+    """Official: with a previous BEV the current queue's values are the encoder's input queries."""
+    torch.manual_seed(0)
+    tsa = make_tsa()
+    query, pos, prev, ref, shapes, start = inputs(2)
+    init = torch.randn_like(query)
+    has_prev = torch.tensor([True, False])
+    with_init = tsa(query, pos, prev, has_prev, ref, shapes, start, current_value=init)
+    without = tsa(query, pos, prev, has_prev, ref, shapes, start)
+    assert not torch.allclose(with_init[0], without[0], atol=1e-4)
+    torch.testing.assert_close(with_init[1], without[1])
