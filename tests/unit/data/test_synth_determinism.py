@@ -23,7 +23,7 @@ def _table_bytes(root, version="v1.0-mini") -> dict[str, bytes]:
 
 def test_synth_same_seed_same_bytes(tmp_path):
     a = _table_bytes(generate(tmp_path / "a", seed=7, **TINY))
-    b = _table_bytes(generate(tmp_path / "b", seed=7, **TINY))
+    b = _table_bytes(generate(tmp_path / "b", seed=7, **{**TINY, "workers": 2}))  # worker processes too
     assert a == b
     c = _table_bytes(generate(tmp_path / "c", seed=8, **TINY))
     assert c["v1.0-mini/sample_annotation.json"] != a["v1.0-mini/sample_annotation.json"]
