@@ -70,23 +70,20 @@ class SetCriterion(nn.Module):
         self,
         cls_logits: torch.Tensor,
         box_code: torch.Tensor,
-        gt_boxes: list[torch.Tensor],
-        gt_labels: list[torch.Tensor],
+        match: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        gt_labels: torch.Tensor,
         num_pos_override: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder layer: ``cls_logits [B, Q, K]``, ``box_code [B, Q, 10]`` -> (loss_cls, loss_bbox)."""
-        B, Q, K = cls_logits.shape
-        matches = self.matcher(cls_logits, box_code, gt_boxes, gt_labels)
-        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])  # [P]
-        query_idx = torch.cat([q for q, _ in matches])  # [P]
-        gt_lab = torch.cat([lab.to(cls_logits.device)[g] for lab, (_, g) in zip(gt_labels, matches)])  # [P]
-        gt_box = torch.cat([box.to(box_code.device)[g] for box, (_, g) in zip(gt_boxes, matches)])  # [P, 9]
+        """One decoder layer: ``cls_logits [B, Q, K]``, ``box_code [B, Q, 10]``, ``match [3, P]`` (sample,
+        query, GT row), ``gt_boxes [T, 9]`` / ``gt_labels [T]`` of the batch -> (loss_cls, loss_bbox)."""
+        batch_idx, query_idx, gt_idx = match.unbind(0)  # 3 x [P]
         num_pos = float(query_idx.numel()) if num_pos_override is None else float(num_pos_override)
         num_pos = max(num_pos, 1.0)
-        target = torch.zeros_like(cls_logits)  # [B, Q, K] one-hot, background = all zeros
-        target[batch_idx, query_idx, gt_lab] = 1.0
+        target = torch.zeros_like(cls_logits, dtype=torch.float32)  # [B, Q, K] one-hot, background = 0
+        target[batch_idx, query_idx, gt_labels[gt_idx]] = 1.0
         loss_cls = sigmoid_focal_loss(cls_logits.float(), target, self.gamma, self.alpha).sum() / num_pos
-        code_target = encode_box_code(gt_box.float())  # [P, 10]
+        code_target = encode_box_code(gt_boxes[gt_idx].float())  # [P, 10]
         weight = self.code_weights.to(box_code.device).expand_as(code_target)  # [P, 10]
         loss_bbox = weighted_l1_loss(box_code[batch_idx, query_idx].float(), code_target, weight) / num_pos
         return (
@@ -112,9 +109,14 @@ class SetCriterion(nn.Module):
             if len(gt_boxes) != cls_all.shape[1]:
                 raise ValueError(f"{len(gt_boxes)} GT lists for a batch of {cls_all.shape[1]} predictions")
             gt_boxes, gt_labels = self._clean_gt(gt_boxes, gt_labels)
+            matches = self.matcher.match_layers(cls_all, code_all, gt_boxes, gt_labels)  # [D, 3, P]
+            boxes_all = torch.cat(gt_boxes).to(code_all.device)  # [T, 9]
+            labels_all = torch.cat(gt_labels).to(code_all.device)  # [T]
             D = cls_all.shape[0]
             for i in range(D):
-                lc, lb = self.layer_loss(cls_all[i], code_all[i], gt_boxes, gt_labels, num_pos_override)
+                lc, lb = self.layer_loss(
+                    cls_all[i], code_all[i], matches[i], boxes_all, labels_all, num_pos_override
+                )
                 prefix = "" if i == D - 1 else f"d{i}."
                 losses[f"{prefix}loss_cls"] = lc
                 losses[f"{prefix}loss_bbox"] = lb

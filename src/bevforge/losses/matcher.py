@@ -27,18 +27,54 @@ class HungarianMatcher:
     def cost(
         self, cls_logits: torch.Tensor, box_code: torch.Tensor, gt_labels: torch.Tensor, gt_code: torch.Tensor
     ) -> torch.Tensor:
-        """``cls_logits [B, Q, K]``, ``box_code [B, Q, 10]``, ``gt_labels [T]``, ``gt_code [T, 10]``
-        -> ``[B, Q, T]``."""
+        """``cls_logits [G, Q, K]``, ``box_code [G, Q, 10]`` (G = any number of (layer, sample) pairs),
+        ``gt_labels [T]``, ``gt_code [T, 10]`` -> ``[G, Q, T]``."""
         eps = 1e-12
-        p = cls_logits.float().sigmoid()  # [B, Q, K]
+        p = cls_logits.float().sigmoid()  # [G, Q, K]
         neg = -(1 - p + eps).log() * (1 - self.alpha) * p.pow(self.gamma)
         pos = -(p + eps).log() * self.alpha * (1 - p).pow(self.gamma)
-        cls = (pos - neg)[..., gt_labels]  # [B, Q, T]
-        pred8 = box_code[..., :8].float()  # [B, Q, 8]
-        gt8 = gt_code[:, :8].float()[None].expand(pred8.shape[0], -1, -1)  # [B, T, 8]
-        reg = torch.cdist(pred8, gt8, p=1)  # [B, Q, T]
+        cls = (pos - neg)[..., gt_labels]  # [G, Q, T]
+        pred8 = box_code[..., :8].float()  # [G, Q, 8]
+        gt8 = gt_code[:, :8].float()[None].expand(pred8.shape[0], -1, -1)  # [G, T, 8]
+        reg = torch.cdist(pred8, gt8, p=1)  # [G, Q, T]
         cost = self.cls_cost * cls + self.bbox_cost * reg
         return torch.nan_to_num(cost, nan=100.0, posinf=100.0, neginf=-100.0)
+
+    @torch.no_grad()
+    def match_layers(
+        self,
+        cls_logits: torch.Tensor,
+        box_code: torch.Tensor,
+        gt_boxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """All decoder layers at once: ``cls_logits [D, B, Q, K]``, ``box_code [D, B, Q, 10]`` ->
+        ``[D, 3, P]`` int64 rows (sample, query, row of ``torch.cat(gt_boxes)``), P = sum_b min(Q, M_b).
+
+        One device->host copy of the costs and one host->device copy of the indices per call.
+        """
+        assert cls_logits.dim() == 4 and box_code.dim() == 4, (cls_logits.shape, box_code.shape)
+        D, B, Q, _ = cls_logits.shape
+        device = cls_logits.device
+        sizes = [int(g.shape[0]) for g in gt_boxes]
+        if sum(sizes) == 0:
+            return torch.zeros(D, 3, 0, dtype=torch.long, device=device)
+        labels = torch.cat(gt_labels).to(device)  # [T]
+        code = encode_box_code(torch.cat(gt_boxes).to(device, torch.float32))  # [T, 10]
+        # [D, B, Q, K] -> [D*B, Q, K]; cost [D*B, Q, T] -> host once
+        cost = self.cost(cls_logits.flatten(0, 1), box_code.flatten(0, 1), labels, code).cpu().numpy()
+        cost = cost.reshape(D, B, Q, -1)  # [D, B, Q, T]
+        starts = np.cumsum([0, *sizes])
+        layers = []
+        for d in range(D):
+            rows_all = []
+            for b, m in enumerate(sizes):
+                if m == 0:
+                    continue
+                rows, cols = linear_sum_assignment(cost[d, b, :, starts[b] : starts[b] + m])
+                rows_all.append(np.stack([np.full_like(rows, b), rows, cols + starts[b]]))  # [3, m_b]
+            layers.append(np.concatenate(rows_all, axis=1))  # [3, P]
+        return torch.as_tensor(np.stack(layers).astype(np.int64)).to(device, non_blocking=True)  # [D, 3, P]
 
     @torch.no_grad()
     def __call__(
@@ -48,29 +84,15 @@ class HungarianMatcher:
         gt_boxes: list[torch.Tensor],
         gt_labels: list[torch.Tensor],
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per sample ``(query_idx [m], gt_idx [m])`` int64 on the predictions' device, ``m = min(Q, M)``."""
+        """One layer ``[B, Q, K]`` / ``[B, Q, 10]`` -> per sample ``(query_idx [m], gt_idx [m])`` (GT index
+        within the sample), ``m = min(Q, M)``."""
         assert cls_logits.dim() == 3 and box_code.dim() == 3, (cls_logits.shape, box_code.shape)
-        B, Q, _ = cls_logits.shape
-        device = cls_logits.device
-        sizes = [int(g.shape[0]) for g in gt_boxes]
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        if sum(sizes) == 0:
-            return [(empty, empty) for _ in range(B)]
-        labels = torch.cat(gt_labels).to(device)  # [T]
-        code = encode_box_code(torch.cat(gt_boxes).to(device, torch.float32))  # [T, 10]
-        cost = self.cost(cls_logits, box_code, labels, code).cpu().numpy()  # [B, Q, T], one transfer
-        out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        start = 0
-        for b, m in enumerate(sizes):
-            if m == 0:
-                out.append((empty, empty))
-                continue
-            rows, cols = linear_sum_assignment(cost[b, :, start : start + m])
-            start += m
-            out.append(
-                (
-                    torch.as_tensor(rows.astype(np.int64), device=device),
-                    torch.as_tensor(cols.astype(np.int64), device=device),
-                )
-            )
+        idx = self.match_layers(cls_logits[None], box_code[None], gt_boxes, gt_labels)[0]  # [3, P]
+        starts = [0]
+        for g in gt_boxes:
+            starts.append(starts[-1] + int(g.shape[0]))
+        out = []
+        for b in range(cls_logits.shape[0]):
+            sel = idx[0] == b
+            out.append((idx[1][sel], idx[2][sel] - starts[b]))
         return out

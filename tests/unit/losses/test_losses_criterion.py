@@ -128,3 +128,27 @@ def test_build_criterion_reads_config_and_seg():
     assert "loss_seg" in losses
     bce = F.binary_cross_entropy_with_logits(preds["seg_logits"], target)
     assert losses["loss_seg"] > bce
+
+
+def test_matcher_layers_match_brute_force_optimum():
+    import itertools
+
+    boxes, labels = _gt(3, seed=5)
+    empty_b, empty_l = torch.zeros(0, 9), torch.zeros(0, dtype=torch.long)
+    torch.manual_seed(2)
+    cls, code = torch.randn(3, 2, 5, 10), torch.randn(3, 2, 5, 10)
+    matcher = HungarianMatcher()
+    idx = matcher.match_layers(cls, code, [empty_b, boxes], [empty_l, labels])  # [D, 3, P]
+    assert idx.shape == (3, 3, 3) and (idx[:, 0] == 1).all()
+    gt_code = encode_box_code(boxes)
+    for d in range(3):
+        p = cls[d, 1].sigmoid()
+        focal = -(p.log() * 0.25 * (1 - p) ** 2) + (1 - p).log() * 0.75 * p**2  # pos - neg, official
+        cost = 2.0 * focal[:, labels] + 0.25 * torch.cdist(code[d, 1, :, :8], gt_code[:, :8], p=1)  # [Q, M]
+        best = min(
+            itertools.permutations(range(5), 3), key=lambda qs: sum(cost[q, j] for j, q in enumerate(qs))
+        )
+        got = dict(zip(idx[d, 2].tolist(), idx[d, 1].tolist()))
+        assert [got[j] for j in range(3)] == list(best)
+        _, (q, g) = matcher(cls[d], code[d], [empty_b, boxes], [empty_l, labels])
+        assert dict(zip(g.tolist(), q.tolist())) == got
