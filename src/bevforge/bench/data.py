@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from bevforge.bench.kernel import append_result
     from bevforge.config import ConfigError, load_config
     from bevforge.data.loader import build_dataloader
+    from bevforge.data.nuscenes.infos import load_infos
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -63,12 +64,12 @@ def run(args: argparse.Namespace) -> int:
         n += batch.batch_size
     ours = n / (time.perf_counter() - t0)
 
-    ds = loader.dataset
     d = cfg.data
-    m = min(args.naive_samples, len(ds.samples))
+    samples = load_infos(Path(d.info_dir) / f"infos_{split}.json").samples
+    m = min(args.naive_samples, len(samples))
     t0 = time.perf_counter()
     for i in range(m):
-        frames = [ds.samples[max(0, i - k)] for k in range(t_frames)]  # same T x N images per sample
+        frames = [samples[max(0, i - k)] for k in range(t_frames)]  # same T x N images per sample
         naive_sample(frames, Path(d.data_root), d.cameras, d.img_scale, d.img_mean, d.img_std)
     naive = m / (time.perf_counter() - t0)
 

@@ -139,8 +139,16 @@ def filter_gt(
     (``in_range_bev``); labels are indices into ``classes``. Returns ``(boxes [K, 9] float32,
     labels [K] int64)``.
     """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
     labels = np.array([classes.index(n) if n in classes else -1 for n in names], dtype=np.int64)
+    return select_gt(boxes, labels, valid, point_cloud_range)
+
+
+def select_gt(
+    boxes: np.ndarray, labels: np.ndarray, valid: np.ndarray, point_cloud_range: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`filter_gt` with labels already mapped (``-1`` = not a detection class)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     x0, y0, _, x1, y1, _ = point_cloud_range
     keep = (labels >= 0) & np.asarray(valid, dtype=bool).reshape(-1)
     keep &= (b[:, 0] > x0) & (b[:, 0] < x1) & (b[:, 1] > y0) & (b[:, 1] < y1)

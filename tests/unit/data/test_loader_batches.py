@@ -13,6 +13,7 @@ from bevforge.config import Config
 from bevforge.data.image_io import MissingImageError
 from bevforge.data.loader import build_dataloader
 from bevforge.data.nuscenes.dataset import NuScenesDataset
+from bevforge.data.nuscenes.infos import load_infos
 from bevforge.data.nuscenes.prepare import create_infos
 from bevforge.structures.batch import Batch
 
@@ -62,9 +63,10 @@ def test_train_batches_shapes_and_queue(data_root):
             valid = bb.timestamps[i][bb.frame_valid[i]]
             assert torch.all(valid[1:] > valid[:-1])
     ds = loader.dataset
-    first_of_scene2 = next(i for i in range(len(ds)) if ds.samples[i]["frame_idx"] == 0 and i > 0)
+    samples = load_infos(data_root / "infos" / "infos_train.json").samples
+    first_of_scene2 = next(i for i in range(len(ds)) if samples[i]["frame_idx"] == 0 and i > 0)
     item = ds[first_of_scene2]
-    cur = ds.samples[first_of_scene2]["scene_token"]
+    cur = samples[first_of_scene2]["scene_token"]
     assert item["scene_tokens"][-1] == cur and item["scene_tokens"][0] != cur  # history from the last scene
     assert item["frame_valid"].all()
 
@@ -92,9 +94,9 @@ def test_eval_loader_scene_order_and_projection(data_root):
     ts = [int(b.timestamps[0, 0]) for b in batches]
     assert ts == sorted(ts)
     # lidar2img after the resize projects a GT centre to the same relative place as the raw lidar2img
-    ds = loader.dataset
+    samples = load_infos(data_root / "infos" / "infos_train.json").samples
     for k, b in enumerate(batches[:3]):
-        s = ds.samples[k]
+        s = samples[k]
         assert b.sample_tokens[0] == s["token"]
         centre = torch.tensor([*s["gt"]["boxes"][0][:3], 1.0], dtype=torch.float64)
         cam = s["cams"]["CAM_FRONT"]
@@ -119,7 +121,7 @@ def test_missing_and_corrupt_images(data_root, tmp_path):
     shutil.copytree(data_root, root)
     cfg = _cfg(root, photometric_aug=False)
     ds = NuScenesDataset.from_config(cfg, "train", train=True)
-    path = root / ds.samples[0]["cams"]["CAM_BACK"]["path"]
+    path = root / load_infos(root / "infos" / "infos_train.json").samples[0]["cams"]["CAM_BACK"]["path"]
     path.write_bytes(b"\xff\xd8\xff not a jpeg")
     torch.manual_seed(0)
     with warnings.catch_warnings(record=True) as caught:

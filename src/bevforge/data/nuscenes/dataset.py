@@ -25,11 +25,11 @@ from bevforge.config import Config
 from bevforge.data.image_io import ImageDecodeError, MissingImageError, read_image, target_size
 from bevforge.data.nuscenes.image_cache import ImageCache
 from bevforge.data.nuscenes.infos import load_infos
+from bevforge.data.nuscenes.sample_table import SampleTable
 from bevforge.data.transforms import (
-    filter_gt,
     padded_size,
     photometric_distortion,
-    resize_lidar2img,
+    select_gt,
 )
 
 
@@ -56,17 +56,19 @@ class NuScenesDataset(Dataset):
         image_cache: str = "",
         nuscenes_version: str | None = None,
     ) -> None:
-        self.info = load_infos(info_path, expect_version=nuscenes_version)
-        self.samples = self.info.samples
-        if not self.samples:
+        info = load_infos(info_path, expect_version=nuscenes_version)
+        if not info.samples:
             raise ValueError(f"{info_path}: the info file holds no samples; re-run `bevforge prepare`")
+        self.split = info.split
         self.data_root = Path(data_root)
         self.train = train
         self.cameras = tuple(cameras)
-        missing = [c for c in self.cameras if c not in self.samples[0]["cams"]]
+        missing = [c for c in self.cameras if any(c not in s["cams"] for s in info.samples)]
         if missing:
-            raise ValueError(f"{info_path}: cameras {missing} not in the infos; fix data.cameras")
+            raise ValueError(f"{info_path}: cameras {missing} missing from some samples; fix data.cameras")
         self.classes = tuple(classes)
+        # numpy arrays only (shared copy-on-write by workers); the dicts are dropped with `info`
+        self.table = SampleTable.from_samples(info.samples, self.cameras, self.classes)
         self.pcr = tuple(float(v) for v in point_cloud_range)
         self.img_scale = float(img_scale)
         self.pad_divisor = int(pad_divisor)
@@ -79,13 +81,10 @@ class NuScenesDataset(Dataset):
 
             self.seg = MapTargetBuilder(data_root, seg_classes, self.pcr, bev_hw)
         self.cache = (
-            ImageCache(image_cache, self.info.split, self.cameras, self.img_scale) if image_cache else None
+            ImageCache(image_cache, self.split, self.cameras, self.img_scale) if image_cache else None
         )
-        c0 = self.samples[0]["cams"][self.cameras[0]]
-        w0, h0 = target_size(c0["width"], c0["height"], self.img_scale)
+        w0, h0 = target_size(*(int(v) for v in self.table.cam_wh[0, 0]), self.img_scale)
         self.img_hw = (h0, w0)  # valid (un-padded) size of every image of the split
-        scene_ids: dict[str, int] = {}
-        self._scene_of = [scene_ids.setdefault(s["scene_token"], len(scene_ids)) for s in self.samples]
         self.num_corrupt_images = 0
         self._reported: set[str] = set()
 
@@ -116,15 +115,18 @@ class NuScenesDataset(Dataset):
     # ---------------------------------------------------------------------------------- scenes
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.table)
 
     @property
     def num_scenes(self) -> int:
-        return max(self._scene_of) + 1
+        return int(self.table.scene_ids.max()) + 1
 
     def scene_of(self, index: int) -> int:
         """Scene id (0..num_scenes-1, in order of first appearance) of sample ``index``."""
-        return self._scene_of[index]
+        return int(self.table.scene_ids[index])
+
+    def sample_token(self, index: int) -> str:
+        return str(self.table.tokens[index])
 
     def queue_indices(self, index: int, rng: np.random.Generator) -> list[int]:
         """Official queue: previous ``q`` indices, shuffled, first dropped, sorted, then ``index``."""
@@ -137,21 +139,25 @@ class NuScenesDataset(Dataset):
 
     # ---------------------------------------------------------------------------------- frames
 
-    def _images(self, sample: dict, rng: np.random.Generator | None, out: torch.Tensor) -> torch.Tensor:
+    def _images(self, index: int, rng: np.random.Generator | None, out: torch.Tensor) -> torch.Tensor:
         """Write normalised images into ``out [N, 3, Hp, Wp]`` (zeros = padding); -> lidar2img [N, 4, 4]."""
-        l2is = []
-        cached = self.cache[sample["token"]] if self.cache is not None else None  # [N, H, W, 3]
+        tab = self.table
+        cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
         mean = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.img_std, dtype=torch.float32).view(3, 1, 1)
         for j, cam in enumerate(self.cameras):
-            c = sample["cams"][cam]
-            w, h = target_size(c["width"], c["height"], self.img_scale)
-            if (h, w) != self.img_hw or out.shape[-2] < h:
+            raw_w, raw_h = (int(v) for v in tab.cam_wh[index, j])
+            w, h = target_size(raw_w, raw_h, self.img_scale)
+            if (h, w) != self.img_hw:
                 raise ValueError(
-                    f"sample {sample['token']} {cam}: {c['width']}x{c['height']} differs from the first "
+                    f"sample {tab.tokens[index]} {cam}: {raw_w}x{raw_h} differs from the first "
                     "camera of the split; bevforge batches one resolution (resize images or fix infos)"
                 )
-            img = cached[j] if cached is not None else self._read(self.data_root / c["path"], (w, h))
+            img = (
+                cached[j]
+                if cached is not None
+                else self._read(self.data_root / str(tab.cam_paths[index, j]), (w, h))
+            )
             t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8
             dst = out[j, :, :h, :w]  # [3, H, W] view into the padded frame
             if rng is not None and self.photometric_aug:
@@ -161,9 +167,11 @@ class NuScenesDataset(Dataset):
             if not self.to_rgb:
                 dst.copy_(dst.flip(0))  # RGB -> BGR (official caffe-style configs)
             dst.sub_(mean).div_(std)
-            l2i = torch.tensor(c["lidar2img"], dtype=torch.float64)
-            l2is.append(resize_lidar2img(l2i, w / c["width"], h / c["height"]))
-        return torch.stack(l2is).float()
+        h, w = self.img_hw
+        scale = torch.eye(4, dtype=torch.float64).repeat(len(self.cameras), 1, 1)  # [N, 4, 4]
+        scale[:, 0, 0] = torch.from_numpy(w / tab.cam_wh[index, :, 0])  # sx per camera
+        scale[:, 1, 1] = torch.from_numpy(h / tab.cam_wh[index, :, 1])  # sy per camera
+        return (scale @ torch.from_numpy(tab.lidar2img[index])).float()  # [N, 4, 4]
 
     def _read(self, path: Path, wh: tuple[int, int]) -> np.ndarray:
         try:
@@ -181,15 +189,15 @@ class NuScenesDataset(Dataset):
             return np.zeros((wh[1], wh[0], 3), dtype=np.uint8)
 
     def _frame(self, index: int, rng: np.random.Generator | None, out: torch.Tensor) -> dict[str, Any]:
-        s = self.samples[index]
+        tab = self.table
         return {
-            "lidar2img": self._images(s, rng, out),
-            "can_bus": torch.tensor(s["can_bus"], dtype=torch.float32),
-            "ego2global": torch.tensor(s["ego2global"], dtype=torch.float64),
-            "lidar2ego": torch.tensor(s["lidar2ego"], dtype=torch.float64),
+            "lidar2img": self._images(index, rng, out),
+            "can_bus": torch.from_numpy(tab.can_bus[index]).float(),
+            "ego2global": torch.from_numpy(tab.ego2global[index].copy()),
+            "lidar2ego": torch.from_numpy(tab.lidar2ego[index].copy()),
             "frame_valid": True,
-            "scene_token": s["scene_token"],
-            "timestamp": int(s["timestamp"]),
+            "scene_token": str(tab.scene_tokens[index]),
+            "timestamp": int(tab.timestamps[index]),
         }
 
     @staticmethod
@@ -211,13 +219,12 @@ class NuScenesDataset(Dataset):
                 images[t].zero_()  # padding frame
         first_real = next(f for f in frames if f is not None)
         frames = [f if f is not None else self._padding_frame(first_real) for f in frames]
-        s = self.samples[index]
-        gt = s["gt"]
-        boxes, labels = filter_gt(gt["boxes"], gt["names"], gt["valid"], self.classes, self.pcr)
+        tab = self.table
+        boxes, labels = select_gt(*tab.gt(index), self.pcr)
         seg = None
         if self.seg is not None:
-            l2g = np.asarray(s["ego2global"]) @ np.asarray(s["lidar2ego"])
-            seg = torch.from_numpy(self.seg(s["location"], l2g))  # [S, bev_h, bev_w]
+            l2g = tab.ego2global[index] @ tab.lidar2ego[index]
+            seg = torch.from_numpy(self.seg(str(tab.locations[index]), l2g))  # [S, bev_h, bev_w]
         return {
             "images": images,  # [T, N, 3, H, W]
             "lidar2img": torch.stack([f["lidar2img"] for f in frames]),  # [T, N, 4, 4]
@@ -226,7 +233,7 @@ class NuScenesDataset(Dataset):
             "lidar2ego": torch.stack([f["lidar2ego"] for f in frames]),  # [T, 4, 4]
             "frame_valid": torch.tensor([f["frame_valid"] for f in frames]),  # [T]
             "scene_tokens": [f["scene_token"] for f in frames],
-            "sample_token": s["token"],
+            "sample_token": str(tab.tokens[index]),
             "timestamps": torch.tensor([f["timestamp"] for f in frames], dtype=torch.int64),  # [T]
             "img_hw": self.img_hw,
             "gt_boxes": boxes,  # [M, 9]
