@@ -129,8 +129,6 @@ class Stepper:
         self.skipped_steps += bad
         self._loss_ok = torch.ones((), dtype=torch.bool, device=self.device)
         self.last_grad_norm = grad_norm.detach()
-        if self.device.type == "cpu":
-            self.check_non_finite()
         return self.last_grad_norm
 
     def check_non_finite(self) -> None:

@@ -285,13 +285,15 @@ def _loop(
             pos.global_iter += 1
             monitor.update(losses, data_time, batch.batch_size)
             at_end = pos.iter_in_epoch == n or pos.global_iter >= total_iters
-            if pos.global_iter % max(tc.log_interval, 1) == 0 or at_end:
-                stepper.check_non_finite()
+            log_now = pos.global_iter % max(tc.log_interval, 1) == 0 or at_end
+            if log_now:
                 extra = {"skipped_steps": float(stepper.skipped_steps)}
                 last = monitor.log(
                     epoch=pos.epoch, global_iter=pos.global_iter, lr=stepper.last_lr,
                     grad_norm=stepper.last_grad_norm, extra=extra,
                 )  # fmt: skip
+            if log_now or device.type == "cpu":  # a host sync: only at log steps on GPUs
+                stepper.check_non_finite()
             ckpt_due = tc.ckpt_iter_interval > 0 and pos.global_iter % tc.ckpt_iter_interval == 0
             if ckpt_due and boundary and not at_end:
                 saver.save(["latest.pth"], pos, epoch_rng)
