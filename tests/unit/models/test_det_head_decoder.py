@@ -110,3 +110,14 @@ def test_msdeform_attn_low_precision_modes():
     torch.testing.assert_close(mixed.float(), full, atol=0.1, rtol=0.05)
     half = attn.to(torch.bfloat16)(q.bfloat16(), v.bfloat16(), ref, *args)  # a model cast to bf16 (export)
     assert half.dtype == torch.bfloat16
+
+
+def test_det_head_autocast_keeps_fp32_centres():
+    torch.manual_seed(0)
+    head = _head(num_layers=2).eval()
+    bev = torch.randn(1, 48, 32)
+    _, code = head(bev)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cls_bf, code_bf = head(bev)
+    assert code_bf.dtype == torch.float32
+    torch.testing.assert_close(code_bf[..., [0, 1, 4]], code[..., [0, 1, 4]], atol=0.6, rtol=0)
