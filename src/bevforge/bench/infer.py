@@ -1,0 +1,197 @@
+"""`bevforge bench infer CONFIG [--ckpt CKPT]`: per-frame inference latency, FPS and peak memory.
+
+One frame of batch 1 through :class:`bevforge.export.onnx_model.BEVFormerFrame` (backbone, encoder with
+the previous BEV, heads; no post-processing), in up to four modes:
+
+- ``eager``: PyTorch eager, MSDA through the dispatch (Triton on CUDA when eligible);
+- ``eager-ref``: the same with ``BEVFORGE_KERNELS=reference`` (grid_sample MSDA);
+- ``compile``: ``torch.compile`` of the frame (inductor);
+- ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU).
+
+Latency percentiles (p50/p90/p99 ms) over ``--iters`` timed frames after ``--warmup``; FPS = 1000 / mean;
+peak memory = ``torch.cuda.max_memory_allocated`` during the timed frames (CUDA, PyTorch modes only).
+A mode that cannot run (no onnxruntime, no compiler) is reported with the reason, the others still run.
+Appended to ``benchmarks/results/infer.md`` with device, commit and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from bevforge.bench.kernel import append_result
+
+MODES = ("eager", "eager-ref", "compile", "onnxruntime")
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="recipe name (bevformer_tiny) or path (configs/bevformer_tiny.py)")
+    p.add_argument(
+        "--ckpt", default=None, help="checkpoint written by `bevforge train` (default: random init)"
+    )
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--iters", type=int, default=30, help="timed frames per mode")
+    p.add_argument("--warmup", type=int, default=5, help="untimed frames first (compile, autotune)")
+    p.add_argument("--amp", choices=list(AMP), default="none", help="autocast dtype for the PyTorch modes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--raw-wh", type=int, nargs=2, default=None, metavar=("W", "H"), help="camera image size")
+    p.add_argument("--out", default="benchmarks/results/infer.md", help="markdown file to append to")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_frames(fn: Callable[[], object], warmup: int, iters: int, device: str) -> dict[str, float | None]:
+    """Latency percentiles (ms), FPS and peak CUDA memory (MiB) of ``fn``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    arr = np.asarray(times)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "p99": float(np.percentile(arr, 99)),
+        "fps": float(1e3 / arr.mean()),
+        "peak_mib": peak,
+    }
+
+
+@contextlib.contextmanager
+def _kernels(choice: str | None):
+    old = os.environ.get("BEVFORGE_KERNELS")
+    if choice is not None:
+        os.environ["BEVFORGE_KERNELS"] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BEVFORGE_KERNELS", None)
+        else:
+            os.environ["BEVFORGE_KERNELS"] = old
+
+
+def _torch_fn(frame, inputs, amp: torch.dtype | None, device: str) -> Callable[[], object]:
+    def step():
+        with (
+            torch.no_grad(),
+            torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None),
+        ):
+            return frame(*inputs)
+
+    return step
+
+
+def _ort_fn(model, inputs_cpu, tmpdir: str) -> tuple[Callable[[], object], str]:
+    """An onnxruntime session on the exported graph; returns (run one frame, provider used)."""
+    import onnxruntime as ort
+
+    from bevforge.export.onnx_model import INPUT_NAMES, export_onnx
+
+    path = export_onnx(model.cpu(), inputs_cpu, os.path.join(tmpdir, "frame.onnx"))
+    wanted = [
+        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+    ]
+    sess = ort.InferenceSession(str(path), providers=wanted)
+    feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs_cpu, strict=True)}
+    return (lambda: sess.run(None, feeds)), sess.get_providers()[0]
+
+
+def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespace) -> list[dict]:
+    from bevforge.export.onnx_model import BEVFormerFrame, example_inputs
+    from bevforge.models.build import build_model
+
+    model = build_model(cfg).eval()
+    if ckpt:
+        from bevforge.eval.pipeline import load_checkpoint
+
+        load_checkpoint(model, ckpt)
+    inputs_cpu = example_inputs(cfg, tuple(args.raw_wh) if args.raw_wh else None)
+    amp = AMP[args.amp]
+    rows = []
+    for mode in modes:
+        row: dict = {"mode": mode, "note": ""}
+        try:
+            if mode == "onnxruntime":
+                with tempfile.TemporaryDirectory() as tmp:
+                    fn, provider = _ort_fn(model, inputs_cpu, tmp)
+                    row["note"] = f"{provider}, fp32"
+                    row.update(time_frames(fn, args.warmup, args.iters, "cpu"))
+                    row["peak_mib"] = None
+                continue
+            model.to(args.device)
+            inputs = tuple(t.to(args.device) for t in inputs_cpu)
+            frame = BEVFormerFrame(model).eval()
+            if mode == "compile":
+                frame = torch.compile(frame)
+            with _kernels("reference" if mode == "eager-ref" else None):
+                row.update(
+                    time_frames(
+                        _torch_fn(frame, inputs, amp, args.device), args.warmup, args.iters, args.device
+                    )
+                )
+            row["note"] = f"amp {args.amp}"
+        except Exception as e:  # a mode that cannot run here is reported, the others still run
+            row["note"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        finally:
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def f(x, spec=".2f"):
+        return "n/a" if x is None else format(x, spec)
+
+    lines = ["| mode | p50 ms | p90 ms | p99 ms | FPS | peak MiB | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {f(r.get('p50'))} | {f(r.get('p90'))} | {f(r.get('p99'))} | "
+            f"{f(r.get('fps'), '.1f')} | {f(r.get('peak_mib'), '.0f')} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bevforge.config import ConfigError, load_config
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available; pass --device cpu")
+        return 2
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"error: --modes {unknown} unknown; choose from {', '.join(MODES)}")
+        return 2
+    try:
+        cfg = load_config(args.config, args.overrides)
+        rows = bench_modes(cfg, args.ckpt, modes, args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}")
+        return 2
+    m = cfg.model
+    table = format_table(rows)
+    print(table)
+    shape = f"batch 1, {len(cfg.data.cameras)} cameras, BEV {m.bev_h}x{m.bev_w}, embed {m.embed_dims}"
+    body = f"recipe `{cfg.name}` ({shape}), checkpoint {args.ckpt or 'random init'}\n\n{table}"
+    path = append_result(args.out, f"inference {cfg.name}", args.device, body)
+    print(f"appended to {path}")
+    return 0
