@@ -203,20 +203,28 @@ def test_synth_gt_as_predictions_scores_perfectly(nusc, root, tmp_path):
 
 
 def test_synth_map_masks_follow_the_roads(nusc, root):
-    nmap = NuScenesMap(str(root), nusc.get("log", nusc.scene[0]["log_token"])["location"])
-    sample = nusc.sample[0]
-    pose = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
-    x, y = pose["translation"][:2]
-    yaw_deg = math.degrees(Quaternion(pose["rotation"]).yaw_pitch_roll[0])
-    layers = ["drivable_area", "ped_crossing", "lane_divider"]
-    masks = nmap.get_map_mask((x, y, 100.0, 100.0), yaw_deg, layers, canvas_size=(200, 200))
-    assert masks.shape == (3, 200, 200)
-    assert masks[0, 95:105, 95:105].all()  # the ego stands on drivable area
-    assert masks[0].mean() > 0.1 and masks[2].any()
-    # the semantic-prior PNG agrees at the ego position (10 px/m, row 0 = north)
-    png = np.asarray(Image.open(root / nusc.map[0]["filename"]))
-    assert png[png.shape[0] - int(y * 10), int(x * 10)] == 255
-    assert nmap.get_closest_lane(x, y, radius=5.0) != ""
+    locations = {nusc.get("log", s["log_token"])["location"] for s in nusc.scene}
+    assert locations == {"singapore-onenorth", "boston-seaport"}
+    assert {m["token"] for m in nusc.map} == {
+        "53992ee3023e5494b90c316c183be829",
+        "36092f0b03a857c6a3403e25b4b7aab3",
+    }
+    for scene in nusc.scene[:2]:
+        log = nusc.get("log", scene["log_token"])
+        nmap = NuScenesMap(str(root), log["location"])
+        sample = nusc.get("sample", scene["first_sample_token"])
+        pose = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+        x, y = pose["translation"][:2]
+        yaw_deg = math.degrees(Quaternion(pose["rotation"]).yaw_pitch_roll[0])
+        layers = ["drivable_area", "ped_crossing", "lane_divider"]
+        masks = nmap.get_map_mask((x, y, 100.0, 100.0), yaw_deg, layers, canvas_size=(200, 200))
+        assert masks.shape == (3, 200, 200)
+        assert masks[0, 95:105, 95:105].all()  # the ego stands on drivable area
+        assert masks[0].mean() > 0.1 and masks[2].any()
+        # the semantic-prior PNG of the log's map agrees at the ego position (10 px/m, row 0 = north)
+        png = np.asarray(Image.open(root / nusc.get("map", log["map_token"])["filename"]))
+        assert png[png.shape[0] - int(y * 10), int(x * 10)] == 255
+        assert nmap.get_closest_lane(x, y, radius=5.0) != ""
 
 
 def test_synth_can_bus_pose_covers_the_samples(nusc, root):

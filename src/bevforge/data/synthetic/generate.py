@@ -31,7 +31,12 @@ from bevforge.data.synthetic.tokens import shared_token
 from bevforge.io import atomic_write_text
 
 VERSIONS = ("v1.0-mini", "v1.0-trainval")
-LOCATION = "singapore-onenorth"
+#: scene i is driven in LOCATIONS[i % 2] (same road grid, its own map files): loaders must pick the map
+#: by the log's location, as with real nuScenes. (location, vehicle, UTC offset) like the real logs.
+LOCATIONS: tuple[tuple[str, str, str], ...] = (
+    ("singapore-onenorth", "n015", "+0800"),
+    ("boston-seaport", "n008", "-0400"),
+)
 TABLES = (
     "category",
     "attribute",
@@ -124,7 +129,8 @@ def generate(
     for i, name in enumerate(train + val):
         start = _START + dt.timedelta(seconds=i * scene_span_s)
         start_us = int(start.timestamp() * 1e6)
-        logfile = "n015-" + start.strftime("%Y-%m-%d-%H-%M-%S") + "+0800"
+        location, vehicle, utc_offset = LOCATIONS[i % len(LOCATIONS)]
+        logfile = f"{vehicle}-" + start.strftime("%Y-%m-%d-%H-%M-%S") + utc_offset
         jobs.append(
             SceneJob(
                 seed,
@@ -134,7 +140,7 @@ def generate(
                 samples_per_scene,
                 (w, h),
                 start_us,
-                LOCATION,
+                location,
                 logfile,
                 start.strftime("%Y-%m-%d"),
                 grid,
@@ -166,19 +172,28 @@ def generate(
         "sample_annotation",
     ):
         tables[name] = [row for res in results for row in res[name]]
-    map_tok = MAP_TOKENS[LOCATION]
-    tables["map"] = [
-        {
-            "token": map_tok,
-            "log_tokens": [r["token"] for r in tables["log"]],
-            "category": "semantic_prior",
-            "filename": f"maps/{map_tok}.png",
-        }
-    ]
-    write_mask_png(out / "maps" / f"{map_tok}.png", grid)
-    write_expansion(out / "maps" / "expansion" / f"{LOCATION}.json", grid, seed, LOCATION)
+    written: list[Path] = []
+    tables["map"] = []
+    for location, _, _ in LOCATIONS:
+        logs = [r["token"] for r in tables["log"] if r["location"] == location]
+        if not logs:
+            continue
+        map_tok = MAP_TOKENS[location]
+        tables["map"].append(
+            {
+                "token": map_tok,
+                "log_tokens": logs,
+                "category": "semantic_prior",
+                "filename": f"maps/{map_tok}.png",
+            }
+        )
+        png = write_mask_png(out / "maps" / f"{map_tok}.png", grid)
+        expansion = write_expansion(out / "maps" / "expansion" / f"{location}.json", grid, seed, location)
+        written += [png, expansion]
     for name in TABLES:
-        atomic_write_text(out / version / f"{name}.json", json.dumps(tables[name], indent=0))
+        written.append(atomic_write_text(out / version / f"{name}.json", json.dumps(tables[name], indent=0)))
+    for path in written:
+        path.chmod(0o644)  # atomic writes create 0600 temp files; a dataset is meant to be shared
     if verbose:
         n_ann = len(tables["sample_annotation"])
         print(

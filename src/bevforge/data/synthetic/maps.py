@@ -31,7 +31,7 @@ PNG_PX_PER_M = 10.0
 MAP_VERSION = "1.3"
 
 
-def write_mask_png(path: Path, grid: roads.RoadGrid) -> None:
+def write_mask_png(path: Path, grid: roads.RoadGrid) -> Path:
     """8-bit gray drivable-area mask over [0, extent]^2, 255 = road; row = H - y * 10."""
     size = int(math.ceil(grid.extent_m * PNG_PX_PER_M))
     mask = np.zeros((size, size), dtype=np.uint8)  # [rows (north first), cols]
@@ -42,7 +42,7 @@ def write_mask_png(path: Path, grid: roads.RoadGrid) -> None:
         mask[size - hi : size - lo, :] = 255  # road along x at y = c
     buf = io.BytesIO()
     Image.fromarray(mask, mode="L").save(buf, format="PNG", compress_level=6)
-    atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 class _Builder:
@@ -215,5 +215,5 @@ def _add_lanes(b: _Builder, axis: int, c: float, a0: float, a1: float) -> None:
             b.connectivity[lane_tok] = {"incoming": [], "outgoing": []}
 
 
-def write_expansion(path: Path, grid: roads.RoadGrid, seed: int, location: str) -> None:
-    atomic_write_bytes(path, json.dumps(build_expansion(grid, seed, location)).encode("utf-8"))
+def write_expansion(path: Path, grid: roads.RoadGrid, seed: int, location: str) -> Path:
+    return atomic_write_bytes(path, json.dumps(build_expansion(grid, seed, location)).encode("utf-8"))
