@@ -164,3 +164,27 @@ def test_bgr_order_and_normalisation(data_root):
     mean = torch.tensor((123.675, 116.28, 103.53)).view(3, 1, 1)
     std = torch.tensor((58.395, 57.12, 57.375)).view(3, 1, 1)
     assert torch.allclose(norm[..., :45, :80], (rgb[..., :45, :80] - mean) / std, atol=1e-4)
+
+
+def test_filter_empty_gt_redraws_in_training(data_root):
+    torch.manual_seed(0)
+    ds = NuScenesDataset.from_config(
+        _cfg(data_root, queue_length=1, photometric_aug=False), "train", train=True
+    )
+    tab = ds.table
+    tab.gt_valid[tab.gt_offsets[3] : tab.gt_offsets[4]] = False  # sample 3 has no usable GT
+    assert ds[3]["sample_token"] != ds.sample_token(3) and len(ds[3]["gt_boxes"]) > 0
+    ds.filter_empty_gt = False
+    item = ds[3]
+    assert item["sample_token"] == ds.sample_token(3) and item["gt_boxes"].shape == (0, 9)
+
+
+def test_bench_data_smoke(data_root, tmp_path):
+    from bevforge.cli.main import main as cli_main
+
+    over = [f"data.data_root={data_root}", f"data.info_dir={data_root / 'infos'}", "data.num_workers=0"]
+    out = tmp_path / "data.md"
+    args = ["bench", "data", "bevformer_debug", "--set", *over, "--batches", "1", "--naive-samples", "1"]
+    assert cli_main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "bevforge loader" in text and "naive PIL" in text and "commit:" in text

@@ -55,6 +55,7 @@ class NuScenesDataset(Dataset):
         bev_hw: tuple[int, int] = (50, 50),
         image_cache: str = "",
         nuscenes_version: str | None = None,
+        filter_empty_gt: bool = True,
     ) -> None:
         info = load_infos(info_path, expect_version=nuscenes_version)
         if not info.samples:
@@ -75,6 +76,7 @@ class NuScenesDataset(Dataset):
         self.img_mean, self.img_std, self.to_rgb = tuple(img_mean), tuple(img_std), bool(to_rgb)
         self.queue_length = max(1, int(queue_length)) if train else 1
         self.photometric_aug = bool(photometric_aug) and train
+        self.filter_empty_gt = bool(filter_empty_gt) and train
         self.seg = None
         if with_seg:
             from bevforge.data.map_targets import MapTargetBuilder
@@ -208,6 +210,12 @@ class NuScenesDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item())) if self.train else None
         order = self.queue_indices(index, rng) if rng is not None else [index]
+        for _ in range(50 if self.filter_empty_gt else 0):
+            # official filter_empty_gt: a queue with a real frame without GT is replaced by a random index
+            if all(len(select_gt(*self.table.gt(i), self.pcr)[1]) > 0 for i in order if i >= 0):
+                break
+            index = int(rng.integers(len(self)))
+            order = self.queue_indices(index, rng)
         hp, wp = padded_size(*self.img_hw, self.pad_divisor)
         h, w = self.img_hw
         images = torch.empty(len(order), len(self.cameras), 3, hp, wp)  # [T, N, 3, H, W]
