@@ -24,10 +24,13 @@ vx, vy)`` (:func:`encode_box_code` / :func:`decode_box_code`).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pyquaternion import Quaternion
+
+if TYPE_CHECKING:  # pyquaternion is imported where used: model code must not need it
+    from pyquaternion import Quaternion
 
 BOX_DIM = 9
 CODE_DIM = 10
@@ -91,6 +94,8 @@ def global_to_lidar(
     lidar2ego: np.ndarray,
 ) -> np.ndarray:
     """One nuScenes global box -> our 9-vector in the lidar frame (4x4 homogeneous transforms)."""
+    from pyquaternion import Quaternion
+
     global2lidar = np.linalg.inv(ego2global @ lidar2ego)
     center = global2lidar[:3, :3] @ np.asarray(center_global, dtype=np.float64) + global2lidar[:3, 3]
     rot_lidar = Quaternion(matrix=global2lidar[:3, :3], atol=1e-6, rtol=1e-6) * rotation_global
@@ -105,6 +110,8 @@ def lidar_to_global(
     box: np.ndarray, ego2global: np.ndarray, lidar2ego: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, Quaternion, np.ndarray]:
     """Our 9-vector -> (center_global[3], size_wlh[3], rotation_global, velocity_global_xy[2])."""
+    from pyquaternion import Quaternion
+
     lidar2global = ego2global @ lidar2ego
     x, y, z, l, w, h, yaw, vx, vy = (float(v) for v in box)
     center = lidar2global[:3, :3] @ np.array([x, y, z]) + lidar2global[:3, 3]
