@@ -70,20 +70,34 @@ def input_hw(cfg: Config, raw_wh: tuple[int, int] | None = None) -> tuple[int, i
     return int(math.ceil(h / div) * div), int(math.ceil(w / div) * div)
 
 
-def rig_lidar2img(cfg: Config, raw_wh: tuple[int, int] | None = None) -> torch.Tensor:
-    """``[1, N, 4, 4]`` lidar -> input pixels for the synthetic car's rig (nuScenes layout), for checks."""
-    from bevforge.data.synthetic.rig import camera_calibs, lidar_calib
+#: (yaw from the car's forward axis in degrees, focal / image width) of the six nuScenes cameras
+_RING = ((0.0, 0.791), (-55.0, 0.791), (55.0, 0.791), (180.0, 0.506), (110.0, 0.791), (-110.0, 0.791))
 
+
+def rig_lidar2img(cfg: Config, raw_wh: tuple[int, int] | None = None) -> torch.Tensor:
+    """``[1, N, 4, 4]`` lidar -> input pixels for a nuScenes-like camera ring (for checks and benchmarks).
+
+    LIDAR_TOP convention: x right, y forward, z up; cameras (x right, y down, z forward) sit 0.3 m below
+    the lidar, looking ``yaw`` degrees ccw from forward.
+    """
     if raw_wh is None:
         raw_wh = SYNTHETIC_RAW_WH if "synthetic" in cfg.data.data_root else NUSCENES_RAW_WH
+    w, h = raw_wh
     scale = cfg.data.img_scale
-    lidar2ego = lidar_calib().sensor2ego()  # [4, 4]
     mats = []
-    for calib in camera_calibs(raw_wh)[: len(cfg.data.cameras)]:
+    for i in range(len(cfg.data.cameras)):
+        yaw_deg, focal_ratio = _RING[i % len(_RING)]
+        a = math.radians(yaw_deg)
+        forward = np.array([-math.sin(a), math.cos(a), 0.0])
+        right = np.array([math.cos(a), math.sin(a), 0.0])
+        cam2lidar = np.eye(4)
+        cam2lidar[:3, :3] = np.stack([right, [0.0, 0.0, -1.0], forward], axis=1)  # columns: cam x, y, z
+        cam2lidar[:3, 3] = (0.0, 0.0, -0.3)
         k = np.eye(4)
-        k[:3, :3] = calib.intrinsics_array()
+        f = focal_ratio * w
+        k[:3, :3] = ((f, 0.0, w / 2.0), (0.0, f, h / 2.0), (0.0, 0.0, 1.0))
         k[:2] *= scale  # the resize scales pixel rows u, v
-        mats.append(k @ np.linalg.inv(calib.sensor2ego()) @ lidar2ego)  # [4, 4]
+        mats.append(k @ np.linalg.inv(cam2lidar))  # [4, 4]
     return torch.tensor(np.stack(mats), dtype=torch.float32)[None]  # [1, N, 4, 4]
 
 
