@@ -6,6 +6,8 @@ built from the same numbers, so map masks match the rendered roads.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from bevforge.data.synthetic import roads
@@ -39,16 +41,22 @@ def segments_between_nodes(grid: roads.RoadGrid) -> list[tuple[float, float]]:
 
 def build_ground(grid: roads.RoadGrid, centre_xy: np.ndarray, radius_m: float) -> GroundQuads:
     """All ground quads whose bounding box comes within ``radius_m`` of ``centre_xy``."""
+    full = _ground_of_grid(grid)
+    lo, hi = full.verts_global_m[:, :, :2].min(1), full.verts_global_m[:, :, :2].max(1)  # [P, 2]
+    keep = np.all(centre_xy[None] > lo - radius_m, -1) & np.all(centre_xy[None] < hi + radius_m, -1)
+    return GroundQuads(full.verts_global_m[keep], full.colours[keep], full.is_marking[keep])
+
+
+@functools.lru_cache(maxsize=4)
+def _ground_of_grid(grid: roads.RoadGrid) -> GroundQuads:
     quads: list[np.ndarray] = []
     colours: list[tuple[int, int, int]] = []
     marking: list[bool] = []
 
     def add(q: np.ndarray, colour: tuple[int, int, int], is_marking: bool) -> None:
-        lo, hi = q[:, :2].min(0), q[:, :2].max(0)
-        if np.all(centre_xy > lo - radius_m) and np.all(centre_xy < hi + radius_m):
-            quads.append(q)
-            colours.append(colour)
-            marking.append(is_marking)
+        quads.append(q)
+        colours.append(colour)
+        marking.append(is_marking)
 
     e = grid.extent_m
     add(_rect(-300.0, e + 300.0, -300.0, e + 300.0, 0), GRASS, False)

@@ -7,6 +7,7 @@ Dividers are straight 2-node lines (a clipped straight segment stays one LineStr
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -33,6 +34,11 @@ MAP_VERSION = "1.3"
 
 def write_mask_png(path: Path, grid: roads.RoadGrid) -> Path:
     """8-bit gray drivable-area mask over [0, extent]^2, 255 = road; row = H - y * 10."""
+    return atomic_write_bytes(path, _mask_png_bytes(grid))
+
+
+@functools.lru_cache(maxsize=2)
+def _mask_png_bytes(grid: roads.RoadGrid) -> bytes:
     size = int(math.ceil(grid.extent_m * PNG_PX_PER_M))
     mask = np.zeros((size, size), dtype=np.uint8)  # [rows (north first), cols]
     h = roads.ROAD_HALF_WIDTH_M
@@ -42,7 +48,7 @@ def write_mask_png(path: Path, grid: roads.RoadGrid) -> Path:
         mask[size - hi : size - lo, :] = 255  # road along x at y = c
     buf = io.BytesIO()
     Image.fromarray(mask, mode="L").save(buf, format="PNG", compress_level=6)
-    return atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 class _Builder:
