@@ -70,5 +70,37 @@ def seg_target(
     centre_map = np.asarray(lidar2global, dtype=np.float64) @ centre_lidar  # [4]
     yaw_rad = yaw_from_quaternion(Quaternion(matrix=np.asarray(lidar2global)[:3, :3], atol=1e-6, rtol=1e-6))
     patch_box = (float(centre_map[0]), float(centre_map[1]), y1 - y0, x1 - x0)  # (x, y, height, width)
-    mask = nusc_map.get_map_mask(patch_box, math.degrees(yaw_rad), list(layers), canvas_size=bev_hw)
-    return np.asarray(mask, dtype=np.float32).reshape(len(layers), bev_hw[0], bev_hw[1])  # [S, H, W]
+    angle_deg = math.degrees(yaw_rad)
+    out = np.zeros((len(layers), bev_hw[0], bev_hw[1]), dtype=np.float32)  # [S, H, W]
+    for k, layer in enumerate(layers):
+        if layer in nusc_map.non_geometric_line_layers:
+            out[k] = _line_mask(nusc_map, layer, patch_box, angle_deg, bev_hw)
+        else:
+            out[k] = nusc_map.get_map_mask(patch_box, angle_deg, [layer], canvas_size=bev_hw)[0]
+    return out
+
+
+def _line_mask(nusc_map, layer: str, patch_box: tuple, angle_deg: float, hw: tuple[int, int]) -> np.ndarray:
+    """The devkit's line rasterisation (2 px polylines) without its Shapely-2 trap.
+
+    ``NuScenesMapExplorer.mask_for_lines`` iterates a ``MultiLineString`` directly, which Shapely 2
+    forbids (a divider that leaves and re-enters the patch -> TypeError); here ``.geoms`` is used.
+    """
+    import cv2
+    from shapely import affinity
+    from shapely.geometry import box
+
+    h_m, w_m = patch_box[2], patch_box[3]
+    mask = np.zeros(hw, dtype=np.uint8)
+    lines = nusc_map.explorer._get_layer_line(patch_box, angle_deg, layer) or []  # patch-local metres
+    clip = box(-w_m / 2, -h_m / 2, w_m / 2, h_m / 2)
+    to_px = [hw[1] / w_m, 0.0, 0.0, hw[0] / h_m, hw[1] / 2, hw[0] / 2]  # metres -> pixels (col, row)
+    for line in lines:
+        geom = line.intersection(clip)
+        if geom.is_empty:
+            continue
+        geom = affinity.affine_transform(geom, to_px)
+        for part in getattr(geom, "geoms", [geom]):
+            if part.geom_type == "LineString" and not part.is_empty:
+                cv2.polylines(mask, [np.asarray(part.coords, dtype=np.int32).reshape(-1, 2)], False, 1, 2)
+    return mask

@@ -68,12 +68,16 @@ def photometric_distortion(
     contrast_range: tuple[float, float] = (0.5, 1.5),
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: float = 18.0,
+    use_cv2: bool = True,
 ) -> torch.Tensor:
     """mmdet3d ``PhotoMetricDistortionMultiViewImage`` on one ``[3, H, W]`` float image in [0, 255].
 
     Each step fires with probability 0.5: brightness (+U(-32, 32)), contrast (x U(0.5, 1.5), before or
     after the HSV steps), saturation (S x U(0.5, 1.5)), hue (H + U(-18, 18) degrees). The result is
     clamped to [0, 255] (the official float pipeline does not clamp; clamping keeps HSV well defined).
+    The HSV steps use OpenCV (as mmcv does; a nuscenes-devkit dependency) when ``use_cv2`` and it
+    imports, else the pure-torch twins :func:`adjust_saturation` / :func:`rgb_to_hsv`.
+    The official random channel swap is not applied.
     """
     assert img.dim() == 3 and img.shape[0] == 3, img.shape
     img = img.clone()
@@ -83,15 +87,37 @@ def photometric_distortion(
     if contrast_first and rng.integers(2):
         img *= float(rng.uniform(*contrast_range))
     img = img.clamp_(0, 255)
-    if rng.integers(2):
-        img = adjust_saturation(img, float(rng.uniform(*saturation_range)))
-    if rng.integers(2):
-        hsv = rgb_to_hsv(img / 255.0)  # [3, H, W]
-        hsv[0] = (hsv[0] + float(rng.uniform(-hue_delta, hue_delta))) % 360.0
-        img = hsv_to_rgb(hsv) * 255.0
+    sat = float(rng.uniform(*saturation_range)) if rng.integers(2) else None
+    hue = float(rng.uniform(-hue_delta, hue_delta)) if rng.integers(2) else None
+    cv2 = _cv2() if use_cv2 else None
+    if cv2 is not None and (sat is not None or hue is not None):
+        hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy(), dtype=np.float32)  # [H, W, 3]
+        hsv = cv2.cvtColor(hwc / 255.0, cv2.COLOR_RGB2HSV)  # H in degrees, S/V in [0, 1]
+        if sat is not None:
+            hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0.0, 1.0)
+        if hue is not None:
+            hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
+        img = torch.from_numpy(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0).permute(2, 0, 1)  # [3, H, W]
+    else:
+        if sat is not None:
+            img = adjust_saturation(img, sat)
+        if hue is not None:
+            hsv = rgb_to_hsv(img / 255.0)  # [3, H, W]
+            hsv[0] = (hsv[0] + hue) % 360.0
+            img = hsv_to_rgb(hsv) * 255.0
     if not contrast_first and rng.integers(2):
         img *= float(rng.uniform(*contrast_range))
     return img.clamp(0, 255)
+
+
+def _cv2():  # -> the cv2 module or None
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # DataLoader workers are the parallelism
+        return cv2
+    except ImportError:
+        return None
 
 
 # ------------------------------------------------------------------------------ normalise, pad

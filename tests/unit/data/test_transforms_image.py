@@ -112,3 +112,12 @@ def test_adjust_saturation_matches_hsv():
         hsv = rgb_to_hsv(img)
         hsv[1] = (hsv[1] * alpha).clamp(0, 1)
         assert torch.allclose(adjust_saturation(img, alpha), hsv_to_rgb(hsv), atol=1e-9)
+
+
+def test_photometric_cv2_matches_torch_twin():
+    torch.manual_seed(0)
+    img = torch.rand(3, 9, 11) * 255
+    for seed in range(12):
+        a = photometric_distortion(img, np.random.default_rng(seed), use_cv2=True)
+        b = photometric_distortion(img, np.random.default_rng(seed), use_cv2=False)
+        assert torch.allclose(a.float(), b.float(), atol=0.05), seed

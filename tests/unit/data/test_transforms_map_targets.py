@@ -53,3 +53,22 @@ def test_polygon_lands_in_expected_cells(tmp_path):
     assert not mask[0][~near].any()  # nothing more than one cell away from the rectangle
     # the mirror image (x -> -x or y -> -y) must be empty: catches flipped axes
     assert mask[0][16 + 2 : 16 + 6, :].sum() == 0 and mask[0][:, 16 - 12 : 16 - 4].sum() == 0
+
+
+def test_line_layer_leaving_and_reentering_the_patch(tmp_path):
+    """A divider that leaves and re-enters the patch (MultiLineString) must not crash (Shapely 2)."""
+    nodes = [(-10.0, -3.0), (10.0, -3.0), (30.0, 0.0), (10.0, 3.0), (-10.0, 3.0)]  # a U through x=16
+    _write_map(tmp_path, np.array([[-100.0, -100.0], [-99.0, -100.0], [-99.0, -99.0]]))
+    path = tmp_path / "maps" / "expansion" / "singapore-onenorth.json"
+    m = json.loads(path.read_text())
+    m["node"] += [{"token": f"l{i}", "x": x, "y": y} for i, (x, y) in enumerate(nodes)]
+    m["line"] = [{"token": "line0", "node_tokens": [f"l{i}" for i in range(len(nodes))]}]
+    m["lane_divider"] = [{"token": "ld0", "line_token": "line0", "lane_divider_segments": []}]
+    path.write_text(json.dumps(m))
+    builder = MapTargetBuilder(
+        tmp_path, ["drivable_area", "lane_divider"], (-16, -16, -5, 16, 16, 3), (32, 32)
+    )
+    mask = builder("singapore-onenorth", np.eye(4))
+    assert mask.shape == (2, 32, 32) and mask[0].sum() == 0
+    assert mask[1, 13, 7:15].all() and mask[1, 19, 7:15].all()  # y = -3 -> row 13, y = 3 -> row 19
+    assert mask[1, 16, :10].sum() == 0  # nothing between the two branches
