@@ -141,14 +141,38 @@ def _box_error(src: str, token: str, k: int, field: str, problem: str) -> Submis
     )
 
 
-def _vector(box: dict[str, Any], key: str, n: int, src: str, token: str, k: int) -> list[float]:
-    v = box[key]
-    if not isinstance(v, list | tuple) or len(v) != n:
-        raise _box_error(src, token, k, key, f"must be a list of {n} numbers, got {v!r}")
+def _check_value(value: Any, width: int, src: str, token: str, k: int, field: str) -> None:
+    """Raise a clear error if ``value`` is not ``width`` numbers (``width`` 0: one number)."""
+    if width == 0:
+        try:
+            float(value) if field != "num_pts" else int(value)
+        except (TypeError, ValueError):
+            raise _box_error(src, token, k, field, f"must be a number, got {value!r}") from None
+        return
+    if not isinstance(value, list | tuple) or len(value) != width:
+        raise _box_error(src, token, k, field, f"must be a list of {width} numbers, got {value!r}")
     try:
-        return [float(x) for x in v]
+        [float(x) for x in value]
     except (TypeError, ValueError):
-        raise _box_error(src, token, k, key, f"must hold numbers, got {v!r}") from None
+        raise _box_error(src, token, k, field, f"must hold numbers, got {value!r}") from None
+
+
+def _check_box(box: Any, token: str, k: int, src: str) -> None:
+    """The detailed checks of one box (called only when the fast path saw something odd)."""
+    if not isinstance(box, dict):
+        raise _box_error(src, token, k, "", "must be an object")
+    for key in _REQUIRED:
+        if key not in box:
+            raise _box_error(src, token, k, key, "is missing")
+    if box["sample_token"] != token:
+        raise _box_error(src, token, k, "sample_token", f"is {box['sample_token']!r}, not its key")
+    name = box["detection_name"]
+    if name not in CLASS_INDEX:
+        raise _box_error(src, token, k, "detection_name", f"{name!r} is not one of {list(CLASS_INDEX)}")
+    attr = box["attribute_name"]
+    if attr != "" and attr not in ATTR_INDEX:
+        raise _box_error(src, token, k, "attribute_name", f"{attr!r} is not '' or one of {list(ATTR_INDEX)}")
+    raise _box_error(src, token, k, "", "is malformed")  # pragma: no cover - unreachable by construction
 
 
 _REQUIRED = (
@@ -194,6 +218,7 @@ def parse_submission(
             f"evaluate on the split the results were made for"
         )
     cols: dict[str, list[Any]] = {k: [] for k in ("s", "t", "z", "r", "v", "n", "c", "a", "p")}
+    where: list[tuple[str, int]] = []  # (token, box index) of every flattened box, for messages
     for token, boxes in results.items():
         if not isinstance(boxes, list):
             raise SubmissionError(f"{src}: results[{token!r}] must be a list of boxes")
@@ -201,47 +226,57 @@ def parse_submission(
             raise SubmissionError(f"{src}: results[{token!r}] has {len(boxes)} boxes; at most {max_boxes}")
         s_idx = index[token]
         for k, box in enumerate(boxes):
-            if not isinstance(box, dict):
-                raise _box_error(src, token, k, "", "must be an object")
-            for key in _REQUIRED:
-                if key not in box:
-                    raise _box_error(src, token, k, key, "is missing")
-            if box["sample_token"] != token:
-                raise _box_error(src, token, k, "sample_token", f"is {box['sample_token']!r}, not its key")
-            name = box["detection_name"]
-            if name not in CLASS_INDEX:
-                raise _box_error(
-                    src, token, k, "detection_name", f"{name!r} is not one of {list(CLASS_INDEX)}"
+            try:  # fast path; anything odd goes through the detailed check below
+                name, attr = box["detection_name"], box["attribute_name"]
+                ok = (
+                    box["sample_token"] == token
+                    and name in CLASS_INDEX
+                    and (attr == "" or attr in ATTR_INDEX)
                 )
-            attr = box["attribute_name"]
-            if attr != "" and attr not in ATTR_INDEX:
-                raise _box_error(
-                    src, token, k, "attribute_name", f"{attr!r} is not '' or one of {list(ATTR_INDEX)}"
-                )
-            try:
-                score = float(box.get("detection_score", -1.0))
-            except (TypeError, ValueError):
-                raise _box_error(src, token, k, "detection_score", "must be a number") from None
+                row = (box["translation"], box["size"], box["rotation"], box["velocity"])
+            except (KeyError, TypeError):
+                ok = False
+            if not ok:
+                _check_box(box, token, k, src)
             cols["s"].append(s_idx)
-            cols["t"].append(_vector(box, "translation", 3, src, token, k))
-            cols["z"].append(_vector(box, "size", 3, src, token, k))
-            cols["r"].append(_vector(box, "rotation", 4, src, token, k))
-            cols["v"].append(_vector(box, "velocity", 2, src, token, k))
+            cols["t"].append(row[0])
+            cols["z"].append(row[1])
+            cols["r"].append(row[2])
+            cols["v"].append(row[3])
             cols["n"].append(CLASS_INDEX[name])
-            cols["c"].append(score)
+            cols["c"].append(box.get("detection_score", -1.0))
             cols["a"].append(ATTR_INDEX.get(attr, -1))
-            cols["p"].append(int(box.get("num_pts", -1)))
+            cols["p"].append(box.get("num_pts", -1))
+            where.append((token, k))
     n = len(cols["s"])
+    arrays: dict[str, np.ndarray] = {}
+    for key, field, width, dtype in (
+        ("t", "translation", 3, np.float64),
+        ("z", "size", 3, np.float64),
+        ("r", "rotation", 4, np.float64),
+        ("v", "velocity", 2, np.float64),
+        ("c", "detection_score", 0, np.float64),
+        ("p", "num_pts", 0, np.int64),
+    ):
+        try:
+            arr = np.array(cols[key], dtype=dtype)
+            good = arr.shape == ((n, width) if width else (n,))
+        except (ValueError, TypeError):
+            good = False
+        if not good:  # find the offending box
+            for i, value in enumerate(cols[key]):
+                _check_value(value, width, src, *where[i], field)
+        arrays[key] = arr
     table = BoxTable(
         sample_idx=np.array(cols["s"], dtype=np.int64),
-        translation=np.array(cols["t"], dtype=np.float64).reshape(n, 3),
-        size=np.array(cols["z"], dtype=np.float64).reshape(n, 3),
-        rotation=np.array(cols["r"], dtype=np.float64).reshape(n, 4),
-        velocity=np.array(cols["v"], dtype=np.float64).reshape(n, 2),
+        translation=arrays["t"].reshape(n, 3),
+        size=arrays["z"].reshape(n, 3),
+        rotation=arrays["r"].reshape(n, 4),
+        velocity=arrays["v"].reshape(n, 2),
         label=np.array(cols["n"], dtype=np.int64),
-        score=np.array(cols["c"], dtype=np.float64),
+        score=arrays["c"].reshape(n),
         attr=np.array(cols["a"], dtype=np.int64),
-        num_pts=np.array(cols["p"], dtype=np.int64),
+        num_pts=arrays["p"].reshape(n),
     )
     checks = (
         ("translation", ~np.isfinite(table.translation).all(1), "must be finite (no NaN/inf)"),
@@ -251,13 +286,10 @@ def parse_submission(
         ("rotation", ~(np.abs(table.rotation).sum(1) > 0), "must be a non-zero quaternion (w, x, y, z)"),
         ("detection_score", ~np.isfinite(table.score), "must be finite (no NaN/inf)"),
     )
-    tokens = list(results)
-    offsets = np.cumsum([0] + [len(results[t]) for t in tokens])
     for field, bad, problem in checks:
         if bad.any():
-            i = int(np.nonzero(bad)[0][0])
-            t_pos = int(np.searchsorted(offsets, i, side="right") - 1)
-            raise _box_error(src, tokens[t_pos], i - int(offsets[t_pos]), field, problem)
+            token, k = where[int(np.nonzero(bad)[0][0])]
+            raise _box_error(src, token, k, field, problem)
     return table
 
 

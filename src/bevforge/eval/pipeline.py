@@ -116,14 +116,17 @@ def test_checkpoint(
     results = run_inference(model, loader, cfg)
     if not info.is_main:
         return {}
-    samples = loader.dataset.samples
+    from bevforge.data.nuscenes.infos import load_infos
+
+    info_path = Path(cfg.data.info_dir) / f"infos_{split}.json"
+    samples = load_infos(info_path).samples
     out = Path(out)
     summary: dict[str, Any] = {}
     if "det" in metrics and cfg.model.with_det:
         dets = {t: r for t, r in results.items() if "scores" in r}
         submission = make_submission(dets, samples, tuple(cfg.data.classes))
         write_submission(out, submission)
-        gt = load_gt_from_infos(samples, source=f"{cfg.data.info_dir}/infos_{split}.json")
+        gt = load_gt_from_infos(samples, source=str(info_path))
         ours, theirs = score_detection(submission, gt, devkit, source=str(out))
         summary["det"] = ours
         write_metrics(out.parent / "metrics_det.json", ours)

@@ -115,11 +115,12 @@ def gather_results(local: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def expected_tokens(loader: Any) -> list[str] | None:
-    """The split's sample tokens, from the loader's dataset when it exposes them."""
-    samples = getattr(getattr(loader, "dataset", None), "samples", None)
-    if samples is None:
-        return None
-    return [s["token"] for s in samples]
+    """The split's sample tokens in dataset order, from the loader's dataset when it exposes them."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and hasattr(dataset, "sample_token"):
+        return [dataset.sample_token(i) for i in range(len(dataset))]
+    samples = getattr(dataset, "samples", None)
+    return [s["token"] for s in samples] if samples is not None else None
 
 
 def run_inference(
