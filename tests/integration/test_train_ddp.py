@@ -1,7 +1,8 @@
-"""Distributed training on the CPU with gloo: 2 processes under torchrun, and 2 "nodes" over loopback
-through ``bevforge launch`` (NNODES=2, NODE_RANK 0 and 1 started concurrently, 1 process each).
+"""Distributed training on the CPU with gloo: 2 "nodes" over loopback through ``bevforge launch``
+(NNODES=2, NODE_RANK 0 and 1 started concurrently, 1 process each).
 
-Uses the contract stand-in (``tests/unit/train/train_standin.py``) through ``launch --script``.
+Uses the contract stand-in (``tests/unit/train/train_standin.py``) through ``launch --script``; the
+2-process run of the real debug recipe is in ``test_train_debug_recipe.py``.
 """
 
 from __future__ import annotations
@@ -47,13 +48,6 @@ def _check(work_dir: Path) -> None:
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all()) if a.shape == b.shape else False
-
-
-def test_two_process_gloo_ddp(tmp_path) -> None:
-    proc = _launch(_env(GPUS="2"), tmp_path)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
-    _check(tmp_path)
 
 
 def test_two_nodes_over_loopback_via_launcher(tmp_path) -> None:

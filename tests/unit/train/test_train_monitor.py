@@ -50,3 +50,12 @@ def test_truncate_metrics_drops_records_after_checkpoint(tmp_path) -> None:
     )
     truncate_metrics(path, 4)
     assert [json.loads(x)["iter"] for x in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_progress_bar_mode_logs_to_file(tmp_path) -> None:
+    mon = TrainMonitor(tmp_path, is_main=True, device=torch.device("cpu"), total_iters=2, tensorboard=False,
+                       progress=True)  # fmt: skip
+    mon.update({"loss": torch.tensor(1.0)}, 0.0, num_samples=1)
+    mon.log(epoch=0, global_iter=1, lr=1e-3, grad_norm=None, extra={})
+    mon.close()
+    assert "iter 1/2 loss 1.0000" in (tmp_path / "output.log").read_text()
