@@ -107,13 +107,18 @@ def test_checkpoint(
     from bevforge.models.build import build_model
     from bevforge.train.distributed import init_distributed
 
+    owns_group = not torch.distributed.is_initialized()
     info = init_distributed()
     split = split or cfg.data.val_split
-    model = build_model(cfg)
-    load_checkpoint(model, ckpt_path)
-    model.to(info.device)
-    loader = build_dataloader(cfg, split, train=False, distributed=info.distributed)
-    results = run_inference(model, loader, cfg)
+    try:
+        model = build_model(cfg)
+        load_checkpoint(model, ckpt_path)
+        model.to(info.device)
+        loader = build_dataloader(cfg, split, train=False, distributed=info.distributed)
+        results = run_inference(model, loader, cfg)
+    finally:
+        if owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if not info.is_main:
         return {}
     from bevforge.data.nuscenes.infos import load_infos
