@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check in a few minutes (<= 5 min on an H100/H200): the CUDA kernel tests, the MSDA kernel
 # benchmark (fp32 + bf16, BEVFormer-base shapes) and, when the model code is present, the inference
-# benchmark of the debug recipe. Numbers go to $RESULTS (default benchmarks/results/): kernel.md,
+# benchmark of the tiny recipe (random weights). Numbers go to $RESULTS (default benchmarks/results/): kernel.md,
 # infer.md, gpu_check.md (step summary) and gpu_check.log (full output).
 #
 # No venv and no network needed: it uses the machine's own python (PYTHON, default python3) with
@@ -69,11 +69,15 @@ fi
 
 if [ $HAVE_CUDA = 0 ]; then
   skip bench-infer "no CUDA device"
-elif [ -f configs/bevformer_debug.py ] && can_import bevforge.models.build; then
-  step bench-infer-debug "$PY" -m bevforge.cli.main bench infer configs/bevformer_debug.py \
-    --out "$RESULTS/infer.md"
+elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.models.build; then
+  # random init (no weights on the GPU box); eager (Triton MSDA) vs eager-ref vs compile (+ onnxruntime
+  # when importable); a second call for compile so an inductor timeout keeps the eager rows
+  step bench-infer-tiny-eager "$PY" -m bevforge.cli.main bench infer configs/bevformer_tiny.py \
+    --set model.backbone.pretrained= --modes eager,eager-ref,onnxruntime --iters 20 --out "$RESULTS/infer.md"
+  step bench-infer-tiny-compile "$PY" -m bevforge.cli.main bench infer configs/bevformer_tiny.py \
+    --set model.backbone.pretrained= --modes compile --iters 20 --out "$RESULTS/infer.md"
 else
-  skip bench-infer "configs/bevformer_debug.py or bevforge.models.build missing"
+  skip bench-infer "configs/bevformer_tiny.py or bevforge.models.build missing"
 fi
 
 {
