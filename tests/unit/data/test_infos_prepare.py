@@ -70,6 +70,24 @@ def test_geometry_matches_devkit(prepared):
     k[:3, :3] = cam["intrinsics"]
     assert np.allclose(cam["lidar2img"], k @ np.linalg.inv(np.array(cam["sensor2lidar"])))
     assert (prepared / cam["path"]).is_file() and cam["width"] == 160 and cam["height"] == 90
+    # independent check of lidar2img: the devkit's chain global -> ego(cam time) -> camera -> pixels
+    sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
+    cs, cam_pose = (
+        nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]),
+        nusc.get("ego_pose", sd["ego_pose_token"]),
+    )
+    checked = 0
+    for box, tok in zip(s["gt"]["boxes"], sample["anns"], strict=True):
+        p = np.array(nusc.get("sample_annotation", tok)["translation"], dtype=np.float64)
+        p = Quaternion(cam_pose["rotation"]).inverse.rotate(p - cam_pose["translation"])
+        p = Quaternion(cs["rotation"]).inverse.rotate(p - cs["translation"])
+        if p[2] < 1.0:
+            continue  # behind the camera
+        uv_devkit = (np.array(cs["camera_intrinsic"]) @ p)[:2] / p[2]
+        q = np.array(cam["lidar2img"]) @ np.array([*box[:3], 1.0])
+        assert np.allclose(q[:2] / q[2], uv_devkit, atol=1e-6)
+        checked += 1
+    assert checked > 0
 
 
 def test_bad_info_files(prepared, tmp_path):
