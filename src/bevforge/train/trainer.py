@@ -150,6 +150,7 @@ def _train(
             rng_resume = _rank_entry(state.get("rng"), rank, monitor)
             epoch_rng_resume = _rank_entry(state.get("epoch_rng"), rank, monitor)
             monitor.info(f"resumed from {resume_path} at epoch {pos.epoch + 1}, iteration {pos.global_iter}")
+            _warn_drift(state, cfg, dist_info, monitor)
         elif resume == "auto":
             monitor.info(f"--resume auto: no valid checkpoint in {work_dir}, starting from scratch")
 
@@ -192,6 +193,35 @@ def _rank_entry(entries: Any, rank: int, monitor: TrainMonitor) -> dict[str, tor
     if rank >= len(entries):
         monitor.warn(f"the checkpoint was written by {len(entries)} process(es); RNG streams are not exact")
     return entries[rank % len(entries)]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix[:-1]: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def _warn_drift(state: dict[str, Any], cfg: Config, dist_info: DistInfo, monitor: TrainMonitor) -> None:
+    """Say what differs from the run that wrote the checkpoint (allowed, but the user should know)."""
+    try:
+        old = _flat(json.loads(state.get("config_json", "{}")))
+    except json.JSONDecodeError:
+        return
+    new = _flat(config_to_dict(cfg))
+    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(new) if k in old and old[k] != new[k]]
+    if changed:
+        monitor.warn(
+            "resuming with a changed config: " + "; ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
+        )
+    saved_world = int(state.get("world_size", dist_info.world_size))
+    if saved_world != dist_info.world_size and int(state.get("iter_in_epoch", 0)) > 0:
+        monitor.warn(
+            f"the checkpoint was written by {saved_world} process(es), this run has {dist_info.world_size}: "
+            "the rest of this epoch uses a different sample order (runs are not bit-identical)"
+        )
 
 
 class _Saver:

@@ -67,6 +67,7 @@ def test_accumulation_retention_and_max_iters(tmp_path) -> None:
     # more epochs from the finished run: resume continues the iteration count
     out2 = _run(tmp_path, ["train.accum_steps=2", "train.epochs=3", "train.max_iters=14"], resume="auto")
     assert out2["global_iter"] == 12  # already done: nothing to train
+    assert "train.max_iters: 0 -> 14" in (tmp_path / "output.log").read_text()  # drift is reported
 
 
 def test_max_iters_stops_mid_epoch_with_resumable_checkpoint(tmp_path) -> None:
