@@ -30,7 +30,7 @@ from bevforge.train.distributed import (
     init_distributed,
     is_dist,
 )
-from bevforge.train.errors import OutOfMemory, oom_advice
+from bevforge.train.errors import OutOfMemory, TrainingStopped, oom_advice
 from bevforge.train.monitor import TrainMonitor, truncate_metrics
 from bevforge.train.optim import build_optimizer, build_scheduler, scaled_lr
 from bevforge.train.setup import build_parts, load_weights, seed_everything, unwrap, wrap_model
@@ -166,6 +166,14 @@ def _train(
             raise OutOfMemory(
                 oom_advice(cfg.data.batch_size, amp, tc.grad_ckpt, cfg.data.img_scale)
             ) from None
+        except RuntimeError as e:
+            if "find_unused_parameters" in str(e) and not tc.find_unused_parameters:
+                raise TrainingStopped(
+                    "DDP found parameters that got no gradient in a step (a branch of the model is unused "
+                    "by this recipe). Freeze them (requires_grad=False) or run with "
+                    "--set train.find_unused_parameters=true (slower)."
+                ) from e
+            raise
         monitor.info(
             f"done: {pos.global_iter} iterations, {int(stepper.skipped_steps)} skipped non-finite steps, "
             f"checkpoint {saver.last_path}"
