@@ -19,6 +19,7 @@ from bevforge.structures.boxes import BOX_CONVENTION
 
 INFO_FORMAT = "bevforge-infos"
 INFO_FORMAT_VERSION = 1
+BOX_DECIMALS = 6  # gt box centres, sizes, velocities are written rounded to 1e-6 (m, m/s)
 
 SAMPLE_KEYS: tuple[str, ...] = (
     "token",
@@ -101,6 +102,11 @@ def save_infos(info: InfoFile, path: str | Path) -> Path:
     """Write ``info`` atomically as strict JSON (no NaN: a NaN would not stream to other languages)."""
     for i, s in enumerate(info.samples):
         _check_sample(s, i, str(path))
+        # micrometres are plenty and shrink trainval infos by ~30 %; yaw stays exact (inside [-pi, pi))
+        s["gt"]["boxes"] = [
+            [float(v) if k == 6 else round(float(v), BOX_DECIMALS) for k, v in enumerate(box)]
+            for box in s["gt"]["boxes"]
+        ]
     obj = {**info.header(), "num_samples": len(info.samples), "samples": info.samples}
     try:
         text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
