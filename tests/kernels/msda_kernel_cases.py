@@ -156,6 +156,17 @@ def check_dispatch_picks_triton(device: str) -> None:
     torch.testing.assert_close(got, _op()(*args), atol=0, rtol=0)
 
 
+def check_bad_shapes(device: str) -> None:
+    value, spatial, start, locs, weights = make_inputs(device)
+    for bad in ((value[0], locs, weights), (value, locs[..., :1], weights), (value, locs, weights[:1])):
+        try:
+            _op()(bad[0], spatial, start, bad[1], bad[2])
+        except ValueError as e:
+            assert "msda:" in str(e), e
+        else:
+            raise AssertionError(f"shapes {[tuple(t.shape) for t in bad]} were accepted")
+
+
 def check_compile_graph(device: str) -> None:
     """The op inside torch.compile (fake + autograd registrations), forward and backward."""
     backend = "inductor" if device == "cuda" else "aot_eager"  # CPU inductor would need a C++ build
@@ -181,6 +192,7 @@ CASES = {
     "odd_sizes": check_odd_sizes,
     "opcheck": check_opcheck,
     "dispatch_picks_triton": check_dispatch_picks_triton,
+    "bad_shapes": check_bad_shapes,
     "compile_graph": check_compile_graph,
 }
 

@@ -14,7 +14,32 @@ import torch
 
 from bevforge.ops.msda import triton_msda
 
-__all__ = ["msda_backward_op", "msda_op"]
+__all__ = ["check_shapes", "msda_backward_op", "msda_op"]
+
+
+def check_shapes(
+    value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor
+) -> None:
+    """Ranks and matching sizes (no device sync: the level sizes are checked by the reference only)."""
+    if value.dim() != 4 or sampling_locations.dim() != 6 or attention_weights.dim() != 5:
+        raise ValueError(
+            f"msda: expected value [B, S, M, D], sampling_locations [B, Q, M, L, P, 2], attention_weights "
+            f"[B, Q, M, L, P]; got {tuple(value.shape)}, {tuple(sampling_locations.shape)}, "
+            f"{tuple(attention_weights.shape)}"
+        )
+    B, _, M, _ = value.shape
+    if sampling_locations.shape[-1] != 2 or tuple(sampling_locations.shape[:-1]) != tuple(
+        attention_weights.shape
+    ):
+        raise ValueError(
+            f"msda: sampling_locations {tuple(sampling_locations.shape)} must be attention_weights "
+            f"{tuple(attention_weights.shape)} + (2,)"
+        )
+    if attention_weights.shape[0] != B or attention_weights.shape[2] != M:
+        raise ValueError(
+            f"msda: batch/heads of attention_weights {tuple(attention_weights.shape)} differ from value "
+            f"{tuple(value.shape)}"
+        )
 
 
 @torch.library.custom_op("bevforge::msda", mutates_args=())
@@ -27,6 +52,7 @@ def msda_op(
 ) -> torch.Tensor:
     """``value [B, S, M, D]``, ``sampling_locations [B, Q, M, L, P, 2]``, ``attention_weights
     [B, Q, M, L, P]`` -> ``[B, Q, M * D]`` in ``value.dtype`` (fp32 accumulation)."""
+    check_shapes(value, sampling_locations, attention_weights)
     return triton_msda.msda_forward(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
@@ -34,6 +60,7 @@ def msda_op(
 
 @msda_op.register_fake
 def _msda_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    check_shapes(value, sampling_locations, attention_weights)
     B, _, M, D = value.shape
     Q = sampling_locations.shape[1]
     return value.new_empty(B, Q, M * D)
