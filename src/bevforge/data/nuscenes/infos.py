@@ -100,14 +100,16 @@ def now_utc() -> str:
 
 def save_infos(info: InfoFile, path: str | Path) -> Path:
     """Write ``info`` atomically as strict JSON (no NaN: a NaN would not stream to other languages)."""
+    samples = []
     for i, s in enumerate(info.samples):
         _check_sample(s, i, str(path))
         # micrometres are plenty and shrink trainval infos by ~30 %; yaw stays exact (inside [-pi, pi))
-        s["gt"]["boxes"] = [
+        boxes = [
             [float(v) if k == 6 else round(float(v), BOX_DECIMALS) for k, v in enumerate(box)]
             for box in s["gt"]["boxes"]
         ]
-    obj = {**info.header(), "num_samples": len(info.samples), "samples": info.samples}
+        samples.append({**s, "gt": {**s["gt"], "boxes": boxes}})
+    obj = {**info.header(), "num_samples": len(samples), "samples": samples}
     try:
         text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
     except ValueError as e:
