@@ -272,22 +272,25 @@ def _raster_face(
     u1, v1 = min(int(np.ceil(uv[:, 0].max())), width - 1), min(int(np.ceil(uv[:, 1].max())), height - 1)
     if u1 < u0 or v1 < v0:
         return
-    uu, vv = np.meshgrid(np.arange(u0, u1 + 1, dtype=np.float64), np.arange(v0, v1 + 1, dtype=np.float64))
-    area2 = float(np.sum(uv[:, 0] * np.roll(uv[:, 1], -1) - uv[:, 1] * np.roll(uv[:, 0], -1)))
+    nxt = np.concatenate([uv[1:], uv[:1]])  # [n, 2] edge ends
+    area2 = float(np.sum(uv[:, 0] * nxt[:, 1] - uv[:, 1] * nxt[:, 0]))
     if abs(area2) < 1e-9:
         return
-    orient = 1.0 if area2 > 0 else -1.0
-    dist = np.full(uu.shape, np.inf)  # distance inside the polygon to its nearest edge (px)
-    for a, b in zip(uv, np.roll(uv, -1, axis=0)):
-        e = b - a
-        length = float(np.hypot(*e))
-        if length < 1e-9:
-            continue
-        dist = np.minimum(dist, orient * (e[0] * (vv - a[1]) - e[1] * (uu - a[0])) / length)
+    e = nxt - uv  # [n, 2]
+    length = np.hypot(e[:, 0], e[:, 1])
+    ok = length > 1e-9
+    e, a, length = e[ok], uv[ok], length[ok] * (1.0 if area2 > 0 else -1.0)
+    us = np.arange(u0, u1 + 1, dtype=np.float64)[None, None, :]  # [1, 1, w]
+    vs = np.arange(v0, v1 + 1, dtype=np.float64)[None, :, None]  # [1, h, 1]
+    # signed distance (px, > 0 inside) of every pixel to every edge line, then to the nearest edge
+    coef_v = (e[:, 0] / length)[:, None, None]
+    coef_u = (-e[:, 1] / length)[:, None, None]
+    offset = ((e[:, 1] * a[:, 0] - e[:, 0] * a[:, 1]) / length)[:, None, None]
+    dist = (coef_v * vs + coef_u * us + offset).min(0)  # [h, w]
     inside = dist >= -0.5
     if not inside.any():
         return
-    inv_z = inv_depth_coef[0] * uu + inv_depth_coef[1] * vv + inv_depth_coef[2]  # [h, w]
+    inv_z = inv_depth_coef[0] * us[0] + inv_depth_coef[1] * vs[0] + inv_depth_coef[2]  # [h, w]
     win = inside & (inv_z > inv_depth[v0 : v1 + 1, u0 : u1 + 1])
     if not win.any():
         return
