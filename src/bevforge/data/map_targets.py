@@ -37,6 +37,11 @@ class MapTargetBuilder:
         self._maps: dict[str, object] = {}
 
     def _map(self, location: str):  # -> NuScenesMap
+        if not location:
+            raise ValueError(
+                "a sample has no map location (infos converted from a pickle store none); re-create the "
+                "infos with `bevforge prepare` or set data.with_seg=false"
+            )
         if location not in self._maps:
             from nuscenes.map_expansion.map_api import NuScenesMap
 

@@ -137,3 +137,12 @@ def test_missing_table_and_dangling_token(prepared, tmp_path):
     with pytest.raises(DatasetError, match="v1.0-trainval.*not found"):
         open_nuscenes(root, "v1.0-trainval")
     assert len(TABLES) == 13
+
+
+def test_record_missing_a_field(prepared, tmp_path):
+    root = _tables_copy(prepared, tmp_path)
+    anns = json.loads((root / "v1.0-mini" / "sample_annotation.json").read_text())
+    del anns[0]["size"]
+    (root / "v1.0-mini" / "sample_annotation.json").write_text(json.dumps(anns))
+    with pytest.raises(DatasetError, match="lacks the field 'size'"):
+        create_infos(root, "v1.0-mini", tmp_path / "out", log=lambda _: None)

@@ -83,6 +83,9 @@ class ImageCache:
             raise ImageCacheError(f"{self.index_path}: corrupt cache index ({e}); {fix}") from None
         if index.get("format") != CACHE_FORMAT or index.get("format_version") != CACHE_VERSION:
             raise ImageCacheError(f"{self.index_path}: not a {CACHE_FORMAT} v{CACHE_VERSION} index; {fix}")
+        missing = [k for k in ("img_scale", "cameras", "shape", "tokens") if k not in index]
+        if missing:
+            raise ImageCacheError(f"{self.index_path}: cache index lacks {missing}; {fix}")
         if abs(float(index["img_scale"]) - img_scale) > 1e-9 or list(index["cameras"]) != list(cameras):
             raise ImageCacheError(
                 f"{self.index_path}: built for img_scale={index['img_scale']} cameras={index['cameras']}, "

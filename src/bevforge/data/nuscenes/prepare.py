@@ -230,7 +230,13 @@ def create_infos(
         token, frame_idx = scene["first_sample_token"], 0
         while token:
             sample = get("sample", token, f"scene {scene['name']}")
-            per_split[split].append(sample_info(nusc, sample, frame_idx, can_api, version_dir))
+            try:
+                per_split[split].append(sample_info(nusc, sample, frame_idx, can_api, version_dir))
+            except KeyError as e:
+                raise DatasetError(
+                    f"{version_dir}: a record used by sample {token} (scene {scene['name']}) lacks the field "
+                    f"{e}; the tables do not follow the nuScenes schema (fix the table or regenerate)"
+                ) from None
             token, frame_idx = sample["next"], frame_idx + 1
     unused = [s["name"] for s in nusc.scene if s["name"] not in scene_split]
     if unused:
