@@ -184,6 +184,20 @@ def check_compile_graph(device: str) -> None:
     assert leaves[0].grad is not None and leaves[3].grad is not None
 
 
+def check_torch_export(device: str) -> None:
+    """torch.export sees one ``bevforge.msda`` node (the fake registration gives its output shape)."""
+    args = make_inputs(device, B=1, Q=6, P=2)
+
+    class Attn(torch.nn.Module):
+        def forward(self, value, spatial, start, locs, weights):
+            return _op()(value, spatial, start, locs, weights)
+
+    program = torch.export.export(Attn(), args)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert any("bevforge.msda" in t for t in targets), targets
+    torch.testing.assert_close(program.module()(*args), msda_reference(*args), atol=1e-5, rtol=1e-5)
+
+
 CASES = {
     "forward_fp32": check_forward_fp32,
     "forward_low_precision": check_forward_low_precision,
@@ -194,6 +208,7 @@ CASES = {
     "dispatch_picks_triton": check_dispatch_picks_triton,
     "bad_shapes": check_bad_shapes,
     "compile_graph": check_compile_graph,
+    "torch_export": check_torch_export,
 }
 
 
