@@ -59,6 +59,7 @@ def apply_flags(cfg, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bevforge.config import ConfigError, load_config
+    from bevforge.train.checkpoint import CheckpointError
     from bevforge.train.errors import TrainingStopped
 
     try:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -22,6 +22,11 @@ from bevforge.io import atomic_write
 FORMAT = "bevforge-checkpoint"
 FORMAT_VERSION = 1
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth$")
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "iter_in_epoch", "global_iter")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, damaged or of the wrong kind; the message names the file and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,17 +84,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a bevforge checkpoint with ``weights_only=True``; a clear error names the file and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass an existing .pth (or --resume auto)")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass an existing .pth (or --resume auto)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torn file, pickle with custom classes, not a torch file ...
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path} cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); it is damaged or not a bevforge checkpoint — "
             "use another one (e.g. an epoch_N.pth) or --resume auto, which skips broken files"
         ) from e
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def check_resumable(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by the trainer (not just weights); else a clear error with the fix."""
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if ckpt.get("format") != FORMAT or missing:
+        raise CheckpointError(
+            f"{path} is not a resumable bevforge training checkpoint (missing "
+            f"{', '.join(missing) or 'format'}); to start from its weights use --load-from, not --resume"
+        )
     return ckpt
 
 
@@ -104,9 +120,9 @@ def find_resume_checkpoint(work_dir: str | Path) -> Path | None:
     for path in _candidates(Path(work_dir)):
         try:
             ckpt = load_checkpoint(path)
-        except (ValueError, FileNotFoundError, OSError):
+        except (CheckpointError, OSError):
             continue
-        if ckpt.get("format") != FORMAT or "global_iter" not in ckpt:
+        if ckpt.get("format") != FORMAT or any(k not in ckpt for k in RESUME_KEYS):
             continue
         key = (int(ckpt["global_iter"]), path.stat().st_mtime, path)
         if best is None or key[:2] > best[:2]:
@@ -149,5 +165,7 @@ def model_state_from(ckpt: dict[str, Any], path: str | Path) -> dict[str, torch.
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             state = ckpt
         else:
-            raise ValueError(f"{path}: no model weights found (expected a 'model' or 'state_dict' entry)")
+            raise CheckpointError(
+                f"{path}: no model weights found (expected a 'model' or 'state_dict' entry)"
+            )
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bevforge.config import Config
-from bevforge.train.checkpoint import load_checkpoint, model_state_from
+from bevforge.train.checkpoint import CheckpointError, load_checkpoint, model_state_from
 from bevforge.train.distributed import DistInfo
 
 
@@ -65,7 +65,7 @@ def load_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[st
     own = model.state_dict()
     shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if shape_mismatch:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: {len(shape_mismatch)} tensors have other shapes than the model "
             f"(first: {shape_mismatch[0]} {tuple(state[shape_mismatch[0]].shape)} vs "
             f"{tuple(own[shape_mismatch[0]].shape)}); was it trained with another recipe? "

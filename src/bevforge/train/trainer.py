@@ -95,14 +95,16 @@ def _train(
         resume_path = ckpt_io.find_resume_checkpoint(work_dir)
     elif resume:
         resume_path = Path(resume)
-    state = ckpt_io.load_checkpoint(resume_path) if resume_path is not None else None
+    state = None
+    if resume_path is not None:
+        state = ckpt_io.check_resumable(ckpt_io.load_checkpoint(resume_path), resume_path)
     if state is not None and dist_info.is_main:
         truncate_metrics(work_dir / "metrics.jsonl", int(state["global_iter"]))
 
     model, criterion, loader = build_parts(cfg, dist_info, model, criterion, train_loader)
     iters_per_epoch = len(loader)
     if iters_per_epoch == 0:
-        raise ValueError(
+        raise TrainingStopped(
             f"the training loader of split {cfg.data.train_split!r} is empty: check data.info_dir "
             f"({cfg.data.info_dir}) and run `bevforge prepare`"
         )
@@ -142,7 +144,13 @@ def _train(
         rng_resume: dict[str, torch.Tensor] | None = None
         epoch_rng_resume: dict[str, torch.Tensor] | None = None
         if state is not None:
-            unwrap(model).load_state_dict(ckpt_io.model_state_from(state, resume_path))
+            try:
+                unwrap(model).load_state_dict(ckpt_io.model_state_from(state, resume_path))
+            except RuntimeError as e:
+                raise ckpt_io.CheckpointError(
+                    f"{resume_path} does not fit this config's model ({str(e).splitlines()[0]} ...); resume "
+                    "with the config it was trained with, or use --load-from for a partial initialisation"
+                ) from None
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             stepper.load_state_dict(state.get("stepper", {}))

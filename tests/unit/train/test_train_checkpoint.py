@@ -40,7 +40,8 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path) -> None:
 
 
 def _save(path, it: int) -> None:
-    ck.save_checkpoint(path, {"global_iter": it, "model": {"w": torch.full((2,), float(it))}})
+    body = {"global_iter": it, "epoch": 0, "iter_in_epoch": it, "optimizer": {}, "scheduler": {}}
+    ck.save_checkpoint(path, {**body, "model": {"w": torch.full((2,), float(it))}})
 
 
 def test_find_resume_skips_torn_files_and_picks_most_progress(tmp_path) -> None:
@@ -51,11 +52,15 @@ def test_find_resume_skips_torn_files_and_picks_most_progress(tmp_path) -> None:
     (tmp_path / "epoch_2.pth").write_bytes(b"PK\x03\x04 torn")  # newest file, but broken
     (tmp_path / ".latest.pth.abc.tmp").write_bytes(b"partial")
     assert ck.find_resume_checkpoint(tmp_path) == tmp_path / "latest.pth"
-    with pytest.raises(ValueError, match=r"epoch_2\.pth.*--resume auto"):
+    with pytest.raises(ck.CheckpointError, match=r"epoch_2\.pth.*--resume auto"):
         ck.load_checkpoint(tmp_path / "epoch_2.pth")
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(ck.CheckpointError, match="missing.pth"):
         ck.load_checkpoint(tmp_path / "missing.pth")
     assert ck.remove_stale_temp_files(tmp_path) == [tmp_path / ".latest.pth.abc.tmp"]
+    torch.save({"state_dict": {"w": torch.ones(1)}}, tmp_path / "latest.pth")  # weights only
+    assert ck.find_resume_checkpoint(tmp_path) == tmp_path / "epoch_1.pth"
+    with pytest.raises(ck.CheckpointError, match="use --load-from"):
+        ck.check_resumable(ck.load_checkpoint(tmp_path / "latest.pth"), tmp_path / "latest.pth")
 
 
 def test_retention_and_copy(tmp_path) -> None:
