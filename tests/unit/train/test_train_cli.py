@@ -58,3 +58,22 @@ def test_launch_flags_after_recipe_and_errors() -> None:
         launch.build_command(_launch_args([]), {})
     with pytest.raises(ValueError, match="NODE_RANK=2"):
         launch.build_command(_launch_args(["r"]), {"NNODES": "2", "NODE_RANK": "2"})
+
+
+def test_dist_train_script_calls_the_launcher() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHON": sys.executable, "CONFIG": "bevformer_debug", "DATA_PATH": "/data/x",
+           "GPUS": "3"}  # fmt: skip
+    out = subprocess.run([str(root / "tools/dist_train.sh"), "--dry-run", "--", "--amp", "off"], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "--nproc_per_node=3" in out.stdout and "data.info_dir=/data/x/infos --amp off" in out.stdout
+    syntax = subprocess.run(
+        ["bash", "-n", str(root / "tools/slurm_train.sbatch")], capture_output=True, text=True
+    )
+    assert syntax.returncode == 0, syntax.stderr
