@@ -86,6 +86,15 @@ def test_eval_test_cli_one_vs_two_processes(setup):
     rc = cli_main(["eval", str(out1), "--data-root", str(data), "--version", "v1.0-mini", "--split", "train",
                    "--devkit", "--out", str(root / "one" / "metrics_db.json")])  # fmt: skip
     assert rc == 0
+    # ground truth from the infos (bevforge test) == from the DB tables (bevforge eval) == genuine devkit
+    from bevforge.eval.devkit_bridge import devkit_db_metrics, max_abs_difference
+
+    from_infos = json.loads((root / "one" / "metrics_det.json").read_text())
+    from_db = json.loads((root / "one" / "metrics_db.json").read_text())
+    genuine = devkit_db_metrics(data, "v1.0-mini", "mini_train", out1)
+    for other in (from_db, genuine):
+        worst, where = max_abs_difference(from_infos, other)
+        assert worst <= 1e-6, (worst, where)
 
 
 def test_eval_runner_history_changes_predictions(setup):

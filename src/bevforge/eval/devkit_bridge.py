@@ -153,9 +153,14 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _json_round_trip(obj: Any) -> Any:
+    return json.loads(json.dumps(_plain(obj)))
+
+
 def max_abs_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[float, str]:
     """Largest |ours - theirs| over every number of two metric summaries (NaN == NaN), and where."""
     worst, where = 0.0, ""
+    ours, theirs = _json_round_trip(ours), _json_round_trip(theirs)  # float keys (0.5) == JSON keys ("0.5")
 
     def walk(a: Any, b: Any, path: str) -> None:
         nonlocal worst, where
