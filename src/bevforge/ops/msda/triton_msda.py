@@ -226,29 +226,30 @@ def msda_backward(
     attn = attention_weights.contiguous()
     grad_out = grad_out.contiguous()
     grad_value = torch.zeros(B, S, M, D, device=value.device, dtype=torch.float32)  # atomics in fp32
-    grad_locs = torch.zeros_like(locs)
-    grad_attn = torch.zeros_like(attn)
-    if B * Q * M > 0 and S > 0:
-        block_q, block_d, warps = _launch_params(Q, D)
-        grid = (triton.cdiv(Q, block_q), B * M)
-        _msda_bwd_kernel[grid](
-            value,
-            shapes_i32,
-            starts_i32,
-            locs,
-            attn,
-            grad_out,
-            grad_value,
-            grad_locs,
-            grad_attn,
-            S,
-            Q,
-            M,
-            D,
-            L,
-            P,
-            block_q,
-            block_d,
-            num_warps=warps,
-        )
+    if B * Q * M == 0 or S == 0:
+        return grad_value.to(value.dtype), torch.zeros_like(locs), torch.zeros_like(attn)
+    grad_locs = torch.empty_like(locs)  # every (q, m, l, p) is written by exactly one program
+    grad_attn = torch.empty_like(attn)
+    block_q, block_d, warps = _launch_params(Q, D)
+    grid = (triton.cdiv(Q, block_q), B * M)
+    _msda_bwd_kernel[grid](
+        value,
+        shapes_i32,
+        starts_i32,
+        locs,
+        attn,
+        grad_out,
+        grad_value,
+        grad_locs,
+        grad_attn,
+        S,
+        Q,
+        M,
+        D,
+        L,
+        P,
+        block_q,
+        block_d,
+        num_warps=warps,
+    )
     return grad_value.to(value.dtype), grad_locs, grad_attn
