@@ -93,7 +93,7 @@ def test_metrics_infos_gt_equals_db_gt(db):
     assert worst <= TOL, (worst, where)
 
 
-def _perturbed(gt, seed, drop, dup, noise, fp, tie, nan_vel, relabel):
+def _perturbed(gt, seed, drop, dup, noise, fp, tie, nan_vel, relabel, edge=0.0):
     rng = np.random.default_rng(seed)
     sub = _gt_as_submission(gt, rng)
     for tok, boxes in sub["results"].items():
@@ -119,10 +119,14 @@ def _perturbed(gt, seed, drop, dup, noise, fp, tie, nan_vel, relabel):
                 box["attribute_name"] = ["", *ATTRIBUTE_NAMES][int(rng.integers(9))]
             if tie:
                 box["detection_score"] = round(box["detection_score"], 1)
+            if rng.random() < edge:  # exactly a threshold away (3-4-5 triangles): the devkit's `<` decides
+                th = [0.5, 1.0, 2.0, 4.0][int(rng.integers(4))]
+                box["translation"][0] += 0.6 * th
+                box["translation"][1] += 0.8 * th
             out.append(box)
             if rng.random() < dup:
                 twin = json.loads(json.dumps(box))
-                twin["translation"][1] += rng.normal(0, 0.2)
+                twin["translation"][1] += rng.normal(0, 0.2) if rng.random() < 0.5 else 0.0  # exact twins too
                 out.append(twin)
         for _ in range(int(rng.poisson(fp))):
             base = np.array(gt.ego_xyz[gt.sample_tokens.index(tok)])
@@ -152,10 +156,13 @@ def _perturbed(gt, seed, drop, dup, noise, fp, tie, nan_vel, relabel):
     tie=st.booleans(),
     nan_vel=st.sampled_from([0.0, 0.2, 1.0]),
     relabel=st.floats(0, 0.3),
+    edge=st.sampled_from([0.0, 0.5]),
 )
-def test_metrics_perturbed_predictions_match_devkit(db, seed, drop, dup, noise, fp, tie, nan_vel, relabel):
+def test_metrics_perturbed_predictions_match_devkit(
+    db, seed, drop, dup, noise, fp, tie, nan_vel, relabel, edge
+):
     _, _, gt = db
-    sub = _perturbed(gt, seed, drop, dup, noise, fp, tie, nan_vel, relabel)
+    sub = _perturbed(gt, seed, drop, dup, noise, fp, tie, nan_vel, relabel, edge)
     if not any(sub["results"].values()):
         return  # the devkit cannot score an all-empty submission
     worst, where = max_abs_difference(evaluate(sub, gt), devkit_metrics(gt, sub))
