@@ -55,6 +55,9 @@ def test_synth_ego_drives_in_lane_with_turns():
         off = np.minimum(np.abs(xy[:, 0:1] - nodes).min(1), np.abs(xy[:, 1:2] - nodes).min(1))
         assert (off < roads.ROAD_HALF_WIDTH_M).all()
         turned += np.ptp(yaw) > math.pi / 4
+        # the car slows down for turns: comfortable lateral acceleration, no 90-degree turn between key frames
+        assert (st["speed_mps"] ** 2 * np.abs(st["curvature_per_m"])).max() <= 2.5 + 1e-6
+        assert np.degrees(np.abs(yaw[5:] - yaw[:-5])).max() < 25.0  # per 0.5 s
     assert turned >= 1
 
 

@@ -63,16 +63,33 @@ class SceneObjects:
         return np.concatenate([xy, self.size_wlh_m[:, 2:3] / 2.0], axis=1)
 
 
+LATERAL_ACCEL_MAX_MPS2 = 2.5  # comfortable cornering: 3.9 m/s on the 6 m right turn, 5 m/s on the 10 m left
+BRAKE_MPS2 = 2.0
+ACCEL_MPS2 = 1.5
+
+
 def ego_motion(grid: roads.RoadGrid, rng: np.random.Generator, duration_s: float) -> EgoMotion:
-    """Speed varies smoothly (a slow sine plus a faster one), never below 1.5 m/s."""
+    """Desired speed varies smoothly (a slow sine plus a faster one, 1.5..14.5 m/s); the car slows down
+    before turns (lateral acceleration <= 2.5 m/s^2, braking 2 m/s^2) and accelerates gently after."""
     t = np.arange(-CAN_PAD_S, duration_s + CAN_PAD_S + _DENSE_DT_S, _DENSE_DT_S)  # [D]
     v0 = rng.uniform(5.0, 9.5)
     a1, p1, f1 = rng.uniform(1.5, 4.0), rng.uniform(8.0, 16.0), rng.uniform(0, 2 * math.pi)
-    a2, p2, f2 = rng.uniform(0.3, 1.0), rng.uniform(2.5, 5.0), rng.uniform(0, 2 * math.pi)
-    v = v0 + a1 * np.sin(2 * math.pi * t / p1 + f1) + a2 * np.sin(2 * math.pi * t / p2 + f2)
-    v = np.maximum(v, 1.5)
-    s = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * np.diff(t))])
-    path = roads.ego_path(grid, rng, min_length_m=float(s[-1]) + 5.0)
+    a2, p2, f2 = rng.uniform(0.2, 0.6), rng.uniform(3.0, 6.0), rng.uniform(0, 2 * math.pi)
+    v_des = v0 + a1 * np.sin(2 * math.pi * t / p1 + f1) + a2 * np.sin(2 * math.pi * t / p2 + f2)
+    v_des = np.maximum(v_des, 1.5)
+    path = roads.ego_path(grid, rng, min_length_m=float(v_des.sum() * _DENSE_DT_S) + 5.0)
+    # speed limit along the path: cornering, then a backward pass so the car brakes before a turn
+    v_lim = np.sqrt(LATERAL_ACCEL_MAX_MPS2 / np.maximum(np.abs(path.curvature_per_m), 1e-6))  # [S]
+    for i in range(len(v_lim) - 2, -1, -1):
+        v_lim[i] = min(v_lim[i], math.sqrt(v_lim[i + 1] ** 2 + 2 * BRAKE_MPS2 * roads.PATH_STEP_M))
+    v = np.empty_like(t)
+    s = np.empty_like(t)
+    s_now, v_now = 0.0, min(v_des[0], v_lim[0])
+    for i in range(len(t)):
+        limit = v_lim[min(int(s_now / roads.PATH_STEP_M), len(v_lim) - 1)]
+        v_now = min(v_des[i], limit, v_now + ACCEL_MPS2 * _DENSE_DT_S) if i else v_now
+        v[i], s[i] = v_now, s_now
+        s_now += v_now * _DENSE_DT_S
     return EgoMotion(path, t, s, v)
 
 
