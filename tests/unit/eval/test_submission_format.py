@@ -134,6 +134,16 @@ def _valid():
         (lambda s: s["results"]["tok0"][1].__setitem__("sample_token", "tok1"), "sample_token"),
         (lambda s: s["results"].__setitem__("tok1", s["results"]["tok0"][:1] * 501), "at most 500"),
         (lambda s: s["results"]["tok0"][0].__setitem__("detection_score", float("inf")), "detection_score"),
+        (lambda s: s["results"]["tok0"].__setitem__(1, 5), "results['tok0'][1]. must be an object"),
+        (
+            lambda s: s["results"]["tok0"][1].__setitem__("velocity", "fast"),
+            "[1].velocity must be a list of 2",
+        ),
+        (
+            lambda s: s["results"]["tok0"][0].__setitem__("rotation", [1, "a", 0, 0]),
+            "rotation must hold numbers",
+        ),
+        (lambda s: s["results"].__setitem__("tok1", {}), "results['tok1'] must be a list"),
     ],
 )
 def test_submission_malformed_rejected_with_clear_message(mutate, expected):
