@@ -97,12 +97,12 @@ def test_eval_test_cli_one_vs_two_processes(setup):
         assert worst <= 1e-6, (worst, where)
 
 
-def test_eval_runner_history_changes_predictions(setup):
+def test_eval_runner_history_changes_predictions(setup, tmp_path):
     """Resetting the temporal state mid-scene changes the predictions, so the 1-vs-2 process equality
     above would catch a rank that starts inside a scene."""
     from bevforge.config import load_config
     from bevforge.data.loader import build_dataloader
-    from bevforge.eval.pipeline import load_checkpoint
+    from bevforge.eval.pipeline import evaluate_model, load_checkpoint
     from bevforge.eval.runner import infer_batches, run_inference
     from bevforge.models.build import build_model
 
@@ -121,3 +121,6 @@ def test_eval_runner_history_changes_predictions(setup):
     for tok in carried:
         same = np.allclose(carried[tok]["scores"], fresh[tok]["scores"], atol=1e-6)
         assert same == (tok in first_of_scene), tok
+    # the trainer's periodic-evaluation entry point writes the same kind of files
+    summary = evaluate_model(model, cfg, tmp_path, split="train", metrics=("det",))
+    assert 0.0 <= summary["det"]["nd_score"] <= 1.0 and (tmp_path / "metrics_det.json").is_file()

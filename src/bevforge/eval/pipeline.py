@@ -87,41 +87,21 @@ def score_detection(
     return ours, theirs
 
 
-def test_checkpoint(
+def score_results(
+    results: dict[str, dict[str, Any]],
     cfg: Config,
-    ckpt_path: str | Path,
+    split: str,
     out: str | Path,
     metrics: tuple[str, ...] = ("det",),
     devkit: bool = False,
-    show_dir: str | Path | None = None,
-    split: str | None = None,
-    verbose: bool = True,
 ) -> dict[str, Any]:
-    """Checkpoint -> submission JSON + metrics files; returns ``{"det": ..., "seg": ..., "devkit": ...}``.
+    """Inference results -> submission JSON ``out`` + ``metrics_det.json`` / ``metrics_seg.json`` beside it.
 
-    Works as one process or under ``torchrun`` (gloo on CPU, NCCL on GPUs; rank 0 writes and scores).
+    Ground truth: the split's info file (``cfg.data.info_dir``). Returns ``{"det", "devkit", "seg"}``
+    (whichever apply).
     """
-    from bevforge.data.loader import build_dataloader
-    from bevforge.eval.gt import load_gt_from_infos
-    from bevforge.eval.runner import run_inference
-    from bevforge.models.build import build_model
-    from bevforge.train.distributed import init_distributed
-
-    owns_group = not torch.distributed.is_initialized()
-    info = init_distributed()
-    split = split or cfg.data.val_split
-    try:
-        model = build_model(cfg)
-        load_checkpoint(model, ckpt_path)
-        model.to(info.device)
-        loader = build_dataloader(cfg, split, train=False, distributed=info.distributed)
-        results = run_inference(model, loader, cfg)
-    finally:
-        if owns_group and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if not info.is_main:
-        return {}
     from bevforge.data.nuscenes.infos import load_infos
+    from bevforge.eval.gt import load_gt_from_infos
 
     info_path = Path(cfg.data.info_dir) / f"infos_{split}.json"
     samples = load_infos(info_path).samples
@@ -143,8 +123,66 @@ def test_checkpoint(
         if seg is not None:
             summary["seg"] = seg
             write_metrics(out.parent / "metrics_seg.json", seg)
+    return summary
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    cfg: Config,
+    out_dir: str | Path,
+    split: str | None = None,
+    metrics: tuple[str, ...] = ("det", "seg"),
+) -> dict[str, Any]:
+    """Periodic evaluation for a trainer: scene-whole inference with ``model`` (unwrapped, on its device),
+    scored into ``out_dir`` (``results_nusc.json`` + metrics files). Under an initialised process group every
+    rank must call it; rank 0 gets the summary, the others ``{}``."""
+    from bevforge.data.loader import build_dataloader
+    from bevforge.eval.runner import run_inference
+
+    split = split or cfg.data.val_split
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    loader = build_dataloader(cfg, split, train=False, distributed=distributed)
+    results = run_inference(model, loader, cfg)
+    if distributed and torch.distributed.get_rank() != 0:
+        return {}
+    return score_results(results, cfg, split, Path(out_dir) / "results_nusc.json", metrics)
+
+
+def test_checkpoint(
+    cfg: Config,
+    ckpt_path: str | Path,
+    out: str | Path,
+    metrics: tuple[str, ...] = ("det",),
+    devkit: bool = False,
+    show_dir: str | Path | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Checkpoint -> submission JSON + metrics files; returns ``{"det": ..., "seg": ..., "devkit": ...}``.
+
+    Works as one process or under ``torchrun`` (gloo on CPU, NCCL on GPUs; rank 0 writes and scores).
+    """
+    from bevforge.data.loader import build_dataloader
+    from bevforge.eval.runner import run_inference
+    from bevforge.models.build import build_model
+    from bevforge.train.distributed import init_distributed
+
+    owns_group = not torch.distributed.is_initialized()
+    info = init_distributed()
+    split = split or cfg.data.val_split
+    try:
+        model = build_model(cfg)
+        load_checkpoint(model, ckpt_path)
+        model.to(info.device)
+        loader = build_dataloader(cfg, split, train=False, distributed=info.distributed)
+        results = run_inference(model, loader, cfg)
+    finally:
+        if owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if not info.is_main:
+        return {}
+    summary = score_results(results, cfg, split, out, metrics, devkit)
     if show_dir and "det" in summary:
-        summary["show"] = _show(out, cfg, split, show_dir)
+        summary["show"] = _show(Path(out), cfg, split, show_dir)
     return summary
 
 
