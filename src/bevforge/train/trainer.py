@@ -153,6 +153,7 @@ def _train(
                 ) from None
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            _sync_lr(optimizer, scheduler)
             stepper.load_state_dict(state.get("stepper", {}))
             pos = _Position(int(state["epoch"]), int(state["iter_in_epoch"]), int(state["global_iter"]))
             rng_resume = _rank_entry(state.get("rng"), rank, monitor)
@@ -201,6 +202,15 @@ def _train(
 class _Position:
     def __init__(self, epoch: int, iter_in_epoch: int, global_iter: int) -> None:
         self.epoch, self.iter_in_epoch, self.global_iter = epoch, iter_in_epoch, global_iter
+
+
+def _sync_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Set each group's lr from this run's schedule at the restored step (same value when the schedule
+    is unchanged; correct from the first step when epochs / max_iters changed)."""
+    step = scheduler.last_epoch
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
 
 
 def _rank_entry(entries: Any, rank: int, monitor: TrainMonitor) -> dict[str, torch.Tensor] | None:

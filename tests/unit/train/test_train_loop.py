@@ -89,3 +89,14 @@ def test_load_from_initialises_weights(tmp_path) -> None:
     )
     ref = load_checkpoint(tmp_path / "a/latest.pth")["model"]
     assert torch.equal(model.cls.weight, ref["cls.weight"])
+
+
+def test_resume_with_longer_schedule_uses_new_lr_from_first_step(tmp_path) -> None:
+    from bevforge.train.optim import lr_factor
+
+    _run(tmp_path, ["train.max_iters=3"])
+    _run(tmp_path, ["train.max_iters=5"], resume="auto")
+    recs = {r["iter"]: r for r in _metrics(tmp_path)}
+    assert sorted(recs) == [1, 2, 3, 4, 5]
+    expected = 0.01 * lr_factor(3, 5, warmup_iters=2, warmup_ratio=1 / 3, min_lr_ratio=1e-3)
+    assert recs[4]["lr"] == pytest.approx(expected, rel=1e-9)
