@@ -59,6 +59,7 @@ class Advisor:
         self.counts: dict[str, int] = {}
         self.losses: deque[float] = deque(maxlen=2 * PLATEAU_WINDOW)
         self.plateau_checked_at = 0
+        self.records = 0
 
     def _due(self, kind: str) -> bool:
         n = self.counts.get(kind, 0)
@@ -66,14 +67,17 @@ class Advisor:
         return n % self.every == 0
 
     def check(self, rec: dict[str, Any]) -> list[str]:
-        out = []
+        out: list[str] = []
+        self.records += 1
         step, data = rec.get("step_time"), rec.get("data_time")
+        if self.records == 1:  # the first window holds start-up (workers, allocator, kernels): no advice
+            step = data = None
         if step and data is not None and data > DATA_TIME_WARN_SHARE * step and self._due("data"):
             out.append(
                 f"data loading takes {100 * data / step:.0f}% of the step time: raise data.num_workers / "
                 "enable the image cache (`bevforge cache`) / use faster storage"
             )
-        util = rec.get("gpu_util")
+        util = rec.get("gpu_util") if self.records > 1 else None
         if util is not None and util < GPU_UTIL_WARN_PCT and self._due("gpu"):
             out.append(
                 f"GPU utilisation is low ({util:.0f}%): check the data-time share, raise data.batch_size, "

@@ -11,6 +11,7 @@ from bevforge.train.monitor import PLATEAU_WINDOW, Advisor, TrainMonitor, gpu_st
 
 def test_advisor_data_time_gpu_util_and_plateau() -> None:
     adv = Advisor()
+    assert adv.check({"step_time": 9.0, "data_time": 8.0, "gpu_util": 1.0}) == []  # start-up window
     msgs = adv.check({"step_time": 1.0, "data_time": 0.5, "gpu_util": 10.0, "loss": 1.0})
     assert any("num_workers" in m and "bevforge cache" in m for m in msgs)
     assert any("GPU utilisation is low" in m for m in msgs)
