@@ -43,11 +43,15 @@ def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path) -> None:
     from bevforge.train.trainer import train
 
     sets = [f"data.data_root={tiny_data}", f"data.info_dir={tiny_data / 'infos'}", *TOY,
-            f"train.max_iters={ITERS}", "train.deterministic=true"]  # fmt: skip
+            f"train.max_iters={ITERS}", "train.deterministic=true", "train.eval_interval=1"]  # fmt: skip
     cfg = load_config("bevformer_debug", sets)
     torch.manual_seed(0)
     train(cfg, tmp_path, progress=False, tensorboard=False)
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in recs if "eval" in r]  # the epoch ends at iteration 4: periodic evaluation ran
+    assert len(evals) == 1 and "nd_score" in evals[0]["eval"], evals
+    assert (tmp_path / "eval_epoch_1" / "metrics_det.json").is_file()
+    recs = [r for r in recs if "eval" not in r]
     curve = {t: [r[t] for r in recs] for t in TERMS}
     assert len(curve["loss"]) == ITERS and all(v == v for v in curve["loss"])
     if os.environ.get("BEVFORGE_REGEN_GOLDEN") == "1":

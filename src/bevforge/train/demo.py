@@ -109,7 +109,7 @@ def run_demo(plan: DemoPlan, log: Callable[[str], None] = print) -> dict[str, An
     def test_stage() -> dict:
         from bevforge.eval.pipeline import test_checkpoint
 
-        return test_checkpoint(cfg, ckpt, plan.work / "test" / "results_nusc.json", verbose=False)
+        return test_checkpoint(cfg, ckpt, plan.work / "test" / "results_nusc.json")
 
     summary["test"] = _stage("4/5 test on the val split (nuScenes metrics)", test_stage, log)
     det = (summary["test"] or {}).get("det") or {}
