@@ -39,7 +39,7 @@ def naive_sample(sample_list: list[dict], data_root: Path, cameras, scale: float
 
 
 def run(args: argparse.Namespace) -> int:
-    from bevforge.bench.kernel import append_result
+    from bevforge.bench.results import append_result
     from bevforge.config import ConfigError, load_config
     from bevforge.data.loader import build_dataloader
     from bevforge.data.nuscenes.infos import load_infos

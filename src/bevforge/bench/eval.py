@@ -77,7 +77,7 @@ def make_submission_for(gt: GroundTruth, boxes_per_sample: int, seed: int) -> di
 
 
 def run(args: argparse.Namespace) -> int:
-    from bevforge.bench.kernel import append_result
+    from bevforge.bench.results import append_result
     from bevforge.eval.devkit_bridge import max_abs_difference
     from bevforge.eval.fake_db import write_fake_db
     from bevforge.eval.gt import load_gt_from_db

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bevforge.bench.kernel import append_result
+from bevforge.bench.results import append_result
 
 MODES = ("eager", "eager-ref", "compile", "onnxruntime")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
