@@ -159,18 +159,31 @@ def _index_add_symbolic(g, x, dim, index, source, alpha=None):
 
 
 def _atan2_symbolic(g, y, x):
-    """atan2 in float32: onnxruntime has no float64 ``Atan`` (the ego-motion shift is computed in float64)."""
-    from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_opset9
+    """``torch.atan2`` in float32, exact at the axes: ``atan2(0, 0) = 0`` and ``atan2(+0, x < 0) = pi``.
 
-    f32, f64 = _type_utils.JitScalarType.FLOAT.onnx_type(), _type_utils.JitScalarType.DOUBLE.onnx_type()
-    if _type_utils.JitScalarType.from_value(y) != _type_utils.JitScalarType.DOUBLE:
-        return symbolic_opset9.atan2(g, y, x)
-    out = symbolic_opset9.atan2(g, g.op("Cast", y, to_i=f32), g.op("Cast", x, to_i=f32))
-    return g.op("Cast", out, to_i=f64)
+    The stock symbolic computes ``Atan(y / x)``, i.e. NaN at ``(0, 0)``: a frame that did not move (every
+    scene start, where :func:`bevforge.geometry.ego_motion.can_bus_deltas` zeroes the translation) got a
+    NaN BEV shift. Also float32 because onnxruntime has no float64 ``Atan`` (the shift is float64).
+    """
+    from torch.onnx._internal.torchscript_exporter import _type_utils
+
+    f32 = _type_utils.JitScalarType.FLOAT.onnx_type()
+    out_type = _type_utils.JitScalarType.from_value(y)
+    y, x = g.op("Cast", y, to_i=f32), g.op("Cast", x, to_i=f32)
+    zero = g.op("Constant", value_t=torch.tensor(0.0, dtype=torch.float32))
+    one = g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32))
+    pi = g.op("Constant", value_t=torch.tensor(math.pi, dtype=torch.float32))
+    origin = g.op("And", g.op("Equal", x, zero), g.op("Equal", y, zero))
+    atan = g.op("Atan", g.op("Div", y, g.op("Where", origin, one, x)))  # x = 0, y != 0: Atan(+-inf)
+    # left half-plane: +pi above the x axis (and on it), -pi below
+    left = g.op("Where", g.op("GreaterOrEqual", y, zero), g.op("Add", atan, pi), g.op("Sub", atan, pi))
+    out = g.op("Where", g.op("Less", x, zero), left, atan)
+    return g.op("Cast", out, to_i=out_type.onnx_type())
 
 
 # ops the TorchScript exporter lacks or refuses (torch 2.14): deg2rad; sort with ``stable=True``;
-# index_add with repeated indices (opset >= 16 has ScatterND reduction="add"); float64 atan2 for onnxruntime
+# index_add with repeated indices (opset >= 16 has ScatterND reduction="add"); atan2 (NaN at the
+# origin, no float64 in onnxruntime)
 _SYMBOLICS = {
     "aten::deg2rad": _deg2rad_symbolic,
     "aten::sort": _stable_sort_symbolic,

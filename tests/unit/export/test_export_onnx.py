@@ -17,6 +17,7 @@ from bevforge.export.onnx_model import (
     compare_with_pytorch,
     example_inputs,
 )
+from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.models.build import build_model
 
 pytest.importorskip("onnx")
@@ -60,6 +61,35 @@ def test_export_debug_recipe_matches_onnxruntime(tmp_path, capsys):
         model, out, (images, prev_bev, torch.zeros(1, dtype=torch.bool), can_bus, lidar2img)
     )
     assert max(diffs.values()) <= ORT_TOLERANCE, diffs
+
+    # a scene start as the caller feeds it: no previous frame, so can_bus_deltas zeroes the translation
+    # (atan2(0, 0) in the BEV shift; the stock ONNX atan2 gave NaN there)
+    start = can_bus_deltas(can_bus, None, torch.zeros(1, dtype=torch.bool))
+    assert start[0, :3].abs().sum() == 0
+    diffs = compare_with_pytorch(
+        model, out, (images, prev_bev, torch.zeros(1, dtype=torch.bool), start, lidar2img)
+    )
+    assert max(diffs.values()) <= ORT_TOLERANCE, diffs
+
+
+def test_export_atan2_matches_torch_at_the_axes(tmp_path):
+    import onnxruntime as ort
+
+    from bevforge.export.onnx_model import _register_symbolics
+
+    class Atan2(torch.nn.Module):
+        def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return torch.atan2(y, x)
+
+    vals = [0.0, 1.0, -1.0, 1e-3, -2.5]
+    y, x = (t.reshape(-1) for t in torch.meshgrid(torch.tensor(vals), torch.tensor(vals), indexing="ij"))
+    _register_symbolics(17)
+    out = tmp_path / "atan2.onnx"
+    for dtype in (torch.float32, torch.float64):
+        torch.onnx.export(Atan2(), (y.to(dtype), x.to(dtype)), str(out), opset_version=17, dynamo=False)
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {i.name: t.to(dtype).numpy() for i, t in zip(sess.get_inputs(), (y, x))})[0]
+        torch.testing.assert_close(torch.from_numpy(got), torch.atan2(y, x).to(dtype), atol=1e-6, rtol=0)
 
 
 def test_export_bad_checkpoint_names_the_file(tmp_path, capsys):
