@@ -2,18 +2,14 @@
 
 Warm-up iterations (not timed), then ``--iters`` timed iterations of the trainer's own step
 (``bevforge.train.step.Stepper``): samples/s, step time, the share of time spent waiting for data and
-peak GPU memory. A row (device, commit, command, numbers) is appended to
+peak GPU memory. A section (device, commit, command, numbers; ``bevforge.bench.results``) goes to
 ``benchmarks/results/train.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,10 +22,6 @@ from torch.utils.data import DataLoader
 from bevforge.config import Config
 
 RESULTS = Path("benchmarks/results/train.md")
-HEADER = (
-    "| date (UTC) | device | commit | command | amp | global batch | samples/s | step ms | data share | "
-    "peak mem GiB |\n|---|---|---|---|---|---|---|---|---|---|\n"
-)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,28 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")
     p.add_argument("--out", default=str(RESULTS), help="markdown file the result row is appended to")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10)  # fmt: skip
-        return (
-            sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-            if sha.returncode == 0
-            else "unknown"
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def benchmark(
@@ -114,7 +84,7 @@ def benchmark(
     sync()
     total = time.perf_counter() - t0
     return {
-        "device": device_name(device),
+        "device": str(device),
         "amp": amp,
         "global_batch": (loader.batch_size or cfg.data.batch_size) * info.world_size,
         "samples_per_s": samples * info.world_size / total,
@@ -125,20 +95,15 @@ def benchmark(
     }
 
 
-def append_result(path: str | Path, res: dict[str, Any], command: str, commit: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def result_body(res: dict[str, Any], config: str) -> str:
+    """The markdown table of one run (the section header comes from ``bevforge.bench.results``)."""
     mem = f"{res['peak_mem_gib']:.2f}" if res.get("peak_mem_gib") is not None else "-"
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    row = (
-        f"| {now} | {res['device']} | {commit} | `{command}` | {res['amp']} | {res['global_batch']} | "
-        f"{res['samples_per_s']:.2f} | {res['step_ms']:.1f} | {100 * res['data_share']:.0f}% | {mem} |\n"
+    return (
+        "| recipe | amp | global batch | samples/s | step ms | data share | peak mem GiB |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {config} | {res['amp']} | {res['global_batch']} | {res['samples_per_s']:.2f} | "
+        f"{res['step_ms']:.1f} | {100 * res['data_share']:.0f}% | {mem} |"
     )
-    with open(path, "a", encoding="utf-8") as f:
-        if f.tell() == 0:
-            f.write("# Training throughput (`bevforge bench train`)\n\n" + HEADER)
-        f.write(row)
-    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
     res = benchmark(cfg, warmup=args.warmup, iters=args.iters)
     if not res["is_main"]:
         return 0
+    from bevforge.bench.results import append_result, device_name
+
     print(
-        f"{res['device']}: {res['samples_per_s']:.2f} samples/s, {res['step_ms']:.1f} ms/step, "
+        f"{device_name(res['device'])}: {res['samples_per_s']:.2f} samples/s, {res['step_ms']:.1f} ms/step, "
         f"data {100 * res['data_share']:.0f}% of the time, peak mem "
         + (f"{res['peak_mem_gib']:.2f} GiB" if res["peak_mem_gib"] is not None else "n/a (CPU)")
     )
-    command = "bevforge bench train " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else [args.config])
-    print(f"appended to {append_result(args.out, res, command, git_commit())}")
+    path = append_result(args.out, f"train {args.config}", res["device"], result_body(res, args.config))
+    print(f"appended to {path}")
     return 0
