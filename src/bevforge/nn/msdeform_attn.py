@@ -19,6 +19,45 @@ from torch import nn
 from bevforge.ops.msda import multi_scale_deformable_attention
 
 
+def init_xavier_linear(linear: nn.Linear) -> None:
+    """Xavier-uniform weight, zero bias (the official init of value and output projections)."""
+    nn.init.xavier_uniform_(linear.weight)
+    nn.init.zeros_(linear.bias)
+
+
+def init_deformable_attention(
+    sampling_offsets: nn.Linear,
+    attention_weights: nn.Linear,
+    projections: tuple[nn.Linear, ...],
+    *,
+    num_heads: int,
+    num_levels: int,
+    num_points: int,
+) -> None:
+    """Official init of a deformable attention (mmcv ``MultiScaleDeformableAttention.init_weights``).
+
+    ``sampling_offsets`` gets a zero weight and a bias laid out ``[M, L, P, 2]``: head ``m`` points in
+    direction ``2 pi m / M`` (scaled so its largest component is 1), point ``i`` at distance ``i + 1``
+    cells. ``attention_weights`` starts at zero (uniform softmax); each of ``projections`` (in order)
+    gets :func:`init_xavier_linear`. A module with several value queues passes
+    ``num_levels = queues * levels`` (its bias is laid out ``[M, V * L, P, 2]``).
+    """
+    nn.init.zeros_(sampling_offsets.weight)
+    thetas = torch.arange(num_heads, dtype=torch.float32) * (2.0 * math.pi / num_heads)
+    grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # [M, 2]
+    grid = grid / grid.abs().max(dim=-1, keepdim=True)[0]
+    # [M, 2] -> [M, 1, 1, 2] -> [M, L, P, 2]
+    grid = grid.view(num_heads, 1, 1, 2).repeat(1, num_levels, num_points, 1)
+    for i in range(num_points):
+        grid[:, :, i, :] *= i + 1
+    with torch.no_grad():
+        sampling_offsets.bias.copy_(grid.view(-1))
+    nn.init.zeros_(attention_weights.weight)
+    nn.init.zeros_(attention_weights.bias)
+    for linear in projections:
+        init_xavier_linear(linear)
+
+
 class MSDeformAttn(nn.Module):
     """Deformable attention over a multi-level value map.
 
@@ -50,22 +89,14 @@ class MSDeformAttn(nn.Module):
 
     def init_weights(self) -> None:
         """Official init: offsets start on a ring of directions (one per head), growing with the point."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # [M, 2]
-        grid = grid / grid.abs().max(dim=-1, keepdim=True)[0]
-        # [M, 2] -> [M, 1, 1, 2] -> [M, L, P, 2]
-        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
-        for i in range(self.num_points):
-            grid[:, :, i, :] *= i + 1
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        init_deformable_attention(
+            self.sampling_offsets,
+            self.attention_weights,
+            (self.value_proj, self.output_proj),
+            num_heads=self.num_heads,
+            num_levels=self.num_levels,
+            num_points=self.num_points,
+        )
 
     def forward(
         self,

@@ -12,11 +12,10 @@ cameras that hit each query. The gather/scatter is vectorised over batch and cam
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
 from bevforge.ops.msda import multi_scale_deformable_attention
 
 
@@ -42,20 +41,15 @@ class MSDeformableAttention3D(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # [M, 2]
-        grid = grid / grid.abs().max(dim=-1, keepdim=True)[0]
-        # [M, 2] -> [M, 1, 1, 2] -> [M, L, P, 2]
-        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
-        for i in range(self.num_points):
-            grid[:, :, i, :] *= i + 1
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
+        """Official init (:func:`init_deformable_attention`); no output projection here."""
+        init_deformable_attention(
+            self.sampling_offsets,
+            self.attention_weights,
+            (self.value_proj,),
+            num_heads=self.num_heads,
+            num_levels=self.num_levels,
+            num_points=self.num_points,
+        )
 
     def forward(
         self,
@@ -118,8 +112,7 @@ class SpatialCrossAttention(nn.Module):
         self.deformable_attention = MSDeformableAttention3D(embed_dims, num_heads, num_levels, num_points)
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
+        init_xavier_linear(self.output_proj)
 
     def forward(
         self,

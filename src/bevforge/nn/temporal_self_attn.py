@@ -11,11 +11,10 @@ that is done here per sample (``has_prev``), so a batch may mix scene starts and
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from bevforge.nn.msdeform_attn import init_deformable_attention
 from bevforge.ops.msda import multi_scale_deformable_attention
 
 
@@ -50,24 +49,18 @@ class TemporalSelfAttention(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Official init: per-head ring of directions, point ``i`` at distance ``i + 1`` cells."""
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # [M, 2]
-        grid = grid / grid.abs().max(dim=-1, keepdim=True)[0]
-        # [M, 2] -> [M, 1, 1, 2] -> [M, V*L, P, 2]
-        grid = grid.view(self.num_heads, 1, 1, 2).repeat(
-            1, self.num_levels * self.num_bev_queue, self.num_points, 1
+        """Official init: per-head ring of directions, point ``i`` at distance ``i + 1`` cells.
+
+        The offsets bias is laid out ``[M, V, L, P, 2]``: the queues count as levels for the init.
+        """
+        init_deformable_attention(
+            self.sampling_offsets,
+            self.attention_weights,
+            (self.value_proj, self.output_proj),
+            num_heads=self.num_heads,
+            num_levels=self.num_levels * self.num_bev_queue,
+            num_points=self.num_points,
         )
-        for i in range(self.num_points):
-            grid[:, :, i, :] *= i + 1
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        for lin in (self.value_proj, self.output_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            nn.init.zeros_(lin.bias)
 
     def forward(
         self,
