@@ -20,6 +20,7 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from bevforge.eval.box_table import CATEGORY_TO_DETECTION
+from bevforge.geometry.transforms import pose_from_record
 from bevforge.structures.boxes import global_to_lidar
 
 _CATEGORIES = [*CATEGORY_TO_DETECTION, "animal", "movable_object.debris", "static_object.bicycle_rack"]
@@ -239,7 +240,7 @@ def fake_infos(root: str | Path, version: str, sample_tokens: list[str]) -> list
         sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
         cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         pose = nusc.get("ego_pose", sd["ego_pose_token"])
-        lidar2ego, ego2global = _pose(cs), _pose(pose)
+        lidar2ego, ego2global = pose_from_record(cs), pose_from_record(pose)
         gt: dict[str, list[Any]] = {
             k: []
             for k in ("boxes", "names", "labels", "num_lidar_pts", "num_radar_pts", "valid", "velocity_valid")
@@ -272,10 +273,3 @@ def fake_infos(root: str | Path, version: str, sample_tokens: list[str]) -> list
             {"token": tok, "lidar2ego": lidar2ego.tolist(), "ego2global": ego2global.tolist(), "gt": gt}
         )
     return out
-
-
-def _pose(rec: dict[str, Any]) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3] = Quaternion(rec["rotation"]).rotation_matrix
-    m[:3, 3] = rec["translation"]
-    return m

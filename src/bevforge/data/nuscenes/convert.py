@@ -29,6 +29,7 @@ from pyquaternion import Quaternion
 from bevforge.config import CAMERAS, DET_CLASSES
 from bevforge.data.nuscenes.can_bus import overwrite_ego_pose
 from bevforge.data.nuscenes.infos import InfoFile, now_utc
+from bevforge.geometry.transforms import pose_matrix
 from bevforge.structures.boxes import from_mmdet3d_v0, from_mmdet3d_v1
 
 LAYOUTS = ("bevforge-v0", "mmdet3d-v1", "mmdet3d-v2")
@@ -103,15 +104,6 @@ def detect_layout(obj: Any, name: str = "<pickle>") -> str:
     )
 
 
-def _mat(rotation: Any, translation: Any) -> np.ndarray:
-    """4x4 from a quaternion (wxyz) or 3x3 matrix + translation."""
-    m = np.eye(4)
-    r = np.asarray(rotation, dtype=np.float64)
-    m[:3, :3] = r if r.shape == (3, 3) else Quaternion(r).rotation_matrix
-    m[:3, 3] = np.asarray(translation, dtype=np.float64).reshape(3)
-    return m
-
-
 def relative_path(path: str, default_dir: str) -> str:
     """``./data/samples/CAM_FRONT/x.jpg`` -> ``samples/CAM_FRONT/x.jpg`` (bare name: default_dir)."""
     p = str(path).replace("\\", "/")
@@ -161,12 +153,12 @@ def _gt(boxes: np.ndarray, names: list[str], vel: np.ndarray, n_lidar: Any, n_ra
 
 
 def _from_v0_v1(info: dict, layout: str, wh: tuple[int, int]) -> dict[str, Any]:
-    lidar2ego = _mat(info["lidar2ego_rotation"], info["lidar2ego_translation"])
-    ego2global = _mat(info["ego2global_rotation"], info["ego2global_translation"])
+    lidar2ego = pose_matrix(rotation=info["lidar2ego_rotation"], translation=info["lidar2ego_translation"])
+    ego2global = pose_matrix(rotation=info["ego2global_rotation"], translation=info["ego2global_translation"])
     cams = {}
     for cam, c in info["cams"].items():
-        s2l = _mat(c["sensor2lidar_rotation"], c["sensor2lidar_translation"])
-        s2e = _mat(c["sensor2ego_rotation"], c["sensor2ego_translation"])
+        s2l = pose_matrix(rotation=c["sensor2lidar_rotation"], translation=c["sensor2lidar_translation"])
+        s2e = pose_matrix(rotation=c["sensor2ego_rotation"], translation=c["sensor2ego_translation"])
         path = relative_path(c["data_path"], f"samples/{cam}")
         cams[cam] = _cam(path, wh, c.get("timestamp", info["timestamp"]), c["cam_intrinsic"], s2e, s2l)
     if "gt_boxes" in info:

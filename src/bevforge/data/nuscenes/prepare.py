@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nuscenes.utils.geometry_utils import transform_matrix
 from pyquaternion import Quaternion
 
 from bevforge.config import CAMERAS, DET_CLASSES
 from bevforge.data.nuscenes.can_bus import find_can_bus_root, get_can_bus
 from bevforge.data.nuscenes.infos import InfoFile, now_utc, save_infos
 from bevforge.data.nuscenes.splits import split_scene_names
+from bevforge.geometry.transforms import pose_from_record
 from bevforge.structures.boxes import global_to_lidar
 
 TABLES: tuple[str, ...] = (
@@ -103,10 +103,6 @@ def _getter(nusc: Any, version_dir: Path) -> Callable[[str, str, str], dict]:
     return get
 
 
-def _pose(rec: dict) -> np.ndarray:
-    return transform_matrix(rec["translation"], Quaternion(rec["rotation"]), inverse=False)
-
-
 def sample_info(nusc: Any, sample: dict, frame_idx: int, can_api: Any, version_dir: Path) -> dict[str, Any]:
     """One key frame -> the per-sample dict of docs/CONTRACTS.md."""
     get = _getter(nusc, version_dir)
@@ -118,8 +114,8 @@ def sample_info(nusc: Any, sample: dict, frame_idx: int, can_api: Any, version_d
     lidar_pose = get("ego_pose", lidar_sd["ego_pose_token"], ctx)
     scene = get("scene", sample["scene_token"], ctx)
     log = get("log", scene["log_token"], f"scene {scene['token']}")
-    lidar2ego = _pose(lidar_cs)
-    ego2global = _pose(lidar_pose)
+    lidar2ego = pose_from_record(lidar_cs)
+    ego2global = pose_from_record(lidar_pose)
     lidar2global = ego2global @ lidar2ego
 
     cams: dict[str, Any] = {}
@@ -129,8 +125,9 @@ def sample_info(nusc: Any, sample: dict, frame_idx: int, can_api: Any, version_d
         sd = get("sample_data", sample["data"][cam], ctx)
         cs = get("calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
         pose = get("ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
-        sensor2ego = _pose(cs)
-        sensor2lidar = np.linalg.inv(lidar2global) @ _pose(pose) @ sensor2ego  # cam pose at its own time
+        sensor2ego = pose_from_record(cs)
+        # cam pose at its own time
+        sensor2lidar = np.linalg.inv(lidar2global) @ pose_from_record(pose) @ sensor2ego
         intrinsics = np.asarray(cs["camera_intrinsic"], dtype=np.float64).reshape(3, 3)
         k_pad = np.eye(4)
         k_pad[:3, :3] = intrinsics

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from bevforge.data.synthetic.render import Cuboids, rigid_inverse
+from bevforge.data.synthetic.render import Cuboids
+from bevforge.geometry.transforms import rigid_inverse
 
 POINTS_RANGE_M = 60.0
 _RING_ELEVATIONS_DEG = np.linspace(-30.0, -3.0, 12)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bevforge.geometry.transforms import rigid_inverse
+
 NEAR_M = 0.1
 MARKING_CULL_M = 70.0
 _SUN_DIR = np.array([0.4, 0.3, 0.866]) / np.linalg.norm([0.4, 0.3, 0.866])
@@ -52,14 +54,6 @@ class Cuboids:
     size_wlh_m: np.ndarray  # [M, 3]
     yaw_rad: np.ndarray  # [M]
     colours: np.ndarray  # [M, 3] uint8 base colour
-
-
-def rigid_inverse(m: np.ndarray) -> np.ndarray:
-    """Inverse of a [4, 4] rotation + translation transform."""
-    out = np.eye(4)
-    out[:3, :3] = m[:3, :3].T
-    out[:3, 3] = -m[:3, :3].T @ m[:3, 3]
-    return out
 
 
 def box_corners_global(c: Cuboids) -> np.ndarray:

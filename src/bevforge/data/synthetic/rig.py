@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from pyquaternion import Quaternion
 
+from bevforge.geometry.transforms import pose_matrix
+
 # (channel, position in ego [m], yaw about ego z [deg], focal / image width)
 _CAMERA_LAYOUT: tuple[tuple[str, tuple[float, float, float], float, float], ...] = (
     ("CAM_FRONT", (1.70, 0.02, 1.51), 0.0, 0.791),
@@ -41,10 +43,7 @@ class SensorCalib:
 
     def sensor2ego(self) -> np.ndarray:
         """[4, 4] homogeneous transform sensor -> ego."""
-        m = np.eye(4)
-        m[:3, :3] = Quaternion(self.rotation_wxyz).rotation_matrix
-        m[:3, 3] = self.translation_m
-        return m
+        return pose_matrix(self.translation_m, self.rotation_wxyz)
 
     def intrinsics_array(self) -> np.ndarray:
         assert self.intrinsics is not None, self.channel

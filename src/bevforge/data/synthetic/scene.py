@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-from pyquaternion import Quaternion
 
 from bevforge.data.synthetic import roads
 from bevforge.data.synthetic.canbus import write_can_bus
@@ -23,6 +22,7 @@ from bevforge.data.synthetic.render import Cuboids, render_camera, sky_backgroun
 from bevforge.data.synthetic.rig import SensorCalib, all_calibs
 from bevforge.data.synthetic.tokens import shared_token, token
 from bevforge.data.synthetic.world import KEYFRAME_DT_S, ego_motion, place_objects
+from bevforge.geometry.transforms import pose_matrix
 
 ANNOTATION_RANGE_M = 60.0
 RENDER_RANGE_M = 150.0
@@ -46,13 +46,6 @@ class SceneJob:
 
 def yaw_quat(yaw_rad: float) -> list[float]:
     return [math.cos(yaw_rad / 2), 0.0, 0.0, math.sin(yaw_rad / 2)]
-
-
-def _pose_matrix(xyz: np.ndarray, rotation_wxyz: list[float] | tuple[float, ...]) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3] = Quaternion(list(rotation_wxyz)).rotation_matrix
-    m[:3, 3] = xyz
-    return m
 
 
 def _calib_rows(job: SceneJob, calibs: list[SensorCalib]) -> list[dict]:
@@ -106,7 +99,7 @@ def generate_scene(job: SceneJob) -> dict[str, list[dict]]:
         sample_tok = token(job.seed, "sample", job.index, k)
         ego_xyz = np.array([es["xy"][k][0], es["xy"][k][1], 0.0])
         ego_rot = yaw_quat(float(es["yaw_rad"][k]))
-        ego2global = _pose_matrix(ego_xyz, ego_rot)
+        ego2global = pose_matrix(ego_xyz, ego_rot)
         centres = objects.centres_at(float(t_keys[k]))
         near = np.nonzero(dist_all[k] <= RENDER_RANGE_M)[0]
         boxes = Cuboids(centres[near], objects.size_wlh_m[near], objects.yaw_rad[near], colours[near])
