@@ -43,24 +43,6 @@ CLASS_INDEX = {n: i for i, n in enumerate(DETECTION_NAMES)}
 ATTR_INDEX = {n: i for i, n in enumerate(ATTRIBUTE_NAMES)}
 BICYCLE_RACK = "static_object.bicycle_rack"
 
-#: nuScenes category -> detection class (the devkit's ``category_to_detection_name``).
-CATEGORY_TO_DETECTION: dict[str, str] = {
-    "movable_object.barrier": "barrier",
-    "vehicle.bicycle": "bicycle",
-    "vehicle.bus.bendy": "bus",
-    "vehicle.bus.rigid": "bus",
-    "vehicle.car": "car",
-    "vehicle.construction": "construction_vehicle",
-    "vehicle.motorcycle": "motorcycle",
-    "human.pedestrian.adult": "pedestrian",
-    "human.pedestrian.child": "pedestrian",
-    "human.pedestrian.construction_worker": "pedestrian",
-    "human.pedestrian.police_officer": "pedestrian",
-    "movable_object.trafficcone": "traffic_cone",
-    "vehicle.trailer": "trailer",
-    "vehicle.truck": "truck",
-}
-
 
 def _empty(shape: tuple[int, ...], dtype: type = np.float64) -> np.ndarray:
     return np.zeros(shape, dtype=dtype)

@@ -19,7 +19,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from PIL import Image
 from pyquaternion import Quaternion
 
-from bevforge.eval.box_table import CATEGORY_TO_DETECTION
+from bevforge.data.nuscenes.schema import CATEGORY_TO_DETECTION
 from bevforge.geometry.transforms import pose_from_record
 from bevforge.structures.boxes import global_to_lidar
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from pyquaternion import Quaternion
 
+from bevforge.data.nuscenes.schema import CATEGORY_TO_DETECTION
 from bevforge.eval.box_table import (
     ATTR_INDEX,
     BICYCLE_RACK,
-    CATEGORY_TO_DETECTION,
     CLASS_INDEX,
     BoxTable,
     GroundTruth,

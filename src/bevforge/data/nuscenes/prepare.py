@@ -19,43 +19,10 @@ from pyquaternion import Quaternion
 from bevforge.config import CAMERAS, DET_CLASSES
 from bevforge.data.nuscenes.can_bus import find_can_bus_root, get_can_bus
 from bevforge.data.nuscenes.infos import InfoFile, now_utc, save_infos
+from bevforge.data.nuscenes.schema import CATEGORY_TO_DETECTION, TABLES
 from bevforge.data.nuscenes.splits import split_scene_names
 from bevforge.geometry.transforms import pose_from_record
 from bevforge.structures.boxes import global_to_lidar
-
-TABLES: tuple[str, ...] = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
-
-#: nuScenes category -> detection class (the devkit's / official converter's mapping).
-CATEGORY_TO_DETECTION: dict[str, str] = {
-    "movable_object.barrier": "barrier",
-    "vehicle.bicycle": "bicycle",
-    "vehicle.bus.bendy": "bus",
-    "vehicle.bus.rigid": "bus",
-    "vehicle.car": "car",
-    "vehicle.construction": "construction_vehicle",
-    "vehicle.motorcycle": "motorcycle",
-    "human.pedestrian.adult": "pedestrian",
-    "human.pedestrian.child": "pedestrian",
-    "human.pedestrian.construction_worker": "pedestrian",
-    "human.pedestrian.police_officer": "pedestrian",
-    "movable_object.trafficcone": "traffic_cone",
-    "vehicle.trailer": "trailer",
-    "vehicle.truck": "truck",
-}
 
 
 class DatasetError(ValueError):

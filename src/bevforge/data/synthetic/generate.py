@@ -22,6 +22,7 @@ from pathlib import Path
 
 from nuscenes.utils.splits import create_splits_scenes
 
+from bevforge.data.nuscenes.schema import TABLES
 from bevforge.data.synthetic import roads
 from bevforge.data.synthetic.catalog import ATTRIBUTES, CATEGORIES, VISIBILITIES
 from bevforge.data.synthetic.maps import MAP_TOKENS, write_expansion, write_mask_png
@@ -36,21 +37,6 @@ VERSIONS = ("v1.0-mini", "v1.0-trainval")
 LOCATIONS: tuple[tuple[str, str, str], ...] = (
     ("singapore-onenorth", "n015", "+0800"),
     ("boston-seaport", "n008", "-0400"),
-)
-TABLES = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
 )
 _CAN_BLACKLIST = set(range(161, 169)) | set(range(170, 177)) | set(range(309, 315))
 _START = dt.datetime(2018, 7, 24, 11, 22, 45, tzinfo=dt.timezone(dt.timedelta(hours=8)))
