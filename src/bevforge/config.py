@@ -239,7 +239,9 @@ def _did_you_mean(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
     if close:
         return f" Did you mean: {', '.join(close)}?"
-    return f" Valid choices: {', '.join(sorted(options))}." if options else " There is nothing to choose from."
+    if not options:
+        return " There is nothing to choose from."
+    return f" Valid choices: {', '.join(sorted(options))}."
 
 
 def all_keys(cfg: Any, prefix: str = "") -> list[str]:

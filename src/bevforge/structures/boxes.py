@@ -1,6 +1,7 @@
 """The one 3D box convention of bevforge, and converters to every other convention we meet.
 
-``Boxes3D`` rows are 9 numbers, in the **LIDAR_TOP frame** of the sample (right-handed, z up; on the real car and the synthetic rig lidar +x points to the ego's right: always go through the calibration):
+``Boxes3D`` rows are 9 numbers, in the **LIDAR_TOP frame** of the sample (right-handed, z up; on the
+real car and the synthetic rig lidar +x points to the ego's right: always go through the calibration):
 
     (x_m, y_m, z_m, l_m, w_m, h_m, yaw_rad, vx_mps, vy_mps)
 
