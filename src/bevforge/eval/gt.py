@@ -13,11 +13,11 @@ Both give a :class:`~bevforge.eval.box_table.GroundTruth` (global frame, devkit 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from pyquaternion import Quaternion
 
 from bevforge.data.nuscenes.schema import CATEGORY_TO_DETECTION
@@ -41,8 +41,7 @@ def _table(data_root: Path, version: str, name: str) -> list[dict[str, Any]]:
         raise GroundTruthError(
             f"{path}: nuScenes table not found; check --data-root/--version (data.data_root, data.version)"
         )
-    with open(path) as f:
-        return json.load(f)
+    return orjson.loads(path.read_bytes())
 
 
 def split_scenes(data_root: str | Path, version: str, split: str) -> list[str]:

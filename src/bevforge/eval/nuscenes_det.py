@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from bevforge.config import DET_CLASSES
 from bevforge.eval.box_table import ATTR_INDEX, CLASS_INDEX, BoxTable, GroundTruth
@@ -130,8 +131,13 @@ def load_submission(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: results file not found; run `bevforge test` to make one")
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text())
+        return orjson.loads(data)  # ~5x faster than json on large submissions
+    except orjson.JSONDecodeError:
+        pass  # e.g. NaN velocities, which Python's json writes and the devkit accepts
+    try:
+        return json.loads(data)
     except json.JSONDecodeError as e:
         raise SubmissionError(f"{path}: not valid JSON ({e}); re-create it with `bevforge test`") from None
 
