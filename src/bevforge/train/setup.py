@@ -75,11 +75,62 @@ def load_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[st
     return list(result.missing_keys), list(result.unexpected_keys)
 
 
-def wrap_model(model: nn.Module, cfg: Config, dist_info: DistInfo, warn: Callable[[str], None]) -> nn.Module:
-    """Move to the device, SyncBN (GPU only) and DDP when distributed."""
+def unused_parameters(
+    model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device
+) -> list[str]:
+    """Trainable parameters that get no gradient from one probe step (first batch, no update).
+
+    RNG states and buffers (BatchNorm statistics) are restored afterwards, so the run is unchanged.
+    """
+    from bevforge.train.checkpoint import get_rng_state, set_rng_state
+
+    rng = get_rng_state(device)
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    try:
+        assert loader.batch_sampler is not None
+        indices = next(iter(loader.batch_sampler))
+        batch = loader.collate_fn([loader.dataset[i] for i in indices]).to(device)
+        was_training = model.training
+        model.train()
+        preds, _ = model(batch, None)
+        criterion.to(device)(preds, batch.gt_boxes, batch.gt_labels, batch.seg_target)["loss"].backward()
+        model.train(was_training)
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+        set_rng_state(rng, device)
+    return unused
+
+
+def wrap_model(
+    model: nn.Module,
+    cfg: Config,
+    dist_info: DistInfo,
+    warn: Callable[[str], None],
+    probe: Callable[[nn.Module], list[str]] | None = None,
+) -> nn.Module:
+    """Move to the device, SyncBN (GPU only) and DDP when distributed.
+
+    ``find_unused_parameters`` is turned on only if needed: ``probe(model)`` lists parameters without
+    gradient (every rank must agree, so the decision is all-reduced).
+    """
     model = model.to(dist_info.device)
     if not dist_info.distributed:
         return model
+    find_unused = cfg.train.find_unused_parameters
+    if not find_unused and probe is not None:
+        unused = probe(model)
+        flag = torch.tensor([1 if unused else 0], device=dist_info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        find_unused = bool(flag.item())
+        if unused:
+            warn(
+                f"{len(unused)} trainable parameters get no gradient (e.g. {unused[0]}): DDP runs with "
+                "find_unused_parameters=True (slower); freeze them (requires_grad=False) to avoid it"
+            )
     if cfg.train.sync_bn:
         if dist_info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -87,7 +138,7 @@ def wrap_model(model: nn.Module, cfg: Config, dist_info: DistInfo, warn: Callabl
             warn("--sync-bn needs CUDA devices; keeping per-process BatchNorm on the CPU")
     device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, find_unused_parameters=cfg.train.find_unused_parameters
+        model, device_ids=device_ids, find_unused_parameters=find_unused
     )
 
 

@@ -33,7 +33,14 @@ from bevforge.train.distributed import (
 from bevforge.train.errors import OutOfMemory, TrainingStopped, oom_advice
 from bevforge.train.monitor import TrainMonitor, truncate_metrics
 from bevforge.train.optim import build_optimizer, build_scheduler, scaled_lr
-from bevforge.train.setup import build_parts, load_weights, seed_everything, unwrap, wrap_model
+from bevforge.train.setup import (
+    build_parts,
+    load_weights,
+    seed_everything,
+    unused_parameters,
+    unwrap,
+    wrap_model,
+)
 from bevforge.train.step import Stepper, resolve_amp
 
 
@@ -124,8 +131,11 @@ def _train(
             monitor.info(
                 f"loaded weights from {load_from} ({len(missing)} missing, {len(unexpected)} unexpected)"
             )
-        model = wrap_model(model, cfg, dist_info, monitor.warn)
         criterion = criterion.to(device)
+        probe = None
+        if epoch_data.supports_resume(loader):
+            probe = lambda m: unused_parameters(m, criterion, loader, device)  # noqa: E731
+        model = wrap_model(model, cfg, dist_info, monitor.warn, probe)
         global_batch = (loader.batch_size or cfg.data.batch_size) * dist_info.world_size * tc.accum_steps
         lr = scaled_lr(tc, global_batch)
         optimizer = build_optimizer(unwrap(model), tc, device, lr)
