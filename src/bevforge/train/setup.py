@@ -76,13 +76,18 @@ def load_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[st
 
 
 def unused_parameters(
-    model: nn.Module, criterion: nn.Module, loader: DataLoader, device: torch.device
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[str]:
     """Trainable parameters that get no gradient from one probe step (first batch, no update).
 
     RNG states and buffers (BatchNorm statistics) are restored afterwards, so the run is unchanged.
     """
     from bevforge.train.checkpoint import get_rng_state, set_rng_state
+    from bevforge.train.step import to_fp32
 
     rng = get_rng_state(device)
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
@@ -92,8 +97,11 @@ def unused_parameters(
         batch = loader.collate_fn([loader.dataset[i] for i in indices]).to(device)
         was_training = model.training
         model.train()
-        preds, _ = model(batch, None)
-        criterion.to(device)(preds, batch.gt_boxes, batch.gt_labels, batch.seg_target)["loss"].backward()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            preds, _ = model(batch, None)  # the same precision as training (memory)
+        criterion.to(device)(to_fp32(preds), batch.gt_boxes, batch.gt_labels, batch.seg_target)[
+            "loss"
+        ].backward()
         model.train(was_training)
         unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     finally:

@@ -36,13 +36,13 @@ def resolve_amp(mode: str, device: torch.device) -> str:
     return mode
 
 
-def _to_fp32(obj: Any) -> Any:
+def to_fp32(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor) and obj.is_floating_point() and obj.dtype != torch.float32:
         return obj.float()
     if isinstance(obj, dict):
-        return {k: _to_fp32(v) for k, v in obj.items()}
+        return {k: to_fp32(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_to_fp32(v) for v in obj)
+        return type(obj)(to_fp32(v) for v in obj)
     return obj
 
 
@@ -87,7 +87,7 @@ class Stepper:
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):
                 preds, _ = self.model(batch, None)
-            losses = self.criterion(_to_fp32(preds), batch.gt_boxes, batch.gt_labels, batch.seg_target)
+            losses = self.criterion(to_fp32(preds), batch.gt_boxes, batch.gt_labels, batch.seg_target)
             if "loss" not in losses:
                 raise KeyError(
                     f"the criterion returned {sorted(losses)} without the 'loss' entry to backprop"

@@ -134,7 +134,8 @@ def _train(
         criterion = criterion.to(device)
         probe = None
         if epoch_data.supports_resume(loader):
-            probe = lambda m: unused_parameters(m, criterion, loader, device)  # noqa: E731
+            amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+            probe = lambda m: unused_parameters(m, criterion, loader, device, amp_dtype)  # noqa: E731
         model = wrap_model(model, cfg, dist_info, monitor.warn, probe)
         global_batch = (loader.batch_size or cfg.data.batch_size) * dist_info.world_size * tc.accum_steps
         lr = scaled_lr(tc, global_batch)
