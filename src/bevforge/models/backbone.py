@@ -134,6 +134,8 @@ class ResNetBackbone(nn.Module):
                     block.conv2 = ModulatedDeformConv2d.from_conv(block.conv2)
         if pretrained:
             self.load_pretrained(pretrained)
+        for i in range(max(self.out_indices) + 1, 4):  # stages past the last output never run: drop them
+            setattr(self, f"layer{i + 1}", nn.Sequential())
         if norm_eval:
             for m in self.modules():
                 if isinstance(m, nn.BatchNorm2d):

@@ -136,3 +136,11 @@ def test_grid_mask_stripes_match_official_loop():
             s = d * i + start
             expect[s : min(s + width, n)] = True
         assert torch.equal(GridMask._stripes(n, d, start, width, torch.device("cpu")), expect)
+
+
+def test_backbone_drops_stages_past_the_last_output():
+    from bevforge.models.backbone import ResNetBackbone
+
+    net = ResNetBackbone(18, (2,), 0, False, (False, False, False, False), "", False)
+    assert not any(name.startswith("layer4.") for name, _ in net.named_parameters())
+    assert [tuple(o.shape) for o in net(torch.zeros(1, 3, 64, 64))] == [(1, 256, 4, 4)]
