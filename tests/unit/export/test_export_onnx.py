@@ -43,7 +43,7 @@ def test_export_debug_recipe_matches_onnxruntime(tmp_path, capsys):
     info = json.loads((tmp_path / "debug.onnx.json").read_text())
     assert max(info["onnxruntime_max_abs_diff"].values()) <= ORT_TOLERANCE
     assert info["inputs"]["images"] == [1, 6, 3, 128, 224]  # 400x225 x 0.5, padded to 32
-    assert info["outputs"]["bev"] == [1, 32 * 32, 64]
+    assert info["outputs"]["bev"] == [1, 50 * 50, 64]  # the debug recipe's BEV grid and embed dims
 
     graph = onnx.load(str(out)).graph
     assert [i.name for i in graph.input] == list(INPUT_NAMES)
