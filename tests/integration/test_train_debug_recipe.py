@@ -47,6 +47,7 @@ def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path) -> None:
     cfg = load_config("bevformer_debug", sets)
     torch.manual_seed(0)
     train(cfg, tmp_path, progress=False, tensorboard=False)
+    assert not torch.are_deterministic_algorithms_enabled()  # --deterministic does not leak to the caller
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if "eval" in r]  # the epoch ends at iteration 4: periodic evaluation ran
     assert len(evals) == 1 and "nd_score" in evals[0]["eval"], evals

@@ -65,12 +65,21 @@ def train(
     """
     owns_group = not is_dist()
     dist_info = init_distributed()
+    # --deterministic flips process-wide torch switches: give them back to an in-process caller
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     try:
         return _train(
             cfg, Path(work_dir), dist_info, resume, load_from or cfg.load_from, model, criterion,
             train_loader, progress, tensorboard,
         )  # fmt: skip
     finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
         if owns_group:
             cleanup()
 
