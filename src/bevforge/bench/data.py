@@ -40,15 +40,11 @@ def naive_sample(sample_list: list[dict], data_root: Path, cameras, scale: float
 
 def run(args: argparse.Namespace) -> int:
     from bevforge.bench.results import append_result
-    from bevforge.config import ConfigError, load_config
+    from bevforge.config import load_config
     from bevforge.data.loader import build_dataloader
     from bevforge.data.nuscenes.infos import load_infos
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}")
-        return 2
+    cfg = load_config(args.config, args.overrides)  # ConfigError: reported by cli/main.py
     split = args.split or cfg.data.train_split
     loader = build_dataloader(cfg, split, train=True)
     it = iter(loader)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,13 +106,9 @@ def result_body(res: dict[str, Any], config: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bevforge.config import ConfigError, load_config
+    from bevforge.config import load_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # ConfigError: reported by cli/main.py
     if args.amp is not None:
         cfg.train.amp = args.amp
     if args.grad_ckpt:

@@ -20,16 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bevforge.config import ConfigError, load_config
+    from bevforge.config import load_config
     from bevforge.data.image_io import ImageDecodeError
     from bevforge.data.nuscenes.image_cache import build_image_cache
     from bevforge.data.nuscenes.infos import InfoFormatError, load_infos
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}")
-        return 2
+    cfg = load_config(args.config, args.overrides)  # ConfigError: reported by cli/main.py
     out = args.out or cfg.data.image_cache
     if not out:
         print("error: no cache folder: pass --out DIR or --set data.image_cache=DIR")

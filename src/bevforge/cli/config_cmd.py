@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bevforge.config import ConfigError, config_to_dict, load_config
+from bevforge.config import config_to_dict, load_config
 
 HELP = "print the resolved config of a recipe"
 
@@ -16,10 +16,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}")
-        return 2
+    cfg = load_config(args.config, args.overrides)  # ConfigError: reported by cli/main.py
     print(json.dumps(config_to_dict(cfg), indent=2))
     return 0

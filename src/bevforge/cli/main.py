@@ -69,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     module = _module(module_name)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from bevforge.config import ConfigError
+
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as e:  # a bad recipe or --set: the message names the key and the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -62,11 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from bevforge.train.checkpoint import CheckpointError
     from bevforge.train.errors import TrainingStopped
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)  # ConfigError: reported by cli/main.py
     apply_flags(cfg, args)
     work_dir = Path(args.work_dir or Path("work_dirs") / cfg.name)
     from bevforge.train.trainer import train

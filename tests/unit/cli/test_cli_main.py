@@ -26,3 +26,10 @@ def test_console_script_runs():
         [sys.executable, "-m", "bevforge.cli.main", "--version"], capture_output=True, text=True
     )
     assert r.returncode == 0 and r.stdout.strip()
+
+
+@pytest.mark.parametrize("command", ["config", "cache"])
+def test_config_errors_exit_2_with_the_fix(command, capsys):
+    assert main([command, "bevformer_debug", "--set", "model.bev_hh=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'model.bev_hh'" in err and "Did you mean: model.bev_h" in err
