@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
 import torch
+from models_test_rig import ring_lidar2img
 
 from bevforge.config import load_config
 from bevforge.models.build import build_model
@@ -19,24 +19,6 @@ pytestmark = [
 N = 6
 
 
-def ring_lidar2img(h: int, w: int) -> torch.Tensor:
-    """[N, 4, 4] cameras 1.5 m up looking outward every 60 degrees, focal w/2, centred principal point."""
-    mats = []
-    for i in range(N):
-        yaw = 2 * math.pi * i / N
-        rot = torch.tensor(
-            [[math.cos(yaw), math.sin(yaw), 0.0], [0.0, 0.0, -1.0], [-math.sin(yaw), math.cos(yaw), 0.0]]
-        )
-        ext = torch.eye(4)
-        ext[:3, :3] = rot
-        ext[:3, 3] = -rot @ torch.tensor([0.0, 0.0, 1.5])
-        intr = torch.eye(4)
-        intr[0, 0] = intr[1, 1] = w / 2
-        intr[0, 2], intr[1, 2] = w / 2, h / 2
-        mats.append(intr @ ext)
-    return torch.stack(mats)
-
-
 def cuda_batch(num_b: int, num_t: int, h: int, w: int) -> Batch:
     can_bus = torch.zeros(num_b, num_t, 18)
     can_bus[..., 0] = torch.arange(num_t, dtype=torch.float32) * 2.0
@@ -44,7 +26,7 @@ def cuda_batch(num_b: int, num_t: int, h: int, w: int) -> Batch:
     eye = torch.eye(4, dtype=torch.float64).expand(num_b, num_t, 4, 4).clone()
     batch = Batch(
         images=torch.randn(num_b, num_t, N, 3, h, w),
-        lidar2img=ring_lidar2img(h, w).expand(num_b, num_t, -1, -1, -1).clone(),
+        lidar2img=ring_lidar2img(N, h, w).expand(num_b, num_t, -1, -1, -1).clone(),
         can_bus=can_bus,
         ego2global=eye,
         lidar2ego=eye.clone(),

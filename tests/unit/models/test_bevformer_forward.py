@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from models_test_rig import ring_lidar2img
 
 from bevforge.config import load_config
 from bevforge.models.bevformer import BEVFormer
@@ -14,24 +13,6 @@ from bevforge.structures.batch import Batch
 from bevforge.structures.temporal import TemporalState
 
 N, H, W, BEV = 6, 64, 96, 12
-
-
-def ring_lidar2img() -> torch.Tensor:
-    """[N, 4, 4] cameras 1.5 m up looking outward every 60 degrees, 96 x 64 pixels."""
-    mats = []
-    for i in range(N):
-        yaw = 2 * math.pi * i / N
-        rot = torch.tensor(
-            [[math.cos(yaw), math.sin(yaw), 0.0], [0.0, 0.0, -1.0], [-math.sin(yaw), math.cos(yaw), 0.0]]
-        )
-        ext = torch.eye(4)
-        ext[:3, :3] = rot
-        ext[:3, 3] = -rot @ torch.tensor([0.0, 0.0, 1.5])
-        intr = torch.eye(4)
-        intr[0, 0] = intr[1, 1] = 48.0
-        intr[0, 2], intr[1, 2] = 48.0, 32.0
-        mats.append(intr @ ext)
-    return torch.stack(mats)
 
 
 def random_batch(scenes: list[list[str]], valid: torch.Tensor | None = None) -> Batch:
@@ -43,7 +24,7 @@ def random_batch(scenes: list[list[str]], valid: torch.Tensor | None = None) -> 
     eye = torch.eye(4, dtype=torch.float64).expand(num_b, num_t, 4, 4).clone()
     return Batch(
         images=torch.randn(num_b, num_t, N, 3, H, W),
-        lidar2img=ring_lidar2img().expand(num_b, num_t, -1, -1, -1).clone(),
+        lidar2img=ring_lidar2img(N).expand(num_b, num_t, -1, -1, -1).clone(),
         can_bus=can_bus,
         ego2global=eye,
         lidar2ego=eye.clone(),

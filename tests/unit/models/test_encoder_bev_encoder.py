@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+from models_test_rig import ring_lidar2img
 
 from bevforge.models.bev_encoder import BEVEncoder
 
 B, N, C, BEV = 2, 6, 32, 8
 PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 IMG_HW = (64, 96)
-
-
-def ring_lidar2img(num_cams: int = N) -> torch.Tensor:
-    """[N, 4, 4] pinhole cameras 1.5 m up, looking outward every 360/N degrees."""
-    mats = []
-    for i in range(num_cams):
-        yaw = 2 * math.pi * i / num_cams
-        fwd = [-math.sin(yaw), math.cos(yaw), 0.0]
-        right = [math.cos(yaw), math.sin(yaw), 0.0]
-        rot = torch.tensor([right, [0.0, 0.0, -1.0], fwd])
-        ext = torch.eye(4)
-        ext[:3, :3] = rot
-        ext[:3, 3] = -rot @ torch.tensor([0.0, 0.0, 1.5])
-        intr = torch.eye(4)
-        intr[0, 0] = intr[1, 1] = 48.0
-        intr[0, 2], intr[1, 2] = 48.0, 32.0
-        mats.append(intr @ ext)
-    return torch.stack(mats)
 
 
 def make_encoder(**kw) -> BEVEncoder:
@@ -42,7 +23,7 @@ def make_encoder(**kw) -> BEVEncoder:
 
 def make_inputs():
     feats = [torch.randn(B, N, C, 4, 6), torch.randn(B, N, C, 2, 3)]
-    lidar2img = ring_lidar2img().expand(B, -1, -1, -1).clone()
+    lidar2img = ring_lidar2img(N).expand(B, -1, -1, -1).clone()
     can_bus = torch.zeros(B, 18)
     can_bus[:, 0] = 3.0  # moved 3 m along global x
     can_bus[:, 16] = 0.3
