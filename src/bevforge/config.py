@@ -91,7 +91,23 @@ class NeckConfig:
 
 
 @dataclass
+class BEVDetConfig:
+    """BEVDet (Lift-Splat-Shoot view transformer + CenterPoint head); read when ``model.arch == "bevdet"``.
+
+    Image backbone/neck sizes come from ``model.backbone`` / ``model.neck``; ``model.bev_h/bev_w`` are the
+    BEV grid over ``data.point_cloud_range``."""
+
+    # -- view transformer + BEV encoder (models/bevdet.py, nn/lss.py) --
+    depth_bins: tuple[float, float, float] = (1.0, 60.0, 1.0)  # start, stop, step in metres (official)
+    context_channels: int = 64  # official numC_Trans
+    feat_downsample: int = 16  # image stride of the features the depth net reads
+    # -- CenterPoint head + losses (models/centerpoint_head.py, losses/centerpoint.py) --
+
+
+@dataclass
 class ModelConfig:
+    arch: str = "bevformer"  # "bevformer" | "bevdet": which model family build_model/build_criterion make
+    bevdet: BEVDetConfig = field(default_factory=BEVDetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     embed_dims: int = 256

@@ -34,6 +34,11 @@ class _CountingModel(torch.nn.Module):
         new = TemporalState(seen.view(b, 1, 1), torch.zeros(b, 18), scenes)
         return {"cls_logits": logits, "box_code": code}, new
 
+    def decode(self, preds, max_boxes=300, post_center_range=None, score_threshold=0.0):
+        from bevforge.eval.postprocess import decode_predictions
+
+        return decode_predictions(preds, max_boxes, post_center_range, score_threshold)
+
 
 def _batch(tokens: list[str], scenes: list[str]) -> Batch:
     b = len(tokens)

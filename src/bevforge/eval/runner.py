@@ -55,8 +55,6 @@ def _seg_counts(seg_logits: torch.Tensor, seg_target: torch.Tensor) -> tuple[np.
 @torch.inference_mode()
 def infer_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Config) -> dict[str, dict[str, Any]]:
     """This process's part: forward every batch in order, carrying the temporal state."""
-    from bevforge.eval.postprocess import decode_predictions
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -69,16 +67,14 @@ def infer_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Config)
             batch = batch.to(device)
             state = _slice_state(state, batch.batch_size)
             preds, state = model(batch, state)
-            dets = (
-                decode_predictions(
-                    preds,
-                    max_boxes=cfg.eval.max_boxes,
-                    post_center_range=tuple(cfg.eval.post_center_range),
-                    score_threshold=cfg.eval.score_threshold,
-                )
-                if "cls_logits" in preds
-                else [None] * batch.batch_size
+            dets = model.decode(
+                preds,
+                max_boxes=cfg.eval.max_boxes,
+                post_center_range=tuple(cfg.eval.post_center_range),
+                score_threshold=cfg.eval.score_threshold,
             )
+            if dets is None:  # no detection head (map segmentation only)
+                dets = [None] * batch.batch_size
             seg = None
             if "seg_logits" in preds and batch.seg_target is not None:
                 seg = _seg_counts(preds["seg_logits"], batch.seg_target)

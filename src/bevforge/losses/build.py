@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from bevforge.config import Config
 from bevforge.losses.criterion import SetCriterion
 from bevforge.losses.matcher import HungarianMatcher
 
 
-def build_criterion(cfg: Config) -> SetCriterion:
+def build_criterion(cfg: Config) -> nn.Module:
+    """The criterion of the model family ``cfg.model.arch`` (``criterion(preds, gt_boxes, gt_labels,
+    seg_target) -> dict`` with a scalar ``"loss"``, docs/CONTRACTS.md)."""
+    if cfg.model.arch == "bevdet":
+        from bevforge.losses.centerpoint_build import build_centerpoint_criterion
+
+        return build_centerpoint_criterion(cfg)
+    return build_set_criterion(cfg)
+
+
+def build_set_criterion(cfg: Config) -> SetCriterion:
+    """BEVFormer's DETR-style criterion (Hungarian matching, focal + L1 on every decoder layer)."""
     loss, model = cfg.loss, cfg.model
     matcher = HungarianMatcher(
         cls_cost=loss.match_cls_cost,

@@ -124,3 +124,19 @@ class BEVFormer(nn.Module):
         if self.seg_head is not None:
             preds["seg_logits"] = self.seg_head(bev)
         return preds
+
+    def decode(
+        self,
+        preds: dict[str, torch.Tensor],
+        max_boxes: int = 300,
+        post_center_range: tuple[float, ...] | None = None,
+        score_threshold: float = 0.0,
+    ) -> list[dict[str, torch.Tensor]] | None:
+        """Detections per batch element (``boxes [N, 9]``, ``scores [N]``, ``labels [N]``) from this
+        model's ``preds``, or None without a detection head. Every model family implements ``decode``
+        so evaluation never reads a family's raw outputs (docs/CONTRACTS.md)."""
+        if "cls_logits" not in preds:
+            return None
+        from bevforge.eval.postprocess import decode_predictions  # pure function of the head outputs
+
+        return decode_predictions(preds, max_boxes, post_center_range, score_threshold)

@@ -1,6 +1,8 @@
-"""``build_model(cfg)``: the one place that reads the config and builds a BEVFormer from primitives."""
+"""``build_model(cfg)``: the one place that reads the config and builds a model (BEVFormer here)."""
 
 from __future__ import annotations
+
+from torch import nn
 
 from bevforge.config import Config, ConfigError
 from bevforge.models.backbone import ResNetBackbone
@@ -11,8 +13,23 @@ from bevforge.models.grid_mask import GridMask
 from bevforge.models.neck import FPN
 from bevforge.models.seg_head import SegHead
 
+MODEL_ARCHS = ("bevformer", "bevdet")
 
-def build_model(cfg: Config) -> BEVFormer:
+
+def build_model(cfg: Config) -> nn.Module:
+    """The model family ``cfg.model.arch`` names (every family: ``forward(batch, state) -> (preds, state)``
+    and ``decode(preds, ...)``, docs/CONTRACTS.md)."""
+    arch = cfg.model.arch
+    if arch == "bevformer":
+        return build_bevformer(cfg)
+    if arch == "bevdet":
+        from bevforge.models.bevdet_build import build_bevdet
+
+        return build_bevdet(cfg)
+    raise ConfigError(f"model.arch={arch!r} is not a model family; choose one of {MODEL_ARCHS}")
+
+
+def build_bevformer(cfg: Config) -> BEVFormer:
     """BEVFormer from ``cfg.model``, ``cfg.data`` (range, cameras, classes) and ``cfg.train.grad_ckpt``."""
     m, d = cfg.model, cfg.data
     if len(d.point_cloud_range) != 6:
