@@ -1,0 +1,105 @@
+"""BEV pooling (Lift-Splat "splat", BEVPoolv2 style): one dispatch function over the reference and the kernel.
+
+``plan_bev_pool(cell_index, bev_h, bev_w)`` sorts the frustum points by BEV cell once (cacheable while
+the calibration is fixed); ``bev_pool(depth, context, plan)`` sums ``depth * context`` per cell into
+``[B, C, bev_h, bev_w]``. See :mod:`bevforge.ops.bev_pool.plan` and :mod:`bevforge.ops.bev_pool.reference`
+(the spec).
+
+``BEVFORGE_KERNELS=reference|triton|auto`` (default ``auto``) as for MSDA: ``auto`` takes the Triton
+kernel (``torch.ops.bevforge.bev_pool``, see ``op.py``) when it is eligible (CUDA tensors, or CPU under
+``TRITON_INTERPRET=1``; fp32/fp16/bf16; fewer than 2**31 elements; not inside an ONNX export) and the
+reference otherwise; ``triton`` raises a clear error when it is not eligible. Importing this module never
+fails: a kernel whose import fails is simply not eligible (``triton_import_error()`` says why).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from bevforge.ops.bev_pool.plan import BEVPoolPlan, plan_bev_pool
+from bevforge.ops.bev_pool.reference import bev_pool_reference, check_inputs
+
+__all__ = [
+    "BEVPoolPlan",
+    "bev_pool",
+    "bev_pool_reference",
+    "kernel_choice",
+    "plan_bev_pool",
+    "triton_import_error",
+    "triton_ineligible_reason",
+]
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_NUMEL = 2**31 - 1  # the kernels index with int32
+_op_state: dict[str, object] = {}  # "op": the custom op, or "error": why it could not be imported
+
+
+def kernel_choice() -> str:
+    choice = os.environ.get("BEVFORGE_KERNELS", "auto").lower()
+    if choice not in ("reference", "triton", "auto"):
+        raise ValueError(f"BEVFORGE_KERNELS={choice!r}: use reference, triton or auto")
+    return choice
+
+
+def _load_op():
+    """The custom op (imported on first use, so importing bevforge never imports Triton)."""
+    if "op" not in _op_state and "error" not in _op_state:
+        try:
+            from bevforge.ops.bev_pool.op import bev_pool_plan_op
+
+            _op_state["op"] = bev_pool_plan_op
+        except Exception as e:  # no triton, a broken triton, no driver: the reference is used
+            _op_state["error"] = f"{type(e).__name__}: {e}"
+    return _op_state.get("op")
+
+
+def triton_import_error() -> str | None:
+    """Why the Triton op could not be imported (None when it can)."""
+    _load_op()
+    err = _op_state.get("error")
+    return None if err is None else str(err)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_ineligible_reason(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> str | None:
+    """None when the Triton kernel can run these inputs, else why not (for errors and logs)."""
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return "exporting (ONNX/TorchScript use the scatter_add reference)"
+    devices = {depth.device, context.device, plan.ranks_bev.device}
+    if len(devices) != 1:
+        return f"inputs on several devices {sorted(str(d) for d in devices)} (move the plan with plan.to())"
+    if depth.device.type != "cuda" and not (depth.device.type == "cpu" and _interpreting()):
+        return f"tensors on {depth.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
+    for name, t in (("depth", depth), ("context", context)):
+        if t.dtype not in _SUPPORTED_DTYPES:
+            return f"{name} dtype {t.dtype} (supported: fp32, fp16, bf16)"
+    out_numel = plan.batch_size * context.shape[-1] * plan.bev_h * plan.bev_w
+    if max(depth.numel(), context.numel(), out_numel) > MAX_NUMEL:
+        return "more than 2**31 elements (the kernel indexes with int32)"
+    return None
+
+
+def bev_pool(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> torch.Tensor:
+    """``depth [B, N, D, fH, fW]``, ``context [B, N, fH, fW, C]`` -> ``[B, C, bev_h, bev_w]``."""
+    check_inputs(depth, context, plan)
+    choice = kernel_choice()
+    if choice == "reference":
+        return bev_pool_reference(depth, context, plan)
+    # the cheap checks first, so CPU runs never import Triton
+    reason = triton_ineligible_reason(depth, context, plan)
+    op = _load_op() if reason is None else None
+    if reason is None and op is None:
+        reason = f"triton could not be imported ({_op_state.get('error')})"
+    if reason is None:
+        return op(depth, context, plan)
+    if choice == "triton":
+        raise RuntimeError(
+            f"BEVFORGE_KERNELS=triton but the Triton BEV pooling kernel cannot run: {reason}. "
+            "Unset BEVFORGE_KERNELS (auto falls back to the reference) or set it to 'reference'."
+        )
+    return bev_pool_reference(depth, context, plan)
