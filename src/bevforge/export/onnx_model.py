@@ -11,10 +11,9 @@ frame, zeros at a scene start); the caller keeps the temporal state (feeds ``bev
 Deformable attention goes through the grid_sample reference (ONNX ``GridSample``, opset >= 16): the
 dispatch in ``bevforge.ops.msda`` never picks the Triton op during an export.
 
-Spatial cross-attention gathers, per camera, only the queries it hits and pads to the largest count,
-a number that depends on ``lidar2img``. The TorchScript tracer would freeze that count, so the graph
-is traced with a ``lidar2img`` that puts every pillar point inside every image (count = Q): the exported
-graph then runs all Q queries per camera, which is exact for any camera rig (misses are masked out).
+Spatial cross-attention is exported in its dense form (:mod:`bevforge.export.dense_sca`): every camera
+attends every query and misses are masked, so the graph holds no data-dependent size and no scatter, and
+is valid for any camera rig. The model passed in keeps its faster hit-only path (the export uses a copy).
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ import torch
 from torch import nn
 
 from bevforge.config import Config
+from bevforge.export.dense_sca import with_dense_sca
+from bevforge.export.symbolics import register_symbolics
 
 INPUT_NAMES = ("images", "prev_bev", "prev_bev_exists", "can_bus", "lidar2img")
 OUTPUT_NAMES = ("cls_logits", "box_code", "bev")
@@ -117,101 +118,19 @@ def example_inputs(
     return images, prev_bev, exists, can_bus, rig_lidar2img(cfg, raw_wh)
 
 
-def all_hit_lidar2img(num_cams: int, hw: tuple[int, int]) -> torch.Tensor:
-    """``[1, N, 4, 4]`` mapping every point to the image centre at depth 1 (every camera hits every query)."""
-    h, w = hw
-    mat = torch.zeros(4, 4)
-    mat[0, 3], mat[1, 3], mat[2, 3], mat[3, 3] = w / 2.0, h / 2.0, 1.0, 1.0  # u = w/2, v = h/2, depth 1
-    return mat.expand(1, num_cams, 4, 4).clone()
-
-
-def _deg2rad_symbolic(g, x):
-    return g.op("Mul", x, g.op("Constant", value_t=torch.tensor(math.pi / 180.0, dtype=torch.float32)))
-
-
-def _stable_sort_symbolic(g, x, stable, dim, descending):
-    """``torch.sort(x, stable=True, dim=, descending=)`` as ONNX TopK over the whole axis.
-
-    TopK breaks ties by the lower index (ONNX spec), i.e. it is a stable sort. Computed in float (TopK
-    lacks small integer types in onnxruntime); the values are cast back to the input type.
-    """
-    from torch.onnx._internal.torchscript_exporter import _type_utils, symbolic_helper
-
-    dim_i = symbolic_helper._parse_arg(dim, "i")
-    desc_i = symbolic_helper._parse_arg(descending, "i")
-    x_type = _type_utils.JitScalarType.from_value(x)
-    xf = g.op("Cast", x, to_i=_type_utils.JitScalarType.FLOAT.onnx_type())
-    size = g.op("Gather", g.op("Shape", x), g.op("Constant", value_t=torch.tensor([dim_i])), axis_i=0)  # [1]
-    values, indices = g.op("TopK", xf, size, axis_i=dim_i, largest_i=desc_i, sorted_i=1, outputs=2)
-    return g.op("Cast", values, to_i=x_type.onnx_type()), indices
-
-
-def _index_add_symbolic(g, x, dim, index, source, alpha=None):
-    """``x.index_add(0, index, source)`` with repeated indices: ONNX ScatterND with ``reduction="add"``."""
-    from torch.onnx._internal.torchscript_exporter import symbolic_helper
-
-    if symbolic_helper._parse_arg(dim, "i") != 0:
-        raise torch.onnx.errors.OnnxExporterError("index_add export supports dim=0 only")
-    if alpha is not None and symbolic_helper._maybe_get_const(alpha, "f") not in (1, 1.0, None):
-        raise torch.onnx.errors.OnnxExporterError("index_add export supports alpha=1 only")
-    idx = g.op("Unsqueeze", index, g.op("Constant", value_t=torch.tensor([-1])))  # [K] -> [K, 1]
-    return g.op("ScatterND", x, idx, source, reduction_s="add")
-
-
-def _atan2_symbolic(g, y, x):
-    """``torch.atan2`` in float32, exact at the axes: ``atan2(0, 0) = 0`` and ``atan2(+0, x < 0) = pi``.
-
-    The stock symbolic computes ``Atan(y / x)``, i.e. NaN at ``(0, 0)``: a frame that did not move (every
-    scene start, where :func:`bevforge.geometry.ego_motion.can_bus_deltas` zeroes the translation) got a
-    NaN BEV shift. Also float32 because onnxruntime has no float64 ``Atan`` (the shift is float64).
-    """
-    from torch.onnx._internal.torchscript_exporter import _type_utils
-
-    f32 = _type_utils.JitScalarType.FLOAT.onnx_type()
-    out_type = _type_utils.JitScalarType.from_value(y)
-    y, x = g.op("Cast", y, to_i=f32), g.op("Cast", x, to_i=f32)
-    zero = g.op("Constant", value_t=torch.tensor(0.0, dtype=torch.float32))
-    one = g.op("Constant", value_t=torch.tensor(1.0, dtype=torch.float32))
-    pi = g.op("Constant", value_t=torch.tensor(math.pi, dtype=torch.float32))
-    origin = g.op("And", g.op("Equal", x, zero), g.op("Equal", y, zero))
-    atan = g.op("Atan", g.op("Div", y, g.op("Where", origin, one, x)))  # x = 0, y != 0: Atan(+-inf)
-    # left half-plane: +pi above the x axis (and on it), -pi below
-    left = g.op("Where", g.op("GreaterOrEqual", y, zero), g.op("Add", atan, pi), g.op("Sub", atan, pi))
-    out = g.op("Where", g.op("Less", x, zero), left, atan)
-    return g.op("Cast", out, to_i=out_type.onnx_type())
-
-
-# ops the TorchScript exporter lacks or refuses (torch 2.14): deg2rad; sort with ``stable=True``;
-# index_add with repeated indices (opset >= 16 has ScatterND reduction="add"); atan2 (NaN at the
-# origin, no float64 in onnxruntime)
-_SYMBOLICS = {
-    "aten::deg2rad": _deg2rad_symbolic,
-    "aten::sort": _stable_sort_symbolic,
-    "aten::index_add": _index_add_symbolic,
-    "aten::atan2": _atan2_symbolic,
-}
-
-
-def _register_symbolics(opset: int) -> None:
-    for name, fn in _SYMBOLICS.items():
-        torch.onnx.register_custom_op_symbolic(name, fn, opset)
-
-
 def export_onnx(
     model: nn.Module, inputs: tuple[torch.Tensor, ...], out_path: str | Path, opset: int = 17
 ) -> Path:
-    """Trace ``BEVFormerFrame(model)`` on ``inputs`` (lidar2img replaced by the all-hit rig) to ONNX."""
+    """Trace ``BEVFormerFrame`` of a dense-SCA copy of ``model`` (:func:`with_dense_sca`) to ONNX."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame = BEVFormerFrame(model).eval()
-    images = inputs[0]
-    trace_inputs = (*inputs[:4], all_hit_lidar2img(images.shape[1], tuple(images.shape[-2:])))
-    _register_symbolics(opset)
+    frame = BEVFormerFrame(with_dense_sca(model)).eval()
+    register_symbolics(opset)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             frame,
-            trace_inputs,
+            inputs,
             str(out_path),
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
@@ -222,22 +141,31 @@ def export_onnx(
     return out_path
 
 
-def run_onnxruntime(onnx_path: str | Path, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+def ort_session(onnx_path: str | Path):
+    """An onnxruntime CPU session (default threading) on ``onnx_path``."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def run_onnxruntime(onnx_path_or_session, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """The three outputs from onnxruntime; pass a session (:func:`ort_session`) to run it again."""
+    sess = onnx_path_or_session
+    if isinstance(sess, (str, Path)):
+        sess = ort_session(sess)
     feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
     return sess.run(list(OUTPUT_NAMES), feeds)
 
 
 def compare_with_pytorch(
-    model: nn.Module, onnx_path: str | Path, inputs: tuple[torch.Tensor, ...]
+    model: nn.Module, onnx_path_or_session, inputs: tuple[torch.Tensor, ...]
 ) -> dict[str, float]:
-    """Max abs difference per output between onnxruntime (CPU) and PyTorch on the same inputs."""
+    """Max abs difference per output between onnxruntime (CPU) and PyTorch (``model`` as it is, i.e.
+    the hit-only SCA) on the same inputs."""
     frame = BEVFormerFrame(model).eval()
     with torch.no_grad():
         want = frame(*inputs)
-    got = run_onnxruntime(onnx_path, inputs)
+    got = run_onnxruntime(onnx_path_or_session, inputs)
     return {
         name: float(np.abs(g - w.numpy()).max()) for name, g, w in zip(OUTPUT_NAMES, got, want, strict=True)
     }
