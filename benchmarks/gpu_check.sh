@@ -56,6 +56,7 @@ elif can_import pytest; then
   step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
+  step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
 fi
 
 if [ $HAVE_CUDA = 0 ]; then
@@ -63,6 +64,11 @@ if [ $HAVE_CUDA = 0 ]; then
 elif can_import triton; then
   step bench-kernel-fp32 "$PY" -m bevforge.cli.main bench kernel --dtype fp32 --out "$RESULTS/kernel.md"
   step bench-kernel-bf16 "$PY" -m bevforge.cli.main bench kernel --dtype bf16 --out "$RESULTS/kernel.md"
+  # BEVDet-R50 BEV pooling (6 x 59 x 16 x 44 frustum, 64 channels, 128 x 128 BEV): reference vs Triton
+  step bench-bev-pool-fp32 "$PY" -m bevforge.cli.main bench kernel --shape bevdet-pool --dtype fp32 \
+    --out "$RESULTS/kernel.md"
+  step bench-bev-pool-bf16 "$PY" -m bevforge.cli.main bench kernel --shape bevdet-pool --dtype bf16 \
+    --out "$RESULTS/kernel.md"
 else
   skip bench-kernel "triton not importable"
 fi

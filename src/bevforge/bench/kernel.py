@@ -12,6 +12,14 @@ FPN strides 8/16/32/64, 200x200 BEV, 256 channels = 8 heads x 32):
 - ``decoder``: detection decoder cross-attention, 900 queries on the 200x200 BEV, 1 level, 4 points.
 - ``tiny``: a small smoke shape.
 
+BEV pooling (``ops/bev_pool``, BEVDet's Lift-Splat splat), reference (gather + scatter_add) vs the Triton
+kernel, with letters B batch, N cameras, D depth bins, fH x fW feature map, C channels, H x W BEV cells:
+
+- ``bevdet-pool``: BEVDet-R50 (256x704 input, stride 16 -> 16x44, 59 depth bins 1..60 m, 64 context
+  channels, 128x128 BEV of 0.8 m over +-51.2 m) on a ring of 6 pinhole cameras (``frustum_cells``);
+- ``bevpool-tiny``: a small smoke shape of the same rig.
+  Only ``--shape bevdet-pool`` / ``bevpool-tiny`` run it (``all`` stays the MSDA shapes).
+
 Medians over ``--iters`` timed runs after ``--warmup`` runs (CUDA events on GPU). The table is appended
 to ``benchmarks/results/kernel.md`` with the device, commit and command.
 """
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from bevforge.bench.results import append_result
+from bevforge.ops import bev_pool as bev_pool_ops
 from bevforge.ops.msda import msda_reference, triton_import_error, triton_ineligible_reason
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,8 +60,32 @@ SHAPES: dict[str, MsdaShape] = {
 }
 
 
+@dataclass(frozen=True)
+class BevPoolShape:
+    name: str
+    B: int
+    N: int
+    D: int
+    fH: int
+    fW: int
+    C: int
+    H: int
+    W: int
+
+
+BEV_POOL_SHAPES: dict[str, BevPoolShape] = {
+    "bevdet-pool": BevPoolShape("bevdet-pool", B=1, N=6, D=59, fH=16, fW=44, C=64, H=128, W=128),
+    "bevpool-tiny": BevPoolShape("bevpool-tiny", B=1, N=6, D=8, fH=4, fW=11, C=16, H=32, W=32),
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shape", choices=[*SHAPES, "all"], default="all", help="which MSDA shape (default all)")
+    p.add_argument(
+        "--shape",
+        choices=[*SHAPES, "all", *BEV_POOL_SHAPES],
+        default="all",
+        help="which MSDA shape (default all = every MSDA shape), or a BEV pooling shape",
+    )
     p.add_argument("--dtype", choices=[*DTYPES, "all"], default="fp32", help="input dtype (default fp32)")
     p.add_argument("--iters", type=int, default=20, help="timed iterations (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first (compile, caches)")
@@ -161,10 +194,107 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def frustum_cells(shape: BevPoolShape, device: str) -> torch.Tensor:
+    """``cell_index [B, N, D, fH, fW]`` of a ring of N pinhole cameras (70 x 35 deg field of view, 1.5 m
+    high, yaws 360/N apart), depth bins 1, 2, ... m, over a +-51.2 m grid and z in [-5, 3) m; -1 outside."""
+    depth_m = torch.arange(shape.D, device=device, dtype=torch.float32) + 1.0  # [D]
+    col = (torch.arange(shape.fW, device=device) + 0.5) / shape.fW - 0.5  # [fW] in (-0.5, 0.5)
+    row = (torch.arange(shape.fH, device=device) + 0.5) / shape.fH - 0.5  # [fH], row 0 at the top
+    yaw = torch.arange(shape.N, device=device) * (2 * torch.pi / shape.N)  # [N]
+    azimuth = yaw[:, None] - col[None, :] * torch.deg2rad(torch.tensor(70.0))  # [N, fW]
+    elevation = -row * torch.deg2rad(torch.tensor(35.0))  # [fH]
+    # [D] x [N, fW] -> [N, D, 1, fW]; [D] x [fH] -> [1, D, fH, 1]
+    x = depth_m[None, :, None, None] * torch.cos(azimuth)[:, None, None, :]
+    y = depth_m[None, :, None, None] * torch.sin(azimuth)[:, None, None, :]
+    z = 1.5 + depth_m[None, :, None, None] * torch.tan(elevation)[None, None, :, None]
+    x, y, z = torch.broadcast_tensors(x, y, z)  # [N, D, fH, fW]
+    col_i = torch.floor((x + 51.2) / (102.4 / shape.W)).long()
+    row_i = torch.floor((y + 51.2) / (102.4 / shape.H)).long()
+    inside = (col_i >= 0) & (col_i < shape.W) & (row_i >= 0) & (row_i < shape.H) & (z >= -5.0) & (z < 3.0)
+    cells = torch.where(inside, row_i * shape.W + col_i, torch.full_like(col_i, -1))  # [N, D, fH, fW]
+    return cells.unsqueeze(0).expand(shape.B, -1, -1, -1, -1).contiguous()  # [B, N, D, fH, fW]
+
+
+def bench_bev_pool(shape: BevPoolShape, dtype: torch.dtype, device: str, warmup: int, iters: int) -> dict:
+    """Median ms of the plan, reference/Triton forward and forward+backward, max |diff| of the outputs."""
+    g = torch.Generator(device=device).manual_seed(0)
+    cells = frustum_cells(shape, device)
+    depth = torch.randn(cells.shape, device=device, generator=g).softmax(2).to(dtype)
+    context = torch.randn(shape.B, shape.N, shape.fH, shape.fW, shape.C, device=device, generator=g).to(dtype)
+    plan = bev_pool_ops.plan_bev_pool(cells, shape.H, shape.W)
+    row: dict = {"shape": shape, "dtype": dtype, "points": plan.num_points, "cells": plan.num_intervals}
+    row["plan"] = time_median_ms(lambda: bev_pool_ops.plan_bev_pool(cells, shape.H, shape.W), 1, 5, device)
+    ref = bev_pool_ops.bev_pool_reference
+    with torch.no_grad():
+        ref_fp32 = ref(depth.float(), context.float(), plan)
+        row["ref_diff"] = (ref(depth, context, plan).float() - ref_fp32).abs().max().item()
+    grad_out = torch.randn_like(ref_fp32).to(dtype)
+
+    def fwd_bwd(fn) -> Callable[[], object]:
+        leaves = [depth.detach().requires_grad_(), context.detach().requires_grad_()]
+        return lambda: torch.autograd.grad(fn(leaves[0], leaves[1], plan), leaves, grad_out)
+
+    row["ref_fwd"] = time_median_ms(lambda: ref(depth, context, plan), warmup, iters, device)
+    row["ref_fb"] = time_median_ms(fwd_bwd(ref), warmup, iters, device)
+    reason = bev_pool_ops.triton_import_error() or bev_pool_ops.triton_ineligible_reason(depth, context, plan)
+    row["triton_note"] = reason or ""
+    if reason is None:
+        from bevforge.ops.bev_pool.op import bev_pool_plan_op
+
+        with torch.no_grad():
+            row["max_diff"] = (bev_pool_plan_op(depth, context, plan).float() - ref_fp32).abs().max().item()
+        row["tri_fwd"] = time_median_ms(lambda: bev_pool_plan_op(depth, context, plan), warmup, iters, device)
+        row["tri_fb"] = time_median_ms(fwd_bwd(bev_pool_plan_op), warmup, iters, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return row
+
+
+def format_bev_pool_table(rows: list[dict]) -> str:
+    lines = [
+        "| shape | dtype | B x N | D | fH x fW | C | BEV | points | cells | plan ms | ref fwd ms | "
+        "triton fwd ms | speedup | ref fwd+bwd ms | triton fwd+bwd ms | speedup | "
+        "max abs diff triton / ref vs fp32 ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s: BevPoolShape = r["shape"]
+        tf, tfb = r.get("tri_fwd"), r.get("tri_fb")
+        diff = (
+            f"{r['max_diff']:.2e} / {r['ref_diff']:.2e}"
+            if "max_diff" in r
+            else f"triton skipped: {r['triton_note']}"
+        )
+        lines.append(
+            f"| {s.name} | {str(r['dtype']).replace('torch.', '')} | {s.B} x {s.N} | {s.D} | "
+            f"{s.fH} x {s.fW} | {s.C} | {s.H} x {s.W} | {r['points']} | {r['cells']} | {_fmt(r['plan'])} | "
+            f"{_fmt(r['ref_fwd'])} | {_fmt(tf)} | {_ratio(r['ref_fwd'], tf)} | {_fmt(r['ref_fb'])} | "
+            f"{_fmt(tfb)} | {_ratio(r['ref_fb'], tfb)} | {diff} |"
+        )
+    return "\n".join(lines)
+
+
+def run_bev_pool(args: argparse.Namespace) -> int:
+    dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
+    rows = []
+    for dtype in dtypes:
+        row = bench_bev_pool(BEV_POOL_SHAPES[args.shape], dtype, args.device, args.warmup, args.iters)
+        print(format_bev_pool_table([row]).splitlines()[-1], flush=True)
+        rows.append(row)
+    table = format_bev_pool_table(rows)
+    print(table)
+    note = f"\n\nmedian of {args.iters} runs; plan = plan_bev_pool (cacheable while calibration is fixed)"
+    path = append_result(args.out, "BEV pool kernel", args.device, table + note)
+    print(f"appended to {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available; use --device cpu (reference only)")
         return 2
+    if args.shape in BEV_POOL_SHAPES:
+        return run_bev_pool(args)
     shapes = list(SHAPES.values()) if args.shape == "all" else [SHAPES[args.shape]]
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
     rows = []
