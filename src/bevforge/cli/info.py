@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 from torch import nn
 
-from bevforge.config import ConfigError, load_config
+from bevforge.config import load_config
 
 HELP = "parameter counts per part of a recipe's model"
 
-#: (label, attribute of BEVFormer) in print order
+#: labels for BEVFormer's parts; any other child module of a model is listed under its attribute name
 PARTS: tuple[tuple[str, str], ...] = (
     ("backbone", "backbone"),
     ("neck", "neck"),
@@ -26,13 +27,13 @@ PARTS: tuple[tuple[str, str], ...] = (
 
 
 def parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
-    """``{part: {"params": n, "trainable": n}}`` for every part present, plus ``"total"``."""
+    """``{part: {"params": n, "trainable": n}}`` for every child module with parameters, plus ``"total"``."""
     out: dict[str, dict[str, int]] = {}
-    for label, attr in PARTS:
-        part = getattr(model, attr, None)
-        if part is None:
-            continue
-        out[label] = {
+    labels = dict((attr, label) for label, attr in PARTS)
+    for attr, part in model.named_children():
+        if next(part.parameters(), None) is None:
+            continue  # parameter-free parts (GridMask) are not worth a row
+        out[labels.get(attr, attr)] = {
             "params": sum(p.numel() for p in part.parameters()),
             "trainable": sum(p.numel() for p in part.parameters() if p.requires_grad),
         }
@@ -66,11 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)  # a ConfigError is reported by cli/main.py
     try:
-        cfg = load_config(args.config, args.overrides)
         model = build_for_counting(cfg)
-    except (ConfigError, ValueError) as e:  # ValueError: a module rejected a setting (e.g. backbone depth)
-        print(f"error: {e}")
+    except ValueError as e:  # a module rejected a setting (e.g. backbone depth)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     counts = parameter_counts(model)
     print(json.dumps(counts, indent=2) if args.json else format_counts(cfg.name, counts))

@@ -73,5 +73,5 @@ def test_info_cli_bad_setting_is_a_clear_error(capsys):
     from bevforge.cli.main import main
 
     assert main(["info", "bevformer_tiny", "--set", "model.backbone.depth=42"]) == 2
-    out = capsys.readouterr().out
-    assert "error" in out and "depth 42" in out
+    err = capsys.readouterr().err
+    assert "error" in err and "depth 42" in err
