@@ -167,6 +167,10 @@ def check_dispatch_picks_triton(device: str) -> None:
     os.environ["BEVFORGE_KERNELS"] = "triton"
     try:
         got = bev_pool(depth, context, plan)
+        mixed = bev_pool(depth, context.bfloat16(), plan)  # autocast: fp32 depth, bf16 context -> fp32
+        assert mixed.dtype == torch.float32, mixed.dtype
+        want = bev_pool_reference(depth, context.bfloat16().float(), plan)
+        torch.testing.assert_close(mixed, want, atol=1e-5, rtol=1e-5)
         try:  # float64 is not a kernel dtype: forced triton must say so
             bev_pool(depth.double(), context.double(), plan)
         except RuntimeError as e:

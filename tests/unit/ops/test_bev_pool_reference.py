@@ -135,8 +135,21 @@ def test_bad_inputs_say_what_to_fix():
         bev_pool(depth[:, :, :2], context, plan)
     with pytest.raises(ValueError, match="channels-last"):
         bev_pool(depth, context.permute(0, 1, 4, 2, 3), plan)
-    with pytest.raises(ValueError, match="dtype"):
-        bev_pool(depth, context.float(), plan)
+    with pytest.raises(ValueError, match="context must be a floating-point"):
+        bev_pool(depth, context.long(), plan)
+
+
+def test_mixed_dtypes_are_promoted():
+    """Under autocast the depth softmax is fp32 and the context bf16/fp16: promoted, grads in each dtype."""
+    plan = plan_bev_pool(_random_cells(1, 2, 3, 2, 2, 3, 3), 3, 3)
+    depth, context = _inputs(B=1, N=2, D=3, fH=2, fW=2, C=4, dtype=torch.float32)
+    context = context.bfloat16().requires_grad_()
+    depth.requires_grad_()
+    out = bev_pool(depth, context, plan)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, bev_pool_reference(depth, context.float(), plan), atol=0, rtol=0)
+    out.sum().backward()
+    assert depth.grad.dtype == torch.float32 and context.grad.dtype == torch.bfloat16
 
 
 def test_dispatch_auto_on_cpu_is_the_reference(monkeypatch):

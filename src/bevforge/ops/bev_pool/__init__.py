@@ -19,7 +19,7 @@ import os
 import torch
 
 from bevforge.ops.bev_pool.plan import BEVPoolPlan, plan_bev_pool
-from bevforge.ops.bev_pool.reference import bev_pool_reference, check_inputs
+from bevforge.ops.bev_pool.reference import bev_pool_reference, check_inputs, promote
 
 __all__ = [
     "BEVPoolPlan",
@@ -85,8 +85,11 @@ def triton_ineligible_reason(depth: torch.Tensor, context: torch.Tensor, plan: B
 
 
 def bev_pool(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> torch.Tensor:
-    """``depth [B, N, D, fH, fW]``, ``context [B, N, fH, fW, C]`` -> ``[B, C, bev_h, bev_w]``."""
+    """``depth [B, N, D, fH, fW]``, ``context [B, N, fH, fW, C]`` -> ``[B, C, bev_h, bev_w]``.
+
+    Depth and context of different dtypes are promoted (fp32 depth x bf16 context -> fp32)."""
     check_inputs(depth, context, plan)
+    depth, context = promote(depth, context)  # a no-op unless the dtypes differ (autocast)
     choice = kernel_choice()
     if choice == "reference":
         return bev_pool_reference(depth, context, plan)

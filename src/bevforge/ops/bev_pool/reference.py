@@ -4,8 +4,9 @@ Shape letters as in :mod:`bevforge.ops.bev_pool.plan` (B, N, D, fH, fW, C, H = b
 
 Contract: ``depth [B, N, D, fH, fW]`` (a distribution over depth bins, usually softmaxed),
 ``context [B, N, fH, fW, C]`` and a :class:`~bevforge.ops.bev_pool.plan.BEVPoolPlan` made from the
-frustum's BEV cells; returns ``[B, C, H, W]`` where every output cell holds
-``sum over its points p of depth[p] * context[pixel of p]`` (zero for cells without points).
+frustum's BEV cells; returns ``[B, C, H, W]`` (in the promoted dtype of depth and context) where every
+output cell holds ``sum over its points p of depth[p] * context[pixel of p]`` (zero for cells without
+points).
 
 The reference gathers the ``[P, C]`` products of the valid points and scatter-adds them into the cells
 (``scatter_add`` exports to ONNX ``ScatterElements(reduction="add")`` from opset 16); the Triton kernel
@@ -18,7 +19,7 @@ import torch
 
 from bevforge.ops.bev_pool.plan import BEVPoolPlan
 
-__all__ = ["bev_pool_reference", "check_inputs"]
+__all__ = ["bev_pool_reference", "check_inputs", "promote"]
 
 
 def check_inputs(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> None:
@@ -40,13 +41,21 @@ def check_inputs(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) 
             f"bev_pool: context {tuple(context.shape)} differs from the plan's [B, N, fH, fW, C] "
             f"{want_ctx} + (C,); context is channels-last (permute [B, N, C, fH, fW] with (0, 1, 3, 4, 2))"
         )
-    if depth.dtype != context.dtype:
-        raise ValueError(f"bev_pool: depth dtype {depth.dtype} differs from context dtype {context.dtype}")
+    for name, t in (("depth", depth), ("context", context)):
+        if not t.is_floating_point():
+            raise ValueError(f"bev_pool: {name} must be a floating-point tensor, got {t.dtype}")
+
+
+def promote(depth: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both in their promoted dtype (autocast gives an fp32 softmax depth and fp16/bf16 context)."""
+    dtype = torch.promote_types(depth.dtype, context.dtype)
+    return depth.to(dtype), context.to(dtype)
 
 
 def bev_pool_reference(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> torch.Tensor:
     """``depth [B, N, D, fH, fW]``, ``context [B, N, fH, fW, C]`` -> ``[B, C, bev_h, bev_w]``."""
     check_inputs(depth, context, plan)
+    depth, context = promote(depth, context)
     B, C = plan.batch_size, context.shape[-1]
     H, W = plan.bev_h, plan.bev_w
     depth_flat = depth.reshape(-1)  # [B*N*D*fH*fW]
