@@ -180,7 +180,7 @@ def test_reference_exports_to_onnx_with_a_fixed_plan(tmp_path):
 
     torch.manual_seed(0)
     H, W = 3, 4
-    # ~200 of 288 points into 3 cells (~70 repeated indices each): onnxruntime's ScatterND(add) lost updates on
+    # ~200 of 288 points into 3 cells (~70 repeated indices each): onnxruntime ScatterND(add) lost updates on
     # repeated indices when threaded (issue 9); ScatterElements(add) must be exact on every run
     shape = dict(B=1, N=2, D=8, fH=3, fW=6)
     plan = plan_bev_pool(_random_cells(*shape.values(), H, W, seed=7, cells=[0, 5, 6]), H, W)
