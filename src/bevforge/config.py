@@ -101,6 +101,8 @@ class BEVDetConfig:
     depth_bins: tuple[float, float, float] = (1.0, 60.0, 1.0)  # start, stop, step in metres (official)
     context_channels: int = 64  # official numC_Trans
     feat_downsample: int = 16  # image stride of the features the depth net reads
+    bev_backbone_layers: tuple[int, ...] = (2, 2, 2)  # BasicBlocks per BEV stage (official CustomResNet)
+    bev_backbone_channels: tuple[int, ...] = ()  # per stage; () = official [2, 4, 8] x context_channels
     # -- CenterPoint head + losses (models/centerpoint_head.py, losses/centerpoint.py) --
 
 
