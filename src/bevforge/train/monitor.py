@@ -186,7 +186,9 @@ class TrainMonitor:
     def log(
         self, *, epoch: int, global_iter: int, lr: float, grad_norm: torch.Tensor | None, extra: dict
     ) -> dict[str, Any]:
-        """Average the window, reduce over ranks, write the record; returns it (on every rank)."""
+        """Average the window, reduce over ranks, write the record; returns it (on every rank).
+        ``epoch`` is the
+        0-based index of the running epoch; the record holds it 1-based."""
         n = max(self._n, 1)
         keys = sorted(self._sums)
         vals = [self._sums[k] / n for k in keys]
@@ -195,6 +197,7 @@ class TrainMonitor:
         host = torch.stack(vals).tolist() if vals else []
         now = time.perf_counter()
         elapsed = now - self._window_start
+        epoch += 1  # 1-based like the console, epoch_N.pth and the periodic-eval records
         rec: dict[str, Any] = {"epoch": epoch, "iter": global_iter}
         rec.update({k: float(v) for k, v in zip(keys, host)})
         rec["lr"] = lr
@@ -229,7 +232,7 @@ class TrainMonitor:
         gn = f" grad_norm {rec['grad_norm']:.3f}" if rec.get("grad_norm") is not None else ""
         mem = f" mem {rec['mem_peak_mib']:.0f}MiB" if rec.get("mem_peak_mib") is not None else ""
         line = (
-            f"epoch {rec['epoch'] + 1} iter {rec['iter']}/{self.total_iters} {terms} lr {rec['lr']:.3e}{gn} "
+            f"epoch {rec['epoch']} iter {rec['iter']}/{self.total_iters} {terms} lr {rec['lr']:.3e}{gn} "
             f"data {rec['data_time']:.3f}s step {rec['step_time']:.3f}s "
             f"{rec['samples_per_s']:.2f} samples/s{mem} eta {_fmt_eta(eta)}"
         )
