@@ -187,8 +187,7 @@ class TrainMonitor:
         self, *, epoch: int, global_iter: int, lr: float, grad_norm: torch.Tensor | None, extra: dict
     ) -> dict[str, Any]:
         """Average the window, reduce over ranks, write the record; returns it (on every rank).
-        ``epoch`` is the
-        0-based index of the running epoch; the record holds it 1-based."""
+        ``epoch`` is the 0-based index of the running epoch; the record holds it 1-based."""
         n = max(self._n, 1)
         keys = sorted(self._sums)
         vals = [self._sums[k] / n for k in keys]
