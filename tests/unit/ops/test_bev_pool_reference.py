@@ -152,6 +152,23 @@ def test_mixed_dtypes_are_promoted():
     assert depth.grad.dtype == torch.float32 and context.grad.dtype == torch.bfloat16
 
 
+def test_plan_moves_between_devices_and_a_stray_plan_is_named():
+    cells = _random_cells(1, 2, 3, 2, 2, 3, 3)
+    plan = plan_bev_pool(cells, 3, 3)
+    on_meta = plan.to("meta")
+    assert (
+        on_meta.ranks_feat.device.type == "meta"
+        and on_meta.bev_w == 3
+        and on_meta.num_points == plan.num_points
+    )
+    same = plan.to("cpu")
+    torch.testing.assert_close(same.feat_order, plan.feat_order)
+    assert same.batch_size == 1 and same.num_intervals == plan.num_intervals
+    depth, context = _inputs(B=1, N=2, D=3, fH=2, fW=2, C=4)
+    with pytest.raises(ValueError, match="plan on meta.*plan.to"):
+        bev_pool(depth, context, on_meta)
+
+
 def test_dispatch_auto_on_cpu_is_the_reference(monkeypatch):
     monkeypatch.delenv("BEVFORGE_KERNELS", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -41,6 +41,12 @@ def check_inputs(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) 
             f"bev_pool: context {tuple(context.shape)} differs from the plan's [B, N, fH, fW, C] "
             f"{want_ctx} + (C,); context is channels-last (permute [B, N, C, fH, fW] with (0, 1, 3, 4, 2))"
         )
+    devices = {depth.device, context.device, plan.ranks_bev.device}
+    if len(devices) != 1:
+        raise ValueError(
+            f"bev_pool: depth on {depth.device}, context on {context.device}, plan on "
+            f"{plan.ranks_bev.device}; move them to one device (plan.to(depth.device))"
+        )
     for name, t in (("depth", depth), ("context", context)):
         if not t.is_floating_point():
             raise ValueError(f"bev_pool: {name} must be a floating-point tensor, got {t.dtype}")
