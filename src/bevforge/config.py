@@ -104,6 +104,36 @@ class BEVDetConfig:
     bev_backbone_layers: tuple[int, ...] = (2, 2, 2)  # BasicBlocks per BEV stage (official CustomResNet)
     bev_backbone_channels: tuple[int, ...] = ()  # per stage; () = official [2, 4, 8] x context_channels
     # -- CenterPoint head + losses (models/centerpoint_head.py, losses/centerpoint.py) --
+    # class groups, one heatmap head each; names from data.classes joined with "+" (official 6 tasks)
+    head_tasks: tuple[str, ...] = (
+        "car",
+        "truck+construction_vehicle",
+        "bus+trailer",
+        "barrier",
+        "motorcycle+bicycle",
+        "pedestrian+traffic_cone",
+    )
+    head_in_channels: int = 256  # channels of the BEV feature the head reads (official FPN_LSS out)
+    head_share_channels: int = 64  # official share_conv_channel
+    head_channels: int = 64  # official head_conv of each SeparateHead branch
+    head_final_kernel: int = 3
+    head_init_bias: float = -2.19  # heatmap logit bias at init (sigmoid ~ 0.1)
+    gaussian_overlap: float = 0.1  # CenterPoint gaussian_radius min_overlap
+    min_radius: int = 2  # heatmap Gaussian radius floor, cells
+    max_objs: int = 500  # regression targets per sample and task
+    heatmap_weight: float = 1.0  # Gaussian focal loss weight
+    bbox_weight: float = 0.25  # L1 weight on the regression at object centres
+    # (reg x, reg y, z, log l, log w, log h, sin, cos, vx, vy)
+    head_code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+    score_threshold: float = 0.1  # decode: heatmap score floor before NMS (eval.score_threshold adds to it)
+    max_per_task: int = 500  # decode: top-k peaks per task (official bbox_coder max_num)
+    pre_max_size: int = 1000  # decode: boxes per task entering rotated NMS
+    post_max_size: int = 83  # decode: boxes per task kept by NMS
+    nms_type: tuple[str, ...] = ("rotate", "rotate", "rotate", "circle", "rotate", "rotate")  # per task
+    nms_thr: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2, 0.5)  # per task, BEV IoU ("rotate")
+    circle_radius: tuple[float, ...] = (4.0, 12.0, 10.0, 1.0, 0.85, 0.175)  # per task, m^2 ("circle")
+    # Scale-NMS: per class (data.classes order) size factor applied only while NMS compares boxes
+    nms_rescale_factor: tuple[float, ...] = (1.0, 0.7, 0.7, 0.4, 0.55, 1.1, 1.0, 1.0, 4.5, 9.0)
 
 
 @dataclass

@@ -1,0 +1,134 @@
+"""CenterPoint criterion (official ``CenterHead.loss``): Gaussian focal loss on the heatmaps + L1 on the
+box code at object centres, per task.
+
+Shape letters: B batch, K_t classes of task t, H/W = bev_h/bev_w, S regression slots, E = 10.
+
+- ``t{i}.loss_heatmap = heatmap_weight * GaussianFocal(clip_sigmoid(logits), target) / max(#peaks, 1)``
+  (CornerNet penalty-reduced focal loss, alpha 2, gamma 4; ``#peaks`` = target cells equal to 1 in the
+  batch; ``clip_sigmoid`` clamps to [1e-4, 1 - 1e-4] as the official code).
+- ``t{i}.loss_bbox = bbox_weight * sum(code_weights * |pred - target|) / (#boxes + 1e-4)`` over the
+  regression read at each box's centre cell, code ``(reg x, reg y, z, log l, log w, log h, sin, cos,
+  vx, vy)``; NaN target entries (unknown velocity) get weight 0.
+- ``loss_heatmap`` / ``loss_bbox``: sums over tasks; ``loss`` = their sum (the one to backprop).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bevforge.losses.centerpoint_targets import build_targets
+from bevforge.models.centerpoint_head import REG_HEADS
+
+
+def gaussian_focal_loss(
+    logits: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0, eps: float = 1e-12
+) -> Tensor:
+    """Sum over all elements of the CornerNet/mmdet ``GaussianFocalLoss`` (``target`` in [0, 1], peaks 1)."""
+    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)  # official clip_sigmoid
+    pos = target.eq(1).to(p.dtype)
+    neg_weight = (1 - target).pow(gamma)
+    pos_loss = -(p + eps).log() * (1 - p).pow(alpha) * pos
+    neg_loss = -(1 - p + eps).log() * p.pow(alpha) * neg_weight
+    return (pos_loss + neg_loss).sum()
+
+
+class CenterPointCriterion(nn.Module):
+    """``criterion(preds, gt_boxes, gt_labels, seg_target=None) -> dict`` (module docstring).
+
+    ``preds`` are the head's flat outputs (models/centerpoint_head.py); other keys are ignored.
+    """
+
+    def __init__(
+        self,
+        tasks: tuple[tuple[int, ...], ...],
+        pc_range: tuple[float, ...],
+        gaussian_overlap: float = 0.1,
+        min_radius: int = 2,
+        max_objs: int = 500,
+        heatmap_weight: float = 1.0,
+        bbox_weight: float = 0.25,
+        code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
+    ) -> None:
+        super().__init__()
+        if len(code_weights) != 10:
+            raise ValueError(
+                f"code_weights needs 10 values (reg 2, z, dim 3, rot 2, vel 2), got {code_weights}"
+            )
+        if len(pc_range) != 6:
+            raise ValueError(f"pc_range needs 6 numbers (min xyz, max xyz), got {pc_range}")
+        self.tasks = tuple(tuple(int(c) for c in t) for t in tasks)
+        self.pc_range = tuple(float(v) for v in pc_range)
+        self.gaussian_overlap = gaussian_overlap
+        self.min_radius = min_radius
+        self.max_objs = max_objs
+        self.heatmap_weight = heatmap_weight
+        self.bbox_weight = bbox_weight
+        self.register_buffer(
+            "code_weights", torch.tensor(code_weights, dtype=torch.float32), persistent=False
+        )
+
+    def forward(
+        self,
+        preds: dict[str, Tensor],
+        gt_boxes: list[Tensor],
+        gt_labels: list[Tensor],
+        seg_target: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        missing = [
+            f"t{t}.{n}" for t in range(len(self.tasks)) for n in ("heatmap",) + tuple(h for h, _ in REG_HEADS)
+        ]
+        missing = [k for k in missing if k not in preds]
+        if missing:
+            raise KeyError(
+                f"CenterPointCriterion: preds lack {missing[:4]}{'...' if len(missing) > 4 else ''}; "
+                "it needs the CenterPointHead outputs (same model.bevdet.head_tasks for head and loss)"
+            )
+        heat0 = preds["t0.heatmap"]
+        B, _, H, W = heat0.shape
+        if len(gt_boxes) != B:
+            raise ValueError(f"preds hold {B} samples but gt_boxes has {len(gt_boxes)}")
+        gt_boxes = [bx.to(heat0.device) for bx in gt_boxes]
+        gt_labels = [lb.to(heat0.device) for lb in gt_labels]
+        targets = build_targets(
+            gt_boxes,
+            gt_labels,
+            self.tasks,
+            self.pc_range,
+            H,
+            W,
+            self.gaussian_overlap,
+            self.min_radius,
+            self.max_objs,
+        )
+        out: dict[str, Tensor] = {}
+        total_hm = heat0.new_zeros(())
+        total_bbox = heat0.new_zeros(())
+        for t, tgt in enumerate(targets):
+            logits = preds[f"t{t}.heatmap"].float()
+            if logits.shape != tgt.heatmap.shape:
+                raise ValueError(
+                    f"t{t}.heatmap is {tuple(logits.shape)} but task {t} has {len(self.tasks[t])} classes "
+                    f"on a {H}x{W} grid"
+                )
+            num_pos = tgt.heatmap.eq(1).sum().clamp(min=1)
+            loss_hm = self.heatmap_weight * gaussian_focal_loss(logits, tgt.heatmap) / num_pos
+
+            code = torch.cat([preds[f"t{t}.{name}"].float() for name, _ in REG_HEADS], dim=1)  # [B, 10, H, W]
+            code = code.flatten(2)  # [B, 10, H*W]
+            pred = torch.gather(code, 2, tgt.index[:, None, :].expand(-1, code.shape[1], -1))  # [B, 10, S]
+            pred = pred.transpose(1, 2)  # [B, S, 10]
+            finite = torch.isfinite(tgt.box_code)
+            weight = (tgt.mask[..., None] & finite).float() * self.code_weights  # [B, S, 10]
+            target = torch.where(finite, tgt.box_code, torch.zeros_like(tgt.box_code))
+            num = tgt.mask.sum().float()
+            loss_bbox = self.bbox_weight * ((pred - target).abs() * weight).sum() / (num + 1e-4)
+
+            out[f"t{t}.loss_heatmap"] = loss_hm
+            out[f"t{t}.loss_bbox"] = loss_bbox
+            total_hm = total_hm + loss_hm
+            total_bbox = total_bbox + loss_bbox
+        out["loss_heatmap"] = total_hm
+        out["loss_bbox"] = total_bbox
+        out["loss"] = total_hm + total_bbox
+        return out
