@@ -69,6 +69,19 @@ class DataConfig:
     image_cache: str = ""  # optional pre-resized uint8 cache built by `bevforge cache`
     with_seg: bool = False  # produce BEV map-segmentation targets
     seg_classes: tuple[str, ...] = SEG_CLASSES
+    # -- image-space augmentation per camera, folded into lidar2img (data/augment_image.py, BEVDet) --
+    input_size: tuple[int, ...] = ()  # (H, W) final image, e.g. (256, 704): resize+crop; () = img_scale+pad
+    img_aug: bool = False  # training: random resize/crop/flip/rotate (input_size () = the img_scale size)
+    resize_lim: tuple[float, float] = (-0.06, 0.11)  # added to the base scale input W / raw W (official)
+    crop_h_lim: tuple[float, float] = (0.0, 0.0)  # fraction of the resized height cut at the bottom
+    rot_lim_deg: tuple[float, float] = (-5.4, 5.4)  # image rotation about the crop centre, degrees
+    img_flip: bool = True  # random horizontal flip (p = 0.5) under img_aug
+    resize_test: float = 0.0  # added to the base scale in evaluation / without img_aug
+    # -- BEV-space augmentation (BDA) per training sample, same for all its frames (data/augment_bev.py) --
+    bev_aug: bool = False
+    bda_rot_lim_deg: tuple[float, float] = (-22.5, 22.5)  # rotation about lidar z, degrees (official)
+    bda_scale_lim: tuple[float, float] = (0.95, 1.05)  # isotropic scale of the lidar frame
+    bda_flip_ratio: float = 0.5  # probability of each of the x and y flips
 
 
 @dataclass

@@ -8,10 +8,17 @@ the ``queue_length`` previous indices ``i-q .. i-1``, shuffle them, drop the fir
 T = queue_length frames. History frames of another scene keep their own scene token (the model resets
 on a change); indices < 0 become padding frames (``frame_valid=False``, zero images, scene token "").
 Evaluation items hold only the current frame (T = 1).
+
+Augmentation hooks (docs/CONTRACTS.md "Augmentation"): with an ``ImageAugSpec`` (``data.input_size`` /
+``data.img_aug``) every camera image is resized/cropped/flipped/rotated to ``input_hw`` in one warp,
+the same parameters for all frames of the item, and ``lidar2img`` gets the affine; with a ``BDASpec``
+(training with ``data.bev_aug``) one BEV rotation/scale/flip per item moves the GT boxes and seg
+targets and composes ``lidar2img`` / ``lidar2ego`` of every frame with ``inv(bda)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +29,17 @@ import torch
 from torch.utils.data import Dataset
 
 from bevforge.config import Config
+from bevforge.data.augment_bev import BDASpec, bda_boxes, bda_calibration, bda_seg, sample_bda
+from bevforge.data.augment_image import (
+    ImageAug,
+    ImageAugSpec,
+    decode_wh,
+    image_aug_matrix,
+    lift_affine,
+    sample_image_aug,
+    source_scale,
+    warp_image,
+)
 from bevforge.data.image_io import ImageDecodeError, MissingImageError, read_image, target_size
 from bevforge.data.nuscenes.image_cache import ImageCache
 from bevforge.data.nuscenes.infos import load_infos
@@ -56,6 +74,8 @@ class NuScenesDataset(Dataset):
         image_cache: str = "",
         nuscenes_version: str | None = None,
         filter_empty_gt: bool = True,
+        image_aug: ImageAugSpec | None = None,
+        bda: BDASpec | None = None,
     ) -> None:
         info = load_infos(info_path, expect_version=nuscenes_version)
         if not info.samples:
@@ -87,6 +107,14 @@ class NuScenesDataset(Dataset):
         )
         w0, h0 = target_size(*(int(v) for v in self.table.cam_wh[0, 0]), self.img_scale)
         self.img_hw = (h0, w0)  # valid (un-padded) size of every image of the split
+        self.image_aug = image_aug
+        if image_aug is not None:
+            if not image_aug.input_hw:  # img_aug without input_size: augment around the img_scale size
+                self.image_aug = image_aug = dataclasses.replace(image_aug, input_hw=(h0, w0))
+            self.img_hw = (int(image_aug.input_hw[0]), int(image_aug.input_hw[1]))
+            for wh in {tuple(int(v) for v in r) for r in self.table.cam_wh.reshape(-1, 2)}:
+                image_aug.check_source(wh, f"{info_path}: camera image")
+        self.bda = bda if train else None
         self.num_corrupt_images = 0
         self._reported: set[str] = set()
 
@@ -112,6 +140,8 @@ class NuScenesDataset(Dataset):
             bev_hw=(cfg.model.bev_h, cfg.model.bev_w),
             image_cache=d.image_cache,
             nuscenes_version=d.version,
+            image_aug=ImageAugSpec.from_config(d, train),
+            bda=BDASpec.from_config(d, train),
         )
 
     # ---------------------------------------------------------------------------------- scenes
@@ -175,6 +205,36 @@ class NuScenesDataset(Dataset):
         scale[:, 1, 1] = torch.from_numpy(h / tab.cam_wh[index, :, 1])  # sy per camera
         return (scale @ torch.from_numpy(tab.lidar2img[index])).float()  # [N, 4, 4]
 
+    def _images_aug(
+        self, index: int, augs: list[ImageAug], rng: np.random.Generator | None, out: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`_images` through the image augmentation: one warp per camera to ``input_hw``."""
+        assert self.image_aug is not None
+        tab = self.table
+        hw = self.img_hw
+        cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
+        mean = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.img_std, dtype=torch.float32).view(3, 1, 1)
+        lidar2img = np.empty((len(self.cameras), 4, 4))  # [N, 4, 4]
+        for j, aug in enumerate(augs):
+            raw_wh = (int(tab.cam_wh[index, j, 0]), int(tab.cam_wh[index, j, 1]))
+            src = (
+                cached[j]
+                if cached is not None
+                else self._read(self.data_root / str(tab.cam_paths[index, j]), decode_wh(raw_wh, aug.resize))
+            )  # [Hs, Ws, 3] uint8
+            out_from_raw = image_aug_matrix(aug, hw)  # [3, 3]
+            out_from_src = out_from_raw @ np.linalg.inv(source_scale((src.shape[1], src.shape[0]), raw_wh))
+            t = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)  # [3, Hs, Ws] uint8
+            img = warp_image(t, out_from_src, hw)  # [3, fH, fW] float32 in [0, 255]
+            if rng is not None and self.photometric_aug:
+                img = photometric_distortion(img, rng)
+            dst = out[j, :, : hw[0], : hw[1]]  # [3, fH, fW] view into the padded frame
+            dst.copy_(img.flip(0) if not self.to_rgb else img)  # RGB -> BGR for caffe-style configs
+            dst.sub_(mean).div_(std)
+            lidar2img[j] = lift_affine(out_from_raw) @ tab.lidar2img[index, j]
+        return torch.from_numpy(lidar2img).float()  # [N, 4, 4]
+
     def _read(self, path: Path, wh: tuple[int, int]) -> np.ndarray:
         try:
             return read_image(path, wh)
@@ -190,10 +250,13 @@ class NuScenesDataset(Dataset):
                 warnings.warn(f"{e} (training continues with a black image; reported once)", stacklevel=2)
             return np.zeros((wh[1], wh[0], 3), dtype=np.uint8)
 
-    def _frame(self, index: int, rng: np.random.Generator | None, out: torch.Tensor) -> dict[str, Any]:
+    def _frame(
+        self, index: int, rng: np.random.Generator | None, out: torch.Tensor, augs: list[ImageAug] | None
+    ) -> dict[str, Any]:
         tab = self.table
+        lidar2img = self._images(index, rng, out) if augs is None else self._images_aug(index, augs, rng, out)
         return {
-            "lidar2img": self._images(index, rng, out),
+            "lidar2img": lidar2img,  # [N, 4, 4]
             "can_bus": torch.from_numpy(tab.can_bus[index]).float(),
             "ego2global": torch.from_numpy(tab.ego2global[index].copy()),
             "lidar2ego": torch.from_numpy(tab.lidar2ego[index].copy()),
@@ -221,24 +284,38 @@ class NuScenesDataset(Dataset):
         images = torch.empty(len(order), len(self.cameras), 3, hp, wp)  # [T, N, 3, H, W]
         images[:, :, :, h:].zero_()  # bottom/right padding (cheaper than zeroing all of it)
         images[:, :, :, :h, w:].zero_()
-        frames = [self._frame(i, rng, images[t]) if i >= 0 else None for t, i in enumerate(order)]
+        augs = None
+        if self.image_aug is not None:  # one draw per camera, shared by all frames (BEVDet4D 'sequential')
+            augs = [
+                sample_image_aug(tuple(int(v) for v in self.table.cam_wh[index, j]), self.image_aug, rng)
+                for j in range(len(self.cameras))
+            ]
+        frames = [self._frame(i, rng, images[t], augs) if i >= 0 else None for t, i in enumerate(order)]
         for t, i in enumerate(order):
             if i < 0:
                 images[t].zero_()  # padding frame
         first_real = next(f for f in frames if f is not None)
         frames = [f if f is not None else self._padding_frame(first_real) for f in frames]
         tab = self.table
-        boxes, labels = select_gt(*tab.gt(index), self.pcr)
+        gt_boxes, gt_labels, gt_valid = tab.gt(index)
         seg = None
         if self.seg is not None:
             l2g = tab.ego2global[index] @ tab.lidar2ego[index]
             seg = torch.from_numpy(self.seg(str(tab.locations[index]), l2g))  # [S, bev_h, bev_w]
+        lidar2img = torch.stack([f["lidar2img"] for f in frames])  # [T, N, 4, 4]
+        lidar2ego = torch.stack([f["lidar2ego"] for f in frames])  # [T, 4, 4]
+        if self.bda is not None and rng is not None:  # one BEV augmentation for every frame of the item
+            bda = sample_bda(self.bda, rng)
+            gt_boxes = bda_boxes(gt_boxes, bda)  # range filter below sees the augmented boxes (official)
+            lidar2img, lidar2ego = bda_calibration(lidar2img, bda), bda_calibration(lidar2ego, bda)
+            seg = bda_seg(seg, bda, self.pcr) if seg is not None else None
+        boxes, labels = select_gt(gt_boxes, gt_labels, gt_valid, self.pcr)
         return {
             "images": images,  # [T, N, 3, H, W]
-            "lidar2img": torch.stack([f["lidar2img"] for f in frames]),  # [T, N, 4, 4]
+            "lidar2img": lidar2img,  # [T, N, 4, 4]
             "can_bus": torch.stack([f["can_bus"] for f in frames]),  # [T, 18]
             "ego2global": torch.stack([f["ego2global"] for f in frames]),  # [T, 4, 4]
-            "lidar2ego": torch.stack([f["lidar2ego"] for f in frames]),  # [T, 4, 4]
+            "lidar2ego": lidar2ego,  # [T, 4, 4]
             "frame_valid": torch.tensor([f["frame_valid"] for f in frames]),  # [T]
             "scene_tokens": [f["scene_token"] for f in frames],
             "sample_token": str(tab.tokens[index]),
