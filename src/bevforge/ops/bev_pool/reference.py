@@ -66,8 +66,10 @@ def bev_pool_reference(depth: torch.Tensor, context: torch.Tensor, plan: BEVPool
     H, W = plan.bev_h, plan.bev_w
     depth_flat = depth.reshape(-1)  # [B*N*D*fH*fW]
     context_rows = context.reshape(-1, C)  # [B*N*fH*fW, C]
-    # [P] x [P, C] -> [P, C]: every valid point's depth-weighted context
-    weighted = depth_flat[plan.ranks_depth].unsqueeze(1) * context_rows[plan.ranks_feat]
+    # index_select: ~2x faster than advanced indexing on CPU
+    point_depth = depth_flat.index_select(0, plan.ranks_depth)  # [P]
+    point_context = context_rows.index_select(0, plan.ranks_feat)  # [P, C]
+    weighted = point_depth.unsqueeze(1) * point_context  # [P, C]: every valid point's weighted context
     index = plan.ranks_bev.unsqueeze(1).expand(-1, C)  # [P, C]
     cells = torch.zeros(B * H * W, C, dtype=context.dtype, device=context.device)
     cells = cells.scatter_add(0, index, weighted)  # [B*H*W, C]
