@@ -141,35 +141,31 @@ def rotated_bev_iou_pairs(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def rotated_nms(
-    boxes_bev: Tensor, scores: Tensor, iou_threshold: float, pre_max_size: int, post_max_size: int
+    boxes_bev: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    pre_max_size: int,
+    post_max_size: int,
+    chunk_pairs: int = 65536,
 ) -> Tensor:
     """Greedy rotated BEV IoU NMS: ``boxes_bev [N, 5]`` (x, y, l, w, yaw), ``scores [N]`` -> kept indices
-    by descending score. Only the best ``pre_max_size`` enter. Runs on the CPU (at most a few hundred
-    boxes): each kept box computes its IoU only with the boxes after it that are still alive, whose
-    circumscribed circles meet its own and whose area ratio allows an IoU above the threshold."""
+    by descending score. Only the best ``pre_max_size`` enter. The IoU is computed (in chunks) only for
+    pairs whose circumscribed circles meet and whose area ratio allows an IoU above the threshold."""
     order = scores.argsort(descending=True)[:pre_max_size]  # [n]
-    bx = boxes_bev[order].detach().double().cpu()  # [n, 5]
+    bx = boxes_bev[order].detach().double()  # [n, 5]
     n = bx.shape[0]
     radius = 0.5 * torch.hypot(bx[:, 2], bx[:, 3])  # [n]
-    near = torch.cdist(bx[:, :2], bx[:, :2]) < radius[:, None] + radius[None, :]  # [n, n]
     area = bx[:, 2] * bx[:, 3]  # [n]
+    near = torch.cdist(bx[:, :2], bx[:, :2]) < radius[:, None] + radius[None, :]  # [n, n]
     near &= torch.minimum(area[:, None], area[None, :]) > iou_threshold * torch.maximum(
         area[:, None], area[None, :]
-    )  # IoU <= min(area) / max(area): pairs below the threshold need no IoU
-    near_np = near.numpy()
-    alive = np.ones(n, dtype=bool)
-    keep: list[int] = []
-    for i in range(n):
-        if not alive[i]:
-            continue
-        keep.append(i)
-        if len(keep) >= post_max_size:
-            break
-        j = np.flatnonzero(near_np[i, i + 1 :] & alive[i + 1 :]) + i + 1  # [P] candidates after i
-        if j.size:
-            jt = torch.from_numpy(j)
-            iou = rotated_bev_iou_pairs(bx[i].expand(j.size, 5), bx[jt])  # [P]
-            alive[j[(iou > iou_threshold).numpy()]] = False
+    )  # IoU <= min(area) / max(area)
+    ii, jj = torch.triu(near, diagonal=1).nonzero(as_tuple=True)  # [P], i before j in score order
+    over = torch.zeros(n, n, dtype=torch.bool, device=bx.device)
+    for s in range(0, ii.numel(), chunk_pairs):
+        i, j = ii[s : s + chunk_pairs], jj[s : s + chunk_pairs]
+        over[i, j] = rotated_bev_iou_pairs(bx[i], bx[j]) > iou_threshold
+    keep = _greedy_keep(over.cpu().numpy(), post_max_size)
     return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
 
 
