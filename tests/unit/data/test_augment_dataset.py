@@ -159,3 +159,21 @@ def test_loader_batches_have_the_input_size(data_root):
     assert batch.images.shape == (2, 2, len(CAMS), 3, 64, 96) and batch.img_hw == (40, 72)
     assert batch.images[:, :, :, :, 40:].abs().sum() == 0 and batch.images[..., 72:].abs().sum() == 0
     assert batch.lidar2img.dtype == torch.float32 and batch.lidar2ego.dtype == torch.float64
+
+
+def test_image_cache_and_bgr_in_the_augmented_path(data_root, tmp_path):
+    from bevforge.cli.main import main as cli_main
+
+    over = [f"data.data_root={data_root}", f"data.info_dir={data_root / 'infos'}", "data.num_workers=0"]
+    over.append("data.cameras=" + ",".join(CAMS))
+    cache = tmp_path / "cache"
+    assert cli_main(["cache", "bevformer_debug", "--set", *over, "--out", str(cache), "--splits", "val"]) == 0
+    ident = {"img_mean": (0.0, 0.0, 0.0), "img_std": (1.0, 1.0, 1.0), "input_size": (40, 72)}
+    plain = NuScenesDataset.from_config(_cfg(data_root, **ident), "val", train=False)[1]
+    # test branch: scale 72 / 160 = 0.45 -> decoded at 1/2 = the 80x45 of the img_scale 0.5 cache
+    cached = NuScenesDataset.from_config(_cfg(data_root, **ident, image_cache=str(cache)), "val", False)[1]
+    assert torch.equal(plain["images"], cached["images"]) and torch.equal(
+        plain["lidar2img"], cached["lidar2img"]
+    )
+    bgr = NuScenesDataset.from_config(_cfg(data_root, **ident, to_rgb=False), "val", train=False)[1]
+    assert torch.equal(plain["images"].flip(2), bgr["images"]) and plain["images"].max() > 100
