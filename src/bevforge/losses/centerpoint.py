@@ -21,16 +21,14 @@ from bevforge.losses.centerpoint_targets import build_targets
 from bevforge.models.centerpoint_head import REG_HEADS
 
 
-def gaussian_focal_loss(
-    logits: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0, eps: float = 1e-12
-) -> Tensor:
-    """Sum over all elements of the CornerNet/mmdet ``GaussianFocalLoss`` (``target`` in [0, 1], peaks 1)."""
+def gaussian_focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, gamma: float = 4.0) -> Tensor:
+    """Sum over all elements of the CornerNet/mmdet ``GaussianFocalLoss`` (``target`` in [0, 1], peaks 1):
+    ``-log(p) (1-p)^alpha`` at peaks, ``-log(1-p) p^alpha (1-target)^gamma`` elsewhere (0 at the peaks)."""
     p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)  # official clip_sigmoid
-    pos = target.eq(1).to(p.dtype)
-    neg_weight = (1 - target).pow(gamma)
-    pos_loss = -(p + eps).log() * (1 - p).pow(alpha) * pos
-    neg_loss = -(1 - p + eps).log() * p.pow(alpha) * neg_weight
-    return (pos_loss + neg_loss).sum()
+    neg = -torch.log1p(-p) * p.pow(alpha) * (1 - target).pow(gamma)
+    p_pos = p[target.eq(1)]  # [#peaks]
+    pos = -p_pos.log() * (1 - p_pos).pow(alpha)
+    return neg.sum() + pos.sum()
 
 
 class CenterPointCriterion(nn.Module):
@@ -114,9 +112,14 @@ class CenterPointCriterion(nn.Module):
             num_pos = tgt.heatmap.eq(1).sum().clamp(min=1)
             loss_hm = self.heatmap_weight * gaussian_focal_loss(logits, tgt.heatmap) / num_pos
 
-            code = torch.cat([preds[f"t{t}.{name}"].float() for name, _ in REG_HEADS], dim=1)  # [B, 10, H, W]
-            code = code.flatten(2)  # [B, 10, H*W]
-            pred = torch.gather(code, 2, tgt.index[:, None, :].expand(-1, code.shape[1], -1))  # [B, 10, S]
+            index = tgt.index[:, None, :]  # [B, 1, S]
+            pred = torch.cat(
+                [
+                    torch.gather(v.flatten(2), 2, index.expand(-1, v.shape[1], -1)).float()  # [B, c, S]
+                    for v in (preds[f"t{t}.{name}"] for name, _ in REG_HEADS)
+                ],
+                dim=1,
+            )  # [B, 10, S] read at the centre cells only
             pred = pred.transpose(1, 2)  # [B, S, 10]
             finite = torch.isfinite(tgt.box_code)
             weight = (tgt.mask[..., None] & finite).float() * self.code_weights  # [B, S, 10]
