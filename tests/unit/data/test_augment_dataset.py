@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bevforge.config import Config
+from bevforge.config import Config, ConfigError
 from bevforge.data.augment_bev import BDA, bda_boxes, bda_seg
 from bevforge.data.loader import build_dataloader
 from bevforge.data.nuscenes.dataset import NuScenesDataset
@@ -155,6 +155,7 @@ def test_evaluation_is_deterministic_and_training_varies(data_root):
 def test_loader_batches_have_the_input_size(data_root):
     torch.manual_seed(0)
     cfg = _cfg(data_root, input_size=(40, 72), img_aug=True, bev_aug=True, queue_length=2)
+    cfg.model.arch = "bevdet"  # temporal BDA: BEVDet4D-style alignment through lidar2ego
     batch = next(iter(build_dataloader(cfg, "train", train=True, batch_size=2)))
     assert batch.images.shape == (2, 2, len(CAMS), 3, 64, 96) and batch.img_hw == (40, 72)
     assert batch.images[:, :, :, :, 40:].abs().sum() == 0 and batch.images[..., 72:].abs().sum() == 0
@@ -177,3 +178,12 @@ def test_image_cache_and_bgr_in_the_augmented_path(data_root, tmp_path):
     )
     bgr = NuScenesDataset.from_config(_cfg(data_root, **ident, to_rgb=False), "val", train=False)[1]
     assert torch.equal(plain["images"].flip(2), bgr["images"]) and plain["images"].max() > 100
+
+
+def test_bev_aug_with_temporal_bevformer_is_refused(data_root):
+    cfg = _cfg(data_root, bev_aug=True, queue_length=3)
+    with pytest.raises(ConfigError, match="data.bev_aug.*queue_length"):
+        NuScenesDataset.from_config(cfg, "train", train=True)
+    assert NuScenesDataset.from_config(cfg, "train", train=False).bda is None  # evaluation never augments
+    cfg.model.arch = "bevdet"  # alignment through lidar2ego/ego2global sees inv(bda): allowed
+    assert NuScenesDataset.from_config(cfg, "train", train=True).bda is not None

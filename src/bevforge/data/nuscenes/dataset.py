@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bevforge.config import Config
+from bevforge.config import Config, ConfigError
 from bevforge.data.augment_bev import BDASpec, bda_boxes, bda_calibration, bda_seg, sample_bda
 from bevforge.data.augment_image import (
     ImageAug,
@@ -121,6 +121,12 @@ class NuScenesDataset(Dataset):
     @classmethod
     def from_config(cls, cfg: Config, split: str, train: bool) -> NuScenesDataset:
         d = cfg.data
+        if d.bev_aug and train and cfg.model.arch == "bevformer" and d.queue_length > 1:
+            raise ConfigError(
+                "data.bev_aug with model.arch='bevformer' and data.queue_length > 1: BEVFormer aligns its "
+                "history BEV with can_bus ego motion, which does not see the BEV augmentation; set "
+                "data.bev_aug=false or data.queue_length=1"
+            )
         return cls(
             Path(d.info_dir) / f"infos_{split}.json",
             d.data_root,
