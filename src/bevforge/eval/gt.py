@@ -76,11 +76,49 @@ def box_velocity_xy(
     return vel[:, :2]
 
 
-def load_gt_from_db(data_root: str | Path, version: str, split: str) -> GroundTruth:
-    """Ground truth of ``split`` read from ``<data_root>/<version>/*.json`` (devkit ``load_gt`` semantics)."""
+_GT_TABLES = (
+    "scene",
+    "sample",
+    "sensor",
+    "calibrated_sensor",
+    "sample_data",
+    "ego_pose",
+    "category",
+    "instance",
+    "attribute",
+    "sample_annotation",
+)
+
+
+def load_gt_from_db(
+    data_root: str | Path, version: str, split: str, cache: bool | str | Path = True
+) -> GroundTruth:
+    """Ground truth of ``split`` read from ``<data_root>/<version>/*.json`` (devkit ``load_gt`` semantics).
+
+    ``cache``: keep/reuse the result on disk, invalidated when a table file changes (see
+    :mod:`bevforge.eval.gt_cache`; True = ``$BEVFORGE_GT_CACHE`` or ``~/.cache/bevforge/gt``, False = off,
+    or a folder).
+    """
+    from bevforge.eval import gt_cache
+
     root = Path(data_root)
+    scene_names = split_scenes(root, version, split)
+    folder = gt_cache.cache_folder(cache)
+    files = [root / version / f"{name}.json" for name in (*_GT_TABLES, "splits")]
+    key = gt_cache.validity_key(files, split, scene_names) if folder is not None else None
+    if folder is None or key is None:
+        return _read_gt_tables(root, version, split, scene_names)
+    path = gt_cache.cache_path(folder, root, version, split)
+    gt = gt_cache.load(path, key)
+    if gt is None:
+        gt = _read_gt_tables(root, version, split, scene_names)
+        gt_cache.save(path, key, gt)
+    return gt
+
+
+def _read_gt_tables(root: Path, version: str, split: str, scene_names: list[str]) -> GroundTruth:
     scenes = {s["token"]: s["name"] for s in _table(root, version, "scene")}
-    wanted = set(split_scenes(root, version, split))
+    wanted = set(scene_names)
     samples = _table(root, version, "sample")
     sample_ts = {s["token"]: int(s["timestamp"]) for s in samples}
     tokens = [s["token"] for s in samples if scenes.get(s["scene_token"]) in wanted]

@@ -27,6 +27,7 @@ from bevforge.config import DET_CLASSES
 from bevforge.eval.box_table import ATTR_INDEX, CLASS_INDEX, BoxTable, GroundTruth
 from bevforge.eval.gt import lidar_boxes_to_global
 from bevforge.eval.metrics import DetectionEvalConfig, detection_metrics
+from bevforge.eval.submission_reader import read_submission_columns, value_problems
 from bevforge.io import atomic_write_text
 
 DEFAULT_ATTRIBUTE: dict[str, str] = {
@@ -127,11 +128,18 @@ def write_submission(path: str | Path, submission: dict[str, Any]) -> Path:
     return atomic_write_text(path, json.dumps(submission) + "\n")
 
 
-def load_submission(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise SubmissionError(f"{path}: results file not found; run `bevforge test` to make one")
-    data = path.read_bytes()
+    return path.read_bytes()
+
+
+def load_submission(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    return _decode(_read_bytes(path), path)
+
+
+def _decode(data: bytes, path: Path) -> dict[str, Any]:
     try:
         return orjson.loads(data)  # ~5x faster than json on large submissions
     except orjson.JSONDecodeError:
@@ -308,15 +316,7 @@ def parse_submission(
         attr=np.array(cols["a"], dtype=np.int64),
         num_pts=arrays["p"].reshape(n),
     )
-    checks = (
-        ("translation", ~np.isfinite(table.translation).all(1), "must be finite (no NaN/inf)"),
-        ("size", ~np.isfinite(table.size).all(1), "must be finite (no NaN/inf)"),
-        ("size", ~(table.size > 0).all(1), "must be > 0 in every dimension"),
-        ("rotation", ~np.isfinite(table.rotation).all(1), "must be finite (no NaN/inf)"),
-        ("rotation", ~(np.abs(table.rotation).sum(1) > 0), "must be a non-zero quaternion (w, x, y, z)"),
-        ("detection_score", ~np.isfinite(table.score), "must be finite (no NaN/inf)"),
-    )
-    for field, bad, problem in checks:
+    for field, bad, problem in value_problems(table):
         if bad.any():
             token, k = where[int(np.nonzero(bad)[0][0])]
             raise _box_error(src, token, k, field, problem)
@@ -331,10 +331,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score a submission (dict or JSON path) against ``gt``: the devkit's ``metrics_summary`` layout."""
     cfg = cfg or DetectionEvalConfig()
-    if not isinstance(submission, dict):
-        source = source or str(submission)
-        submission = load_submission(submission)
-    preds = parse_submission(submission, gt, cfg.max_boxes_per_sample, source or "submission")
+    if isinstance(submission, dict):
+        preds = parse_submission(submission, gt, cfg.max_boxes_per_sample, source or "submission")
+        meta = submission["meta"]
+    else:
+        preds, meta = read_submission(submission, gt, cfg.max_boxes_per_sample, source)
     metrics = detection_metrics(gt, preds, cfg)
-    metrics["meta"] = dict(submission["meta"]) if isinstance(submission["meta"], dict) else submission["meta"]
+    metrics["meta"] = dict(meta) if isinstance(meta, dict) else meta
     return metrics
+
+
+def read_submission(
+    path: str | Path, gt: GroundTruth, max_boxes: int = MAX_BOXES_PER_SAMPLE, source: str = ""
+) -> tuple[BoxTable, Any]:
+    """Validated boxes and ``meta`` of a submission file: the column reader
+    (:mod:`bevforge.eval.submission_reader`, ~10x faster on large files) when it recognises the file,
+    else ``load_submission`` + :func:`parse_submission` (same table, or the detailed error)."""
+    path = Path(path)
+    data = _read_bytes(path)
+    fast = read_submission_columns(data, gt, max_boxes)
+    if fast is not None:
+        return fast
+    submission = _decode(data, path)
+    return parse_submission(submission, gt, max_boxes, source or str(path)), submission["meta"]
