@@ -131,6 +131,16 @@ def check_one_cell_many_points(device: str) -> None:
     _check_fwd_bwd(device, depth, context, plan, "one cell")
 
 
+def check_deterministic(device: str) -> None:
+    """No atomics anywhere (the context gradient is a per-pixel segment sum): bitwise equal reruns."""
+    depth, context, plan = make_inputs(device, D=8, C=40, num_cells=5)
+    grad_out = torch.randn(2, 40, 5, 6, generator=torch.Generator().manual_seed(3)).to(device)
+    first = _grads(_op(), depth, context, plan, grad_out)
+    second = _grads(_op(), depth, context, plan, grad_out)
+    for a, b in zip((first[0], *first[1]), (second[0], *second[1])):
+        assert torch.equal(a, b), "a rerun differs"
+
+
 def check_opcheck(device: str) -> None:
     depth, context, plan = make_inputs(device, B=1, C=3)
     p = plan
@@ -236,6 +246,7 @@ CASES = {
     "odd_sizes": check_odd_sizes,
     "all_points_outside": check_all_points_outside,
     "one_cell_many_points": check_one_cell_many_points,
+    "deterministic": check_deterministic,
     "opcheck": check_opcheck,
     "dispatch_picks_triton": check_dispatch_picks_triton,
     "bad_shapes": check_bad_shapes,
