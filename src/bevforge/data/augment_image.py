@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -191,3 +191,19 @@ def warp_image(src: torch.Tensor, out_from_src: np.ndarray, out_hw: tuple[int, i
 def source_scale(src_wh: tuple[int, int], raw_wh: tuple[int, int]) -> np.ndarray:
     """``[3, 3]`` raw pixels -> pixels of a decoded/cached source of size ``src_wh``."""
     return np.diag([src_wh[0] / raw_wh[0], src_wh[1] / raw_wh[1], 1.0])
+
+
+def eval_input_geometry(d: DataConfig, raw_wh: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray]:
+    """What evaluation makes of a ``raw_wh = (W, H)`` camera image, for code that builds inputs without
+    the dataset (export, benchmarks): ``((H, W) of the un-padded input, [4, 4] float64 post)`` with
+    ``post @ lidar2img_raw`` = the input's lidar2img. ``data.input_size`` / ``data.img_aug`` set: the
+    deterministic resize + crop; otherwise the ``data.img_scale`` resize (``image_io.target_size``)."""
+    from bevforge.data.image_io import target_size
+
+    w, h = target_size(int(raw_wh[0]), int(raw_wh[1]), float(d.img_scale))
+    spec = ImageAugSpec.from_config(d, train=False)
+    if spec is None:
+        return (h, w), np.diag([w / raw_wh[0], h / raw_wh[1], 1.0, 1.0])
+    hw = (int(spec.input_hw[0]), int(spec.input_hw[1])) if spec.input_hw else (h, w)
+    aug = sample_image_aug((int(raw_wh[0]), int(raw_wh[1])), replace(spec, input_hw=hw), None)
+    return hw, lift_affine(image_aug_matrix(aug, hw))

@@ -11,6 +11,7 @@ from bevforge.data.augment_image import (
     ImageAug,
     ImageAugSpec,
     decode_wh,
+    eval_input_geometry,
     image_aug_matrix,
     lift_affine,
     sample_image_aug,
@@ -145,3 +146,14 @@ def test_config_defaults_mean_no_augmentation_and_resize_range_is_checked():
     d.resize_lim = (-0.5, 0.1)
     with pytest.raises(ConfigError, match="data.resize_lim"):
         ImageAugSpec.from_config(d, train=True).check_source((1600, 900), "infos camera image")
+
+
+def test_eval_input_geometry_matches_both_paths():
+    d = DataConfig()
+    hw, post = eval_input_geometry(d, (1600, 900))
+    assert hw == (450, 800) and np.allclose(post, np.diag([0.5, 0.5, 1.0, 1.0]))
+    d.input_size = (256, 704)
+    hw, post = eval_input_geometry(d, (1600, 900))
+    aug = sample_image_aug((1600, 900), ImageAugSpec(input_hw=(256, 704), random=False), None)
+    assert hw == (256, 704) and np.allclose(post, lift_affine(image_aug_matrix(aug, hw)))
+    assert np.allclose(post @ [800.0, 900.0, 1.0, 1.0], [352.0, 256.0, 1.0, 1.0])  # bottom centre stays
