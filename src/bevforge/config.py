@@ -179,6 +179,9 @@ class ModelConfig:
     with_det: bool = True
     with_seg: bool = False
     seg_classes: tuple[str, ...] = SEG_CLASSES
+    # training-only CenterPoint heatmap head on the BEV (settings: model.bevdet head_* fields, loss:
+    # loss.aux_heatmap_weight): dense supervision that speeds up learning from scratch; not official
+    aux_heatmap: bool = False
 
 
 @dataclass
@@ -191,6 +194,7 @@ class LossConfig:
     match_cls_cost: float = 2.0
     match_bbox_cost: float = 0.25
     seg_weight: float = 1.0
+    aux_heatmap_weight: float = 1.0  # weight of the auxiliary heatmap loss (model.aux_heatmap)
 
 
 @dataclass
@@ -219,6 +223,8 @@ class TrainConfig:
     ckpt_iter_interval: int = 0  # >0: also write latest.pth every this many iterations (mid-epoch resume)
     auto_scale_lr: bool = False  # scale lr by global batch / base_batch_size
     find_unused_parameters: bool = False  # DDP; only for models with parameters unused in some steps
+    channels_last: bool = False  # image backbone + neck (and their input) in channels-last memory format
+    compile: str = ""  # torch.compile of each model part: "" (off) | default | reduce-overhead | max-autotune
 
 
 @dataclass

@@ -16,7 +16,30 @@ def build_criterion(cfg: Config) -> nn.Module:
         from bevforge.losses.centerpoint_build import build_centerpoint_criterion
 
         return build_centerpoint_criterion(cfg)
-    return build_set_criterion(cfg)
+    criterion = build_set_criterion(cfg)
+    if cfg.model.aux_heatmap:
+        from bevforge.losses.centerpoint_build import build_centerpoint_criterion
+
+        return WithAuxHeatmap(criterion, build_centerpoint_criterion(cfg), cfg.loss.aux_heatmap_weight)
+    return criterion
+
+
+class WithAuxHeatmap(nn.Module):
+    """``main`` plus ``weight`` x the CenterPoint loss of the ``aux.*`` predictions (``model.aux_heatmap``);
+    the aux terms are logged as ``aux.<term>``. Without ``aux.*`` predictions only ``main`` counts."""
+
+    def __init__(self, main: nn.Module, aux: nn.Module, weight: float) -> None:
+        super().__init__()
+        self.main, self.aux, self.weight = main, aux, weight
+
+    def forward(self, preds, gt_boxes, gt_labels, seg_target=None):
+        out = self.main(preds, gt_boxes, gt_labels, seg_target)
+        aux_preds = {k.removeprefix("aux."): v for k, v in preds.items() if k.startswith("aux.")}
+        if aux_preds:
+            aux = self.aux(aux_preds, gt_boxes, gt_labels)
+            out["loss"] = out["loss"] + self.weight * aux["loss"]
+            out.update({f"aux.{k}": v for k, v in aux.items() if k in ("loss_heatmap", "loss_bbox")})
+        return out
 
 
 def build_set_criterion(cfg: Config) -> SetCriterion:

@@ -30,6 +30,7 @@ class BEVFormer(nn.Module):
         det_head: nn.Module | None = None,
         seg_head: nn.Module | None = None,
         grid_mask: nn.Module | None = None,
+        aux_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if det_head is None and seg_head is None:
@@ -40,6 +41,9 @@ class BEVFormer(nn.Module):
         self.det_head = det_head
         self.seg_head = seg_head
         self.grid_mask = grid_mask  # applied in training only (the module checks self.training too)
+        # optional training-only dense head on the BEV (CenterPoint heatmaps, ``model.aux_heatmap``): its
+        # outputs go to the loss as ``aux.*`` and are never computed in evaluation or export
+        self.aux_head = aux_head
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``images [B', N, 3, H, W]`` -> L x ``[B', N, C, H_l, W_l]`` (one backbone call for all)."""
@@ -83,7 +87,8 @@ class BEVFormer(nn.Module):
         """``batch.images [B, T, N, 3, H, W]`` -> (preds, state after the current frame).
 
         preds: ``bev [B, Q, C]``; with a detection head ``cls_logits [D, B, Q, K]`` and
-        ``box_code [D, B, Q, 10]``; with a segmentation head ``seg_logits [B, S, bev_h, bev_w]``.
+        ``box_code [D, B, Q, 10]``; with a segmentation head ``seg_logits [B, S, bev_h, bev_w]``; in
+        training with an auxiliary head its outputs as ``aux.<key>`` (models/centerpoint_head.py keys).
         """
         assert batch.images.dim() == 6, f"images must be [B, T, N, 3, H, W], got {tuple(batch.images.shape)}"
         num_b, num_t = batch.images.shape[:2]
@@ -123,6 +128,11 @@ class BEVFormer(nn.Module):
             preds["cls_logits"], preds["box_code"] = self.det_head(bev)
         if self.seg_head is not None:
             preds["seg_logits"] = self.seg_head(bev)
+        if self.aux_head is not None and self.training:
+            num_b, _, num_c = bev.shape
+            bev_map = bev.view(num_b, self.encoder.bev_h, self.encoder.bev_w, num_c)  # [B, bev_h, bev_w, C]
+            aux = self.aux_head(bev_map.permute(0, 3, 1, 2))  # input [B, C, bev_h, bev_w]
+            preds.update({f"aux.{k}": v for k, v in aux.items()})
         return preds
 
     def decode(

@@ -98,4 +98,9 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         )
     seg_head = SegHead(m.embed_dims, len(m.seg_classes), m.bev_h, m.bev_w) if m.with_seg else None
     grid_mask = GridMask(prob=0.7, ratio=0.5) if m.use_grid_mask else None  # official p 0.7, ratio 0.5
-    return BEVFormer(backbone, neck, encoder, det_head, seg_head, grid_mask)
+    aux_head = None
+    if m.aux_heatmap:
+        from bevforge.models.centerpoint_head import build_centerpoint_head
+
+        aux_head = build_centerpoint_head(cfg, in_channels=m.embed_dims)
+    return BEVFormer(backbone, neck, encoder, det_head, seg_head, grid_mask, aux_head)
