@@ -19,9 +19,9 @@ inverse affine; outside the source is black, like PIL); the source is the JPEG d
 smallest libjpeg scale ``m/8`` not below ``r`` with whole-pixel sizes (DCT scaling, no resampling; 1600x900:
 m in 2, 4, 6, 8), so the warp shrinks by at most 1.5x unless the source is the pre-resized image cache.
 
-``lidar2img`` (raw pixels) becomes ``lift_affine(out_from_raw) @ lidar2img``: an affine in (u, v) acts
-on the projective ``(u*d, v*d, d, 1)`` as ``[[a, b, 0, tx], ...]`` would not; the lift puts the
-translation in the depth column (``u' d = a u d + b v d + tx d``).
+``lidar2img`` (raw pixels) becomes ``lift_affine(out_from_raw) @ lidar2img``. lidar2img yields the
+projective ``(u d, v d, d, 1)``, so the pixel translation must scale with the depth d: the lift puts
+``tx`` in the depth column (``u' d = a (u d) + b (v d) + tx d``), not in the last one.
 """
 
 from __future__ import annotations

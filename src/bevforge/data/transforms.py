@@ -6,7 +6,9 @@ until :func:`normalize`; ``lidar2img`` is ``[N, 4, 4]`` mapping lidar points to 
 Pipeline per frame (official BEVFormer order with the resize folded into decoding): decode+resize
 (``image_io``) -> photometric distortion (train) -> normalise (mean/std, channel order) -> pad to the
 divisor (zeros, bottom/right). ``lidar2img`` gets ``diag(sx, sy, 1, 1) @ lidar2img`` for the resize;
-padding does not move pixels.
+padding does not move pixels. With ``data.input_size`` / ``data.img_aug`` the dataset replaces the
+decode+resize step by ``augment_image`` (resize/crop/flip/rotate, one warp); BEV-space augmentation is
+``augment_bev``.
 """
 
 from __future__ import annotations
