@@ -131,6 +131,7 @@ class BEVDetConfig:
     head_channels: int = 64  # official head_conv of each SeparateHead branch
     head_final_kernel: int = 3
     head_init_bias: float = -2.19  # heatmap logit bias at init (sigmoid ~ 0.1)
+    head_heatmap_init_std: float = 0.0  # 0: official Kaiming heatmap conv; > 0: N(0, std) (calm start)
     gaussian_overlap: float = 0.1  # CenterPoint gaussian_radius min_overlap
     min_radius: int = 2  # heatmap Gaussian radius floor, cells
     max_objs: int = 500  # regression targets per sample and task

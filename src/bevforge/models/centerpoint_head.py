@@ -45,7 +45,13 @@ class SeparateHead(nn.Module):
     """One task's branches: ``heatmap`` (``num_classes`` logits) and the regression heads of REG_HEADS."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, head_channels: int, final_kernel: int, init_bias: float
+        self,
+        in_channels: int,
+        num_classes: int,
+        head_channels: int,
+        final_kernel: int,
+        init_bias: float,
+        heatmap_init_std: float = 0.0,
     ) -> None:
         super().__init__()
         outs = (("heatmap", num_classes), *REG_HEADS)
@@ -59,15 +65,23 @@ class SeparateHead(nn.Module):
             }
         )
         self.init_bias = init_bias
+        self.heatmap_init_std = heatmap_init_std
 
     def reset_parameters(self) -> None:
-        """Official init: Kaiming (fan_out, relu) convs with zero bias; heatmap bias ``init_bias``."""
+        """Official init: Kaiming (fan_out, relu) convs with zero bias; heatmap bias ``init_bias``.
+
+        ``heatmap_init_std > 0`` draws the heatmap's last conv from ``N(0, std)`` instead, so every cell
+        starts near ``sigmoid(init_bias)`` (the official Kaiming weights give logits of std ~5-8, a
+        focal loss in the 10^4 and saturated cells without gradient for the first tens of steps)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.constant_(self.branches["heatmap"][-1].bias, self.init_bias)
+        last = self.branches["heatmap"][-1]
+        if self.heatmap_init_std > 0:
+            nn.init.normal_(last.weight, std=self.heatmap_init_std)
+        nn.init.constant_(last.bias, self.init_bias)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return {name: branch(x) for name, branch in self.branches.items()}  # each [B, c_out, H, W]
@@ -76,7 +90,8 @@ class SeparateHead(nn.Module):
 class CenterPointHead(nn.Module):
     """CenterPoint head over a BEV feature map; see the module docstring for the output keys.
 
-    ``tasks``: per task, class indices into ``data.classes`` (official BEVDet: 6 groups). The decode
+    ``tasks``: per task, class indices into ``data.classes`` (official BEVDet: 6 groups);
+    ``heatmap_init_std``: 0 = official init, see :meth:`SeparateHead.reset_parameters`. The decode
     settings (``score_threshold``, NMS per task, Scale-NMS factors per class) are kept for :meth:`decode`.
     """
 
@@ -91,6 +106,7 @@ class CenterPointHead(nn.Module):
         head_channels: int = 64,
         final_kernel: int = 3,
         init_bias: float = -2.19,
+        heatmap_init_std: float = 0.0,
         score_threshold: float = 0.1,
         max_per_task: int = 500,
         pre_max_size: int = 1000,
@@ -127,7 +143,8 @@ class CenterPointHead(nn.Module):
         self.nms.check(num_tasks, num_classes)
         self.shared_conv = _conv_bn_relu(in_channels, share_channels, 3)
         self.task_heads = nn.ModuleList(
-            SeparateHead(share_channels, len(t), head_channels, final_kernel, init_bias) for t in self.tasks
+            SeparateHead(share_channels, len(t), head_channels, final_kernel, init_bias, heatmap_init_std)
+            for t in self.tasks
         )
         self.reset_parameters()
 
@@ -226,6 +243,7 @@ def build_centerpoint_head(cfg: Config, in_channels: int | None = None) -> Cente
         head_channels=b.head_channels,
         final_kernel=b.head_final_kernel,
         init_bias=b.head_init_bias,
+        heatmap_init_std=b.head_heatmap_init_std,
         score_threshold=b.score_threshold,
         max_per_task=b.max_per_task,
         pre_max_size=b.pre_max_size,

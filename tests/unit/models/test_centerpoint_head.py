@@ -100,3 +100,16 @@ def test_decode_filters_range_threshold_and_max_boxes():
     assert len(head.decode(preds)[0]["boxes"]) == 0
     preds["t0.heatmap"] = torch.full_like(preds["t0.heatmap"], -1.0)  # 0.27: kept by the head, not by 0.5
     assert len(head.decode(preds, score_threshold=0.5)[0]["boxes"]) == 0
+
+
+def test_calm_heatmap_init_starts_every_cell_at_the_bias():
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.bev_h = cfg.model.bev_w = 8
+    cfg.model.bevdet.head_heatmap_init_std = 1e-3
+    x = torch.randn(1, 8, 8, 8)
+    calm = build_centerpoint_head(cfg, in_channels=8)(x)["t0.heatmap"]
+    assert (calm + 2.19).abs().max() < 0.05
+    cfg.model.bevdet.head_heatmap_init_std = 0.0  # official Kaiming: logits spread by several units
+    official = build_centerpoint_head(cfg, in_channels=8)(x)["t0.heatmap"]
+    assert official.std() > 1.0
