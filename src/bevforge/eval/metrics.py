@@ -253,13 +253,25 @@ def angle_diff(x: np.ndarray, y: np.ndarray, period: float) -> np.ndarray:
     return np.where(diff > np.pi, diff - 2 * np.pi, diff)
 
 
+def by_class(boxes: BoxTable, keep: np.ndarray | None = None) -> list[BoxTable]:
+    """The (kept) boxes of each class of ``DETECTION_NAMES``, original order inside a class.
+
+    One stable sort and one gather instead of a boolean selection per class.
+    """
+    index = np.arange(len(boxes)) if keep is None else np.flatnonzero(keep)
+    index = index[np.argsort(boxes.label[index], kind="stable")]  # [K] grouped by class, order kept
+    grouped = boxes.select(index)
+    bounds = np.searchsorted(grouped.label, np.arange(len(DETECTION_NAMES) + 1))  # [classes + 1]
+    return [grouped.select(slice(bounds[c], bounds[c + 1])) for c in range(len(DETECTION_NAMES))]
+
+
 def class_metric_data(
-    preds: BoxTable, gt: BoxTable, class_name: str, dist_ths: tuple[float, ...]
+    p: BoxTable, g: BoxTable, class_name: str, dist_ths: tuple[float, ...]
 ) -> list[dict[str, np.ndarray]]:
-    """Devkit ``accumulate`` for one class and every threshold: the interpolated curves (E = 101)."""
-    c = CLASS_INDEX[class_name]
-    p = preds.select(preds.label == c)
-    g = gt.select(gt.label == c)
+    """Devkit ``accumulate`` for one class and every threshold: the interpolated curves (E = 101).
+
+    ``p`` / ``g``: the predictions / ground truth of this class (e.g. from :func:`by_class`).
+    """
     npos = len(g)
     if npos == 0:
         return [no_predictions() for _ in dist_ths]
@@ -336,14 +348,13 @@ def detection_metrics(
     """
     cfg = cfg or DetectionEvalConfig()
     start = time.time()
-    gtb = gt.boxes
-    if not filtered:
-        preds = preds.select(filter_mask(preds, gt, cfg.class_range))
-        gtb = gtb.select(filter_mask(gtb, gt, cfg.class_range))
+    keep_p = None if filtered else filter_mask(preds, gt, cfg.class_range)
+    keep_g = None if filtered else filter_mask(gt.boxes, gt, cfg.class_range)
+    preds_of, gt_of = by_class(preds, keep_p), by_class(gt.boxes, keep_g)
     label_aps: dict[str, dict[float, float]] = {}
     label_tp: dict[str, dict[str, float]] = {}
-    for name in DETECTION_NAMES:
-        mds = class_metric_data(preds, gtb, name, cfg.dist_ths)
+    for c, name in enumerate(DETECTION_NAMES):
+        mds = class_metric_data(preds_of[c], gt_of[c], name, cfg.dist_ths)
         label_aps[name] = {
             th: calc_ap(md, cfg.min_recall, cfg.min_precision) for th, md in zip(cfg.dist_ths, mds)
         }

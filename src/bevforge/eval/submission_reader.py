@@ -21,7 +21,6 @@ Shape letters: N boxes, S samples in the submission, m keys per box (pieces per 
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ _SCALAR_KEYS = (b"detection_score", b"num_pts")
 _REQUIRED = {*_STRING_KEYS, *_LIST_KEYS, b"detection_score"}
 _STYLES = ((b": ", b", "), (b":", b","))  # (key separator, item separator): json.dumps / compact + orjson
 _RESULTS = b'"results"'
+_NOT_LIST_MARKS = bytes(c for c in range(256) if c not in b"[],")
 
 
 def value_problems(table: BoxTable) -> list[tuple[str, np.ndarray, str]]:
@@ -71,26 +71,24 @@ def _numbers(column: list[bytes], head: bytes, end: bytes, q: bytes, width: int)
     """Numbers of one field: every piece must be ``head + values + end`` (values: ``width`` numbers, or
     one number if ``width`` is 0, nothing else). Returns the flat list (orjson-parsed) or ``None``."""
     n = len(column)
-    joined = q.join(column)  # the original text of the field's pieces; q occurs only at the n-1 joins
-    boundary = end + q + head  # contains q once: n-1 occurrences <=> every piece ends/starts as it must
-    if not (joined.startswith(head) and joined.endswith(end) and joined.count(boundary) == n - 1):
+    if not (column[0].startswith(head) and column[-1].endswith(end)):
         return None
-    # no quote, bracket or brace in the values: each piece holds those of its frame, so compare the total
-    frame, marks = head + end, b'"[]{}'
-    expected = sum(n * frame.count(c) + (n - 1) * q.count(c) for c in (marks[k : k + 1] for k in range(5)))
-    if len(joined) - len(joined.translate(None, marks)) != expected:
-        return None
-    commas = frame.count(b",") + max(width - 1, 0)
-    if width:  # exactly width - 1 commas between the values of every box
-        if set(map(bytes.count, column, itertools.repeat(b","))) != {commas}:
+    # first piece opens the flat array, the last one closes it: "[v, v], "size" ... "[v, v" -> "[v, v]"
+    pieces = [b"[" + column[0][len(head) :], *column[1:]] if head != b"[" else column.copy()
+    pieces[-1] = pieces[-1][: len(pieces[-1]) - len(end)] + b"]"
+    joined = q.join(pieces)  # q occurs only at the n-1 joins (it has no border, pieces hold none)
+    boundary = end + q + head  # holds q once: n-1 replacements <=> every join is end + q + head
+    text = joined.replace(boundary, b",")  # "[v, v, v,v, v, v]" (lists) or "[v,v,v]"
+    if len(joined) - len(text) != (n - 1) * (len(boundary) - 1) or text.count(b'"'):
+        return None  # a piece of another shape, or a quote (a string) among the values
+    if width:  # brackets and commas alone, "[,,],[,,],...[,,]" for width 3: width values in every box
+        values_skeleton = b"[" + b"," * (width - 1)
+        joint = (end + q).translate(None, _NOT_LIST_MARKS)  # "]," of "], "size": "
+        if (
+            joined.translate(None, _NOT_LIST_MARKS)
+            != (values_skeleton + joint) * (n - 1) + values_skeleton + b"]"
+        ):
             return None
-        # "[v, v], "size": [v, v], "size" -> "[v, v,v, v]" (the last piece keeps its "]")
-        text = memoryview(joined.replace(boundary, b","))[: len(joined) - (n - 1) * (len(boundary) - 1)]
-        text = text[: len(text) - len(end) + 1]
-    else:
-        if joined.count(b",") != n * commas + (n - 1) * q.count(b","):
-            return None
-        text = b"[" + joined[: len(joined) - len(end)].replace(boundary, b",") + b"]"
     try:
         values = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -220,8 +218,9 @@ def _columns(
         elif key in (b"detection_name", b"attribute_name"):
             names = CLASS_INDEX if key == b"detection_name" else {"": -1, **ATTR_INDEX}
             lut = {b'"' + name.encode() + b'"' + tail: v for name, v in names.items()}
-            cols[key] = list(map(lut.get, column))
-            if None in cols[key]:
+            try:
+                cols[key] = np.fromiter(map(lut.__getitem__, column), np.int64, count=n)
+            except KeyError:
                 return None
         else:
             width = _LIST_KEYS.get(key, 0)
@@ -234,6 +233,8 @@ def _columns(
         num_pts = np.array(cols.get(b"num_pts", [-1] * n), dtype=np.int64)
     except (ValueError, TypeError):
         return None
+    if score.shape != (n,) or num_pts.shape != (n,):  # e.g. [[0.5], ...]: not one number per box
+        return None
     index_of_key = np.array([index[t] for t in tokens], dtype=np.int64)
     return BoxTable(
         sample_idx=np.repeat(index_of_key, counts),
@@ -241,8 +242,8 @@ def _columns(
         size=arrays[b"size"].reshape(n, 3),
         rotation=arrays[b"rotation"].reshape(n, 4),
         velocity=arrays[b"velocity"].reshape(n, 2),
-        label=np.array(cols[b"detection_name"], dtype=np.int64),
+        label=cols[b"detection_name"],
         score=score.reshape(n),
-        attr=np.array(cols[b"attribute_name"], dtype=np.int64),
+        attr=cols[b"attribute_name"],
         num_pts=num_pts.reshape(n),
     )
