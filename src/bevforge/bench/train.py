@@ -4,11 +4,17 @@ Warm-up iterations (not timed), then ``--iters`` timed iterations of the trainer
 (``bevforge.train.step.Stepper``): samples/s, step time, the share of time spent waiting for data and
 peak GPU memory. A section (device, commit, command, numbers; ``bevforge.bench.results``) goes to
 ``benchmarks/results/train.md``.
+
+``--compile MODE`` and ``--channels-last`` (``train.compile`` / ``train.channels_last``) add variants:
+the eager baseline runs first, then channels-last, then the compiled model (with channels-last when both
+are given), each on a fresh model with the same seed, one row each with the speed-up over eager.
+``--no-baseline`` runs only the last variant. Compilation happens in the warm-up iterations.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 from pathlib import Path
@@ -31,6 +37,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")
     p.add_argument("--out", default=str(RESULTS), help="markdown file the result row is appended to")
+    p.add_argument(
+        "--compile",
+        default="",
+        choices=("", "default", "reduce-overhead", "max-autotune"),
+        help="also time the model under torch.compile with this mode (train.compile)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="also time a channels-last backbone + neck")
+    p.add_argument("--no-baseline", action="store_true", help="time only the last variant, not eager")
+
+
+def variants(compile_mode: str, channels_last: bool, baseline: bool = True) -> list[tuple[str, bool, str]]:
+    """``(label, train.channels_last, train.compile)`` to time, eager first."""
+    out = [("eager", False, "")]
+    if channels_last:
+        out.append(("channels-last", True, ""))
+    if compile_mode:
+        label = f"compile {compile_mode}" + (" + channels-last" if channels_last else "")
+        out.append((label, channels_last, compile_mode))
+    return out if baseline or len(out) == 1 else out[-1:]
 
 
 def benchmark(
@@ -94,15 +119,24 @@ def benchmark(
     }
 
 
-def result_body(res: dict[str, Any], config: str) -> str:
-    """The markdown table of one run (the section header comes from ``bevforge.bench.results``)."""
-    mem = f"{res['peak_mem_gib']:.2f}" if res.get("peak_mem_gib") is not None else "-"
-    return (
-        "| recipe | amp | global batch | samples/s | step ms | data share | peak mem GiB |\n"
-        "|---|---|---|---|---|---|---|\n"
-        f"| {config} | {res['amp']} | {res['global_batch']} | {res['samples_per_s']:.2f} | "
-        f"{res['step_ms']:.1f} | {100 * res['data_share']:.0f}% | {mem} |"
-    )
+def result_body(res: dict[str, Any] | list[dict[str, Any]], config: str) -> str:
+    """The markdown table of one run or of several variants (``res["variant"]``; the section header
+    comes from ``bevforge.bench.results``). The last column is the speed-up over the first row."""
+    rows = res if isinstance(res, list) else [res]
+    lines = [
+        "| recipe | amp | global batch | samples/s | step ms | data share | peak mem GiB | variant "
+        "| vs first |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "-"
+        ratio = r["samples_per_s"] / rows[0]["samples_per_s"] if rows[0]["samples_per_s"] > 0 else math.nan
+        lines.append(
+            f"| {config} | {r['amp']} | {r['global_batch']} | {r['samples_per_s']:.2f} | "
+            f"{r['step_ms']:.1f} | {100 * r['data_share']:.0f}% | {mem} | {r.get('variant', 'eager')} | "
+            f"{ratio:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,16 +147,32 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.amp = args.amp
     if args.grad_ckpt:
         cfg.train.grad_ckpt = True
-    res = benchmark(cfg, warmup=args.warmup, iters=args.iters)
-    if not res["is_main"]:
-        return 0
-    from bevforge.bench.results import append_result, device_name
+    # --set train.compile=... / train.channels_last=true count as the flags
+    compile_mode = args.compile or cfg.train.compile
+    results = []
+    for label, channels_last, mode in variants(
+        compile_mode, args.channels_last or cfg.train.channels_last, not args.no_baseline
+    ):
+        vcfg = copy.deepcopy(cfg)
+        vcfg.train.channels_last, vcfg.train.compile = channels_last, mode
+        res = benchmark(vcfg, warmup=args.warmup, iters=args.iters)
+        res["variant"] = label
+        results.append(res)
+        if not res["is_main"]:
+            continue
+        from bevforge.bench.results import device_name
 
-    print(
-        f"{device_name(res['device'])}: {res['samples_per_s']:.2f} samples/s, {res['step_ms']:.1f} ms/step, "
-        f"data {100 * res['data_share']:.0f}% of the time, peak mem "
-        + (f"{res['peak_mem_gib']:.2f} GiB" if res["peak_mem_gib"] is not None else "n/a (CPU)")
-    )
-    path = append_result(args.out, f"train {args.config}", res["device"], result_body(res, args.config))
+        print(
+            f"{device_name(res['device'])} [{label}]: {res['samples_per_s']:.2f} samples/s, "
+            f"{res['step_ms']:.1f} ms/step, data {100 * res['data_share']:.0f}% of the time, peak mem "
+            + (f"{res['peak_mem_gib']:.2f} GiB" if res["peak_mem_gib"] is not None else "n/a (CPU)")
+        )
+    if not results[0]["is_main"]:
+        return 0
+    from bevforge.bench.results import append_result
+
+    body = result_body(results, args.config)
+    print(body)
+    path = append_result(args.out, f"train {args.config}", results[0]["device"], body)
     print(f"appended to {path}")
     return 0

@@ -68,9 +68,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_m
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device, lr: float) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused kernel on CUDA."""
+    """AdamW over :func:`param_groups`; the fused kernel when every parameter is a CUDA float tensor."""
     groups = param_groups(model, lr, cfg.weight_decay, cfg.backbone_lr_mult)
-    fused = device.type == "cuda"
+    params = [p for g in groups for p in g["params"]]
+    fused = device.type == "cuda" and all(p.is_cuda and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay, fused=fused)
 
 

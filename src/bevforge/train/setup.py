@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bevforge.config import Config
+from bevforge.config import Config, ConfigError, TrainConfig
 from bevforge.train.checkpoint import CheckpointError, load_checkpoint, model_state_from
 from bevforge.train.distributed import DistInfo
 
@@ -120,12 +120,13 @@ def wrap_model(
     warn: Callable[[str], None],
     probe: Callable[[nn.Module], list[str]] | None = None,
 ) -> nn.Module:
-    """Move to the device, SyncBN (GPU only) and DDP when distributed.
+    """Move to the device, the speed options (:func:`apply_speed_options`), SyncBN (GPU only) and DDP
+    when distributed.
 
     ``find_unused_parameters`` is turned on only if needed: ``probe(model)`` lists parameters without
     gradient (every rank must agree, so the decision is all-reduced).
     """
-    model = model.to(dist_info.device)
+    model = apply_speed_options(model.to(dist_info.device), cfg.train)
     if not dist_info.distributed:
         return model
     find_unused = cfg.train.find_unused_parameters
@@ -152,3 +153,53 @@ def wrap_model(
 
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+#: the image parts put in channels-last (every model family names them so)
+IMAGE_PARTS = ("backbone", "neck")
+
+
+def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: 4-d tensor inputs ``[B*, C, H, W]`` in channels-last memory format."""
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4 else a
+        for a in args
+    )
+
+
+def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
+    """``train.channels_last`` and ``train.compile``, in place (parameter names and state dict unchanged).
+
+    channels_last: the model's ``backbone`` and ``neck`` weights (and the backbone's input, by a forward
+    pre-hook) in channels-last format; the neck outputs stay channels-last, which the encoder's
+    ``flatten(3).transpose(2, 3)`` reads without a copy.
+
+    compile: ``nn.Module.compile(mode=...)`` of every direct child with parameters (backbone, neck,
+    encoder, heads; BEVDet's view transformer, BEV backbone, head), not of the whole model: the model's
+    ``forward`` handles ``Batch`` / ``TemporalState`` objects and scene-token strings (a recompile per
+    new set of tokens) and breaks the graph ~55 times on the debug recipe (``torch._dynamo.explain``,
+    CPU: the reference MSDA's ``spatial_shapes.tolist()``, TSA's shape assert, SCA's ``max_len``);
+    backbone and neck compile to one graph each.
+    """
+    if tc.compile not in COMPILE_MODES:
+        raise ConfigError(
+            f"train.compile={tc.compile!r} is not one of '' (off), default, reduce-overhead, max-autotune"
+        )
+    if tc.channels_last:
+        parts = [
+            getattr(model, name) for name in IMAGE_PARTS if isinstance(getattr(model, name, None), nn.Module)
+        ]
+        if not parts:
+            raise ConfigError(
+                f"train.channels_last=true needs a model with a {' or '.join(IMAGE_PARTS)} module; "
+                f"{type(model).__name__} has neither (set train.channels_last=false)"
+            )
+        for part in parts:
+            part.to(memory_format=torch.channels_last)  # type: ignore[call-arg]  # 4-d weights only
+        parts[0].register_forward_pre_hook(_to_channels_last)
+    if tc.compile:
+        for child in model.children():
+            if any(True for _ in child.parameters()):
+                child.compile(mode=tc.compile)
+    return model

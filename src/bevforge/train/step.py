@@ -82,6 +82,8 @@ class Stepper:
     def forward_backward(self, batch: Batch, sync_grads: bool = True) -> dict[str, torch.Tensor]:
         """Forward + backward of one (micro-)batch; ``sync_grads=False`` skips the DDP all-reduce."""
         no_sync = isinstance(self.model, DDP) and not sync_grads
+        if self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # train.compile=reduce-overhead: a new graph step
         with self.model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
