@@ -235,3 +235,50 @@ def test_reader_random_byte_edits_never_accept_what_the_general_path_reads_other
             _same(fast, general)
             accepted += 1
     assert accepted > 5  # some edits keep the file valid (inside numbers): those are read fast
+
+
+@pytest.fixture()
+def two_processes(monkeypatch):
+    """Force the forked second half even on tiny files and a busy machine."""
+    from bevforge.eval import submission_reader
+
+    monkeypatch.setattr(submission_reader, "PARALLEL_MIN_BOXES", 1)
+    monkeypatch.setattr(submission_reader, "_idle_core", lambda: True)
+    return submission_reader
+
+
+def test_reader_two_processes_same_table(two_processes, tmp_path):
+    torch.manual_seed(0)
+    for seed in range(6):
+        sub, gt = _submission(seed, n_samples=6), _gt(6)
+        raw = json.dumps(sub).encode()
+        fast = read_submission_columns(raw, gt, 500)
+        assert fast is not None
+        _same(fast, _general(raw, gt, tmp_path))
+        # a malformed box in the last sample (the child's half) makes the whole file decline
+        last = [t for t, boxes in sub["results"].items() if boxes][-1]
+        bad = copy.deepcopy(sub)
+        bad["results"][last][-1]["detection_name"] = "tram"
+        assert read_submission_columns(json.dumps(bad).encode(), gt, 500) is None
+
+
+def test_reader_two_processes_child_death_recomputed_here(two_processes, monkeypatch, tmp_path):
+    import os
+
+    torch.manual_seed(0)
+    parent, real = os.getpid(), two_processes._columns
+
+    calls = []
+
+    def dies_in_child(*args):
+        if os.getpid() != parent:
+            os._exit(3)  # e.g. killed: no status written
+        calls.append(len(args[0]))
+        return real(*args)
+
+    monkeypatch.setattr(two_processes, "_columns", dies_in_child)
+    sub, gt = _submission(11, n_samples=6), _gt(6)
+    raw = json.dumps(sub).encode()
+    fast = read_submission_columns(raw, gt, 500)
+    assert fast is not None and len(calls) == 2  # this half, then the child's half again
+    _same(fast, _general(raw, gt, tmp_path))
