@@ -45,6 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--channels-last", action="store_true", help="also time a channels-last backbone + neck")
     p.add_argument("--no-baseline", action="store_true", help="time only the last variant, not eager")
+    p.add_argument(
+        "--fake-data",
+        action="store_true",
+        help="random batches of the recipe's shapes instead of the data loader (no dataset needed; "
+        "the data share is then ~0)",
+    )
 
 
 def variants(compile_mode: str, channels_last: bool, baseline: bool = True) -> list[tuple[str, bool, str]]:
@@ -56,6 +62,60 @@ def variants(compile_mode: str, channels_last: bool, baseline: bool = True) -> l
         label = f"compile {compile_mode}" + (" + channels-last" if channels_last else "")
         out.append((label, channels_last, compile_mode))
     return out if baseline or len(out) == 1 else out[-1:]
+
+
+class FakeLoader:
+    """``num`` random batches of the recipe's training shapes, repeated (``--fake-data``).
+
+    ``B`` = ``data.batch_size``, ``T`` = ``data.queue_length``, ``N`` cameras of a nuScenes-like ring
+    (:func:`bevforge.export.onnx_model.rig_lidar2img`), images at ``data.input_size`` or the padded
+    ``data.img_scale`` size, 30 random boxes per sample inside the point-cloud range.
+    """
+
+    def __init__(self, cfg: Config, num: int = 4, seed: int = 0) -> None:
+        from bevforge.export.onnx_model import input_hw, rig_lidar2img
+        from bevforge.structures.batch import Batch
+
+        d, m = cfg.data, cfg.model
+        b, t, n = d.batch_size, d.queue_length, len(d.cameras)
+        h, w = tuple(d.input_size) if d.input_size else input_hw(cfg)
+        scale = h / input_hw(cfg)[0] if d.input_size else 1.0
+        lidar2img = rig_lidar2img(cfg)[0]  # [N, 4, 4]
+        lidar2img[:, :2] *= scale  # pixel rows of another input size
+        g = torch.Generator().manual_seed(seed)
+        lo, hi = torch.tensor(d.point_cloud_range[:3]), torch.tensor(d.point_cloud_range[3:])
+        self.batch_size = b
+        self.batches = []
+        for i in range(num):
+            centres = lo + (hi - lo) * (0.1 + 0.8 * torch.rand(b, 30, 3, generator=g))  # [B, M, 3] metres
+            sizes = torch.tensor([4.0, 2.0, 1.6]).expand(b, 30, 3)  # [B, M, 3] l, w, h
+            yaw = (torch.rand(b, 30, 1, generator=g) * 2 - 1) * math.pi  # [B, M, 1]
+            boxes = torch.cat((centres, sizes, yaw, torch.zeros(b, 30, 2)), dim=-1)  # [B, M, 9]
+            can_bus = torch.zeros(b, t, 18)
+            can_bus[:, :, 0] = torch.arange(t, dtype=torch.float32)  # 1 m forward per frame
+            self.batches.append(
+                Batch(
+                    images=torch.randn(b, t, n, 3, h, w, generator=g),  # [B, T, N, 3, H, W]
+                    lidar2img=lidar2img.expand(b, t, n, 4, 4).clone(),
+                    can_bus=can_bus,
+                    ego2global=torch.eye(4, dtype=torch.float64).expand(b, t, 4, 4).clone(),
+                    lidar2ego=torch.eye(4, dtype=torch.float64).expand(b, t, 4, 4).clone(),
+                    frame_valid=torch.ones(b, t, dtype=torch.bool),
+                    scene_tokens=[[f"fake{i}_{j}"] * t for j in range(b)],
+                    sample_tokens=[f"fake{i}_{j}" for j in range(b)],
+                    timestamps=torch.zeros(b, t, dtype=torch.int64),
+                    img_hw=(h, w),
+                    gt_boxes=list(boxes),
+                    gt_labels=list(torch.randint(0, len(d.classes), (b, 30), generator=g)),
+                    seg_target=torch.zeros(b, len(d.seg_classes), m.bev_h, m.bev_w) if d.with_seg else None,
+                )
+            )
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def benchmark(
@@ -155,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
     ):
         vcfg = copy.deepcopy(cfg)
         vcfg.train.channels_last, vcfg.train.compile = channels_last, mode
-        res = benchmark(vcfg, warmup=args.warmup, iters=args.iters)
-        res["variant"] = label
+        loader = FakeLoader(vcfg) if args.fake_data else None
+        res = benchmark(vcfg, warmup=args.warmup, iters=args.iters, loader=loader)  # type: ignore[arg-type]
+        res["variant"] = label + (" (fake data)" if args.fake_data else "")
         results.append(res)
         if not res["is_main"]:
             continue

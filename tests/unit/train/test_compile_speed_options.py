@@ -152,3 +152,24 @@ def test_compile_debug_recipe_on_cuda_matches_eager_loss():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     assert fast == pytest.approx(eager, abs=1e-3)
+
+
+def test_compile_bench_train_fake_data_cli(tmp_path, capsys):
+    import argparse
+
+    from bevforge.bench import train as bench_train
+
+    parser = argparse.ArgumentParser()
+    bench_train.add_arguments(parser)
+    over = [*TINY_DEBUG, "data.img_scale=0.25", "data.queue_length=2", "train.amp=off"]
+    args = parser.parse_args(
+        ["configs/bevformer_debug.py", "--set", *over, "--fake-data", "--warmup", "0", "--iters", "1"]
+        + ["--out", str(tmp_path / "train.md")]
+    )
+    loader = bench_train.FakeLoader(load_config(args.config, over), num=2)
+    batch = next(iter(loader))
+    assert batch.images.shape == (1, 2, 6, 3, 64, 128) and batch.gt_boxes[0].shape == (30, 9)
+    assert batch.lidar2img.shape == (1, 2, 6, 4, 4) and batch.gt_labels[0].max() < 10
+    torch.manual_seed(0)
+    assert bench_train.run(args) == 0
+    assert "| eager (fake data) | 1.00x |" in (tmp_path / "train.md").read_text()
