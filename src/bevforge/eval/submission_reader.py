@@ -281,9 +281,10 @@ def _views(buf: mmap.mmap, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _idle_core() -> bool:
-    """Linux with >= 2 usable cores and one of them idle (1-min load average <= cores - 1)."""
-    if not sys.platform.startswith("linux"):
+def _can_fork() -> bool:
+    """Linux, no other Python thread (forking threads is unsafe), >= 2 usable cores and one of them idle
+    (1-min load average <= cores - 1)."""
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
         return False
     usable = len(os.sched_getaffinity(0))
     return usable >= 2 and os.getloadavg()[0] <= usable - 1
@@ -301,8 +302,8 @@ def _columns_in_two(
     """:func:`_columns` of the second half of the samples in a forked child while this process does the
     first half (large files, an idle core, no other Python thread); the same table as one call."""
     m, n = len(keys), len(boxes) // len(keys)
-    if n < PARALLEL_MIN_BOXES or not _idle_core() or threading.active_count() > 1:
-        return _columns(boxes, keys, tokens, counts, index, isep, q)  # (forking threads is unsafe)
+    if n < PARALLEL_MIN_BOXES or not _can_fork():
+        return _columns(boxes, keys, tokens, counts, index, isep, q)
     cut = int(np.searchsorted(np.cumsum(counts), n // 2)) + 1  # samples [0, cut) here
     n_here = sum(counts[:cut])
     if n_here in (0, n):
