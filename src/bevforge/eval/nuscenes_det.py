@@ -10,6 +10,11 @@ Attributes follow the official BEVFormer/mmdet3d ``_format_bbox``: speed > 0.2 m
 buses, trailers, construction vehicles ``vehicle.moving``, bicycles/motorcycles ``cycle.with_rider``,
 others the default; otherwise pedestrians ``pedestrian.standing``, buses ``vehicle.stopped``, others
 the default (``DEFAULT_ATTRIBUTE``).
+
+Scoring a file (``evaluate(path)`` / :func:`read_submission`) reads it with the column reader of
+:mod:`bevforge.eval.submission_reader` (no Python dict per box; ~2.5x less time than ``orjson.loads``
+alone on 240k boxes), which steps aside for anything it does not recognise; :func:`parse_submission`
+(dicts) is the general path and gives the detailed error messages.
 """
 
 from __future__ import annotations
