@@ -86,6 +86,25 @@ else
   skip bench-infer "configs/bevformer_tiny.py or bevforge.models.build missing"
 fi
 
+if [ $HAVE_CUDA = 0 ]; then
+  skip bench-train "no CUDA device"
+elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.train.step; then
+  # training throughput of the tiny recipe on random batches of its shapes (no dataset on the GPU box):
+  # eager vs channels-last in one call, then torch.compile (+ channels-last) alone with a longer timeout
+  # (inductor compiles forward + backward in the warm-up), so a compile timeout keeps the eager rows
+  TRAIN_ARGS=(configs/bevformer_tiny.py --set model.backbone.pretrained= --fake-data --warmup 5 --iters 20
+    --out "$RESULTS/train.md")
+  step bench-train-tiny-eager "$PY" -m bevforge.cli.main bench train "${TRAIN_ARGS[@]}" --channels-last
+  STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step bench-train-tiny-compile "$PY" -m bevforge.cli.main bench train \
+    "${TRAIN_ARGS[@]}" --channels-last --compile default --no-baseline
+  if can_import pytest; then  # loss of 3 debug-recipe steps: compile + channels-last == eager (fp32)
+    STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step compile-tests-cuda "$PY" -m pytest -q -p no:cacheprovider \
+      -m gpu tests/unit/train/test_compile_speed_options.py
+  fi
+else
+  skip bench-train "configs/bevformer_tiny.py or bevforge.train.step missing"
+fi
+
 {
   echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') commit ${BEVFORGE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
   echo
