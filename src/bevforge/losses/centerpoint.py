@@ -122,7 +122,9 @@ class CenterPointCriterion(nn.Module):
             )  # [B, 10, S] read at the centre cells only
             pred = pred.transpose(1, 2)  # [B, S, 10]
             finite = torch.isfinite(tgt.box_code)
-            weight = (tgt.mask[..., None] & finite).float() * self.code_weights  # [B, S, 10]
+            weight = (tgt.mask[..., None] & finite).float() * self.code_weights.to(
+                finite.device
+            )  # [B, S, 10]
             target = torch.where(finite, tgt.box_code, torch.zeros_like(tgt.box_code))
             num = tgt.mask.sum().float()
             loss_bbox = self.bbox_weight * ((pred - target).abs() * weight).sum() / (num + 1e-4)
