@@ -97,6 +97,10 @@ elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.train.step; then
   step bench-train-tiny-eager "$PY" -m bevforge.cli.main bench train "${TRAIN_ARGS[@]}" --channels-last
   STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step bench-train-tiny-compile "$PY" -m bevforge.cli.main bench train \
     "${TRAIN_ARGS[@]}" --channels-last --compile default --no-baseline
+  # graph breaks of the whole model and of each compiled part on CUDA (Triton MSDA op instead of the
+  # reference's spatial_shapes.tolist())
+  STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step explain-tiny "$PY" -m bevforge.cli.main bench train \
+    configs/bevformer_tiny.py --set model.backbone.pretrained= --explain
   if can_import pytest; then  # loss of 3 debug-recipe steps: compile + channels-last == eager (fp32)
     STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step compile-tests-cuda "$PY" -m pytest -q -p no:cacheprovider \
       -m gpu tests/unit/train/test_compile_speed_options.py

@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="also time a channels-last backbone + neck")
     p.add_argument("--no-baseline", action="store_true", help="time only the last variant, not eager")
     p.add_argument(
+        "--explain",
+        action="store_true",
+        help="instead of timing: torch._dynamo.explain graph breaks of the whole model and of each part",
+    )
+    p.add_argument(
         "--fake-data",
         action="store_true",
         help="random batches of the recipe's shapes instead of the data loader (no dataset needed; "
@@ -179,6 +184,54 @@ def benchmark(
     }
 
 
+def explain_graph_breaks(model: nn.Module, batch: Any, max_reasons: int = 4) -> list[dict[str, Any]]:
+    """``torch._dynamo.explain`` of ``model(batch, None)`` (training mode) and of each direct child with
+    parameters (the parts ``train.compile`` compiles) on the inputs it gets in that forward.
+
+    Returns one row per target: ``part``, ``graphs``, ``breaks``, ``reasons`` (the first ``max_reasons``
+    distinct ``reason @ file:line``).
+    """
+    import torch._dynamo as dynamo
+
+    model.train()
+    parts = {name: child for name, child in model.named_children() if any(True for _ in child.parameters())}
+    calls: dict[str, tuple[tuple, dict]] = {}
+    hooks = [
+        child.register_forward_pre_hook(
+            lambda _m, args, kwargs, name=name: calls.setdefault(name, (args, kwargs)), with_kwargs=True
+        )
+        for name, child in parts.items()
+    ]
+    try:
+        model(batch, None)  # eager: record each part's first inputs
+    finally:
+        for h in hooks:
+            h.remove()
+    targets = [("model", model, (batch, None), {})]
+    targets += [(name, parts[name], *calls[name]) for name in parts if name in calls]
+    rows = []
+    for name, fn, args, kwargs in targets:
+        dynamo.reset()
+        out = dynamo.explain(fn)(*args, **kwargs)
+        reasons: list[str] = []
+        for r in out.break_reasons:
+            frame = r.user_stack[-1] if r.user_stack else None
+            where = f" @ {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+            text = r.reason.splitlines()[0][:100] + where
+            if text not in reasons:
+                reasons.append(text)
+        rows.append(
+            {
+                "part": name,
+                "graphs": out.graph_count,
+                "breaks": out.graph_break_count,
+                "reasons": reasons[:max_reasons],
+            }
+        )
+    dynamo.reset()
+    return rows
+
+
 def result_body(res: dict[str, Any] | list[dict[str, Any]], config: str) -> str:
     """The markdown table of one run or of several variants (``res["variant"]``; the section header
     comes from ``bevforge.bench.results``). The last column is the speed-up over the first row."""
@@ -207,6 +260,18 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.amp = args.amp
     if args.grad_ckpt:
         cfg.train.grad_ckpt = True
+    if args.explain:
+        from bevforge.models.build import build_model
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the MSDA path differs
+        torch.manual_seed(cfg.train.seed)
+        batch = next(iter(FakeLoader(cfg, num=1))).to(device)
+        print(f"torch._dynamo.explain on {device} (training mode, fp32, one random batch):")
+        for row in explain_graph_breaks(build_model(cfg).to(device), batch):
+            print(f"{row['part']}: {row['graphs']} graphs, {row['breaks']} breaks")
+            for reason in row["reasons"]:
+                print(f"    {reason}")
+        return 0
     # --set train.compile=... / train.channels_last=true count as the flags
     compile_mode = args.compile or cfg.train.compile
     results = []

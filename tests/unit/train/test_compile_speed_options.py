@@ -173,3 +173,14 @@ def test_compile_bench_train_fake_data_cli(tmp_path, capsys):
     torch.manual_seed(0)
     assert bench_train.run(args) == 0
     assert "| eager (fake data) | 1.00x |" in (tmp_path / "train.md").read_text()
+
+
+def test_compile_explain_graph_breaks_of_model_and_parts():
+    from bevforge.bench.train import explain_graph_breaks
+
+    torch.manual_seed(0)
+    batch = next(iter(si.make_loader(2, 2)))
+    rows = {r["part"]: r for r in explain_graph_breaks(si.StandInModel(), batch)}
+    assert list(rows) == ["model", "backbone", "norm", "cls", "box"]  # parts with parameters only
+    assert rows["backbone"]["graphs"] == 1 and rows["backbone"]["breaks"] == 0
+    assert rows["model"]["graphs"] >= 1 and all(isinstance(r, str) for r in rows["model"]["reasons"])
