@@ -193,6 +193,11 @@ def export_recipe(
     from bevforge.io import atomic_write_json
     from bevforge.models.build import build_model
 
+    if cfg.model.arch != "bevformer":
+        raise ValueError(
+            f"{cfg.name}: ONNX export supports model.arch='bevformer' only, not {cfg.model.arch!r} "
+            "(BEVDet's export is not written yet)"
+        )
     model = build_model(cfg).eval()
     if checkpoint is not None:
         from bevforge.eval.pipeline import load_checkpoint

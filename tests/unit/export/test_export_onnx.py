@@ -175,3 +175,20 @@ def test_export_bad_checkpoint_names_the_file(tmp_path, capsys):
     assert rc == 2
     assert "nope.pth" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_other_model_family_is_refused_clearly(tmp_path, capsys):
+    rc = export_cli.run(
+        _parse(
+            [
+                "configs/bevformer_debug.py",
+                "none",
+                "--onnx",
+                str(tmp_path / "x.onnx"),
+                "--set",
+                "model.arch=bevdet",
+            ]
+        )
+    )
+    assert rc == 2
+    assert "model.arch='bevformer' only" in capsys.readouterr().err
