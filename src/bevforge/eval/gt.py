@@ -13,6 +13,7 @@ Both give a :class:`~bevforge.eval.box_table.GroundTruth` (global frame, devkit 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -150,56 +151,71 @@ def _read_gt_tables(root: Path, version: str, split: str, scene_names: list[str]
     anns = _table(root, version, "sample_annotation")
     ann_index = {a["token"]: i for i, a in enumerate(anns)}
 
-    det_rows, rack_rows = [], []
-    for i, a in enumerate(anns):
-        if a["sample_token"] not in index:
-            continue
-        cat = inst_cat[a["instance_token"]]
-        if cat == BICYCLE_RACK:
-            rack_rows.append(i)
-        elif cat in CATEGORY_TO_DETECTION:
-            det_rows.append(i)
+    # per instance once: detection label (-1 none) and bicycle rack
+    inst_label = {t: CLASS_INDEX.get(CATEGORY_TO_DETECTION.get(c, ""), -1) for t, c in inst_cat.items()}
+    rack_inst = {t for t, c in inst_cat.items() if c == BICYCLE_RACK}
+    n_anns = len(anns)
+    ann_sample = np.fromiter((index.get(a["sample_token"], -1) for a in anns), np.int64, n_anns)  # [A]
+    ann_label = np.fromiter((inst_label[a["instance_token"]] for a in anns), np.int64, n_anns)  # [A]
+    ann_rack = np.fromiter((a["instance_token"] in rack_inst for a in anns), bool, n_anns)  # [A]
+    in_split = ann_sample >= 0
+    det_rows = np.flatnonzero(in_split & (ann_label >= 0))
     # stable by sample (split order), annotation-table order inside a sample, like sample['anns']
-    det_rows.sort(key=lambda i: index[anns[i]["sample_token"]])
+    det_rows = det_rows[np.argsort(ann_sample[det_rows], kind="stable")]
+    rack_rows = np.flatnonzero(in_split & ann_rack)
 
-    def table(rows: list[int], with_velocity: bool) -> BoxTable:
-        sel = [anns[i] for i in rows]
+    def vectors(sel: list[dict[str, Any]], key: str, width: int) -> np.ndarray:
+        if any(len(a[key]) != width for a in sel):
+            raise GroundTruthError(
+                f"{root / version}/sample_annotation.json: every {key} needs {width} numbers"
+            )
+        flat = itertools.chain.from_iterable(a[key] for a in sel)
+        return np.fromiter(flat, np.float64, len(sel) * width).reshape(len(sel), width)
+
+    def table(rows: np.ndarray, with_velocity: bool) -> BoxTable:
+        sel = [anns[i] for i in rows.tolist()]
         n = len(sel)
-        trans = np.array([a["translation"] for a in sel], dtype=np.float64).reshape(n, 3)
         attr = np.full(n, -1, dtype=np.int64)
-        label = np.full(n, -1, dtype=np.int64)
-        for k, a in enumerate(sel):
-            cat = inst_cat[a["instance_token"]]
-            label[k] = CLASS_INDEX.get(CATEGORY_TO_DETECTION.get(cat, ""), -1)
-            if len(a["attribute_tokens"]) > 1 and with_velocity:
+        if with_velocity:
+            attr_lists = [a["attribute_tokens"] for a in sel]
+            many = next((k for k, t in enumerate(attr_lists) if len(t) > 1), None)
+            if many is not None:
                 raise GroundTruthError(
-                    f"{root / version}/sample_annotation.json: annotation {a['token']} has "
-                    f"{len(a['attribute_tokens'])} attributes; the devkit allows at most one"
+                    f"{root / version}/sample_annotation.json: annotation {sel[many]['token']} has "
+                    f"{len(attr_lists[many])} attributes; the devkit allows at most one"
                 )
-            if a["attribute_tokens"] and with_velocity:
-                attr[k] = ATTR_INDEX[attr_names[a["attribute_tokens"][0]]]
+            attr = np.fromiter((ATTR_INDEX[attr_names[t[0]]] if t else -1 for t in attr_lists), np.int64, n)
         vel = np.full((n, 2), np.nan)
         if with_velocity and n:
-            all_trans = np.array([a["translation"] for a in anns], dtype=np.float64)
-            all_ts = np.array([sample_ts[a["sample_token"]] for a in anns], dtype=np.int64)
-            prev = np.array([ann_index[a["prev"]] if a["prev"] else -1 for a in sel], dtype=np.int64)
-            nxt = np.array([ann_index[a["next"]] if a["next"] else -1 for a in sel], dtype=np.int64)
-            vel = box_velocity_xy(all_trans, all_ts, np.array(rows, dtype=np.int64), prev, nxt)
-        pts = [a["num_lidar_pts"] + a["num_radar_pts"] for a in sel]
-        if any(not isinstance(p, int) for p in pts):
+            prev = np.fromiter((ann_index[a["prev"]] if a["prev"] else -1 for a in sel), np.int64, n)
+            nxt = np.fromiter((ann_index[a["next"]] if a["next"] else -1 for a in sel), np.int64, n)
+            near = np.unique(np.concatenate([rows, prev[prev >= 0], nxt[nxt >= 0]]))  # [U] needed anns
+            near_sel = [anns[i] for i in near.tolist()]
+            near_ts = np.fromiter((sample_ts[a["sample_token"]] for a in near_sel), np.int64, len(near))
+            local = np.full(n_anns, -1, dtype=np.int64)  # annotation index -> row of near
+            local[near] = np.arange(len(near))
+            vel = box_velocity_xy(
+                vectors(near_sel, "translation", 3),
+                near_ts,
+                local[rows],
+                np.where(prev >= 0, local[prev], -1),
+                np.where(nxt >= 0, local[nxt], -1),
+            )
+        pts = np.array([a["num_lidar_pts"] + a["num_radar_pts"] for a in sel])
+        if n and pts.dtype.kind not in "iub":
             raise GroundTruthError(
                 f"{root / version}/sample_annotation.json: num_lidar_pts/num_radar_pts must be ints"
             )
         return BoxTable(
-            sample_idx=np.array([index[a["sample_token"]] for a in sel], dtype=np.int64),
-            translation=trans,
-            size=np.array([a["size"] for a in sel], dtype=np.float64).reshape(n, 3),
-            rotation=np.array([a["rotation"] for a in sel], dtype=np.float64).reshape(n, 4),
+            sample_idx=ann_sample[rows],
+            translation=vectors(sel, "translation", 3),
+            size=vectors(sel, "size", 3),
+            rotation=vectors(sel, "rotation", 4),
             velocity=vel,
-            label=label,
+            label=ann_label[rows],
             score=np.full(n, -1.0),
             attr=attr,
-            num_pts=np.array(pts, dtype=np.int64),
+            num_pts=pts.astype(np.int64).reshape(n),
         )
 
     return GroundTruth(
