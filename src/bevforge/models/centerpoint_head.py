@@ -26,6 +26,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bevforge.config import Config, ConfigError
+from bevforge.models.centerpoint_decode import NMSSettings, decode_centerpoint
 
 #: regression branches (name, channels) in the official ``common_heads`` order; the box code of the loss
 #: concatenates them in this order: (reg x, reg y, z, log l, log w, log h, sin, cos, vx, vy)
@@ -117,8 +118,6 @@ class CenterPointHead(nn.Module):
         nms_rescale_factor: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
-        from bevforge.models.centerpoint_decode import NMSSettings
-
         if not tasks or any(len(t) == 0 for t in tasks):
             raise ValueError(f"tasks must be non-empty groups of class indices, got {tasks}")
         if len(pc_range) != 6:
@@ -173,8 +172,6 @@ class CenterPointHead(nn.Module):
         """Boxes per batch element (``boxes [N, 9]`` ours, ``scores [N]``, ``labels [N]`` int64, by score).
 
         The effective score floor is ``max(score_threshold, head score_threshold)``."""
-        from bevforge.models.centerpoint_decode import decode_centerpoint
-
         return decode_centerpoint(
             preds,
             tasks=self.tasks,
