@@ -1,5 +1,5 @@
 """ONNX export of the debug recipe: onnxruntime matches PyTorch on inputs unlike the traced ones (other
-images, motion, camera rigs, hence other hit sets), and repeats itself exactly."""
+images, motion, camera rigs, hence other hit sets), and repeats itself."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_export_debug_recipe_matches_onnxruntime(tmp_path, capsys):
         parity = compare_with_pytorch(model, sess, case)
         assert max(parity.values()) <= ORT_TOLERANCE, parity
         for a, b in zip(first, run_onnxruntime(sess, case), strict=True):
-            assert (a == b).all()  # onnxruntime repeats itself exactly
+            assert np.abs(a - b).max() <= 1e-5  # repeatable (a race loses whole updates: O(1))
 
 
 def _hits(cfg, lidar2img: torch.Tensor) -> torch.Tensor:
