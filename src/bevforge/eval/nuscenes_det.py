@@ -12,9 +12,9 @@ others the default; otherwise pedestrians ``pedestrian.standing``, buses ``vehic
 the default (``DEFAULT_ATTRIBUTE``).
 
 Scoring a file (``evaluate(path)`` / :func:`read_submission`) reads it with the column reader of
-:mod:`bevforge.eval.submission_reader` (no Python dict per box; ~2.5x less time than ``orjson.loads``
-alone on 240k boxes), which steps aside for anything it does not recognise; :func:`parse_submission`
-(dicts) is the general path and gives the detailed error messages.
+:mod:`bevforge.eval.submission_reader` (no Python dict per box; about half the time of
+``orjson.loads`` alone on 240k boxes, less with an idle second core), which steps aside for anything it
+does not recognise; :func:`parse_submission` (dicts) is the general path and gives the detailed errors.
 """
 
 from __future__ import annotations
