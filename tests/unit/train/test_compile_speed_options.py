@@ -184,3 +184,32 @@ def test_compile_explain_graph_breaks_of_model_and_parts():
     assert list(rows) == ["model", "backbone", "norm", "cls", "box"]  # parts with parameters only
     assert rows["backbone"]["graphs"] == 1 and rows["backbone"]["breaks"] == 0
     assert rows["model"]["graphs"] >= 1 and all(isinstance(r, str) for r in rows["model"]["reasons"])
+
+
+def _train(work_dir, overrides):
+    from bevforge.train.trainer import train
+
+    torch.manual_seed(0)
+    cfg = si.tiny_config(["train.max_iters=3", *overrides])
+    model = si.StandInModel()
+    train(cfg, work_dir, model=model, criterion=si.StandInCriterion(), train_loader=si.make_loader(8, 2),
+          progress=False, tensorboard=False)  # fmt: skip
+    return model
+
+
+def test_compile_in_the_trainer_same_losses_and_checkpoints(tmp_path):
+    import json
+
+    from bevforge.train.checkpoint import load_checkpoint
+
+    _train(tmp_path / "eager", [])
+    model = _train(tmp_path / "fast", ["train.compile=default", "train.channels_last=true"])
+    assert model.backbone._compiled_call_impl is not None
+    losses = [
+        [json.loads(line)["loss"] for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("eager", "fast")
+    ]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-4) and len(losses[0]) == 3
+    eager_ck, fast_ck = (load_checkpoint(tmp_path / run / "latest.pth") for run in ("eager", "fast"))
+    assert list(fast_ck["model"]) == list(eager_ck["model"])  # no _orig_mod. prefixes
+    si.StandInModel().load_state_dict(fast_ck["model"])  # an eager model loads it
