@@ -8,6 +8,8 @@ the previous BEV, heads; no post-processing), in up to four modes:
 - ``compile``: ``torch.compile`` of the frame (inductor);
 - ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU).
 
+``--channels-last`` puts backbone + neck (and the images) in channels-last format for every mode.
+
 Latency percentiles (p50/p90/p99 ms) over ``--iters`` timed frames after ``--warmup``; FPS = 1000 / mean;
 peak memory = ``torch.cuda.max_memory_allocated`` during the timed frames (CUDA, PyTorch modes only).
 A mode that cannot run (no onnxruntime, no compiler) is reported with the reason, the others still run.
@@ -45,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw-wh", type=int, nargs=2, default=None, metavar=("W", "H"), help="camera image size")
     p.add_argument("--out", default="benchmarks/results/infer.md", help="markdown file to append to")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--channels-last", action="store_true", help="backbone + neck in channels-last format (every mode)"
+    )
 
 
 def _sync(device: str) -> None:
@@ -125,6 +130,10 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
         from bevforge.eval.pipeline import load_checkpoint
 
         load_checkpoint(model, ckpt)
+    if args.channels_last:
+        from bevforge.train.setup import channels_last_
+
+        channels_last_(model)
     inputs_cpu = example_inputs(cfg, tuple(args.raw_wh) if args.raw_wh else None)
     amp = AMP[args.amp]
     rows = []
@@ -191,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(rows)
     print(table)
     shape = f"batch 1, {len(cfg.data.cameras)} cameras, BEV {m.bev_h}x{m.bev_w}, embed {m.embed_dims}"
+    shape += ", channels-last backbone + neck" if args.channels_last else ""
     body = f"recipe `{cfg.name}` ({shape}), checkpoint {args.ckpt or 'random init'}\n\n{table}"
     path = append_result(args.out, f"inference {cfg.name}", args.device, body)
     print(f"appended to {path}")

@@ -168,6 +168,23 @@ def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
     )
 
 
+def channels_last_(model: nn.Module) -> nn.Module:
+    """``model.backbone`` / ``model.neck`` weights (4-d only) and the backbone's 4-d input (a forward
+    pre-hook) in channels-last memory format, in place. Raises ``ConfigError`` without either part."""
+    parts = [
+        getattr(model, name) for name in IMAGE_PARTS if isinstance(getattr(model, name, None), nn.Module)
+    ]
+    if not parts:
+        raise ConfigError(
+            f"train.channels_last=true needs a model with a {' or '.join(IMAGE_PARTS)} module; "
+            f"{type(model).__name__} has neither (set train.channels_last=false)"
+        )
+    for part in parts:
+        part.to(memory_format=torch.channels_last)  # type: ignore[call-arg]  # 4-d weights only
+    parts[0].register_forward_pre_hook(_to_channels_last)
+    return model
+
+
 def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
     """``train.channels_last`` and ``train.compile``, in place (parameter names and state dict unchanged).
 
@@ -187,17 +204,7 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
             f"train.compile={tc.compile!r} is not one of '' (off), default, reduce-overhead, max-autotune"
         )
     if tc.channels_last:
-        parts = [
-            getattr(model, name) for name in IMAGE_PARTS if isinstance(getattr(model, name, None), nn.Module)
-        ]
-        if not parts:
-            raise ConfigError(
-                f"train.channels_last=true needs a model with a {' or '.join(IMAGE_PARTS)} module; "
-                f"{type(model).__name__} has neither (set train.channels_last=false)"
-            )
-        for part in parts:
-            part.to(memory_format=torch.channels_last)  # type: ignore[call-arg]  # 4-d weights only
-        parts[0].register_forward_pre_hook(_to_channels_last)
+        channels_last_(model)
     if tc.compile:
         for child in model.children():
             if any(True for _ in child.parameters()):

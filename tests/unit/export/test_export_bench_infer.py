@@ -33,3 +33,21 @@ def test_bench_infer_rejects_unknown_mode(tmp_path, capsys):
     args = _args(["configs/bevformer_debug.py", "--modes", "tensorrt", "--device", "cpu"])
     assert infer.run(args) == 2
     assert "tensorrt" in capsys.readouterr().out
+
+
+def test_bench_infer_channels_last(tmp_path):
+    torch.manual_seed(0)
+    out = tmp_path / "infer.md"
+    argv = [
+        "configs/bevformer_debug.py",
+        "--modes",
+        "eager",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--channels-last",
+    ]
+    assert infer.run(_args([*argv, "--device", "cpu", "--out", str(out)])) == 0
+    text = out.read_text()
+    assert "channels-last backbone + neck" in text and "skipped" not in text
