@@ -21,7 +21,6 @@ Shape letters: N boxes, S samples in the submission, m keys per box (pieces per 
 
 from __future__ import annotations
 
-import mmap
 import os
 import sys
 import threading
@@ -101,17 +100,27 @@ def _numbers(column: list[bytes], head: bytes, end: bytes, q: bytes, width: int)
 
 
 def _walk(
-    pieces: list[bytes], r: int, m: int, open_box: bytes, isep: bytes, max_boxes: int
+    pieces: list[bytes],
+    i: int,
+    key: bytes,
+    m: int,
+    open_box: bytes,
+    isep: bytes,
+    max_boxes: int,
+    closes: bool,
 ) -> tuple[list[bytes], list[int], list[bytes], int, bytes] | None:
     """Sample keys, box counts, the box pieces (m per box, last box's tail made like the others),
-    the index of the piece that closes ``results`` and what follows the closing brace in it."""
+    the index of the piece that closes ``results`` and what follows the closing brace in it.
+
+    Starts at the sample ``key`` whose name ends ``pieces[i]``. ``closes=False``: the pieces are a run
+    of whole samples that ends right after the opening quote of the next key (index -1 returned).
+    """
     box_end = b"}" + isep + open_box[1:]  # tail of the last piece of a box followed by another box
     list_end = b"}]" + isep + b'"'  # ... of the last box of a sample followed by another sample
     empty = b"[]" + isep + b'"'
     keys: list[bytes] = []
     counts: list[int] = []
     boxes: list[bytes] = []
-    i, key = r + 1, pieces[r + 1][2:]
     while True:
         keys.append(key)
         p = pieces[i + 1] if i + 1 < len(pieces) else b""
@@ -120,6 +129,8 @@ def _walk(
             i, key = i + 1, p[len(empty) :]
             continue
         if p.startswith(b"[]}"):  # empty sample closes results
+            if not closes:
+                return None
             counts.append(0)
             return keys, counts, boxes, i + 1, p[3:]
         if p != open_box:
@@ -148,9 +159,11 @@ def _walk(
         if last[: quote + 1].endswith(list_end):
             boxes[-1] = last[: quote + 1 - len(list_end)] + box_end
             i, key = s + m * n - 1, last[quote + 1 :]
+            if not closes and i + 1 == len(pieces) and not key:
+                return keys, counts, boxes, -1, b""
             continue
         close = last.find(b"}]}")
-        if close < 0:
+        if close < 0 or not closes:
             return None
         boxes[-1] = last[:close] + box_end
         return keys, counts, boxes, s + m * n - 1, last[close + 3 :]
@@ -168,20 +181,23 @@ def read_submission_columns(
         return None
     ksep, isep = style[0]
     q = b'"' + ksep  # closes a key; no border, so in a join of pieces it only occurs at the joins
-    pieces = raw.split(q)  # [~8 N]
-    r = raw.count(q, 0, pos)  # pieces[r] ends with "results
-    first = next((j + 1 for j in range(r + 1, len(pieces)) if pieces[j].startswith(b'[{"')), 0)
-    keys = _template(pieces, first, isep) if first else None
-    if keys is None:
-        return None
-    m = len(keys)
-    walked = _walk(pieces, r, m, b'[{"' + keys[0], isep, max_boxes)
-    if walked is None:
-        return None
-    tokens, counts, boxes, close, rest = walked
+    index = {t.encode(): i for i, t in enumerate(gt.sample_tokens)}
+    read = _read_in_two(raw, pos, q, isep, index, max_boxes) if len(raw) >= PARALLEL_MIN_BYTES else None
+    if read is None:  # one process (also when the two-process read declined)
+        pieces = raw.split(q)  # [~8 N]
+        r = raw.count(q, 0, pos)  # pieces[r] ends with "results
+        first = next((j + 1 for j in range(r + 1, len(pieces)) if pieces[j].startswith(b'[{"')), 0)
+        keys = _template(pieces, first, isep) if first else None
+        run = (
+            None
+            if keys is None
+            else _read_run(pieces, r + 1, pieces[r + 1][2:], keys, isep, q, index, max_boxes)
+        )
+        if run is None:
+            return None
+        read = (q.join(pieces[: r + 1]), *run)
+    head, tokens, counts, table, tail = read
     # everything outside results, with results replaced by 0: parsed by orjson (meta, top-level checks)
-    head = q.join(pieces[: r + 1])
-    tail = rest + (q + q.join(pieces[close + 1 :]) if close + 1 < len(pieces) else b"")
     if _RESULTS in head[: -len(_RESULTS) + 1] or _RESULTS in tail:
         return None
     try:
@@ -190,13 +206,37 @@ def read_submission_columns(
         return None
     if not isinstance(top, dict) or top.get("results") != 0 or "meta" not in top:
         return None
-    index = {t.encode(): i for i, t in enumerate(gt.sample_tokens)}
-    if len(set(tokens)) != len(tokens) or len(tokens) != len(index) or not all(t in index for t in tokens):
+    if len(set(tokens)) != len(tokens) or len(tokens) != len(index):  # (all are in index)
         return None
-    table = _columns_in_two(boxes, keys, tokens, counts, index, isep, q)
-    if table is None or any(bad.any() for _, bad, _ in value_problems(table)):
+    if any(bad.any() for _, bad, _ in value_problems(table)):
         return None
     return table, top["meta"]
+
+
+def _read_run(
+    pieces: list[bytes],
+    i: int,
+    key: bytes,
+    keys: list[bytes],
+    isep: bytes,
+    q: bytes,
+    index: dict[bytes, int],
+    max_boxes: int,
+    closes: bool = True,
+) -> tuple[list[bytes], list[int], BoxTable, bytes] | None:
+    """Sample keys, box counts, the boxes of the samples from ``pieces[i]`` (see :func:`_walk`) and,
+    if the run ``closes`` results, the text after the closing brace (else b"")."""
+    walked = _walk(pieces, i, key, len(keys), b'[{"' + keys[0], isep, max_boxes, closes)
+    if walked is None:
+        return None
+    tokens, counts, boxes, close, rest = walked
+    if not all(t in index for t in tokens):
+        return None
+    table = _columns(boxes, keys, tokens, counts, index, isep, q)
+    if table is None:
+        return None
+    tail = rest + (q + q.join(pieces[close + 1 :]) if 0 <= close < len(pieces) - 1 else b"")
+    return tokens, counts, table, tail
 
 
 def _columns(
@@ -255,7 +295,7 @@ def _columns(
 
 # ------------------------------------------------------------------------------ two processes
 
-PARALLEL_MIN_BOXES = 50_000  # below this, a fork costs more than it saves
+PARALLEL_MIN_BYTES = 16 << 20  # below this, a second process costs more than it saves
 _FIELDS = (  # BoxTable fields as they travel from the child: (name, columns, dtype)
     ("sample_idx", 1, np.int64),
     ("translation", 3, np.float64),
@@ -267,18 +307,6 @@ _FIELDS = (  # BoxTable fields as they travel from the child: (name, columns, dt
     ("attr", 1, np.int64),
     ("num_pts", 1, np.int64),
 )
-_BYTES_PER_BOX = 8 * sum(cols for _, cols, _ in _FIELDS)
-_CHILD_TABLE, _CHILD_NONE = 1, 2  # status byte written by the child
-
-
-def _views(buf: mmap.mmap, n: int) -> dict[str, np.ndarray]:
-    """The fields of an n-box table laid out one after the other in ``buf`` (after a status byte)."""
-    out, offset = {}, 8
-    for name, cols, dtype in _FIELDS:
-        view = np.frombuffer(buf, dtype=dtype, count=n * cols, offset=offset)
-        out[name] = view.reshape(n, cols) if cols > 1 else view
-        offset += 8 * n * cols
-    return out
 
 
 def _can_fork() -> bool:
@@ -290,48 +318,73 @@ def _can_fork() -> bool:
     return usable >= 2 and os.getloadavg()[0] <= usable - 1
 
 
-def _columns_in_two(
-    boxes: list[bytes],
-    keys: list[bytes],
-    tokens: list[bytes],
-    counts: list[int],
-    index: dict[bytes, int],
-    isep: bytes,
-    q: bytes,
-) -> BoxTable | None:
-    """:func:`_columns` of the second half of the samples in a forked child while this process does the
-    first half (large files, an idle core, no other Python thread); the same table as one call."""
-    m, n = len(keys), len(boxes) // len(keys)
-    if n < PARALLEL_MIN_BOXES or not _can_fork():
-        return _columns(boxes, keys, tokens, counts, index, isep, q)
-    cut = int(np.searchsorted(np.cumsum(counts), n // 2)) + 1  # samples [0, cut) here
-    n_here = sum(counts[:cut])
-    if n_here in (0, n):
-        return _columns(boxes, keys, tokens, counts, index, isep, q)
-    args_there = (boxes[m * n_here :], keys, tokens[cut:], counts[cut:], index, isep, q)
-    buf = mmap.mmap(-1, 8 + _BYTES_PER_BOX * (n - n_here))  # anonymous, shared with the child
+def _read_in_two(
+    raw: bytes, pos: int, q: bytes, isep: bytes, index: dict[bytes, int], max_boxes: int
+) -> tuple[bytes, list[bytes], list[int], BoxTable, bytes] | None:
+    """The one-process read of :func:`read_submission_columns` (head, keys, counts, table, tail) with the
+    bytes cut at a sample boundary in the middle: a forked child splits and reads the second half from
+    the (shared, never written) ``raw`` while this process reads the first. None if not possible here
+    (no idle core, ...) or if either half does not read: the caller then reads in one process."""
+    if not _can_fork():
+        return None
+    prefix = raw[pos : pos + (1 << 16)].split(q)  # the key order from the first box
+    first = next((j + 1 for j in range(1, len(prefix)) if prefix[j].startswith(b'[{"')), 0)
+    keys = _template(prefix, first, isep) if first else None
+    list_end = b"}]" + isep + b'"'  # a sample ends, the next key's quote follows
+    cut = raw.find(list_end, pos + (len(raw) - pos) // 2) + len(list_end) - 1  # index of that quote
+    if keys is None or cut < len(list_end):
+        return None
+    read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: fill buf, then leave without running any exit handler of the parent
-        status = 0
+    if pid == 0:  # child: read raw[cut:], send it, leave without running any exit handler
         try:
-            table = _columns(*args_there)
-            if table is not None:
-                for name, view in _views(buf, n - n_here).items():
-                    view[...] = getattr(table, name)
-            status = _CHILD_TABLE if table is not None else _CHILD_NONE
+            os.close(read_fd)
+            pieces = raw[cut:].split(q)
+            run = _read_run(pieces, 0, pieces[0][1:], keys, isep, q, index, max_boxes)
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(_pack(run))
         finally:
-            buf[0] = status
             os._exit(0)
+    os.close(write_fd)
     try:
-        here = _columns(boxes[: m * n_here], keys, tokens[:cut], counts[:cut], index, isep, q)
+        pieces = raw[: cut + 1].split(q)
+        r = raw.count(q, 0, pos)
+        here = _read_run(pieces, r + 1, pieces[r + 1][2:], keys, isep, q, index, max_boxes, closes=False)
+        head = q.join(pieces[: r + 1])
+        del pieces
+        with os.fdopen(read_fd, "rb") as inp:
+            there = _unpack(inp.read())
     finally:
         os.waitpid(pid, 0)
-    if buf[0] == _CHILD_TABLE:
-        there: BoxTable | None = BoxTable(**_views(buf, n - n_here))
-    elif buf[0] == _CHILD_NONE:
-        there = None
-    else:  # the child failed (killed, out of memory): do its half here
-        there = _columns(*args_there)
     if here is None or there is None:
         return None
-    return BoxTable.concat([here, there])
+    table = BoxTable.concat([here[2], there[2]])
+    return head, here[0] + there[0], here[1] + there[1], table, there[3]
+
+
+def _pack(run: tuple[list[bytes], list[int], BoxTable, bytes] | None) -> bytes:
+    """A read run as bytes: header length (8 bytes), JSON header, then the table's arrays."""
+    if run is None:
+        return b""
+    tokens, counts, table, tail = run
+    header = orjson.dumps({"tokens": [t.hex() for t in tokens], "counts": counts, "tail": tail.hex()})
+    arrays = [np.ascontiguousarray(getattr(table, name), dtype=dtype) for name, _, dtype in _FIELDS]
+    return b"".join([len(header).to_bytes(8, "little"), header, *(a.tobytes() for a in arrays)])
+
+
+def _unpack(data: bytes) -> tuple[list[bytes], list[int], BoxTable, bytes] | None:
+    """:func:`_pack`'s input back; None if the child declined or died before writing all of it."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        header = orjson.loads(data[8 : 8 + size])
+        n, offset, fields = sum(header["counts"]), 8 + size, {}
+        for name, cols, dtype in _FIELDS:
+            values = np.frombuffer(data, dtype=dtype, count=n * cols, offset=offset)
+            fields[name] = values.reshape(n, cols) if cols > 1 else values
+            offset += values.nbytes
+        if offset != len(data):
+            return None
+        tokens = [bytes.fromhex(t) for t in header["tokens"]]
+        return tokens, header["counts"], BoxTable(**fields), bytes.fromhex(header["tail"])
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        return None

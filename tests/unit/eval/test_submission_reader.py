@@ -239,47 +239,64 @@ def test_reader_random_byte_edits_never_accept_what_the_general_path_reads_other
 
 @pytest.fixture()
 def two_processes(monkeypatch):
-    """Force the forked second half even on tiny files, a busy machine, or with threads left by other
-    tests (the child runs only the reader's own code)."""
+    """Force the two-process read even on tiny files, a busy machine, or with threads left by other
+    tests (the child runs only the reader's own code); records what each two-process read returned."""
     from bevforge.eval import submission_reader
 
-    monkeypatch.setattr(submission_reader, "PARALLEL_MIN_BOXES", 1)
+    monkeypatch.setattr(submission_reader, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(submission_reader, "_can_fork", lambda: True)
-    return submission_reader
+    real, outcomes = submission_reader._read_in_two, []
+
+    def recorded(*args):
+        outcomes.append(real(*args))
+        return outcomes[-1]
+
+    monkeypatch.setattr(submission_reader, "_read_in_two", recorded)
+    return submission_reader, outcomes
+
+
+def _big_submission(seed: int) -> dict:
+    """Every sample with boxes (so that the bytes can be cut at a sample boundary in the middle)."""
+    sub = _submission(seed, n_samples=6)
+    rng = random.Random(seed)
+    for tok, boxes in sub["results"].items():
+        keys = tuple(next(b for bs in sub["results"].values() for b in bs))
+        boxes += [_box(rng, tok, keys) for _ in range(3)]
+    return sub
 
 
 def test_reader_two_processes_same_table(two_processes, tmp_path):
+    _, outcomes = two_processes
     torch.manual_seed(0)
     for seed in range(6):
-        sub, gt = _submission(seed, n_samples=6), _gt(6)
-        raw = json.dumps(sub).encode()
-        fast = read_submission_columns(raw, gt, 500)
-        assert fast is not None
-        _same(fast, _general(raw, gt, tmp_path))
+        sub, gt = _big_submission(seed), _gt(6)
+        for writer in sorted(WRITERS):
+            raw = WRITERS[writer](sub)
+            fast = read_submission_columns(raw, gt, 500)
+            assert fast is not None and outcomes[-1] is not None, (seed, writer)  # read in two
+            _same(fast, _general(raw, gt, tmp_path))
         # a malformed box in the last sample (the child's half) makes the whole file decline
-        last = [t for t, boxes in sub["results"].items() if boxes][-1]
+        last = list(sub["results"])[-1]
         bad = copy.deepcopy(sub)
         bad["results"][last][-1]["detection_name"] = "tram"
         assert read_submission_columns(json.dumps(bad).encode(), gt, 500) is None
 
 
-def test_reader_two_processes_child_death_recomputed_here(two_processes, monkeypatch, tmp_path):
+def test_reader_two_processes_child_death_read_in_one(two_processes, monkeypatch, tmp_path):
     import os
 
+    module, outcomes = two_processes
     torch.manual_seed(0)
-    parent, real = os.getpid(), two_processes._columns
-
-    calls = []
+    parent, real = os.getpid(), module._columns
 
     def dies_in_child(*args):
         if os.getpid() != parent:
-            os._exit(3)  # e.g. killed: no status written
-        calls.append(len(args[0]))
+            os._exit(3)  # e.g. killed: nothing written
         return real(*args)
 
-    monkeypatch.setattr(two_processes, "_columns", dies_in_child)
-    sub, gt = _submission(11, n_samples=6), _gt(6)
+    monkeypatch.setattr(module, "_columns", dies_in_child)
+    sub, gt = _big_submission(11), _gt(6)
     raw = json.dumps(sub).encode()
     fast = read_submission_columns(raw, gt, 500)
-    assert fast is not None and len(calls) == 2  # this half, then the child's half again
+    assert outcomes == [None] and fast is not None  # the two-process read gave up, one process read it
     _same(fast, _general(raw, gt, tmp_path))
