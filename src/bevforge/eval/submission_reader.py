@@ -16,6 +16,11 @@ of the expected byte strings, every number is parsed by orjson. Anything else --
 escapes, and every malformed or invalid submission -- returns ``None``: the caller then takes the general
 path, which gives the same table or the detailed error message.
 
+Large files (>= 16 MB) are read by two processes when a core is idle: the bytes are cut at a sample
+boundary in the middle and a forked child reads the second half (same code, same checks) while this
+process reads the first; its columns come back through a pipe. ``BEVFORGE_READER_PROCESSES=1`` turns
+this off; any failure of the two-process read falls back to the one-process read.
+
 Shape letters: N boxes, S samples in the submission, m keys per box (pieces per box in the split).
 """
 
@@ -310,9 +315,11 @@ _FIELDS = (  # BoxTable fields as they travel from the child: (name, columns, dt
 
 
 def _can_fork() -> bool:
-    """Linux, no other Python thread (forking threads is unsafe), >= 2 usable cores and one of them idle
-    (1-min load average <= cores - 1)."""
+    """Linux, no other Python thread (forking threads is unsafe), not turned off, >= 2 usable cores and
+    one of them idle (1-min load average <= cores - 1)."""
     if not sys.platform.startswith("linux") or threading.active_count() > 1:
+        return False
+    if os.environ.get("BEVFORGE_READER_PROCESSES", "").strip() == "1":
         return False
     usable = len(os.sched_getaffinity(0))
     return usable >= 2 and os.getloadavg()[0] <= usable - 1
