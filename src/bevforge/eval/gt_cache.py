@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def load(path: Path, key: str) -> GroundTruth | None:
                 racks=tables["racks"],
                 source=str(z["source"]),
             )
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # unreadable: read the tables
         return None
 
 

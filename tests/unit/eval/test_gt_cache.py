@@ -86,8 +86,10 @@ def test_gt_cache_broken_file_ignored_and_env_switch(db, tmp_path, monkeypatch):
     cache = tmp_path / "c"
     gt = load_gt_from_db(root, info["version"], info["split"], cache=cache)
     (path,) = cache.glob("gt-*.npz")
-    path.write_bytes(b"not an npz")
-    _equal(load_gt_from_db(root, info["version"], info["split"], cache=cache), gt)
+    good = path.read_bytes()
+    for broken in (b"not an npz", good[: len(good) // 2]):  # garbage, a torn zip
+        path.write_bytes(broken)
+        _equal(load_gt_from_db(root, info["version"], info["split"], cache=cache), gt)
     monkeypatch.setenv("BEVFORGE_GT_CACHE", "off")
     assert gt_cache.cache_folder(True) is None
     monkeypatch.setenv("BEVFORGE_GT_CACHE", str(tmp_path / "env"))
