@@ -79,6 +79,7 @@ def make_submission_for(gt: GroundTruth, boxes_per_sample: int, seed: int) -> di
 
 def run(args: argparse.Namespace) -> int:
     from bevforge.bench.results import append_result
+    from bevforge.eval import submission_reader
     from bevforge.eval.devkit_bridge import max_abs_difference
     from bevforge.eval.fake_db import write_fake_db
     from bevforge.eval.gt import load_gt_from_db
@@ -129,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
     detection_metrics(gt, preds)
     ours_metrics = time.perf_counter() - t
     assert len(preds) == len(parse_submission(json.loads(result_path.read_text()), gt))
-    reader = "column reader" if read_submission_columns(result_path.read_bytes(), gt, 500) else "general path"
+    raw = result_path.read_bytes()
+    reader = "column reader" if read_submission_columns(raw, gt, 500) else "general path"
+    if reader == "column reader" and len(raw) >= submission_reader.PARALLEL_MIN_BYTES:
+        two = submission_reader._can_fork()  # decided again at each read (idle core?)
+        reader += ", two processes" if two else ", one process (no idle core)"
     steps = (
         f"ours, step by step: GT from the tables {t_gt:.3f}s (cached: see the table), submission read + "
         f"validation {t_read:.3f}s ({reader}), metrics {ours_metrics:.3f}s"
