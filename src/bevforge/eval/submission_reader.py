@@ -353,15 +353,16 @@ def _read_in_two(
         finally:
             os._exit(0)
     os.close(write_fd)
+    inp = os.fdopen(read_fd, "rb")
     try:
         pieces = raw[: cut + 1].split(q)
         r = raw.count(q, 0, pos)
         here = _read_run(pieces, r + 1, pieces[r + 1][2:], keys, isep, q, index, max_boxes, closes=False)
         head = q.join(pieces[: r + 1])
         del pieces
-        with os.fdopen(read_fd, "rb") as inp:
-            there = _unpack(inp.read())
+        there = _unpack(inp.read())
     finally:
+        inp.close()  # (if this process failed first: the child's write ends, it exits)
         os.waitpid(pid, 0)
     if here is None or there is None:
         return None
