@@ -82,7 +82,8 @@ def _numbers(column: list[bytes], head: bytes, end: bytes, q: bytes, width: int)
     if not (column[0].startswith(head) and column[-1].endswith(end)):
         return None
     # first piece opens the flat array, the last one closes it: "[v, v], "size" ... "[v, v" -> "[v, v]"
-    pieces = [b"[" + column[0][len(head) :], *column[1:]] if head != b"[" else column.copy()
+    pieces = column  # (a list of our own: changed in place)
+    pieces[0] = b"[" + pieces[0][len(head) :]
     pieces[-1] = pieces[-1][: len(pieces[-1]) - len(end)] + b"]"
     joined = q.join(pieces)  # q occurs only at the n-1 joins (it has no border, pieces hold none)
     boundary = end + q + head  # holds q once: n-1 replacements <=> every join is end + q + head
