@@ -19,7 +19,7 @@ from bevforge.config import Config
 from bevforge.eval.box_table import GroundTruth
 from bevforge.eval.map_seg import SegIoU
 from bevforge.eval.metrics import DetectionEvalConfig
-from bevforge.eval.nuscenes_det import evaluate, load_submission, make_submission, write_submission
+from bevforge.eval.nuscenes_det import evaluate, make_submission, write_submission
 from bevforge.io import atomic_write_text
 
 
@@ -218,5 +218,5 @@ def eval_results(
         if not data_root or not version:
             raise ValueError("give --data-root and --version (or --infos)")
         gt = load_gt_from_db(data_root, version, split)
-    submission = load_submission(results_path)
-    return score_detection(submission, gt, devkit, source=str(results_path))
+    # a path, not a parsed dict: evaluate() then uses the column reader (eval/submission_reader.py)
+    return score_detection(Path(results_path), gt, devkit, source=str(results_path))
