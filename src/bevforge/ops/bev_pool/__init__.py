@@ -14,12 +14,11 @@ fails: a kernel whose import fails is simply not eligible (``triton_import_error
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from bevforge.ops.bev_pool.plan import BEVPoolPlan, plan_bev_pool
 from bevforge.ops.bev_pool.reference import bev_pool_reference, check_inputs, promote
+from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
 
 __all__ = [
     "BEVPoolPlan",
@@ -33,37 +32,13 @@ __all__ = [
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_NUMEL = 2**31 - 1  # the kernels index with int32
-_op_state: dict[str, object] = {}  # "op": the custom op, or "error": why it could not be imported
-
-
-def kernel_choice() -> str:
-    choice = os.environ.get("BEVFORGE_KERNELS", "auto").lower()
-    if choice not in ("reference", "triton", "auto"):
-        raise ValueError(f"BEVFORGE_KERNELS={choice!r}: use reference, triton or auto")
-    return choice
-
-
-def _load_op():
-    """The custom op (imported on first use, so importing bevforge never imports Triton)."""
-    if "op" not in _op_state and "error" not in _op_state:
-        try:
-            from bevforge.ops.bev_pool.op import bev_pool_plan_op
-
-            _op_state["op"] = bev_pool_plan_op
-        except Exception as e:  # no triton, a broken triton, no driver: the reference is used
-            _op_state["error"] = f"{type(e).__name__}: {e}"
-    return _op_state.get("op")
+_OP = LazyOp("bevforge.ops.bev_pool.op", "bev_pool_plan_op")
 
 
 def triton_import_error() -> str | None:
     """Why the Triton op could not be imported (None when it can)."""
-    _load_op()
-    err = _op_state.get("error")
-    return None if err is None else str(err)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    _OP.get()
+    return _OP.error
 
 
 def triton_ineligible_reason(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> str | None:
@@ -73,7 +48,7 @@ def triton_ineligible_reason(depth: torch.Tensor, context: torch.Tensor, plan: B
     devices = {depth.device, context.device, plan.ranks_bev.device}
     if len(devices) != 1:
         return f"inputs on several devices {sorted(str(d) for d in devices)} (move the plan with plan.to())"
-    if depth.device.type != "cuda" and not (depth.device.type == "cpu" and _interpreting()):
+    if depth.device.type != "cuda" and not (depth.device.type == "cpu" and interpreting()):
         return f"tensors on {depth.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
     for name, t in (("depth", depth), ("context", context)):
         if t.dtype not in _SUPPORTED_DTYPES:
@@ -95,9 +70,9 @@ def bev_pool(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> t
         return bev_pool_reference(depth, context, plan)
     # the cheap checks first, so CPU runs never import Triton
     reason = triton_ineligible_reason(depth, context, plan)
-    op = _load_op() if reason is None else None
+    op = _OP.get() if reason is None else None
     if reason is None and op is None:
-        reason = f"triton could not be imported ({_op_state.get('error')})"
+        reason = f"triton could not be imported ({_OP.error})"
     if reason is None:
         return op(depth, context, plan)
     if choice == "triton":

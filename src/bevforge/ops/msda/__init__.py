@@ -9,10 +9,9 @@ a kernel whose import fails is simply not eligible (the reason is kept in ``trit
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
 from bevforge.ops.msda.reference import msda_reference
 
 __all__ = [
@@ -30,37 +29,13 @@ MAX_HEAD_DIM = 256
 MAX_LEVELS = 8
 MAX_POINTS = 32
 MAX_NUMEL = 2**31 - 1
-_op_state: dict[str, object] = {}  # "op": the custom op, or "error": why it could not be imported
-
-
-def kernel_choice() -> str:
-    choice = os.environ.get("BEVFORGE_KERNELS", "auto").lower()
-    if choice not in ("reference", "triton", "auto"):
-        raise ValueError(f"BEVFORGE_KERNELS={choice!r}: use reference, triton or auto")
-    return choice
-
-
-def _load_op():
-    """The custom op (imported on first use, so importing bevforge never imports Triton)."""
-    if "op" not in _op_state and "error" not in _op_state:
-        try:
-            from bevforge.ops.msda.op import msda_op
-
-            _op_state["op"] = msda_op
-        except Exception as e:  # no triton, a broken triton, no driver: the reference is used
-            _op_state["error"] = f"{type(e).__name__}: {e}"
-    return _op_state.get("op")
+_OP = LazyOp("bevforge.ops.msda.op", "msda_op")
 
 
 def triton_import_error() -> str | None:
     """Why the Triton op could not be imported (None when it can)."""
-    _load_op()
-    err = _op_state.get("error")
-    return None if err is None else str(err)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    _OP.get()
+    return _OP.error
 
 
 def triton_ineligible_reason(
@@ -72,7 +47,7 @@ def triton_ineligible_reason(
     devices = {value.device, sampling_locations.device, attention_weights.device}
     if len(devices) != 1:
         return f"inputs on several devices {sorted(str(d) for d in devices)}"
-    if value.device.type != "cuda" and not (value.device.type == "cpu" and _interpreting()):
+    if value.device.type != "cuda" and not (value.device.type == "cpu" and interpreting()):
         return f"tensors on {value.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
     named = (
         ("value", value),
@@ -107,9 +82,9 @@ def multi_scale_deformable_attention(
         return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     # the cheap checks first, so CPU runs never import Triton
     reason = triton_ineligible_reason(value, sampling_locations, attention_weights)
-    op = _load_op() if reason is None else None
+    op = _OP.get() if reason is None else None
     if reason is None and op is None:
-        reason = f"triton could not be imported ({_op_state.get('error')})"
+        reason = f"triton could not be imported ({_OP.error})"
     if reason is None:
         return op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if choice == "triton":
