@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from bevforge.config import Config
 from bevforge.losses.criterion import SetCriterion
@@ -32,7 +32,13 @@ class WithAuxHeatmap(nn.Module):
         super().__init__()
         self.main, self.aux, self.weight = main, aux, weight
 
-    def forward(self, preds, gt_boxes, gt_labels, seg_target=None):
+    def forward(
+        self,
+        preds: dict[str, Tensor],
+        gt_boxes: list[Tensor],
+        gt_labels: list[Tensor],
+        seg_target: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         out = self.main(preds, gt_boxes, gt_labels, seg_target)
         aux_preds = {k.removeprefix("aux."): v for k, v in preds.items() if k.startswith("aux.")}
         if aux_preds:
