@@ -151,3 +151,25 @@ def build_targets(
         mask[b_sel, slot] = True
         out.append(TaskTargets(heat.view(B, K_t, H, W), box_code, index, mask))  # heat: [B, K_t, H, W]
     return out
+
+
+def targets_as_predictions(targets: list[TaskTargets], logit: float = 8.0) -> dict[str, Tensor]:
+    """Head outputs (``t{i}.*`` keys of models/centerpoint_head.py) that equal ``targets``: heatmap logits
+    ``+logit`` at the peaks and ``-logit`` elsewhere, regression maps holding each box code at its centre
+    cell (zeros elsewhere). The exact oracle for the loss and the decoding: decoding it gives the boxes."""
+    from bevforge.models.centerpoint_head import REG_HEADS
+
+    preds: dict[str, Tensor] = {}
+    for t, tgt in enumerate(targets):
+        B, _, H, W = tgt.heatmap.shape
+        preds[f"t{t}.heatmap"] = torch.where(tgt.heatmap.eq(1), logit, -logit)
+        code = torch.zeros(B, 10, H * W, dtype=tgt.box_code.dtype)
+        for b in range(B):
+            m = tgt.mask[b]
+            code[b][:, tgt.index[b][m]] = tgt.box_code[b][m].T
+        code = code.view(B, 10, H, W)  # [B, 10, H, W]
+        start = 0
+        for name, c in REG_HEADS:
+            preds[f"t{t}.{name}"] = code[:, start : start + c]
+            start += c
+    return preds

@@ -6,12 +6,11 @@ import torch
 from bevforge.config import Config
 from bevforge.losses.build import build_criterion
 from bevforge.losses.centerpoint import CenterPointCriterion, gaussian_focal_loss
-from bevforge.losses.centerpoint_targets import build_targets
+from bevforge.losses.centerpoint_targets import build_targets, targets_as_predictions
 from bevforge.models.centerpoint_head import CenterPointHead
 
 PCR = (-8.0, -8.0, -5.0, 8.0, 8.0, 3.0)
 TASKS = ((0,), (1, 2))
-REG = (("reg", 2), ("height", 1), ("dim", 3), ("rot", 2), ("vel", 2))
 
 
 def _gt():
@@ -27,21 +26,7 @@ def _gt():
 
 def _perfect_preds(boxes, labels, H=16, W=16):
     """Logits +-8 at the peaks / elsewhere and the regression maps filled with the targets."""
-    targets = build_targets(boxes, labels, TASKS, PCR, H, W)
-    preds = {}
-    for t, tgt in enumerate(targets):
-        B = tgt.heatmap.shape[0]
-        preds[f"t{t}.heatmap"] = torch.where(tgt.heatmap.eq(1), 8.0, -8.0)
-        code = torch.zeros(B, 10, H * W)
-        for b in range(B):
-            m = tgt.mask[b]
-            code[b][:, tgt.index[b][m]] = tgt.box_code[b][m].T
-        code = code.view(B, 10, H, W)  # [B, 10, H, W]
-        start = 0
-        for name, c in REG:
-            preds[f"t{t}.{name}"] = code[:, start : start + c]
-            start += c
-    return preds
+    return targets_as_predictions(build_targets(boxes, labels, TASKS, PCR, H, W))
 
 
 def test_gaussian_focal_loss_values():

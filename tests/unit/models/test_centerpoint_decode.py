@@ -3,7 +3,7 @@ import math
 import torch
 from shapely.geometry import Polygon
 
-from bevforge.losses.centerpoint_targets import build_targets
+from bevforge.losses.centerpoint_targets import build_targets, targets_as_predictions
 from bevforge.models.centerpoint_decode import (
     NMSSettings,
     bev_corners,
@@ -12,7 +12,6 @@ from bevforge.models.centerpoint_decode import (
     rotated_bev_iou_pairs,
     rotated_nms,
 )
-from bevforge.models.centerpoint_head import REG_HEADS
 
 
 def _shapely_iou(a, b):
@@ -56,18 +55,7 @@ def test_nms_removes_duplicates_and_keeps_separate_boxes():
 
 
 def _preds_from_boxes(boxes, labels, tasks, pcr, H, W):
-    preds = {}
-    for t, tgt in enumerate(build_targets([boxes], [labels], tasks, pcr, H, W)):
-        preds[f"t{t}.heatmap"] = torch.where(tgt.heatmap.eq(1), 8.0, -8.0)
-        code = torch.zeros(1, 10, H * W)
-        m = tgt.mask[0]
-        code[0][:, tgt.index[0][m]] = tgt.box_code[0][m].T
-        code = code.view(1, 10, H, W)  # [1, 10, H, W]
-        start = 0
-        for name, c in REG_HEADS:
-            preds[f"t{t}.{name}"] = code[:, start : start + c]
-            start += c
-    return preds
+    return targets_as_predictions(build_targets([boxes], [labels], tasks, pcr, H, W))
 
 
 def test_scale_nms_rescales_per_class_before_comparing():

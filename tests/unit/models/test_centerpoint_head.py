@@ -4,29 +4,15 @@ import pytest
 import torch
 
 from bevforge.config import Config, ConfigError
-from bevforge.losses.centerpoint_targets import build_targets
-from bevforge.models.centerpoint_head import REG_HEADS, CenterPointHead, build_centerpoint_head
+from bevforge.losses.centerpoint_targets import build_targets, targets_as_predictions
+from bevforge.models.centerpoint_head import CenterPointHead, build_centerpoint_head
 
 PCR = (-8.0, -8.0, -5.0, 8.0, 8.0, 3.0)
 TASKS = ((0,), (1, 2))
 
 
 def _perfect_preds(boxes, labels, H=16, W=16):
-    targets = build_targets(boxes, labels, TASKS, PCR, H, W)
-    preds = {}
-    for t, tgt in enumerate(targets):
-        B = tgt.heatmap.shape[0]
-        preds[f"t{t}.heatmap"] = torch.where(tgt.heatmap.eq(1), 8.0, -8.0)
-        code = torch.zeros(B, 10, H * W)
-        for b in range(B):
-            m = tgt.mask[b]
-            code[b][:, tgt.index[b][m]] = tgt.box_code[b][m].T
-        code = code.view(B, 10, H, W)  # [B, 10, H, W]
-        start = 0
-        for name, c in REG_HEADS:
-            preds[f"t{t}.{name}"] = code[:, start : start + c]
-            start += c
-    return preds
+    return targets_as_predictions(build_targets(boxes, labels, TASKS, PCR, H, W))
 
 
 def test_build_from_config_outputs_and_init():
