@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import torch
+from kernel_harness import run_cases
 
 from bevforge.ops.msda import msda_reference, multi_scale_deformable_attention
 
@@ -212,29 +212,5 @@ CASES = {
 }
 
 
-def main(argv: list[str]) -> int:
-    """Run every case (``--device cuda``, or CPU under the Triton interpreter); one line per case."""
-    device = "cuda" if "--device=cuda" in argv or argv[-2:] == ["--device", "cuda"] else "cpu"
-    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        print(
-            "set TRITON_INTERPRET=1 before running this file on CPU (the Triton interpreter)", file=sys.stderr
-        )
-        return 2
-    torch.manual_seed(0)
-    failed = []
-    for name, case in CASES.items():
-        t0 = time.perf_counter()
-        try:
-            case(device)
-            print(f"ok   {name} ({time.perf_counter() - t0:.1f}s)")
-        except Exception as e:  # report every case, then fail
-            import traceback
-
-            failed.append(name)
-            print(f"FAIL {name}: {type(e).__name__}: {e}")
-            traceback.print_exc()
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_cases(CASES, sys.argv[1:]))

@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+from kernel_harness import assert_cases_pass_under_interpreter, load_cases
 
 
 def _cases():
-    """The shared checks, loaded by path (works under any pytest import mode)."""
-    spec = importlib.util.spec_from_file_location("bev_pool_kernel_cases", HERE / "bev_pool_kernel_cases.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_cases("bev_pool_kernel_cases")
 
 
 def test_bev_pool_triton_kernels_under_interpreter():
     """Every shared case on CPU with TRITON_INTERPRET=1, in a fresh process (set before Triton loads)."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "src"))
-    env.pop("BEVFORGE_KERNELS", None)
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "bev_pool_kernel_cases.py")],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"interpreter cases failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    assert proc.stdout.count("ok   ") == len(_cases().CASES), proc.stdout
+    assert_cases_pass_under_interpreter("bev_pool_kernel_cases")
 
 
 @pytest.mark.gpu

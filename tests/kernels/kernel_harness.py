@@ -1,0 +1,67 @@
+"""What the kernel case files (``*_kernel_cases.py``) and their tests share: loading the cases, running
+them one line each (``python tests/kernels/<op>_kernel_cases.py [--device cuda]``), and running them
+under the Triton CPU interpreter in a fresh process (``TRITON_INTERPRET`` must be set before Triton loads).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def load_cases(stem: str) -> ModuleType:
+    """``tests/kernels/<stem>.py`` loaded by path (works under any pytest import mode)."""
+    spec = importlib.util.spec_from_file_location(stem, HERE / f"{stem}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cases(cases: dict[str, Callable[[str], None]], argv: list[str]) -> int:
+    """Run every case (``--device cuda``, or CPU under the Triton interpreter); one line per case."""
+    device = "cuda" if "--device=cuda" in argv or argv[-2:] == ["--device", "cuda"] else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        print(
+            "set TRITON_INTERPRET=1 before running this file on CPU (the Triton interpreter)", file=sys.stderr
+        )
+        return 2
+    torch.manual_seed(0)
+    failed = []
+    for name, case in cases.items():
+        t0 = time.perf_counter()
+        try:
+            case(device)
+            print(f"ok   {name} ({time.perf_counter() - t0:.1f}s)")
+        except Exception as e:  # report every case, then fail
+            failed.append(name)
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+            traceback.print_exc()
+    return 1 if failed else 0
+
+
+def assert_cases_pass_under_interpreter(stem: str) -> None:
+    """Every case of ``<stem>.py`` on CPU with TRITON_INTERPRET=1, in a fresh process."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "src"))
+    env.pop("BEVFORGE_KERNELS", None)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / f"{stem}.py")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"interpreter cases failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    assert proc.stdout.count("ok   ") == len(load_cases(stem).CASES), proc.stdout
