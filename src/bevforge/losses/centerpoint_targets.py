@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bevforge.models.centerpoint_head import REG_HEADS
+
 
 @dataclass
 class TaskTargets:
@@ -157,8 +159,6 @@ def targets_as_predictions(targets: list[TaskTargets], logit: float = 8.0) -> di
     """Head outputs (``t{i}.*`` keys of models/centerpoint_head.py) that equal ``targets``: heatmap logits
     ``+logit`` at the peaks and ``-logit`` elsewhere, regression maps holding each box code at its centre
     cell (zeros elsewhere). The exact oracle for the loss and the decoding: decoding it gives the boxes."""
-    from bevforge.models.centerpoint_head import REG_HEADS
-
     preds: dict[str, Tensor] = {}
     for t, tgt in enumerate(targets):
         B, _, H, W = tgt.heatmap.shape
