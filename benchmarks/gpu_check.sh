@@ -9,6 +9,12 @@
 #
 #   benchmarks/gpu_check.sh [RESULTS_DIR]
 #   BEVFORGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_check.sh   # where .git is absent
+#   GPU_CHECK_STEPS=kernels,bench-kernel,base benchmarks/gpu_check.sh       # only these groups
+#
+# Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), bench-kernel
+# (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 + inference, the issue-9
+# targets), tiny (tiny training + inference eager/ORT), compile (torch.compile inference + training,
+# graph breaks, compile-parity tests).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -41,6 +47,8 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
+STEPS=",${GPU_CHECK_STEPS:-kernels,bench-kernel,base,tiny,compile},"
+want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA')"
@@ -50,7 +58,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 HAVE_CUDA=0
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && HAVE_CUDA=1
 
-if [ $HAVE_CUDA = 0 ]; then
+if ! want kernels; then
+  :
+elif [ $HAVE_CUDA = 0 ]; then
   skip kernels-cuda "no CUDA device"
 elif can_import pytest; then
   step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
@@ -59,7 +69,9 @@ else
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
 fi
 
-if [ $HAVE_CUDA = 0 ]; then
+if ! want bench-kernel; then
+  :
+elif [ $HAVE_CUDA = 0 ]; then
   skip bench-kernel "no CUDA device"
 elif can_import triton; then
   step bench-kernel-fp32 "$PY" -m bevforge.cli.main bench kernel --dtype fp32 --out "$RESULTS/kernel.md"
@@ -74,14 +86,28 @@ else
 fi
 
 if [ $HAVE_CUDA = 0 ]; then
+  skip bench-base "no CUDA device"
+elif want base && can_import bevforge.train.step; then
+  # the issue-9 targets: BEVFormer-base training in bf16 (>= 5 samples/s, <= 12 GB; random batches of
+  # the recipe's shapes: 4-frame queue, 6 x 900 x 1600) and inference (>= 20 FPS), random init
+  step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
+    --out "$RESULTS/train.md"
+  step bench-infer-base "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
+    --set model.backbone.pretrained= --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
+  step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
+    --set model.backbone.pretrained= --amp bf16 --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
   skip bench-infer "no CUDA device"
 elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.models.build; then
   # random init (no weights on the GPU box); eager (Triton MSDA) vs eager-ref vs compile (+ onnxruntime
   # when importable); a second call for compile so an inductor timeout keeps the eager rows
-  step bench-infer-tiny-eager "$PY" -m bevforge.cli.main bench infer configs/bevformer_tiny.py \
+  want tiny && step bench-infer-tiny-eager "$PY" -m bevforge.cli.main bench infer configs/bevformer_tiny.py \
     --set model.backbone.pretrained= --modes eager,eager-ref,onnxruntime --iters 20 --out "$RESULTS/infer.md"
-  step bench-infer-tiny-compile "$PY" -m bevforge.cli.main bench infer configs/bevformer_tiny.py \
-    --set model.backbone.pretrained= --modes compile --iters 20 --out "$RESULTS/infer.md"
+  want compile && step bench-infer-tiny-compile "$PY" -m bevforge.cli.main bench infer \
+    configs/bevformer_tiny.py --set model.backbone.pretrained= --modes compile --iters 20 --out "$RESULTS/infer.md"
 else
   skip bench-infer "configs/bevformer_tiny.py or bevforge.models.build missing"
 fi
@@ -94,14 +120,15 @@ elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.train.step; then
   # (inductor compiles forward + backward in the warm-up), so a compile timeout keeps the eager rows
   TRAIN_ARGS=(configs/bevformer_tiny.py --set model.backbone.pretrained= --fake-data --warmup 5 --iters 20
     --out "$RESULTS/train.md")
-  step bench-train-tiny-eager "$PY" -m bevforge.cli.main bench train "${TRAIN_ARGS[@]}" --channels-last
-  STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step bench-train-tiny-compile "$PY" -m bevforge.cli.main bench train \
+  want tiny && step bench-train-tiny-eager "$PY" -m bevforge.cli.main bench train "${TRAIN_ARGS[@]}" \
+    --channels-last
+  want compile && STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step bench-train-tiny-compile "$PY" -m bevforge.cli.main bench train \
     "${TRAIN_ARGS[@]}" --channels-last --compile default --no-baseline
   # graph breaks of the whole model and of each compiled part on CUDA (Triton MSDA op instead of the
   # reference's spatial_shapes.tolist())
-  STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step explain-tiny "$PY" -m bevforge.cli.main bench train \
+  want compile && STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step explain-tiny "$PY" -m bevforge.cli.main bench train \
     configs/bevformer_tiny.py --set model.backbone.pretrained= --explain
-  if can_import pytest; then  # loss of 3 debug-recipe steps: compile + channels-last == eager (fp32)
+  if want compile && can_import pytest; then  # loss of 3 debug-recipe steps: compile + channels-last == eager (fp32)
     STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step compile-tests-cuda "$PY" -m pytest -q -p no:cacheprovider \
       -m gpu tests/unit/train/test_compile_speed_options.py
   fi
