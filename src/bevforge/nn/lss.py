@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bevforge.ops.bev_pool.plan import BEVPoolPlan
+
 
 def depth_bin_centres(depth_bins: tuple[float, float, float]) -> torch.Tensor:
     """``(start, stop, step)`` in metres -> ``[D]`` depths ``start, start + step, ... < stop`` (official
@@ -109,8 +111,31 @@ class LSSViewTransformer(nn.Module):
         points = frustum_to_lidar(frustum, lidar2img.float())  # [B, N, D, fH, fW, 3]
         return bev_cell_index(points, self.pc_range, self.bev_h, self.bev_w)
 
+    @torch.no_grad()
+    def pool_plan(self, feat_hw: tuple[int, int], lidar2img: torch.Tensor) -> BEVPoolPlan:
+        """The :func:`plan_bev_pool` plan of ``lidar2img [B, N, 4, 4]``; in eval mode the last plan is
+        cached and reused while ``lidar2img`` keeps its shape, dtype, device and values (a fixed rig at
+        inference: BEVPoolv2's precomputed ranks). Training always recomputes (augmented rigs differ)."""
+        from bevforge.ops.bev_pool import plan_bev_pool
+
+        if self.training or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return plan_bev_pool(self.cell_index(feat_hw, lidar2img), self.bev_h, self.bev_w)
+        cache = getattr(self, "_plan_cache", None)  # (feat_hw, lidar2img copy, plan); not in state_dict
+        if (
+            cache is not None
+            and cache[0] == tuple(feat_hw)
+            and cache[1].shape == lidar2img.shape
+            and cache[1].dtype == lidar2img.dtype
+            and cache[1].device == lidar2img.device
+            and torch.equal(cache[1], lidar2img)
+        ):
+            return cache[2]
+        plan = plan_bev_pool(self.cell_index(feat_hw, lidar2img), self.bev_h, self.bev_w)
+        self._plan_cache = (tuple(feat_hw), lidar2img.detach().clone(), plan)
+        return plan
+
     def forward(self, feats: torch.Tensor, lidar2img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from bevforge.ops.bev_pool import bev_pool, plan_bev_pool
+        from bevforge.ops.bev_pool import bev_pool
 
         assert feats.dim() == 5, f"feats must be [B, N, C_in, fH, fW], got {tuple(feats.shape)}"
         assert lidar2img.shape == (*feats.shape[:2], 4, 4), (tuple(lidar2img.shape), tuple(feats.shape))
@@ -120,6 +145,6 @@ class LSSViewTransformer(nn.Module):
         depth = depth.view(num_b, num_n, self.num_depth, feat_h, feat_w)  # [B, N, D, fH, fW]
         context = x[:, self.num_depth :].view(num_b, num_n, self.context_channels, feat_h, feat_w)
         context = context.permute(0, 1, 3, 4, 2)  # [B, N, fH, fW, C]
-        plan = plan_bev_pool(self.cell_index((feat_h, feat_w), lidar2img), self.bev_h, self.bev_w)
+        plan = self.pool_plan((feat_h, feat_w), lidar2img)
         bev = bev_pool(depth, context.contiguous(), plan)  # [B, C, bev_h, bev_w]
         return bev, depth
