@@ -1,7 +1,10 @@
 """`bevforge export CONFIG CKPT --onnx OUT.onnx`: the model as a static-shape ONNX graph, checked with ORT.
 
-Graph: (images, prev_bev, prev_bev_exists, can_bus deltas, lidar2img) -> (cls_logits, box_code, bev);
-see :mod:`bevforge.export.onnx_model`. ``CKPT`` may be ``none`` to export random weights (a check).
+BEVFormer: (images, prev_bev, prev_bev_exists, can_bus deltas, lidar2img) -> (cls_logits, box_code, bev),
+valid for any rig (:mod:`bevforge.export.onnx_model`). BEVDet: images -> the CenterPoint head's outputs,
+for ONE rig whose BEV pooling plan is baked in (:mod:`bevforge.export.bevdet_onnx`): a nuScenes-like ring
+by default, or a sample's calibration with ``--rig-from SPLIT[:INDEX]``. ``CKPT`` may be ``none`` to
+export random weights (a check).
 """
 
 from __future__ import annotations
@@ -24,9 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs=2,
         default=None,
         metavar=("W", "H"),
-        help="camera image size before data.img_scale (default 1600 900; 400 225 for data/synthetic)",
+        help="raw camera image size, before the data.img_scale / data.input_size resize (default 1600 900; "
+        "400 225 for data/synthetic)",
     )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs PyTorch comparison")
+    p.add_argument(
+        "--rig-from",
+        default="",
+        metavar="SPLIT[:INDEX]",
+        help="take the camera rig (lidar2img as evaluation feeds it) from sample INDEX (default 0) of "
+        "{data.info_dir}/infos_SPLIT.json instead of a nuScenes-like ring; BEVDet's graph is valid for "
+        "this rig only",
+    )
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
 
 
@@ -52,10 +64,17 @@ def run(args: argparse.Namespace) -> int:
             return 2
     from bevforge.eval.pipeline import CheckpointError
     from bevforge.export.onnx_model import export_recipe
+    from bevforge.export.rig import rig_from_infos
 
     ckpt = None if args.checkpoint.lower() == "none" else args.checkpoint
     try:
         cfg = load_config(args.config, args.overrides)
+        rig = None
+        if args.rig_from:
+            split, _, index = args.rig_from.partition(":")
+            if index and not index.isdigit():
+                raise ValueError(f"--rig-from {args.rig_from}: INDEX must be a sample number, e.g. val:0")
+            rig = rig_from_infos(cfg, split, int(index or 0))
         info = export_recipe(
             cfg,
             ckpt,
@@ -63,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             args.opset,
             tuple(args.raw_wh) if args.raw_wh else None,
             check=not args.no_check,
+            lidar2img=rig,
         )
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,7 +18,6 @@ is valid for any camera rig. The model passed in keeps its faster hit-only path 
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -28,13 +27,16 @@ from torch import nn
 
 from bevforge.config import Config
 from bevforge.export.dense_sca import with_dense_sca
+from bevforge.export.rig import (  # noqa: F401  (input_hw, rig_lidar2img: re-exported for callers)
+    NUSCENES_RAW_WH,
+    SYNTHETIC_RAW_WH,
+    input_hw,
+    rig_lidar2img,
+)
 from bevforge.export.symbolics import register_symbolics
 
 INPUT_NAMES = ("images", "prev_bev", "prev_bev_exists", "can_bus", "lidar2img")
 OUTPUT_NAMES = ("cls_logits", "box_code", "bev")
-#: nuScenes camera images (width, height); the synthetic set renders 400 x 225
-NUSCENES_RAW_WH = (1600, 900)
-SYNTHETIC_RAW_WH = (400, 225)
 
 
 class BEVFormerFrame(nn.Module):
@@ -60,46 +62,6 @@ class BEVFormerFrame(nn.Module):
         bev = self.model.encoder(feats, lidar2img, pad_hw, can_bus, prev_bev, prev_bev_exists.bool())
         preds = self.model._heads(bev)  # the same heads as BEVFormer.forward
         return preds["cls_logits"], preds["box_code"], preds["bev"]
-
-
-def input_hw(cfg: Config, raw_wh: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(H, W) of the padded network input: raw camera size x ``data.img_scale``, padded up to the divisor."""
-    if raw_wh is None:
-        raw_wh = SYNTHETIC_RAW_WH if "synthetic" in cfg.data.data_root else NUSCENES_RAW_WH
-    div = cfg.data.pad_divisor
-    w, h = (int(round(v * cfg.data.img_scale)) for v in raw_wh)
-    return int(math.ceil(h / div) * div), int(math.ceil(w / div) * div)
-
-
-#: (yaw from the car's forward axis in degrees, focal / image width) of the six nuScenes cameras
-_RING = ((0.0, 0.791), (-55.0, 0.791), (55.0, 0.791), (180.0, 0.506), (110.0, 0.791), (-110.0, 0.791))
-
-
-def rig_lidar2img(cfg: Config, raw_wh: tuple[int, int] | None = None) -> torch.Tensor:
-    """``[1, N, 4, 4]`` lidar -> input pixels for a nuScenes-like camera ring (for checks and benchmarks).
-
-    LIDAR_TOP convention: x right, y forward, z up; cameras (x right, y down, z forward) sit 0.3 m below
-    the lidar, looking ``yaw`` degrees ccw from forward.
-    """
-    if raw_wh is None:
-        raw_wh = SYNTHETIC_RAW_WH if "synthetic" in cfg.data.data_root else NUSCENES_RAW_WH
-    w, h = raw_wh
-    scale = cfg.data.img_scale
-    mats = []
-    for i in range(len(cfg.data.cameras)):
-        yaw_deg, focal_ratio = _RING[i % len(_RING)]
-        a = math.radians(yaw_deg)
-        forward = np.array([-math.sin(a), math.cos(a), 0.0])
-        right = np.array([math.cos(a), math.sin(a), 0.0])
-        cam2lidar = np.eye(4)
-        cam2lidar[:3, :3] = np.stack([right, [0.0, 0.0, -1.0], forward], axis=1)  # columns: cam x, y, z
-        cam2lidar[:3, 3] = (0.0, 0.0, -0.3)
-        k = np.eye(4)
-        f = focal_ratio * w
-        k[:3, :3] = ((f, 0.0, w / 2.0), (0.0, f, h / 2.0), (0.0, 0.0, 1.0))
-        k[:2] *= scale  # the resize scales pixel rows u, v
-        mats.append(k @ np.linalg.inv(cam2lidar))  # [4, 4]
-    return torch.tensor(np.stack(mats), dtype=torch.float32)[None]  # [1, N, 4, 4]
 
 
 def example_inputs(
@@ -183,8 +145,13 @@ def export_recipe(
     opset: int = 17,
     raw_wh: tuple[int, int] | None = None,
     check: bool = True,
+    lidar2img: torch.Tensor | None = None,
 ) -> dict:
     """Build the recipe's model, load ``checkpoint`` (None: random init), export, check with onnxruntime.
+
+    ``lidar2img [1, N, 4, 4]``: the rig of the example inputs (None: :func:`rig_lidar2img`); BEVFormer's
+    graph takes ``lidar2img`` as an input (any rig), BEVDet's bakes this rig in
+    (:func:`bevforge.export.bevdet_onnx.export_bevdet_recipe`).
 
     Writes ``out_path`` and ``out_path + ".json"`` (input/output names and shapes, the check) atomically
     beside it; returns that JSON's content. Raises ``ValueError`` when onnxruntime disagrees beyond
@@ -193,10 +160,13 @@ def export_recipe(
     from bevforge.io import atomic_write_json
     from bevforge.models.build import build_model
 
+    if cfg.model.arch == "bevdet":
+        from bevforge.export.bevdet_onnx import export_bevdet_recipe
+
+        return export_bevdet_recipe(cfg, checkpoint, out_path, opset, raw_wh, check, lidar2img)
     if cfg.model.arch != "bevformer":
         raise ValueError(
-            f"{cfg.name}: ONNX export supports model.arch='bevformer' only, not {cfg.model.arch!r} "
-            "(BEVDet's export is not written yet)"
+            f"{cfg.name}: ONNX export supports model.arch 'bevformer' and 'bevdet', not {cfg.model.arch!r}"
         )
     model = build_model(cfg).eval()
     if checkpoint is not None:
@@ -204,6 +174,8 @@ def export_recipe(
 
         load_checkpoint(model, checkpoint)
     inputs = example_inputs(cfg, raw_wh)
+    if lidar2img is not None:
+        inputs = (*inputs[:4], lidar2img.float())
     out_path = export_onnx(model, inputs, out_path, opset)
     with torch.no_grad():
         outputs = BEVFormerFrame(model).eval()(*inputs)
