@@ -226,6 +226,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP; only for models with parameters unused in some steps
     channels_last: bool = False  # image backbone + neck (and their input) in channels-last memory format
     compile: str = ""  # torch.compile of each model part: "" (off) | default | reduce-overhead | max-autotune
+    tf32: bool = True  # TF32 for fp32 matmuls/convs on CUDA (what autocast leaves in fp32: DCN, losses)
 
 
 @dataclass

@@ -73,20 +73,19 @@ class FakeLoader:
     """``num`` random batches of the recipe's training shapes, repeated (``--fake-data``).
 
     ``B`` = ``data.batch_size``, ``T`` = ``data.queue_length``, ``N`` cameras of a nuScenes-like ring
-    (:func:`bevforge.export.onnx_model.rig_lidar2img`), images at ``data.input_size`` or the padded
-    ``data.img_scale`` size, 30 random boxes per sample inside the point-cloud range.
+    (:func:`bevforge.export.rig.rig_lidar2img`), images of evaluation's geometry (``data.input_size``, e.g.
+    BEVDet's 256 x 704 resize + crop, or the ``data.img_scale`` resize; padded to ``data.pad_divisor``), 30
+    random boxes per sample inside the point-cloud range.
     """
 
     def __init__(self, cfg: Config, num: int = 4, seed: int = 0) -> None:
-        from bevforge.export.onnx_model import input_hw, rig_lidar2img
+        from bevforge.export.rig import input_hw, rig_lidar2img
         from bevforge.structures.batch import Batch
 
         d, m = cfg.data, cfg.model
         b, t, n = d.batch_size, d.queue_length, len(d.cameras)
-        h, w = tuple(d.input_size) if d.input_size else input_hw(cfg)
-        scale = h / input_hw(cfg)[0] if d.input_size else 1.0
-        lidar2img = rig_lidar2img(cfg)[0]  # [N, 4, 4]
-        lidar2img[:, :2] *= scale  # pixel rows of another input size
+        h, w = input_hw(cfg)
+        lidar2img = rig_lidar2img(cfg)[0]  # [N, 4, 4] lidar -> input pixels
         g = torch.Generator().manual_seed(seed)
         lo, hi = torch.tensor(d.point_cloud_range[:3]), torch.tensor(d.point_cloud_range[3:])
         self.batch_size = b
@@ -135,11 +134,12 @@ def benchmark(
     """Time ``iters`` training iterations after ``warmup``; returns the numbers."""
     from bevforge.train.distributed import init_distributed
     from bevforge.train.optim import build_optimizer, build_scheduler
-    from bevforge.train.setup import build_parts, seed_everything, unwrap, wrap_model
+    from bevforge.train.setup import build_parts, seed_everything, set_tf32, unwrap, wrap_model
     from bevforge.train.step import Stepper, resolve_amp
 
     info = init_distributed()
     seed_everything(cfg.train.seed + info.rank, cfg.train.deterministic)
+    set_tf32(cfg.train.tf32)
     device, amp = info.device, resolve_amp(cfg.train.amp, info.device)
     model, criterion, loader = build_parts(cfg, info, model, criterion, loader)
     model = wrap_model(model, cfg, info, lambda m: print(f"warning: {m}"))

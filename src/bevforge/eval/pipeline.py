@@ -165,9 +165,11 @@ def test_checkpoint(
     from bevforge.eval.runner import run_inference
     from bevforge.models.build import build_model
     from bevforge.train.distributed import init_distributed
+    from bevforge.train.setup import set_tf32
 
     owns_group = not torch.distributed.is_initialized()
     info = init_distributed()
+    set_tf32(cfg.train.tf32)
     split = split or cfg.data.val_split
     try:
         model = build_model(cfg)

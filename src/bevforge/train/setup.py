@@ -31,6 +31,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions (``train.tf32``; Ampere and newer GPUs only).
+
+    Ops that autocast keeps in fp32 (torchvision's ``deform_conv2d`` with its im2col GEMMs, the losses)
+    otherwise run as SIMT fp32 GEMMs: a quarter of a BEVFormer-base bf16 training step on an H100
+    (benchmarks/results/profile.md).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def build_parts(
     cfg: Config,
     dist_info: DistInfo,

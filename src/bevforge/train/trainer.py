@@ -37,6 +37,7 @@ from bevforge.train.setup import (
     build_parts,
     load_weights,
     seed_everything,
+    set_tf32,
     unused_parameters,
     unwrap,
     wrap_model,
@@ -71,6 +72,8 @@ def train(
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
     )
     try:
         return _train(
@@ -80,6 +83,7 @@ def train(
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[4], saved[5]
         if owns_group:
             cleanup()
 
@@ -103,6 +107,7 @@ def _train(
         dump_config(cfg, work_dir / "config.json")
     barrier()
     seed_everything(tc.seed + rank, tc.deterministic)
+    set_tf32(tc.tf32)
     amp = resolve_amp(tc.amp, device)
 
     # ---- resume point (read before building the monitor: metrics after it are dropped)
