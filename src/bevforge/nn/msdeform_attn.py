@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bevforge.ops.msda import multi_scale_deformable_attention
+from bevforge.ops.msda.shapes import SpatialShapes, num_levels, wh_normaliser
 
 
 def init_xavier_linear(linear: nn.Linear) -> None:
@@ -103,21 +104,22 @@ class MSDeformAttn(nn.Module):
         query: torch.Tensor,
         value: torch.Tensor,
         reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
         query_pos: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``query [B, Q, C]``, ``value [B, S, C]``, ``reference_points [B, Q, L, 2]`` normalised (x, y)
-        in [0, 1], ``spatial_shapes [L, 2]`` (H, W), ``level_start_index [L]``, ``query_pos [B, Q, C]``,
-        ``key_padding_mask [B, S]`` (True = ignore). Returns ``[B, Q, C]`` (with the residual)."""
+        in [0, 1], ``spatial_shapes [L, 2]`` (H, W) or static (H, W) int pairs, ``level_start_index [L]``,
+        ``query_pos [B, Q, C]``, ``key_padding_mask [B, S]`` (True = ignore). Returns ``[B, Q, C]`` (with
+        the residual)."""
         assert query.dim() == 3 and value.dim() == 3, (query.shape, value.shape)
         assert reference_points.dim() == 4 and reference_points.shape[-1] == 2, reference_points.shape
         B, Q, C = query.shape
         S = value.shape[1]
         M, L, P = self.num_heads, self.num_levels, self.num_points
-        if spatial_shapes.shape[0] != L:
-            raise ValueError(f"spatial_shapes has {spatial_shapes.shape[0]} levels, module expects {L}")
+        if num_levels(spatial_shapes) != L:
+            raise ValueError(f"spatial_shapes has {num_levels(spatial_shapes)} levels, module expects {L}")
         identity = query
         if query_pos is not None:
             query = query + query_pos
@@ -129,7 +131,7 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(B, Q, M, L * P).softmax(-1)
         weights = weights.view(B, Q, M, L, P)  # [B, Q, M, L, P]
         # (W, H) per level, to turn cell offsets into normalised (x, y) offsets: [L, 2]
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).float()
+        normalizer = wh_normaliser(spatial_shapes, torch.float32, offsets.device)
         # fp32 locations even under autocast: bf16 (8-bit mantissa) would misplace samples by up to
         # ~0.4-0.8 cells on a 200-cell map. [B, Q, 1, L, 1, 2] + [B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2]
         ref = reference_points.float()[:, :, None, :, None, :]

@@ -17,6 +17,7 @@ from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
 from bevforge.ops.msda import multi_scale_deformable_attention
+from bevforge.ops.msda.shapes import SpatialShapes, wh_normaliser
 
 
 class MSDeformableAttention3D(nn.Module):
@@ -51,26 +52,19 @@ class MSDeformableAttention3D(nn.Module):
             num_points=self.num_points,
         )
 
-    def forward(
-        self,
-        query: torch.Tensor,
-        value: torch.Tensor,
-        reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """``query [G, K, C]``, ``value [G, S, C]``, ``reference_points [G, K, Z, 2]`` -> ``[G, K, C]``.
+    def sampling(
+        self, query: torch.Tensor, spatial_shapes: SpatialShapes, num_z: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query [G, K, C]`` -> normalised offsets ``[G, K, M, L, P/Z, Z, 2]`` (add the ``[G, K, Z, 2]``
+        reference points broadcast as ``[G, K, 1, 1, 1, Z, 2]``) and weights ``[G, K, M, L, P]``.
 
-        ``G`` is any flattened group dim (here sample x camera).
+        A query's offsets and weights do not depend on the camera: :class:`SpatialCrossAttention` computes
+        them once per BEV query on its static path.
         """
-        assert query.dim() == 3 and value.dim() == 3 and reference_points.dim() == 4
-        groups, num_q, channels = query.shape
-        num_value = value.shape[1]
+        groups, num_q, _ = query.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
-        num_z = reference_points.shape[2]
         if p % num_z != 0:
             raise ValueError(f"num_points ({p}) must be a multiple of the pillar points ({num_z})")
-        value = self.value_proj(value).view(groups, num_value, m, channels // m)  # [G, S, M, D]
         offsets = self.sampling_offsets(query).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
         # [G, K, M*L*P] -> [G, K, M, L*P] softmax -> [G, K, M, L, P]
         weights = (
@@ -79,23 +73,64 @@ class MSDeformableAttention3D(nn.Module):
             .softmax(-1)
             .view(groups, num_q, m, lv, p)
         )
-        normaliser = torch.stack((spatial_shapes[:, 1], spatial_shapes[:, 0]), dim=-1).to(
-            offsets
-        )  # [L, 2] (W, H)
+        normaliser = wh_normaliser(spatial_shapes, offsets.dtype, offsets.device)  # [L, 2] (W, H)
         offsets = offsets / normaliser[None, None, None, :, None, :]
         # point index = outer * Z + z (official): [G, K, M, L, P, 2] -> [G, K, M, L, P/Z, Z, 2]
-        offsets = offsets.view(groups, num_q, m, lv, p // num_z, num_z, 2)
-        # [G, K, Z, 2] -> [G, K, 1, 1, 1, Z, 2]
-        ref = reference_points[:, :, None, None, None, :, :]
-        locations = (ref + offsets).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
+        return offsets.view(groups, num_q, m, lv, p // num_z, num_z, 2), weights
+
+    def attend(
+        self,
+        value: torch.Tensor,
+        locations: torch.Tensor,
+        weights: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``value [G, S, C]`` (before ``value_proj``), ``locations [G, K, M, L, P, 2]``, ``weights
+        [G, K, M, L, P]`` -> ``[G, K, C]`` fp32 (the caller casts)."""
+        groups, num_value, channels = value.shape
+        value = self.value_proj(value).view(groups, num_value, self.num_heads, -1)  # [G, S, M, D]
         # sampling in fp32 as the official code (``force_fp32``): half-precision locations are too coarse
         return multi_scale_deformable_attention(
             value.float(), spatial_shapes, level_start_index, locations.float(), weights.float()
-        ).to(query.dtype)  # [G, K, C]
+        )  # [G, K, C]
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``query [G, K, C]``, ``value [G, S, C]``, ``reference_points [G, K, Z, 2]`` -> ``[G, K, C]``.
+
+        ``G`` is any flattened group dim (here sample x camera). ``spatial_shapes``: ``[L, 2]`` int64
+        or static (H, W) int pairs (:mod:`bevforge.ops.msda.shapes`).
+        """
+        assert query.dim() == 3 and value.dim() == 3 and reference_points.dim() == 4
+        groups, num_q, _ = query.shape
+        m, lv, p = self.num_heads, self.num_levels, self.num_points
+        offsets, weights = self.sampling(query, spatial_shapes, reference_points.shape[2])
+        # [G, K, Z, 2] -> [G, K, 1, 1, 1, Z, 2]
+        ref = reference_points[:, :, None, None, None, :, :]
+        locations = (ref + offsets).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
+        return self.attend(value, locations, weights, spatial_shapes, level_start_index).to(query.dtype)
+
+
+#: how many queries each (sample, camera) gathers: "exact" = the most any of them hits (read back to the
+#: host: a device sync and, under ``torch.compile``, a graph break), "all" = every query (static shapes,
+#: no sync, misses masked; more attention work), "auto" = "exact" in eager mode, "all" while compiling
+QUERY_BOUNDS = ("auto", "exact", "all")
 
 
 class SpatialCrossAttention(nn.Module):
-    """Returns ``query + dropout(output_proj(sum_n attn_n / hits))``, ``[B, Q, C]``."""
+    """Returns ``query + dropout(output_proj(sum_n attn_n / hits))``, ``[B, Q, C]``.
+
+    ``query_bound`` (:data:`QUERY_BOUNDS`) picks the gather; both give the same numbers (each query's
+    attention depends only on its own query and reference points), the static one up to the order of
+    the sum over cameras.
+    """
 
     def __init__(
         self,
@@ -105,14 +140,24 @@ class SpatialCrossAttention(nn.Module):
         num_levels: int = 4,
         num_points: int = 8,
         dropout: float = 0.1,
+        query_bound: str = "auto",
     ) -> None:
         super().__init__()
+        if query_bound not in QUERY_BOUNDS:
+            raise ValueError(f"query_bound={query_bound!r} is not one of {', '.join(QUERY_BOUNDS)}")
         self.embed_dims = embed_dims
         self.num_cams = num_cams
+        self.query_bound = query_bound
         self.deformable_attention = MSDeformableAttention3D(embed_dims, num_heads, num_levels, num_points)
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
         init_xavier_linear(self.output_proj)
+
+    def all_queries(self) -> bool:
+        """True when this call takes the static path (every camera attends every query)."""
+        if self.query_bound == "auto":
+            return torch.compiler.is_compiling()
+        return self.query_bound == "all"
 
     def forward(
         self,
@@ -120,7 +165,7 @@ class SpatialCrossAttention(nn.Module):
         value: torch.Tensor,
         reference_points_cam: torch.Tensor,
         bev_mask: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
         """
@@ -129,17 +174,44 @@ class SpatialCrossAttention(nn.Module):
             value: ``[B, N, S, C]`` flattened multi-level camera features (with camera/level embeddings).
             reference_points_cam: ``[B, N, Q, Z, 2]`` normalised (u, v) of the pillar points.
             bev_mask: ``[B, N, Q, Z]`` bool, pillar point inside camera n of sample b.
+            spatial_shapes: ``[L, 2]`` int64 or static (H, W) int pairs (:mod:`bevforge.ops.msda.shapes`).
         """
         assert query.dim() == 3 and value.dim() == 4, "query [B, Q, C], value [B, N, S, C]"
         assert reference_points_cam.dim() == 5 and bev_mask.dim() == 4
-        batch, num_q, channels = query.shape
+        batch, num_q, _ = query.shape
         num_cams = value.shape[1]
         if num_cams != self.num_cams:
             raise ValueError(f"got {num_cams} cameras, the model was built for {self.num_cams}")
+        hit = bev_mask.any(dim=-1)  # [B, N, Q]
+        if self.all_queries():
+            slots = self._attend_all(
+                query, value, reference_points_cam, hit, spatial_shapes, level_start_index
+            )
+        else:
+            slots = self._attend_hits(
+                query, value, reference_points_cam, hit, spatial_shapes, level_start_index
+            )
+        num_hits = hit.sum(dim=1).clamp(min=1)  # [B, Q]
+        slots = slots / num_hits[..., None].to(slots.dtype)
+        return query + self.dropout(self.output_proj(slots.to(query.dtype)))
+
+    def _attend_hits(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points_cam: torch.Tensor,
+        hit: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Gather per (sample, camera) the ``K`` = most hit queries (one host read of ``K``), attend,
+        scatter-add back: ``[B, Q, C]`` sums over the cameras that hit each query."""
+        batch, num_q, channels = query.shape
+        num_cams = value.shape[1]
         groups = batch * num_cams
-        hit = bev_mask.any(dim=-1).reshape(groups, num_q)  # [B*N, Q]
+        hit = hit.reshape(groups, num_q)  # [B*N, Q]
         counts = hit.sum(dim=1)  # [B*N]
-        max_len = max(int(counts.max()), 1)
+        max_len = max(int(counts.max()), 1)  # a host read (sync)
         # hit queries first, in query order (stable sort of the "missed" flag)
         order = torch.sort((~hit).to(torch.uint8), dim=1, stable=True).indices[:, :max_len]  # [B*N, K]
         valid = torch.arange(max_len, device=query.device)[None, :] < counts[:, None]  # [B*N, K]
@@ -155,7 +227,33 @@ class SpatialCrossAttention(nn.Module):
         out = out * valid[..., None].to(out.dtype)
         flat_index = (sample_of_group[:, None] * num_q + order).reshape(-1)  # [B*N*K] into B*Q
         slots = out.new_zeros(batch * num_q, channels).index_add(0, flat_index, out.reshape(-1, channels))
-        slots = slots.view(batch, num_q, channels)  # [B, Q, C]
-        num_hits = hit.view(batch, num_cams, num_q).sum(dim=1).clamp(min=1)  # [B, Q]
-        slots = slots / num_hits[..., None].to(slots.dtype)
-        return query + self.dropout(self.output_proj(slots.to(query.dtype)))
+        return slots.view(batch, num_q, channels)  # [B, Q, C]
+
+    def _attend_all(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points_cam: torch.Tensor,
+        hit: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Every (sample, camera) attends all ``Q`` queries (static shapes, no host read); misses are
+        zeroed before the sum over cameras. Offsets and weights are predicted once per query."""
+        batch, num_q, channels = query.shape
+        num_cams = value.shape[1]
+        groups = batch * num_cams
+        attn = self.deformable_attention
+        m, lv, p = attn.num_heads, attn.num_levels, attn.num_points
+        offsets, weights = attn.sampling(query, spatial_shapes, reference_points_cam.shape[-2])
+        # [B, N, Q, Z, 2] -> [B, N, Q, 1, 1, 1, Z, 2] + [B, 1, Q, M, L, P/Z, Z, 2] -> [B*N, Q, M, L, P, 2]
+        ref = reference_points_cam[:, :, :, None, None, None, :, :]
+        locations = (ref + offsets[:, None]).reshape(groups, num_q, m, lv, p, 2)
+        # [B, Q, M, L, P] -> [B, N, Q, M, L, P] -> [B*N, Q, M, L, P]
+        weights = weights[:, None].expand(batch, num_cams, num_q, m, lv, p).reshape(groups, num_q, m, lv, p)
+        out = attn.attend(
+            value.reshape(groups, *value.shape[2:]), locations, weights, spatial_shapes, level_start_index
+        ).to(query.dtype)  # [B*N, Q, C]
+        out = out.view(batch, num_cams, num_q, channels)  # [B, N, Q, C]
+        # where, not a product: a miss's far-off sampling points never leak (not even a NaN)
+        return torch.where(hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]

@@ -16,6 +16,7 @@ from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention
 from bevforge.ops.msda import multi_scale_deformable_attention
+from bevforge.ops.msda.shapes import SpatialShapes, check_num_tokens, wh_normaliser
 
 
 class TemporalSelfAttention(nn.Module):
@@ -69,7 +70,7 @@ class TemporalSelfAttention(nn.Module):
         prev_bev: torch.Tensor | None,
         has_prev: torch.Tensor | None,
         reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
         current_value: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -80,7 +81,8 @@ class TemporalSelfAttention(nn.Module):
             prev_bev: ``[B, Q, C]`` ego-motion-aligned previous BEV, or None (no sample has one).
             has_prev: ``[B]`` bool, which samples use ``prev_bev`` (None: all, when it is given).
             reference_points: ``[V * B, Q, L, 2]`` normalised (x, y), queue-major (previous first).
-            spatial_shapes: ``[L, 2]`` int64 (bev_h, bev_w); ``level_start_index``: ``[L]``.
+            spatial_shapes: ``[L, 2]`` int64 (bev_h, bev_w), or static ``((bev_h, bev_w),)`` ints (no
+                device read-back: see :mod:`bevforge.ops.msda.shapes`); ``level_start_index``: ``[L]``.
             current_value: ``[B, Q, C]`` values of the current queue for samples *with* a previous
                 BEV: the encoder's input BEV queries, the same in every layer (official: the encoder
                 stacks ``[prev_bev, bev_query]`` once, before its layers). None: ``query``.
@@ -107,7 +109,7 @@ class TemporalSelfAttention(nn.Module):
         if query_pos is not None:
             query = query + query_pos
         num_value = prev.shape[1]
-        assert int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()) == num_value, "BEV shape mismatch"
+        check_num_tokens(spatial_shapes, num_value, "TemporalSelfAttention")  # no host sync
 
         value = torch.cat((prev, current), dim=0)  # [V*B, Q, C] queue-major: previous, current
         value = self.value_proj(value).view(v * batch, num_value, m, channels // m)  # [V*B, Q, M, D]
@@ -124,9 +126,7 @@ class TemporalSelfAttention(nn.Module):
         )
         # [B, Q, M, V, L, P, 2] -> [V, B, Q, M, L, P, 2] -> [V*B, Q, M, L, P, 2]
         offsets = offsets.permute(3, 0, 1, 2, 4, 5, 6).reshape(v * batch, num_q, m, lv, p, 2)
-        normaliser = torch.stack((spatial_shapes[:, 1], spatial_shapes[:, 0]), dim=-1).to(
-            offsets
-        )  # [L, 2] (W, H)
+        normaliser = wh_normaliser(spatial_shapes, offsets.dtype, offsets.device)  # [L, 2] (W, H)
         # [V*B, Q, 1, L, 1, 2] + [V*B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2]
         locations = (
             reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]

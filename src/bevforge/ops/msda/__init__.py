@@ -5,6 +5,8 @@ kernel (``torch.ops.bevforge.msda``, see ``op.py``) when it is eligible (CUDA te
 sizes within the kernel's limits, not inside an ONNX export) and the pure-PyTorch reference otherwise;
 ``triton`` raises a clear error when the kernel is not eligible. Importing this module never fails:
 a kernel whose import fails is simply not eligible (the reason is kept in ``triton_import_error()``).
+``spatial_shapes`` may be static (H, W) int pairs (:mod:`bevforge.ops.msda.shapes`): the reference then
+never reads a tensor back, and the kernel gets them as a device tensor.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import torch
 
 from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
 from bevforge.ops.msda.reference import msda_reference
+from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes, level_shapes, shapes_tensor
 
 __all__ = [
+    "LevelShapes",
+    "SpatialShapes",
     "kernel_choice",
+    "level_shapes",
     "msda_reference",
     "multi_scale_deformable_attention",
     "triton_ineligible_reason",
@@ -71,12 +77,13 @@ def triton_ineligible_reason(
 
 def multi_scale_deformable_attention(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """See :mod:`bevforge.ops.msda.reference` for the contract. Returns ``[B, Q, M * D]``."""
+    """See :mod:`bevforge.ops.msda.reference` for the contract (``spatial_shapes``: an ``[L, 2]`` int64
+    tensor or static (H, W) int pairs). Returns ``[B, Q, M * D]``."""
     choice = kernel_choice()
     if choice == "reference":
         return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
@@ -86,7 +93,8 @@ def multi_scale_deformable_attention(
     if reason is None and op is None:
         reason = f"triton could not be imported ({_OP.error})"
     if reason is None:
-        return op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        shapes = shapes_tensor(spatial_shapes, value.device)  # [L, 2] int64 (the op takes tensors)
+        return op(value, shapes, level_start_index, sampling_locations, attention_weights)
     if choice == "triton":
         raise RuntimeError(
             f"BEVFORGE_KERNELS=triton but the Triton MSDA kernel cannot run: {reason}. "

@@ -4,7 +4,9 @@ Shape letters: B batch, S = sum_l H_l * W_l value tokens, M heads, D channels pe
 L levels, P points per level.
 
 Contract (same as mmcv's ``MultiScaleDeformableAttnFunction``):
-- ``value [B, S, M, D]``; ``spatial_shapes [L, 2]`` int64 (H_l, W_l); ``level_start_index [L]``;
+- ``value [B, S, M, D]``; ``spatial_shapes [L, 2]`` int64 (H_l, W_l), or L (H_l, W_l) Python int pairs
+  (static: no device read-back, no graph break; :mod:`bevforge.ops.msda.shapes`); ``level_start_index
+  [L]`` (unused here: the levels are contiguous in ``value``);
 - ``sampling_locations [B, Q, M, L, P, 2]`` normalised (x, y), (0, 0) = top-left corner of the map,
   (1, 1) = bottom-right corner; sampling is bilinear with zero padding outside the map
   (``grid_sample(..., align_corners=False, padding_mode="zeros")`` on ``2 * loc - 1``);
@@ -17,10 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bevforge.ops.msda.shapes import SpatialShapes, level_shapes
+
 
 def msda_reference(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
@@ -28,7 +32,7 @@ def msda_reference(
     assert value.dim() == 4 and sampling_locations.dim() == 6 and attention_weights.dim() == 5
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = level_shapes(spatial_shapes)  # a tensor is read back here (a sync); static pairs are not
     assert sum(h * w for h, w in shapes) == S, "spatial_shapes do not add up to value's length"
     value_levels = value.split([h * w for h, w in shapes], dim=1)  # L x [B, H_l*W_l, M, D]
     grids = 2 * sampling_locations - 1  # [B, Q, M, L, P, 2] in [-1, 1]

@@ -1,0 +1,96 @@
+"""Level shapes of a multi-scale value map, as a tensor or as static Python ints.
+
+Shape letters: L levels.
+
+The MSDA contract takes ``spatial_shapes`` as an ``[L, 2]`` int64 tensor of (H, W). The shapes are
+static per recipe, and reading such a tensor back to the host (``tolist()``) is a device sync on CUDA
+and a graph break under ``torch.compile``. So every MSDA entry point also accepts them as L (H, W) int
+pairs (:data:`SpatialShapes`); with those, nothing is read back. The helpers below give the pairs, the
+``[L, 2]`` tensor or the (W, H) normaliser of the sampling offsets from either form, and never read a
+tensor back unless the caller asks for the pairs of a tensor (:func:`level_shapes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+#: L (H, W) pairs of Python ints
+LevelShapes = tuple[tuple[int, int], ...]
+#: ``[L, 2]`` int64 tensor of (H, W), or L (H, W) int pairs (static: no device read-back)
+SpatialShapes = torch.Tensor | Sequence[Sequence[int]]
+
+
+def static_level_shapes(spatial_shapes: SpatialShapes) -> LevelShapes | None:
+    """The (H, W) pairs when ``spatial_shapes`` is given as Python ints (checked), None for a tensor."""
+    if isinstance(spatial_shapes, torch.Tensor):
+        return None
+    pairs = []
+    for lvl, hw in enumerate(spatial_shapes):
+        if len(hw) != 2 or any(isinstance(v, torch.Tensor) or int(v) != v or int(v) < 1 for v in hw):
+            raise ValueError(
+                f"spatial_shapes[{lvl}] = {hw!r}: expected an (H, W) pair of positive ints (or pass an "
+                "[L, 2] int64 tensor)"
+            )
+        pairs.append((int(hw[0]), int(hw[1])))
+    if not pairs:
+        raise ValueError("spatial_shapes is empty: expected L >= 1 (H, W) pairs")
+    return tuple(pairs)
+
+
+def level_shapes(spatial_shapes: SpatialShapes) -> LevelShapes:
+    """(H, W) pairs; a tensor is read back to the host (a device sync, a graph break when compiling)."""
+    static = static_level_shapes(spatial_shapes)
+    if static is not None:
+        return static
+    assert isinstance(spatial_shapes, torch.Tensor)
+    return tuple((int(h), int(w)) for h, w in spatial_shapes.tolist())
+
+
+def num_levels(spatial_shapes: SpatialShapes) -> int:
+    """L, without reading a tensor's values."""
+    return spatial_shapes.shape[0] if isinstance(spatial_shapes, torch.Tensor) else len(spatial_shapes)
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # non_blocking: a pageable host->device copy is staged at once and does not wait for the stream
+    # (a blocking copy would synchronise the stream on every call)
+    return host.to(device, non_blocking=True)
+
+
+def shapes_tensor(spatial_shapes: SpatialShapes, device: torch.device) -> torch.Tensor:
+    """``[L, 2]`` int64 (H, W) on ``device`` (a given tensor is only moved)."""
+    static = static_level_shapes(spatial_shapes)
+    if static is None:
+        assert isinstance(spatial_shapes, torch.Tensor)
+        return spatial_shapes.to(device)
+    return _to_device(torch.tensor(static, dtype=torch.long), device)  # [L, 2]
+
+
+def wh_normaliser(spatial_shapes: SpatialShapes, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[L, 2]`` (W, H) per level in ``dtype`` on ``device``: divides cell offsets into normalised
+    (x, y) offsets. The same values from either form (a division by a tensor, never by a Python scalar,
+    which CUDA turns into a multiplication by the reciprocal)."""
+    static = static_level_shapes(spatial_shapes)
+    if static is None:
+        assert isinstance(spatial_shapes, torch.Tensor)
+        return torch.stack((spatial_shapes[:, 1], spatial_shapes[:, 0]), dim=-1).to(device, dtype)  # [L, 2]
+    host = torch.tensor([(w, h) for h, w in static], dtype=dtype)  # [L, 2] (W, H)
+    return _to_device(host, device)
+
+
+def check_num_tokens(spatial_shapes: SpatialShapes, num_tokens: int, name: str) -> None:
+    """``sum_l H_l * W_l == num_tokens`` without a host sync: a Python check for static shapes, a
+    device-side assert (``torch._assert_async``, no graph break) for a tensor."""
+    static = static_level_shapes(spatial_shapes)
+    if static is not None:
+        total = sum(h * w for h, w in static)
+        if total != num_tokens:
+            raise ValueError(
+                f"{name}: spatial_shapes {static} hold {total} tokens but the value map has {num_tokens}"
+            )
+        return
+    assert isinstance(spatial_shapes, torch.Tensor)
+    total_t = (spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum()
+    torch._assert_async(total_t == num_tokens, f"{name}: spatial_shapes do not add up to the value map")
