@@ -95,6 +95,37 @@ def _same(fast: tuple[BoxTable, object], general: tuple[BoxTable, object]) -> No
     assert fast[1] == general[1]
 
 
+class _Outcomes(list):
+    most = 0  # the most chunks of one read
+    param: int | None = None
+
+
+@pytest.fixture(params=[None, 1, 200], ids=["one-chunk", "chunk-per-sample", "chunks-200B"])
+def chunks(request, monkeypatch):
+    """Cut the bytes into chunks of at least ``param`` bytes (None: the default, one chunk on these small
+    files); records what each chunked read returned (None: it declined, the one-chunk read decided)
+    and the most chunks a read had (``.most``)."""
+    from bevforge.eval import submission_reader
+
+    if request.param is not None:
+        monkeypatch.setattr(submission_reader, "CHUNK_BYTES", request.param)
+    outcomes = _Outcomes()
+    outcomes.param = request.param
+    real_chunked, real_chunks = submission_reader._read_chunked, submission_reader._read_chunks
+
+    def chunked(*args):
+        outcomes.append(real_chunked(*args))
+        return outcomes[-1]
+
+    def chunks(raw, bounds, *args):
+        outcomes.most = max(outcomes.most, len(bounds) - 1)
+        return real_chunks(raw, bounds, *args)
+
+    monkeypatch.setattr(submission_reader, "_read_chunked", chunked)
+    monkeypatch.setattr(submission_reader, "_read_chunks", chunks)
+    return outcomes
+
+
 WRITERS = {
     "json": lambda s: json.dumps(s).encode(),
     "compact": lambda s: json.dumps(s, separators=(",", ":")).encode(),
@@ -103,15 +134,28 @@ WRITERS = {
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
-def test_reader_equals_general_path_on_random_submissions(writer, tmp_path):
+def test_reader_equals_general_path_on_random_submissions(writer, chunks, tmp_path):
     torch.manual_seed(0)
     for seed in range(25):
         sub = _submission(seed)
         gt = _gt(5)
         raw = WRITERS[writer](sub)
         fast = read_submission_columns(raw, gt, 500)
-        assert fast is not None, (seed, raw[:300])
+        assert fast is not None and chunks[-1] is not None, (seed, raw[:300])  # read in chunks
         _same(fast, _general(raw, gt, tmp_path))
+    assert (chunks.most > 2) == (chunks.param is not None)  # small chunk sizes did cut the files
+
+
+def test_reader_cuts_outside_results_read_in_one_chunk(chunks, tmp_path):
+    """Results before a meta that looks like sample ends: a cut there fails, the one-chunk read decides."""
+    torch.manual_seed(0)
+    sub = _big_submission(1)
+    sub = {"results": sub["results"], "meta": {"a": [{}], "b": [{"c": []}], "d": [[]]}}
+    raw, gt = json.dumps(sub).encode(), _gt(6)
+    fast = read_submission_columns(raw, gt, 500)
+    assert fast is not None
+    assert chunks[-1] is None or chunks.param != 1  # a cut after every sample end: also in meta
+    _same(fast, _general(raw, gt, tmp_path))
 
 
 def test_reader_steps_aside_for_other_layouts(tmp_path):
@@ -174,7 +218,7 @@ def _dict_mutations() -> list[tuple[str, object]]:
 
 
 @pytest.mark.parametrize(("name", "mutate"), _dict_mutations() + _raw_mutations(), ids=lambda v: str(v)[:20])
-def test_reader_malformed_same_outcome_as_general_path(name, mutate, tmp_path):
+def test_reader_malformed_same_outcome_as_general_path(name, mutate, chunks, tmp_path):
     """Every malformed file: the reader declines (or, if still valid, agrees), and read_submission
     raises exactly the general path's error."""
     torch.manual_seed(0)
@@ -210,7 +254,9 @@ def test_reader_through_evaluate_equals_dict_path(tmp_path):
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
-def test_reader_random_byte_edits_never_accept_what_the_general_path_reads_otherwise(writer, tmp_path):
+def test_reader_random_byte_edits_never_accept_what_the_general_path_reads_otherwise(
+    writer, chunks, tmp_path
+):
     """Fuzz: after random byte edits the reader either steps aside or gives the general path's table."""
     torch.manual_seed(0)
     rng = random.Random(writer)
@@ -244,6 +290,7 @@ def two_processes(monkeypatch):
     from bevforge.eval import submission_reader
 
     monkeypatch.setattr(submission_reader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(submission_reader, "CHUNK_BYTES", 1)  # a cut after every sample
     monkeypatch.setattr(submission_reader, "_can_fork", lambda: True)
     real, outcomes = submission_reader._read_in_two, []
 
