@@ -97,3 +97,16 @@ def test_doctor_allreduce_smoke_gloo() -> None:
 def test_doctor_allreduce_smoke_reports_failure() -> None:
     with pytest.raises(Exception, match="(?i)backend|invalid|unknown|error"):
         doctor.allreduce_smoke("no_such_backend", world_size=1, timeout_s=20)
+
+
+def test_cpu_thread_advice_only_when_oversubscribed(monkeypatch) -> None:
+    from bevforge.doctor.env import cpu_thread_advice
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    advice = cpu_thread_advice(load=3.0, threads=2, cores=2)
+    assert advice is not None and "OMP_NUM_THREADS=1" in advice and "2 core(s)" in advice
+    assert cpu_thread_advice(load=0.1, threads=2, cores=2) is None  # idle machine
+    assert cpu_thread_advice(load=9.0, threads=1, cores=2) is None  # one thread cannot spin-wait
+    assert cpu_thread_advice(load=20.0, threads=16, cores=64) is None  # big machine, room left
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_thread_advice(load=3.0, threads=2, cores=2) is None  # the user chose

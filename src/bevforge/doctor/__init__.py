@@ -15,6 +15,7 @@ from __future__ import annotations
 from bevforge.doctor.data import _check_config
 from bevforge.doctor.env import (
     CUDA_INSTALL_HINT,
+    _check_cpu_threads,
     _check_cuda,
     _check_gpus,
     _check_nuscenes,
@@ -58,6 +59,7 @@ def run_checks(
     report.versions = dict.fromkeys(keys)
     _check_python(report)
     _check_torch(report)
+    _check_cpu_threads(report)
     _check_cuda(report)
     _check_gpus(report)
     _check_nvml(report)

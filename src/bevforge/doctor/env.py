@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import os
 import platform
 import sys
 
@@ -17,6 +18,44 @@ CUDA_INSTALL_HINT = (
     "pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cu128 "
     "(see https://pytorch.org/get-started/locally/)"
 )
+
+
+def cpu_thread_advice(
+    load: float | None = None, threads: int | None = None, cores: int | None = None
+) -> str | None:
+    """Advice when this process's OpenMP threads plus the machine's load oversubscribe its cores.
+
+    OpenMP threads spin while they wait: on a 2-core machine with other jobs running, a debug training
+    step took 12.8 s with 2 threads and 2.2 s with ``OMP_NUM_THREADS=1`` (docs/LEARNING.md). ``None``
+    when there is nothing to say (``OMP_NUM_THREADS`` set, one thread, or an idle enough machine).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    threads = torch.get_num_threads() if threads is None else threads
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return None
+    if threads <= 1 or load + threads <= 1.5 * cores:
+        return None
+    return (
+        f"CPU load {load:.1f} on {cores} core(s) plus {threads} torch threads per process oversubscribes "
+        f"the CPU; OpenMP threads spin while they wait (a CPU training step was 6x slower): "
+        f"export OMP_NUM_THREADS=1 (or fewer threads than idle cores)"
+    )
+
+
+def _check_cpu_threads(report: DoctorReport) -> None:
+    advice = cpu_thread_advice()
+    threads = torch.get_num_threads()
+    if advice is None:
+        report.checks.append(Check("cpu threads", OK, f"{threads} torch thread(s)"))
+    else:
+        detail, fix = advice.rsplit(": ", 1)
+        report.checks.append(Check("cpu threads", WARN, detail, fix))
 
 
 def _dist_version(name: str) -> str | None:

@@ -160,6 +160,11 @@ def _train(
             accum_steps=tc.accum_steps, max_nan_steps=tc.max_nan_steps,
         )  # fmt: skip
         n_params = sum(p.numel() for p in unwrap(model).parameters())
+        if device.type == "cpu":
+            from bevforge.doctor.env import cpu_thread_advice  # the doctor package: import on use
+
+            if (advice := cpu_thread_advice()) is not None:
+                monitor.warn(advice)
         monitor.info(
             f"training {cfg.name}: {n_params / 1e6:.2f}M parameters, {dist_info.world_size} process(es) on "
             f"{device.type}, amp {amp}, lr {lr:.3e} (global batch {global_batch}), {iters_per_epoch} "
