@@ -1,12 +1,16 @@
 """`bevforge bench infer CONFIG [--ckpt CKPT]`: per-frame inference latency, FPS and peak memory.
 
-One frame of batch 1 through :class:`bevforge.export.onnx_model.BEVFormerFrame` (backbone, encoder with
-the previous BEV, heads; no post-processing), in up to four modes:
+One frame of batch 1 (no post-processing) through, for BEVFormer, :class:`bevforge.export.onnx_model.
+BEVFormerFrame` (backbone, encoder with the previous BEV, heads) and, for BEVDet (``model.arch =
+"bevdet"``), :class:`bevforge.export.bevdet_onnx.BEVDetEager` (the model's own forward: backbone, LSS,
+BEV pooling, BEV encoder, CenterPoint head; the pooling plan is cached after the first frame since the
+rig is fixed, as in deployment), in up to four modes:
 
-- ``eager``: PyTorch eager, MSDA through the dispatch (Triton on CUDA when eligible);
-- ``eager-ref``: the same with ``BEVFORGE_KERNELS=reference`` (grid_sample MSDA);
+- ``eager``: PyTorch eager, MSDA / BEV pooling through the dispatch (Triton on CUDA when eligible);
+- ``eager-ref``: the same with ``BEVFORGE_KERNELS=reference`` (grid_sample MSDA, scatter_add BEV pool);
 - ``compile``: ``torch.compile`` of the frame (inductor);
-- ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU).
+- ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU); BEVDet's
+  graph has the rig's pooling plan baked in (:mod:`bevforge.export.bevdet_onnx`).
 
 ``--channels-last`` puts backbone + neck (and the images) in channels-last format for every mode.
 
@@ -106,13 +110,21 @@ def _torch_fn(frame, inputs, amp: torch.dtype | None, device: str) -> Callable[[
     return step
 
 
-def _ort_fn(model, inputs_cpu, tmpdir: str) -> tuple[Callable[[], object], str]:
+def _ort_fn(model, inputs_cpu, tmpdir: str, arch: str = "bevformer") -> tuple[Callable[[], object], str]:
     """An onnxruntime session on the exported graph; returns (run one frame, provider used)."""
     import onnxruntime as ort
 
-    from bevforge.export.onnx_model import INPUT_NAMES, export_onnx
+    path = os.path.join(tmpdir, "frame.onnx")
+    if arch == "bevdet":
+        from bevforge.export.bevdet_onnx import INPUT_NAMES, export_bevdet_onnx
 
-    path = export_onnx(model.cpu(), inputs_cpu, os.path.join(tmpdir, "frame.onnx"))
+        images, lidar2img = inputs_cpu
+        path = export_bevdet_onnx(model.cpu(), lidar2img, images, path)
+        inputs_cpu = (images,)  # the rig is baked into the graph
+    else:
+        from bevforge.export.onnx_model import INPUT_NAMES, export_onnx
+
+        path = export_onnx(model.cpu(), inputs_cpu, path)
     wanted = [
         p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
     ]
@@ -121,8 +133,22 @@ def _ort_fn(model, inputs_cpu, tmpdir: str) -> tuple[Callable[[], object], str]:
     return (lambda: sess.run(None, feeds)), sess.get_providers()[0]
 
 
-def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespace) -> list[dict]:
+def frame_and_inputs(cfg, model, raw_wh: tuple[int, int] | None) -> tuple[torch.nn.Module, tuple]:
+    """The per-frame module of the recipe's family and its example inputs (CPU)."""
+    if cfg.model.arch == "bevdet":
+        from bevforge.export.bevdet_onnx import BEVDetEager, example_images
+        from bevforge.export.rig import input_hw, rig_lidar2img
+
+        images = example_images(cfg, input_hw(cfg, raw_wh))
+        return BEVDetEager(model).eval(), (images, rig_lidar2img(cfg, raw_wh))
+    if cfg.model.arch != "bevformer":
+        raise ValueError(f"model.arch {cfg.model.arch!r}: bench infer knows 'bevformer' and 'bevdet'")
     from bevforge.export.onnx_model import BEVFormerFrame, example_inputs
+
+    return BEVFormerFrame(model).eval(), example_inputs(cfg, raw_wh)
+
+
+def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespace) -> list[dict]:
     from bevforge.models.build import build_model
 
     model = build_model(cfg).eval()
@@ -134,7 +160,7 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
         from bevforge.train.setup import channels_last_
 
         channels_last_(model)
-    inputs_cpu = example_inputs(cfg, tuple(args.raw_wh) if args.raw_wh else None)
+    frame0, inputs_cpu = frame_and_inputs(cfg, model, tuple(args.raw_wh) if args.raw_wh else None)
     amp = AMP[args.amp]
     rows = []
     for mode in modes:
@@ -142,14 +168,16 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
         try:
             if mode == "onnxruntime":
                 with tempfile.TemporaryDirectory() as tmp:
-                    fn, provider = _ort_fn(model, inputs_cpu, tmp)
+                    fn, provider = _ort_fn(model, inputs_cpu, tmp, cfg.model.arch)
                     row["note"] = f"{provider}, fp32"
+                    if cfg.model.arch == "bevdet":
+                        row["note"] += ", pooling plan baked in"
                     row.update(time_frames(fn, args.warmup, args.iters, "cpu"))
                     row["peak_mib"] = None
                 continue
             model.to(args.device)
             inputs = tuple(t.to(args.device) for t in inputs_cpu)
-            frame = BEVFormerFrame(model).eval()
+            frame = frame0
             if mode == "compile":
                 frame = torch.compile(frame)
             with _kernels("reference" if mode == "eager-ref" else None):
@@ -159,6 +187,8 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                     )
                 )
             row["note"] = f"amp {args.amp}"
+            if cfg.model.arch == "bevdet":
+                row["note"] += ", pooling plan cached"
         except Exception as e:  # a mode that cannot run here is reported, the others still run
             row["note"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         finally:
@@ -192,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = load_config(args.config, args.overrides)
+        # speed does not depend on the weights: random init (--ckpt loads real ones), no weight file needed
+        cfg.model.backbone.pretrained = ""
         rows = bench_modes(cfg, args.ckpt, modes, args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}")
@@ -199,7 +231,14 @@ def run(args: argparse.Namespace) -> int:
     m = cfg.model
     table = format_table(rows)
     print(table)
-    shape = f"batch 1, {len(cfg.data.cameras)} cameras, BEV {m.bev_h}x{m.bev_w}, embed {m.embed_dims}"
+    shape = f"batch 1, {len(cfg.data.cameras)} cameras, BEV {m.bev_h}x{m.bev_w}"
+    if m.arch == "bevdet":
+        from bevforge.export.rig import input_hw
+
+        h, w = input_hw(cfg, tuple(args.raw_wh) if args.raw_wh else None)
+        shape += f", input {h}x{w}, context {m.bevdet.context_channels}"
+    else:
+        shape += f", embed {m.embed_dims}"
     shape += ", channels-last backbone + neck" if args.channels_last else ""
     body = f"recipe `{cfg.name}` ({shape}), checkpoint {args.ckpt or 'random init'}\n\n{table}"
     path = append_result(args.out, f"inference {cfg.name}", args.device, body)

@@ -256,6 +256,9 @@ def run(args: argparse.Namespace) -> int:
     from bevforge.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # ConfigError: reported by cli/main.py
+    if cfg.model.backbone.pretrained:  # speed does not depend on the weights; no weight file needed
+        print(f"note: model.backbone.pretrained={cfg.model.backbone.pretrained!r} ignored (random init)")
+        cfg.model.backbone.pretrained = ""
     if args.amp is not None:
         cfg.train.amp = args.amp
     if args.grad_ckpt:

@@ -1,0 +1,85 @@
+"""`bevforge bench infer/train/data` on the BEVDet recipes (CPU, shrunk with --set, one iteration)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from bevforge.bench import data as bench_data
+from bevforge.bench import infer as bench_infer
+from bevforge.bench import train as bench_train
+from bevforge.config import load_config
+from bevforge.export.rig import rig_lidar2img
+
+SMALL = ["model.bev_h=32", "model.bev_w=32", "data.batch_size=1"]
+
+
+def _args(module, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_bench_infer_bevdet_eager_ref_and_onnxruntime(tmp_path):
+    torch.manual_seed(0)
+    out = tmp_path / "infer.md"
+    argv = ["configs/bevdet_debug.py", "--modes", "eager,eager-ref,onnxruntime", "--iters", "1"]
+    argv += ["--warmup", "0", "--device", "cpu", "--out", str(out), "--set", *SMALL]
+    assert bench_infer.run(_args(bench_infer, argv)) == 0
+    text = out.read_text()
+    assert "## inference bevdet_debug" in text and "input 128x224, context 32" in text
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"eager", "eager-ref", "onnxruntime"} <= set(rows)
+    for mode in ("eager", "eager-ref", "onnxruntime"):
+        assert "skipped" not in rows[mode] and float(rows[mode].split("|")[2]) > 0, rows[mode]
+    assert "pooling plan baked in" in rows["onnxruntime"] and "pooling plan cached" in rows["eager"]
+
+
+def test_bench_train_bevdet_fake_data(tmp_path):
+    cfg = load_config("configs/bevdet_r50.py", ["data.batch_size=1"])
+    batch = next(iter(bench_train.FakeLoader(cfg, num=1)))
+    assert batch.images.shape == (1, 1, 6, 3, 256, 704)  # the recipe's input_size, single frame
+    torch.testing.assert_close(batch.lidar2img[0, 0], rig_lidar2img(cfg)[0])  # resize + crop folded in
+
+    torch.manual_seed(0)
+    out = tmp_path / "train.md"
+    argv = ["configs/bevdet_debug.py", "--fake-data", "--warmup", "0", "--iters", "1", "--out", str(out)]
+    assert bench_train.run(_args(bench_train, [*argv, "--set", *SMALL])) == 0
+    assert "| configs/bevdet_debug.py | off | 1 |" in out.read_text()
+    assert "| eager (fake data) | 1.00x |" in out.read_text()
+
+
+def test_bench_data_naive_baseline_follows_input_size(tmp_path):
+    from bevforge.cli.main import main as cli_main
+    from bevforge.data.augment_image import ImageAugSpec
+    from bevforge.data.nuscenes.infos import load_infos
+    from bevforge.data.nuscenes.prepare import create_infos
+    from bevforge.data.synthetic.generate import generate
+
+    torch.manual_seed(0)
+    root = generate(
+        tmp_path / "data", num_scenes=1, samples_per_scene=2, image_wh=(96, 54), workers=1, verbose=False
+    )
+    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
+    over = [f"data.data_root={root}", f"data.info_dir={root / 'infos'}", "data.num_workers=0",
+            "data.input_size=[32,80]", "data.img_aug=true", "data.pad_divisor=16", *SMALL]  # fmt: skip
+    cfg = load_config("configs/bevdet_debug.py", over)
+    split = (
+        cfg.data.train_split if (root / "infos" / f"infos_{cfg.data.train_split}.json").is_file() else "val"
+    )
+    sample = load_infos(root / "infos" / f"infos_{split}.json").samples[0]
+    spec = ImageAugSpec.from_config(cfg.data, train=True)
+    d = cfg.data
+    arr = bench_data.naive_sample(
+        [sample], root, d.cameras, d.img_scale, d.img_mean, d.img_std, spec, np.random.default_rng(0)
+    )
+    assert arr.shape == (6, 32, 80, 3)  # every camera at input_size, not the img_scale size
+
+    out = tmp_path / "data.md"
+    args = ["bench", "data", "configs/bevdet_debug.py", "--split", split, "--batches", "1"]
+    assert cli_main([*args, "--naive-samples", "1", "--out", str(out), "--set", *over]) == 0
+    text = out.read_text()
+    assert "bevforge loader" in text and "naive PIL" in text
+    assert text.count("input_size=(32, 80), img_aug=True") == 2  # both rows say which geometry
