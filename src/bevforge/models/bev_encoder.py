@@ -22,6 +22,7 @@ from bevforge.nn.ffn import FFN
 from bevforge.nn.positional_encoding import LearnedPositionalEncoding
 from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
+from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes
 
 
 class BEVFormerLayer(nn.Module):
@@ -54,12 +55,12 @@ class BEVFormerLayer(nn.Module):
         prev_bev: torch.Tensor | None,
         has_prev: torch.Tensor | None,
         ref_2d: torch.Tensor,
-        bev_shapes: torch.Tensor,
+        bev_shapes: SpatialShapes,
         bev_start: torch.Tensor,
         feats: torch.Tensor,
         ref_cam: torch.Tensor,
         bev_mask: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
         bev_query_init: torch.Tensor,
     ) -> torch.Tensor:
@@ -162,8 +163,11 @@ class BEVEncoder(nn.Module):
 
     def _flatten_features(
         self, mlvl_feats: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """L x ``[B, N, C, H_l, W_l]`` -> ``value [B, N, S, C]``, ``spatial_shapes [L, 2]``, ``start [L]``."""
+    ) -> tuple[torch.Tensor, LevelShapes, torch.Tensor]:
+        """L x ``[B, N, C, H_l, W_l]`` -> ``value [B, N, S, C]``, L static (H, W) pairs, ``start [L]``.
+
+        The shapes stay Python ints (ops/msda/shapes.py): a shape tensor built per call is a blocking
+        host->device copy, and reading one back a device sync and a torch.compile graph break."""
         if len(mlvl_feats) != self.num_levels:
             raise ValueError(
                 f"got {len(mlvl_feats)} feature levels, the encoder was built for {self.num_levels}"
@@ -178,8 +182,9 @@ class BEVEncoder(nn.Module):
             x = x + self.level_embeds[None, None, lvl : lvl + 1, :].to(x.dtype)
             flat.append(x)
         value = torch.cat(flat, dim=2)  # [B, N, S, C]
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=value.device)  # [L, 2]
-        start = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))  # [L]
+        spatial_shapes = tuple((int(h), int(w)) for h, w in shapes)  # L (H, W)
+        starts = [sum(h * w for h, w in spatial_shapes[:lvl]) for lvl in range(len(spatial_shapes))]
+        start = torch.tensor(starts, dtype=torch.long).to(value.device, non_blocking=True)  # [L]
         return value, spatial_shapes, start
 
     def forward(
@@ -240,7 +245,7 @@ class BEVEncoder(nn.Module):
         ref_cam, bev_mask = project_to_cameras(
             ref_3d, self.pc_range, lidar2img, img_hw
         )  # [B,N,Q,Z,2], [B,N,Q,Z]
-        bev_shapes = torch.tensor([[self.bev_h, self.bev_w]], dtype=torch.long, device=device)
+        bev_shapes = ((self.bev_h, self.bev_w),)  # static (H, W) of the 1-level BEV value map
         bev_start = torch.zeros(1, dtype=torch.long, device=device)
 
         bev_query_init = query  # TSA's current-queue value in every layer (official)

@@ -106,8 +106,8 @@ class DetectionHead(nn.Module):
         self.register_buffer(
             "pc_size", torch.tensor([pc_range[3 + i] - pc_range[i] for i in range(3)]), persistent=False
         )
-        # the BEV as a 1-level value map for the cross-attention (buffers: no host->device copy per call)
-        self.register_buffer("bev_shapes", torch.tensor([[bev_h, bev_w]]), persistent=False)  # [1, 2]
+        # the BEV as a 1-level value map for the cross-attention
+        self.bev_shapes = ((bev_h, bev_w),)  # static (H, W): nothing to copy or read back per call
         self.register_buffer("bev_start", torch.zeros(1, dtype=torch.long), persistent=False)  # [1]
         self.query_embedding = nn.Embedding(num_queries, 2 * embed_dims)
         self.reference_points = nn.Linear(embed_dims, 3)
