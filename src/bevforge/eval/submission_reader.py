@@ -154,9 +154,11 @@ def _walk(
             n, rem = divmod(nxt - s - e, m)
             if rem or n == 0:
                 return None
-        except ValueError:  # the last non-empty sample: find its last box
-            n = 0
-            while n <= max_boxes and s + m * n + m - 1 < len(pieces):
+        except ValueError:  # the last non-empty sample: its boxes end the chunk, or find its last box
+            n, rem = (0, 0) if closes else divmod(len(pieces) - s, m)
+            if rem:
+                return None
+            while closes and n <= max_boxes and s + m * n + m - 1 < len(pieces):
                 n += 1
                 if not pieces[s + m * n - 1].endswith(box_end):
                     break
