@@ -60,6 +60,19 @@ def value_problems(table: BoxTable) -> list[tuple[str, np.ndarray, str]]:
     ]
 
 
+def values_ok(table: BoxTable) -> bool:
+    """No box fails a check of :func:`value_problems` (whole-array reductions: ~5x faster)."""
+    size, rotation = table.size, table.rotation
+    return bool(
+        np.isfinite(table.translation).all()
+        and np.isfinite(size).all()
+        and (size > 0).all()
+        and np.isfinite(rotation).all()
+        and np.isfinite(table.score).all()
+        and (np.abs(rotation).sum(1) > 0).all()
+    )
+
+
 def _template(pieces: list[bytes], first: int, isep: bytes) -> list[bytes] | None:
     """Key order of the box whose pieces start at ``first`` (``pieces[first - 1]`` is ``[{"<key 0>``)."""
     keys = [pieces[first - 1][3:]]
@@ -212,7 +225,7 @@ def read_submission_columns(
         return None
     if len(set(tokens)) != len(tokens) or len(tokens) != len(index):  # (all are in index)
         return None
-    if any(bad.any() for _, bad, _ in value_problems(table)):
+    if not values_ok(table):
         return None
     return table, top["meta"]
 

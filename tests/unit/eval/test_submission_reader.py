@@ -347,3 +347,32 @@ def test_reader_two_processes_child_death_read_in_one(two_processes, monkeypatch
     fast = read_submission_columns(raw, gt, 500)
     assert outcomes == [None] and fast is not None  # the two-process read gave up, one process read it
     _same(fast, _general(raw, gt, tmp_path))
+
+
+def test_values_ok_agrees_with_value_problems():
+    from bevforge.eval.submission_reader import value_problems, values_ok
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-300, -1.0])
+    for trial in range(300):
+        n = int(rng.integers(1, 6))
+        fields = {"translation": 3, "size": 3, "rotation": 4, "score": 1}
+        arrays = {k: rng.uniform(0.1, 2.0, (n, w)) for k, w in fields.items()}
+        for _ in range(int(rng.integers(0, 3))):  # a few special values anywhere
+            a = arrays[rng.choice(list(fields))]
+            a[rng.integers(n), rng.integers(a.shape[1])] = rng.choice(specials)
+        if trial % 7 == 0:
+            arrays["rotation"][rng.integers(n)] = 0.0  # a zero quaternion
+        table = BoxTable(
+            sample_idx=np.zeros(n, np.int64),
+            translation=arrays["translation"],
+            size=arrays["size"],
+            rotation=arrays["rotation"],
+            velocity=np.full((n, 2), np.nan),  # NaN velocities are allowed
+            label=np.zeros(n, np.int64),
+            score=arrays["score"][:, 0],
+            attr=np.zeros(n, np.int64),
+            num_pts=np.zeros(n, np.int64),
+        )
+        assert values_ok(table) == (not any(bad.any() for _, bad, _ in value_problems(table))), trial
