@@ -10,6 +10,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+#: fields ``Batch.to`` keeps on the CPU: Python-side bookkeeping, read with ``tolist()``
+HOST_FIELDS = ("frame_valid",)
+
 
 @dataclass
 class Batch:
@@ -18,7 +21,9 @@ class Batch:
     can_bus: torch.Tensor  # [B, T, 18] float32, ABSOLUTE values (official layout); the model makes deltas
     ego2global: torch.Tensor  # [B, T, 4, 4] float64
     lidar2ego: torch.Tensor  # [B, T, 4, 4] float64
-    frame_valid: torch.Tensor  # [B, T] bool; False = padding frame (queue reached before the data start)
+    # [B, T] bool; False = padding frame (queue reached before the data start). Host-side bookkeeping like
+    # scene_tokens: `to()` leaves it on the CPU (reading it on a GPU would be a device sync per frame)
+    frame_valid: torch.Tensor
     scene_tokens: list[list[str]]  # [B][T] scene of every frame (a change resets temporal state)
     sample_tokens: list[str]  # [B] the current frame's sample token
     timestamps: torch.Tensor  # [B, T] int64 microseconds
@@ -36,9 +41,12 @@ class Batch:
         return self.images.shape[1]
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
+        """Every tensor on ``device`` except the host-side :data:`HOST_FIELDS`."""
         moved = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name in HOST_FIELDS:
+                continue
             if isinstance(v, torch.Tensor):
                 moved[f.name] = v.to(device, non_blocking=non_blocking)
             elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
