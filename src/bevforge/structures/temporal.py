@@ -19,10 +19,11 @@ class TemporalState:
     def prev_exists(self, scene_tokens: list[str], frame_valid: torch.Tensor | None = None) -> torch.Tensor:
         """[B] bool: the previous frame belongs to the same scene as the current one."""
         same = [bool(p) and p == s for p, s in zip(self.scene_tokens, scene_tokens, strict=True)]
-        out = torch.tensor(same, dtype=torch.bool, device=self.prev_bev.device)
-        if frame_valid is not None:
-            out &= frame_valid.to(out.device)
-        return out
+        out = torch.tensor(same, dtype=torch.bool)  # [B] built on the host
+        if frame_valid is not None:  # host-side in a Batch (structures/batch.py HOST_FIELDS)
+            out &= frame_valid.cpu()
+        # non_blocking from host memory: staged at once, no wait for the GPU stream
+        return out.to(self.prev_bev.device, non_blocking=True)
 
     def detach(self) -> TemporalState:
         return TemporalState(self.prev_bev.detach(), self.prev_can_bus.detach(), list(self.scene_tokens))
