@@ -3,8 +3,9 @@
 BEVFormer: (images, prev_bev, prev_bev_exists, can_bus deltas, lidar2img) -> (cls_logits, box_code, bev),
 valid for any rig (:mod:`bevforge.export.onnx_model`). BEVDet: images -> the CenterPoint head's outputs,
 for ONE rig whose BEV pooling plan is baked in (:mod:`bevforge.export.bevdet_onnx`): a nuScenes-like ring
-by default, or a sample's calibration with ``--rig-from SPLIT[:INDEX]``. ``CKPT`` may be ``none`` to
-export random weights (a check).
+by default, or a sample's calibration with ``--rig-from SPLIT[:INDEX]``; with ``--dynamic-rig``,
+(images, lidar2img) -> the same outputs for any rig. ``CKPT`` may be ``none`` to export random weights
+(a check).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="take the camera rig (lidar2img as evaluation feeds it) from sample INDEX (default 0) of "
         "{data.info_dir}/infos_SPLIT.json instead of a nuScenes-like ring; BEVDet's graph is valid for "
         "this rig only",
+    )
+    p.add_argument(
+        "--dynamic-rig",
+        action="store_true",
+        help="BEVDet: take lidar2img [1, N, 4, 4] as a graph input (geometry + scatter_add BEV pooling in "
+        "the graph, valid for any rig; more memory) instead of baking one rig's pooling plan in "
+        "(BEVFormer's graph always takes lidar2img)",
     )
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
 
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             tuple(args.raw_wh) if args.raw_wh else None,
             check=not args.no_check,
             lidar2img=rig,
+            dynamic_rig=args.dynamic_rig,
         )
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

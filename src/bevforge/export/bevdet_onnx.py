@@ -18,6 +18,7 @@ metadata (``lidar2img``).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -25,11 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from bevforge.export.dynamic_bev_pool import DynamicBEVPool
 from bevforge.export.static_bev_pool import StaticBEVPool
 from bevforge.ops.bev_pool import plan_bev_pool
 from bevforge.structures.batch import Batch
 
 INPUT_NAMES = ("images",)
+DYNAMIC_INPUT_NAMES = ("images", "lidar2img")
 
 
 def output_names(model: nn.Module) -> tuple[str, ...]:
@@ -75,9 +78,15 @@ class BEVDetEager(nn.Module):
 
 class BEVDetFrame(nn.Module):
     """``forward(images [1, N, 3, H, W])`` -> the head outputs (tuple, :func:`output_names` order) for the
-    rig ``lidar2img [1, N, 4, 4]`` baked in at construction (its pooling plan as constants)."""
+    rig ``lidar2img [1, N, 4, 4]`` baked in at construction (its pooling plan as constants).
 
-    def __init__(self, model: nn.Module, lidar2img: torch.Tensor, image_hw: tuple[int, int]) -> None:
+    ``dynamic=True``: ``forward(images, lidar2img)`` for any rig instead, the geometry and a scatter_add
+    pooling in the graph (:class:`~bevforge.export.dynamic_bev_pool.DynamicBEVPool`); ``lidar2img`` given
+    here is then only checked for its shape."""
+
+    def __init__(
+        self, model: nn.Module, lidar2img: torch.Tensor, image_hw: tuple[int, int], dynamic: bool = False
+    ) -> None:
         super().__init__()
         if lidar2img.dim() != 4 or lidar2img.shape[0] != 1 or lidar2img.shape[-2:] != (4, 4):
             raise ValueError(f"lidar2img must be [1, N, 4, 4] (one rig), got {tuple(lidar2img.shape)}")
@@ -91,9 +100,12 @@ class BEVDetFrame(nn.Module):
                 "set data.pad_divisor to a multiple of it"
             )
         feat_hw = (image_hw[0] // stride, image_hw[1] // stride)
-        cells = vt.cell_index(feat_hw, lidar2img.cpu().float())  # [1, N, D, fH, fW]
-        self.pool = StaticBEVPool(plan_bev_pool(cells, vt.bev_h, vt.bev_w))
-        self.register_buffer("lidar2img", lidar2img.detach().cpu().float().clone(), persistent=False)
+        self.dynamic = dynamic
+        if dynamic:
+            self.pool: nn.Module = DynamicBEVPool(vt, feat_hw)
+        else:
+            cells = vt.cell_index(feat_hw, lidar2img.cpu().float())  # [1, N, D, fH, fW]
+            self.pool = StaticBEVPool(plan_bev_pool(cells, vt.bev_h, vt.bev_w))
 
     def lift(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``feats [B, N, C_in, fH, fW]`` -> (``depth [B, N, D, fH, fW]`` softmax, ``context [B, N, fH, fW,
@@ -107,11 +119,15 @@ class BEVDetFrame(nn.Module):
         context = x[:, vt.num_depth :].view(num_b, num_n, vt.context_channels, feat_h, feat_w)
         return depth, context.permute(0, 1, 3, 4, 2)  # [B, N, fH, fW, C]
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, images: torch.Tensor, lidar2img: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         assert images.dim() == 5, f"images must be [1, N, 3, H, W], got {tuple(images.shape)}"
+        assert (lidar2img is not None) == self.dynamic, "lidar2img is an input of the dynamic frame only"
         m = self.model
         depth, context = self.lift(m.extract_features(images))
-        bev = self.pool(depth, context)  # [1, C, bev_h, bev_w]
+        extra = (lidar2img,) if self.dynamic else ()
+        bev = self.pool(depth, context, *extra)  # [1, C, bev_h, bev_w]
         preds = m.head(m.bev_neck(m.bev_backbone(bev)))
         return tuple(preds[n] for n in self.names)
 
@@ -123,38 +139,53 @@ def example_images(cfg, image_hw: tuple[int, int], seed: int = 0) -> torch.Tenso
 
 
 def export_bevdet_onnx(
-    model: nn.Module, lidar2img: torch.Tensor, images: torch.Tensor, out_path: str | Path, opset: int = 17
+    model: nn.Module,
+    lidar2img: torch.Tensor,
+    images: torch.Tensor,
+    out_path: str | Path,
+    opset: int = 17,
+    dynamic: bool = False,
 ) -> Path:
     """Trace :class:`BEVDetFrame` (``model`` in eval mode, the rig ``lidar2img``) to ONNX at ``out_path``;
-    the rig goes into the graph's metadata (``lidar2img``, JSON)."""
+    the rig goes into the graph's metadata (``lidar2img``, JSON). ``dynamic``: the graph takes
+    ``(images, lidar2img)`` (:data:`DYNAMIC_INPUT_NAMES`) and works for any rig."""
     import onnx
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame = BEVDetFrame(model, lidar2img, tuple(images.shape[-2:])).eval()
+    frame = BEVDetFrame(model, lidar2img, tuple(images.shape[-2:]), dynamic).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             frame,
-            (images,),
+            (images, lidar2img.float()) if dynamic else (images,),
             str(out_path),
-            input_names=list(INPUT_NAMES),
+            input_names=list(DYNAMIC_INPUT_NAMES if dynamic else INPUT_NAMES),
             output_names=list(frame.names),
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
         )
     graph = onnx.load(str(out_path))
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = "lidar2img", json.dumps(lidar2img[0].tolist())
+    if not dynamic:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = "lidar2img", json.dumps(lidar2img[0].tolist())
     onnx.save(graph, str(out_path))
     return out_path
 
 
-def run_onnxruntime(session, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """The graph's outputs by name from an onnxruntime ``session``."""
+def run_onnxruntime(
+    session, images: torch.Tensor, lidar2img: torch.Tensor | None = None
+) -> dict[str, np.ndarray]:
+    """The graph's outputs by name from an onnxruntime ``session`` (``lidar2img`` is fed only to a graph
+    that takes it: a dynamic-rig export)."""
+    feeds = {"images": images.numpy()}
+    if "lidar2img" in [i.name for i in session.get_inputs()]:
+        if lidar2img is None:
+            raise ValueError("this graph takes lidar2img [1, N, 4, 4] (a --dynamic-rig export); pass it")
+        feeds["lidar2img"] = lidar2img.float().numpy()
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, {"images": images.numpy()}), strict=True))
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def pytorch_outputs(
@@ -170,7 +201,7 @@ def compare_with_pytorch(
     model: nn.Module, session, images: torch.Tensor, lidar2img: torch.Tensor
 ) -> dict[str, float]:
     """Max abs difference per output between onnxruntime and the model's own forward on the rig."""
-    got = run_onnxruntime(session, images)
+    got = run_onnxruntime(session, images, lidar2img)
     want = pytorch_outputs(model, images, lidar2img)
     return {n: float(np.abs(got[n] - want[n].numpy()).max()) for n in want}
 
@@ -178,6 +209,17 @@ def compare_with_pytorch(
 #: onnxruntime (CPU, fp32) vs PyTorch (CPU, fp32), max abs difference per head output (logits, metres,
 #: log sizes); measured <= 3e-6 on the debug recipe (random weights, several images)
 ORT_TOLERANCE = 5e-5
+
+
+def check_rigs(rig: torch.Tensor) -> list[torch.Tensor]:
+    """``rig [1, N, 4, 4]``, the rig turned 25 degrees about the lidar z axis, and its principal points
+    moved 20 px right: the rigs a dynamic-rig graph is checked on."""
+    c, s = math.cos(math.radians(25.0)), math.sin(math.radians(25.0))
+    turn = torch.eye(4)
+    turn[:2, :2] = torch.tensor([[c, -s], [s, c]])  # lidar -> lidar
+    shifted = rig.clone()
+    shifted[..., 0, :] += 20.0 * rig[..., 2, :]  # u d += 20 d: u += 20 px
+    return [rig, rig @ turn, shifted]
 
 
 def export_bevdet_recipe(
@@ -188,10 +230,13 @@ def export_bevdet_recipe(
     raw_wh: tuple[int, int] | None = None,
     check: bool = True,
     lidar2img: torch.Tensor | None = None,
+    dynamic: bool = False,
 ) -> dict:
     """Build the BEVDet recipe's model, load ``checkpoint`` (None: random init), export it for the rig
     ``lidar2img [1, N, 4, 4]`` (None: the nuScenes-like ring of :func:`bevforge.export.rig.rig_lidar2img`)
-    and check it with onnxruntime on three random image sets.
+    and check it with onnxruntime on three random image sets. ``dynamic``: the graph takes the rig as an
+    input (:class:`~bevforge.export.dynamic_bev_pool.DynamicBEVPool`), checked on three rigs (this one,
+    turned by 25 degrees, principal points moved by 20 pixels).
 
     Writes ``out_path`` and ``out_path + ".json"`` (names, shapes, the rig, the check); returns the JSON's
     content. ``ValueError`` when onnxruntime disagrees beyond :data:`ORT_TOLERANCE`."""
@@ -210,7 +255,7 @@ def export_bevdet_recipe(
     if rig.shape != (1, len(cfg.data.cameras), 4, 4):
         raise ValueError(f"rig lidar2img {tuple(rig.shape)} is not [1, {len(cfg.data.cameras)}, 4, 4]")
     images = example_images(cfg, image_hw)
-    out_path = export_bevdet_onnx(model, rig, images, out_path, opset)
+    out_path = export_bevdet_onnx(model, rig, images, out_path, opset, dynamic)
     want = pytorch_outputs(model, images, rig)
     info: dict = {
         "config": cfg.name,
@@ -219,16 +264,21 @@ def export_bevdet_recipe(
         "opset": opset,
         "inputs": {"images": list(images.shape)},
         "outputs": {n: list(t.shape) for n, t in want.items()},
-        "rig": {
+    }
+    if dynamic:
+        info["inputs"]["lidar2img"] = list(rig.shape)
+        info["rig"] = {"note": "dynamic: lidar2img is a graph input (geometry and scatter_add pooling)"}
+    else:
+        info["rig"] = {
             "lidar2img": rig[0].tolist(),
             "note": "the BEV pooling plan of this rig is baked into the graph: valid for this rig only",
-        },
-    }
+        }
     if check:
         session = ort_session(out_path)
         diffs: dict[str, float] = {}
-        for seed in range(3):
-            case = compare_with_pytorch(model, session, example_images(cfg, image_hw, seed), rig)
+        rigs = check_rigs(rig) if dynamic else [rig] * 3
+        for seed, case_rig in enumerate(rigs):
+            case = compare_with_pytorch(model, session, example_images(cfg, image_hw, seed), case_rig)
             diffs = {n: max(diffs.get(n, 0.0), v) for n, v in case.items()}
         info["onnxruntime_max_abs_diff"] = diffs
         info["tolerance"] = ORT_TOLERANCE

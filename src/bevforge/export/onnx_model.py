@@ -146,12 +146,13 @@ def export_recipe(
     raw_wh: tuple[int, int] | None = None,
     check: bool = True,
     lidar2img: torch.Tensor | None = None,
+    dynamic_rig: bool = False,
 ) -> dict:
     """Build the recipe's model, load ``checkpoint`` (None: random init), export, check with onnxruntime.
 
     ``lidar2img [1, N, 4, 4]``: the rig of the example inputs (None: :func:`rig_lidar2img`); BEVFormer's
     graph takes ``lidar2img`` as an input (any rig), BEVDet's bakes this rig in
-    (:func:`bevforge.export.bevdet_onnx.export_bevdet_recipe`).
+    (:func:`bevforge.export.bevdet_onnx.export_bevdet_recipe`) unless ``dynamic_rig``.
 
     Writes ``out_path`` and ``out_path + ".json"`` (input/output names and shapes, the check) atomically
     beside it; returns that JSON's content. Raises ``ValueError`` when onnxruntime disagrees beyond
@@ -163,7 +164,7 @@ def export_recipe(
     if cfg.model.arch == "bevdet":
         from bevforge.export.bevdet_onnx import export_bevdet_recipe
 
-        return export_bevdet_recipe(cfg, checkpoint, out_path, opset, raw_wh, check, lidar2img)
+        return export_bevdet_recipe(cfg, checkpoint, out_path, opset, raw_wh, check, lidar2img, dynamic_rig)
     if cfg.model.arch != "bevformer":
         raise ValueError(
             f"{cfg.name}: ONNX export supports model.arch 'bevformer' and 'bevdet', not {cfg.model.arch!r}"
