@@ -50,21 +50,17 @@ class SetCriterion(nn.Module):
         self.seg_weight = seg_weight
         self.with_det, self.with_seg = with_det, with_seg
 
-    def _clean_gt(
-        self, gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Drop GT rows whose label is not a detection class (label < 0 or >= K), as the official filter."""
-        boxes, labels = [], []
+    @staticmethod
+    def _check_gt(gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor]) -> None:
+        """Shapes only. GT rows whose label is not a detection class (label < 0 or >= K; the official
+        filter) are left out by the matcher on the host (``num_classes``): a boolean index here would
+        sync with the device once per sample."""
         for b, (box, lab) in enumerate(zip(gt_boxes, gt_labels)):
-            if box.dim() != 2 or box.shape[-1] != 9 or box.shape[0] != lab.shape[0]:
+            if box.dim() != 2 or box.shape[-1] != 9 or lab.dim() != 1 or box.shape[0] != lab.shape[0]:
                 raise ValueError(
                     f"gt_boxes[{b}] {tuple(box.shape)} / gt_labels[{b}] {tuple(lab.shape)}: "
                     "expected [M, 9] and [M]"
                 )
-            keep = (lab >= 0) & (lab < self.num_classes)
-            boxes.append(box[keep])
-            labels.append(lab[keep].long())
-        return boxes, labels
 
     def layer_loss(
         self,
@@ -108,10 +104,11 @@ class SetCriterion(nn.Module):
             assert cls_all.dim() == 4 and code_all.dim() == 4, (cls_all.shape, code_all.shape)
             if len(gt_boxes) != cls_all.shape[1]:
                 raise ValueError(f"{len(gt_boxes)} GT lists for a batch of {cls_all.shape[1]} predictions")
-            gt_boxes, gt_labels = self._clean_gt(gt_boxes, gt_labels)
-            matches = self.matcher.match_layers(cls_all, code_all, gt_boxes, gt_labels)  # [D, 3, P]
+            self._check_gt(gt_boxes, gt_labels)
+            # [D, 3, P] (sample, query, row of the concatenated GT); non-class rows are never matched
+            matches = self.matcher.match_layers(cls_all, code_all, gt_boxes, gt_labels, self.num_classes)
             boxes_all = torch.cat(gt_boxes).to(code_all.device)  # [T, 9]
-            labels_all = torch.cat(gt_labels).to(code_all.device)  # [T]
+            labels_all = torch.cat(gt_labels).to(code_all.device).long()  # [T]
             D = cls_all.shape[0]
             for i in range(D):
                 lc, lb = self.layer_loss(
