@@ -329,8 +329,11 @@ def test_reader_two_processes_same_table(two_processes, tmp_path):
         assert read_submission_columns(json.dumps(bad).encode(), gt, 500) is None
 
 
-def test_reader_two_processes_child_death_read_in_one(two_processes, monkeypatch, tmp_path):
+@pytest.mark.parametrize("death", ["before writing", "while writing"])
+def test_reader_two_processes_child_death_read_in_one(death, two_processes, monkeypatch, tmp_path):
     import os
+    import pickle
+    import types
 
     module, outcomes = two_processes
     torch.manual_seed(0)
@@ -341,7 +344,13 @@ def test_reader_two_processes_child_death_read_in_one(two_processes, monkeypatch
             os._exit(3)  # e.g. killed: nothing written
         return real(*args)
 
-    monkeypatch.setattr(module, "_columns", dies_in_child)
+    def cut_short(obj, protocol):
+        return pickle.dumps(obj, protocol)[:-7]  # e.g. killed while writing
+
+    if death == "before writing":
+        monkeypatch.setattr(module, "_columns", dies_in_child)
+    else:
+        monkeypatch.setattr(module, "pickle", types.SimpleNamespace(**{**vars(pickle), "dumps": cut_short}))
     sub, gt = _big_submission(11), _gt(6)
     raw = json.dumps(sub).encode()
     fast = read_submission_columns(raw, gt, 500)
