@@ -29,7 +29,8 @@ def test_bench_infer_bevdet_eager_ref_and_onnxruntime(tmp_path):
     argv += ["--warmup", "0", "--device", "cpu", "--out", str(out), "--set", *SMALL]
     assert bench_infer.run(_args(bench_infer, argv)) == 0
     text = out.read_text()
-    assert "## inference bevdet_debug" in text and "input 128x224, context 32" in text
+    context = load_config("configs/bevdet_debug.py").model.bevdet.context_channels
+    assert "## inference bevdet_debug" in text and f"input 128x224, context {context}" in text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert {"eager", "eager-ref", "onnxruntime"} <= set(rows)
     for mode in ("eager", "eager-ref", "onnxruntime"):

@@ -42,7 +42,8 @@ def test_export_dynamic_pool_equals_the_lss_plan_on_several_rigs():
     cfg = load_config("configs/bevdet_debug.py")
     vt = build_model(cfg).eval().view_transformer
     hw = input_hw(cfg)
-    feat_hw = (hw[0] // 16, hw[1] // 16)
+    stride = cfg.model.bevdet.feat_downsample
+    feat_hw = (hw[0] // stride, hw[1] // stride)
     pool = DynamicBEVPool(vt, feat_hw)
     for rig in check_rigs(rig_lidar2img(cfg)):
         want_cells = vt.cell_index(feat_hw, rig)
@@ -107,7 +108,8 @@ def test_export_bevdet_dynamic_rig_matches_onnxruntime(tmp_path):
     for seed, rig in enumerate([*rigs, blind]):
         images = example_images(cfg, input_hw(cfg), seed=10 + seed)
         if rig is blind:
-            feat_hw = (input_hw(cfg)[0] // 16, input_hw(cfg)[1] // 16)
+            stride = cfg.model.bevdet.feat_downsample
+            feat_hw = (input_hw(cfg)[0] // stride, input_hw(cfg)[1] // stride)
             cells = model.view_transformer.cell_index(feat_hw, rig)  # [1, N, D, fH, fW]
             assert (cells[0, 2] < 0).all() and (cells[0, 1] >= 0).any()
         diffs = compare_with_pytorch(model, sess, images, rig)

@@ -88,7 +88,7 @@ def test_export_bevdet_debug_recipe_matches_onnxruntime(tmp_path):
     info = json.loads((tmp_path / "bevdet.onnx.json").read_text())
     assert max(info["onnxruntime_max_abs_diff"].values()) <= info["tolerance"] == ORT_TOLERANCE
     assert info["inputs"]["images"] == [1, 6, 3, 128, 224]  # 400x225 x 0.5, padded to 32
-    assert info["outputs"]["t0.heatmap"] == [1, 1, 64, 64]  # car alone in task 0, the 64x64 BEV grid
+    assert info["outputs"]["t0.heatmap"] == [1, 1, cfg.model.bev_h, cfg.model.bev_w]  # car alone in task 0
     rig = rig_lidar2img(cfg)
     torch.testing.assert_close(torch.tensor(info["rig"]["lidar2img"]), rig[0])
 
@@ -144,5 +144,6 @@ def test_export_bevdet_frame_rejects_bad_shapes():
     model = build_model(cfg).eval()
     with pytest.raises(ValueError, match=r"\[1, N, 4, 4\]"):
         BEVDetFrame(model, rig_lidar2img(cfg)[0], (128, 224))
+    stride = cfg.model.bevdet.feat_downsample
     with pytest.raises(ValueError, match="feat_downsample"):
-        BEVDetFrame(model, rig_lidar2img(cfg), (120, 224))
+        BEVDetFrame(model, rig_lidar2img(cfg), (8 * stride + stride // 2, 16 * stride))
