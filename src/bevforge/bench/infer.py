@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channels-last", action="store_true", help="backbone + neck in channels-last format (every mode)"
     )
+    p.add_argument(
+        "--dynamic-rig",
+        action="store_true",
+        help="BEVDet onnxruntime mode: the graph that takes lidar2img (geometry + scatter_add pooling in "
+        "the graph) instead of the one with the rig's pooling plan baked in",
+    )
 
 
 def _sync(device: str) -> None:
@@ -110,26 +116,30 @@ def _torch_fn(frame, inputs, amp: torch.dtype | None, device: str) -> Callable[[
     return step
 
 
-def _ort_fn(model, inputs_cpu, tmpdir: str, arch: str = "bevformer") -> tuple[Callable[[], object], str]:
+def _ort_fn(
+    model, inputs_cpu, tmpdir: str, arch: str = "bevformer", dynamic_rig: bool = False
+) -> tuple[Callable[[], object], str]:
     """An onnxruntime session on the exported graph; returns (run one frame, provider used)."""
     import onnxruntime as ort
 
     path = os.path.join(tmpdir, "frame.onnx")
     if arch == "bevdet":
-        from bevforge.export.bevdet_onnx import INPUT_NAMES, export_bevdet_onnx
+        from bevforge.export.bevdet_onnx import DYNAMIC_INPUT_NAMES, export_bevdet_onnx
 
         images, lidar2img = inputs_cpu
-        path = export_bevdet_onnx(model.cpu(), lidar2img, images, path)
-        inputs_cpu = (images,)  # the rig is baked into the graph
+        path = export_bevdet_onnx(model.cpu(), lidar2img, images, path, dynamic=dynamic_rig)
+        names = DYNAMIC_INPUT_NAMES if dynamic_rig else DYNAMIC_INPUT_NAMES[:1]
+        inputs_cpu = inputs_cpu if dynamic_rig else (images,)  # or the rig is baked into the graph
     else:
         from bevforge.export.onnx_model import INPUT_NAMES, export_onnx
 
         path = export_onnx(model.cpu(), inputs_cpu, path)
+        names = INPUT_NAMES
     wanted = [
         p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
     ]
     sess = ort.InferenceSession(str(path), providers=wanted)
-    feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs_cpu, strict=True)}
+    feeds = {n: t.numpy() for n, t in zip(names, inputs_cpu, strict=True)}
     return (lambda: sess.run(None, feeds)), sess.get_providers()[0]
 
 
@@ -168,10 +178,11 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
         try:
             if mode == "onnxruntime":
                 with tempfile.TemporaryDirectory() as tmp:
-                    fn, provider = _ort_fn(model, inputs_cpu, tmp, cfg.model.arch)
+                    dynamic = bool(getattr(args, "dynamic_rig", False))
+                    fn, provider = _ort_fn(model, inputs_cpu, tmp, cfg.model.arch, dynamic)
                     row["note"] = f"{provider}, fp32"
                     if cfg.model.arch == "bevdet":
-                        row["note"] += ", pooling plan baked in"
+                        row["note"] += ", lidar2img input" if dynamic else ", pooling plan baked in"
                     row.update(time_frames(fn, args.warmup, args.iters, "cpu"))
                     row["peak_mib"] = None
                 continue

@@ -37,6 +37,13 @@ def test_bench_infer_bevdet_eager_ref_and_onnxruntime(tmp_path):
         assert "skipped" not in rows[mode] and float(rows[mode].split("|")[2]) > 0, rows[mode]
     assert "pooling plan baked in" in rows["onnxruntime"] and "pooling plan cached" in rows["eager"]
 
+    out = tmp_path / "infer_dynamic.md"
+    argv = ["configs/bevdet_debug.py", "--modes", "onnxruntime", "--iters", "1", "--warmup", "0"]
+    argv += ["--dynamic-rig", "--device", "cpu", "--out", str(out), "--set", *SMALL]
+    assert bench_infer.run(_args(bench_infer, argv)) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| onnxruntime"))
+    assert "lidar2img input" in row and "skipped" not in row
+
 
 def test_bench_train_bevdet_fake_data(tmp_path):
     cfg = load_config("configs/bevdet_r50.py", ["data.batch_size=1"])
