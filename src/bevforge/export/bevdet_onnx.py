@@ -13,6 +13,12 @@ gathers and sums, no scatter), as BEVPoolv2 / TensorRT deployments of BEVDet do.
 valid only for that rig** (the same cameras, intrinsics, extrinsics and input geometry): export again for
 another vehicle or calibration. The rig is written to the ``.json`` beside the graph and into the graph's
 metadata (``lidar2img``).
+
+``dynamic=True`` (``bevforge export --dynamic-rig``) exports ``(images, lidar2img [1, N, 4, 4]) -> the
+same outputs`` for any rig instead: the LSS geometry and a ``scatter_add`` pooling of all frustum points
+run in the graph (:mod:`bevforge.export.dynamic_bev_pool`; more memory, relies on the runtime's
+``ScatterElements(reduction="add")`` being exact with repeated indices, as onnxruntime's CPU kernel is).
+Parity with the model's own forward: max abs difference ~3e-6 on the debug recipe, :data:`ORT_TOLERANCE`.
 """
 
 from __future__ import annotations
