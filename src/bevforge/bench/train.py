@@ -97,6 +97,7 @@ class FakeLoader:
             boxes = torch.cat((centres, sizes, yaw, torch.zeros(b, 30, 2)), dim=-1)  # [B, M, 9]
             can_bus = torch.zeros(b, t, 18)
             can_bus[:, :, 0] = torch.arange(t, dtype=torch.float32)  # 1 m forward per frame
+            extra = self._depth_targets(cfg, b, n, (h, w), g)
             self.batches.append(
                 Batch(
                     images=torch.randn(b, t, n, 3, h, w, generator=g),  # [B, T, N, 3, H, W]
@@ -112,8 +113,28 @@ class FakeLoader:
                     gt_boxes=list(boxes),
                     gt_labels=list(torch.randint(0, len(d.classes), (b, 30), generator=g)),
                     seg_target=torch.zeros(b, len(d.seg_classes), m.bev_h, m.bev_w) if d.with_seg else None,
+                    **extra,
                 )
             )
+
+    @staticmethod
+    def _depth_targets(cfg: Config, b: int, n: int, image_hw: tuple[int, int], g: torch.Generator) -> dict:
+        """``{"depth_gt": [B, N, fH, fW]}`` random lidar depths (metres, ~70 % of the cells without a
+        point: 0) when BEVDet trains with depth supervision (``model.bevdet.depth_loss_weight > 0``) and
+        ``Batch`` has the field; else ``{}``."""
+        from dataclasses import fields
+
+        from bevforge.structures.batch import Batch
+
+        b_cfg = cfg.model.bevdet
+        wanted = cfg.model.arch == "bevdet" and float(getattr(b_cfg, "depth_loss_weight", 0.0)) > 0
+        if not wanted or "depth_gt" not in {f.name for f in fields(Batch)}:
+            return {}
+        stride = b_cfg.feat_downsample
+        shape = (b, n, image_hw[0] // stride, image_hw[1] // stride)
+        lo, hi = float(b_cfg.depth_bins[0]), float(b_cfg.depth_bins[1])
+        depth = lo + (hi - lo) * torch.rand(shape, generator=g)  # [B, N, fH, fW] metres
+        return {"depth_gt": torch.where(torch.rand(shape, generator=g) < 0.3, depth, torch.zeros(()))}
 
     def __iter__(self):
         return iter(self.batches)

@@ -91,3 +91,26 @@ def test_bench_data_naive_baseline_follows_input_size(tmp_path):
     text = out.read_text()
     assert "bevforge loader" in text and "naive PIL" in text
     assert text.count("input_size=(32, 80), img_aug=True") == 2  # both rows say which geometry
+
+
+def test_bench_fake_loader_depth_targets_for_depth_supervision():
+    from dataclasses import fields
+
+    from bevforge.structures.batch import Batch
+
+    cfg = load_config("configs/bevdet_debug.py", ["data.batch_size=1"])
+    if "depth_gt" not in {f.name for f in fields(Batch)} or not hasattr(
+        cfg.model.bevdet, "depth_loss_weight"
+    ):
+        import pytest
+
+        pytest.skip("no depth supervision in this tree (Batch.depth_gt / model.bevdet.depth_loss_weight)")
+    cfg.model.bevdet.depth_loss_weight = 1.0
+    batch = next(iter(bench_train.FakeLoader(cfg, num=1)))
+    stride = cfg.model.bevdet.feat_downsample
+    assert batch.depth_gt.shape == (1, 6, 128 // stride, 224 // stride)
+    hit = batch.depth_gt > 0
+    assert 0.1 < hit.float().mean() < 0.5  # sparse like projected lidar
+    assert batch.depth_gt[hit].min() >= cfg.model.bevdet.depth_bins[0]
+    cfg.model.bevdet.depth_loss_weight = 0.0
+    assert next(iter(bench_train.FakeLoader(cfg, num=1))).depth_gt is None
