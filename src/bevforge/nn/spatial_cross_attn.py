@@ -238,8 +238,9 @@ class SpatialCrossAttention(nn.Module):
         spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
-        """Every (sample, camera) attends all ``Q`` queries (static shapes, no host read); misses are
-        zeroed before the sum over cameras. Offsets and weights are predicted once per query."""
+        """Every (sample, camera) attends all ``Q`` queries (static shapes, no host read); misses sample
+        nothing and are zeroed before the sum over cameras. Offsets and weights are predicted once per
+        query."""
         batch, num_q, channels = query.shape
         num_cams = value.shape[1]
         groups = batch * num_cams
@@ -249,6 +250,10 @@ class SpatialCrossAttention(nn.Module):
         # [B, N, Q, Z, 2] -> [B, N, Q, 1, 1, 1, Z, 2] + [B, 1, Q, M, L, P/Z, Z, 2] -> [B*N, Q, M, L, P, 2]
         ref = reference_points_cam[:, :, :, None, None, None, :, :]
         locations = (ref + offsets[:, None]).reshape(groups, num_q, m, lv, p, 2)
+        # a miss samples far outside every level: all its bilinear corners are out of range (no value
+        # reads, no gradient atomics in the kernel); its result is dropped below either way
+        miss_far = locations.new_full((), -1.0)
+        locations = torch.where(hit.reshape(groups, num_q)[:, :, None, None, None, None], locations, miss_far)
         # [B, Q, M, L, P] -> [B, N, Q, M, L, P] -> [B*N, Q, M, L, P]
         weights = weights[:, None].expand(batch, num_cams, num_q, m, lv, p).reshape(groups, num_q, m, lv, p)
         out = attn.attend(
