@@ -12,9 +12,10 @@
 #   GPU_CHECK_STEPS=kernels,bench-kernel,base benchmarks/gpu_check.sh       # only these groups
 #
 # Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), bench-kernel
-# (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 + inference, the issue-9
-# targets), tiny (tiny training + inference eager/ORT), compile (torch.compile inference + training,
-# graph breaks, compile-parity tests).
+# (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 with/without gradient
+# checkpointing + inference, the issue-9 targets), profile (benchmarks/profile_parts.py on base), bevdet
+# (BEVDet-R50 training + inference), tiny (tiny training + inference eager/ORT), compile (torch.compile
+# inference + training, graph breaks, compile-parity tests).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -47,7 +48,7 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,bench-kernel,base,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,bench-kernel,base,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -90,13 +91,32 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want base && can_import bevforge.train.step; then
   # the issue-9 targets: BEVFormer-base training in bf16 (>= 5 samples/s, <= 12 GB; random batches of
   # the recipe's shapes: 4-frame queue, 6 x 900 x 1600) and inference (>= 20 FPS), random init
+  # (channels-last measured slower at bd6703a: torchvision's DCN wants NCHW, so it converts back and forth)
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
-    --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
+    --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
+  step bench-train-base-bf16-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= --amp bf16 --grad-ckpt --fake-data --warmup 3 --iters 10 \
     --out "$RESULTS/train.md"
-  step bench-infer-base "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
-    --set model.backbone.pretrained= --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
   step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip profile "no CUDA device"
+elif want profile; then  # where the base step's time goes (per part, top CUDA ops)
+  step profile-base-bf16 "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 --top 25 \
+    --out "$RESULTS/profile.md"
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip bench-bevdet "no CUDA device"
+elif want bevdet && [ -f configs/bevdet_r50.py ]; then
+  # BEVDet-R50 (256 x 704, BEV 128 x 128): training bf16 on random batches, inference eager (Triton
+  # bev_pool) vs eager-ref vs onnxruntime (CPU provider, the rig's pooling plan baked in)
+  step bench-train-bevdet-bf16 "$PY" -m bevforge.cli.main bench train configs/bevdet_r50.py \
+    --amp bf16 --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
+  step bench-infer-bevdet "$PY" -m bevforge.cli.main bench infer configs/bevdet_r50.py \
+    --modes eager,eager-ref,onnxruntime --iters 10 --out "$RESULTS/infer.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then
