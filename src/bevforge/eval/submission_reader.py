@@ -210,7 +210,7 @@ def read_submission_columns(
     index = {t.encode(): i for i, t in enumerate(gt.sample_tokens)}
     r = raw.count(q, 0, pos)  # in a split of raw[:x] (x > pos) on q, pieces[r] ends with "results
     read = _read_chunked(raw, pos, r, q, isep, index, max_boxes)
-    if read is None:  # one piece of work (the cuts may lie outside results: the arbiter of the layout)
+    if read is None:  # in one chunk (a cut may have fallen outside results): this read decides
         read = _read_chunks(raw, [0, len(raw)], None, r, q, isep, index, max_boxes)
     if read is None:
         return None
@@ -268,7 +268,8 @@ def _read_chunks(
         table = _columns(boxes, keys, keys_k, counts_k, index, isep, q) if boxes else BoxTable()
         if table is None:
             return None
-        tokens, counts = tokens + keys_k, counts + counts_k
+        tokens += keys_k
+        counts += counts_k
         tables.append(table)
         tail = rest + (q + q.join(pieces[close + 1 :]) if 0 <= close < len(pieces) - 1 else b"")
     return head, tokens, counts, BoxTable.concat(tables), tail
