@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from bevforge.config import Config
 from bevforge.eval.box_table import GroundTruth
-from bevforge.eval.map_seg import SegIoU
 from bevforge.eval.metrics import DetectionEvalConfig
 from bevforge.eval.nuscenes_det import evaluate, make_submission, write_submission
 from bevforge.io import atomic_write_text
+
+if TYPE_CHECKING:  # torch is imported where a model is run: `bevforge eval` (scoring only) never needs it
+    import torch
 
 
 class CheckpointError(ValueError):
@@ -29,6 +30,8 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
     """Load a trainer checkpoint (``{"model": state_dict, ...}``) strictly into ``model``."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the .pth written by `bevforge train`")
@@ -63,6 +66,8 @@ def write_metrics(path: str | Path, metrics: dict[str, Any]) -> Path:
 
 def seg_from_results(results: dict[str, dict[str, Any]], classes: tuple[str, ...]) -> dict[str, Any] | None:
     """Split-level IoU from the per-sample counts of :func:`bevforge.eval.runner.run_inference`."""
+    from bevforge.eval.map_seg import SegIoU
+
     acc = SegIoU(classes)
     found = False
     for res in results.values():
@@ -136,6 +141,8 @@ def evaluate_model(
     """Periodic evaluation for a trainer: scene-whole inference with ``model`` (unwrapped, on its device),
     scored into ``out_dir`` (``results_nusc.json`` + metrics files). Under an initialised process group every
     rank must call it; rank 0 gets the summary, the others ``{}``."""
+    import torch
+
     from bevforge.data.loader import build_dataloader
     from bevforge.eval.runner import run_inference
 
@@ -161,6 +168,8 @@ def test_checkpoint(
 
     Works as one process or under ``torchrun`` (gloo on CPU, NCCL on GPUs; rank 0 writes and scores).
     """
+    import torch
+
     from bevforge.data.loader import build_dataloader
     from bevforge.eval.runner import run_inference
     from bevforge.models.build import build_model
