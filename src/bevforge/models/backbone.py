@@ -17,12 +17,24 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import Bottleneck
 
+from bevforge.ops.dcn import deform_conv2d_sampled
+
 _BUILDERS = {
     18: (torchvision.models.resnet18, "ResNet18_Weights"),
     34: (torchvision.models.resnet34, "ResNet34_Weights"),
     50: (torchvision.models.resnet50, "ResNet50_Weights"),
     101: (torchvision.models.resnet101, "ResNet101_Weights"),
 }
+#: DCNv2 implementations: torchvision's op (fp32 im2col + GEMM, also under autocast) or the
+#: grid_sample + batched GEMM one of ``ops/dcn`` (same function; the GEMM in the autocast dtype)
+DCN_IMPLS = ("torchvision", "sampled")
+
+
+def _check_dcn_impl(impl: str) -> None:
+    if impl not in DCN_IMPLS:
+        raise ValueError(
+            f"model.backbone.dcn_impl={impl!r} is not a DCN implementation: use one of {DCN_IMPLS}"
+        )
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -31,7 +43,7 @@ class ModulatedDeformConv2d(nn.Module):
     ``conv_offset`` predicts ``3 * k * k`` channels: the first ``2 k k`` are (dy, dx) offsets per kernel
     tap (interleaved, as mmcv and ``torchvision.ops.deform_conv2d``), the last ``k k`` the mask logits.
     ``conv_offset`` starts at zero (as mmcv): zero offsets and masks sigmoid(0) = 0.5, i.e. half the
-    plain conv.
+    plain conv. ``impl`` picks the op (:data:`DCN_IMPLS`); both take the same parameters and state dict.
     """
 
     def __init__(
@@ -43,8 +55,11 @@ class ModulatedDeformConv2d(nn.Module):
         padding: int = 1,
         dilation: int = 1,
         bias: bool = False,
+        impl: str = "torchvision",
     ) -> None:
         super().__init__()
+        _check_dcn_impl(impl)
+        self.impl = impl
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -57,7 +72,7 @@ class ModulatedDeformConv2d(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> ModulatedDeformConv2d:
+    def from_conv(cls, conv: nn.Conv2d, impl: str = "torchvision") -> ModulatedDeformConv2d:
         assert conv.groups == 1, "grouped convs are not supported by the DCN replacement"
         dcn = cls(
             conv.in_channels,
@@ -67,6 +82,7 @@ class ModulatedDeformConv2d(nn.Module):
             padding=conv.padding[0],
             dilation=conv.dilation[0],
             bias=conv.bias is not None,
+            impl=impl,
         )
         with torch.no_grad():
             dcn.weight.copy_(conv.weight)
@@ -76,7 +92,8 @@ class ModulatedDeformConv2d(nn.Module):
         out = self.conv_offset(x)  # [B*, 3*k*k, H', W']
         taps = out.shape[1] // 3
         offset, mask = out[:, : 2 * taps], out[:, 2 * taps :].sigmoid()
-        return torchvision.ops.deform_conv2d(
+        deform_conv2d = deform_conv2d_sampled if self.impl == "sampled" else torchvision.ops.deform_conv2d
+        return deform_conv2d(
             x,
             offset,
             self.weight,
@@ -93,6 +110,7 @@ class ResNetBackbone(nn.Module):
 
     ``style="caffe"`` puts the stride of a bottleneck in its first 1x1 conv (mmdet caffe style, used by
     the official FCOS3D-initialised R101-DCN of BEVFormer small/base); torchvision is ``"pytorch"``.
+    ``dcn_impl`` picks the op of the ``dcn_stages`` convs (:data:`DCN_IMPLS`).
     """
 
     def __init__(
@@ -105,6 +123,7 @@ class ResNetBackbone(nn.Module):
         pretrained: str = "",
         with_cp: bool = False,
         style: str = "pytorch",
+        dcn_impl: str = "torchvision",
     ) -> None:
         super().__init__()
         if depth not in _BUILDERS:
@@ -115,6 +134,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"dcn_stages needs 4 booleans (one per stage), got {dcn_stages}")
         if style not in ("pytorch", "caffe"):
             raise ValueError(f"style {style!r}: use 'pytorch' or 'caffe'")
+        _check_dcn_impl(dcn_impl)
         builder, _ = _BUILDERS[depth]
         net = builder(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -131,7 +151,7 @@ class ResNetBackbone(nn.Module):
                 if style == "caffe" and isinstance(block, Bottleneck):
                     block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
                 if dcn_stages[stage]:
-                    block.conv2 = ModulatedDeformConv2d.from_conv(block.conv2)
+                    block.conv2 = ModulatedDeformConv2d.from_conv(block.conv2, impl=dcn_impl)
         if pretrained:
             self.load_pretrained(pretrained)
         for i in range(max(self.out_indices) + 1, 4):  # stages past the last output never run: drop them
@@ -262,4 +282,4 @@ def backbone_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["ModulatedDeformConv2d", "ResNetBackbone", "torchvision_weights_path"]
+__all__ = ["DCN_IMPLS", "ModulatedDeformConv2d", "ResNetBackbone", "torchvision_weights_path"]

@@ -57,6 +57,7 @@ def build_bevdet(cfg: Config) -> BEVDet:
         pretrained=bk.pretrained,
         with_cp=bk.with_cp,
         style=bk.style,
+        dcn_impl=bk.dcn_impl,
     )
     stride = 2 ** (min(bk.out_indices) + 2)  # C2..C5 = stride 4..32; the neck output is the finest level
     if stride != b.feat_downsample:

@@ -53,6 +53,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         pretrained=b.pretrained,
         with_cp=b.with_cp,
         style=b.style,
+        dcn_impl=b.dcn_impl,
     )
     neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
     if m.neck.out_channels != m.embed_dims:
