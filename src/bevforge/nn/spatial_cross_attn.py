@@ -7,10 +7,14 @@ P points per query (split over the Z pillar points: ``P / Z`` around each projec
 Official semantics (``SpatialCrossAttention`` + ``MSDeformableAttention3D``), but per sample:
 every (sample, camera) gathers only the queries it hits (any pillar point inside the image), runs
 deformable attention on them, and the results are summed back and divided by the number of
-cameras that hit each query. The gather/scatter is vectorised over batch and cameras.
+cameras that hit each query. The gather/scatter is vectorised over batch and cameras. Which queries
+each (sample, camera) attends depends only on the projected pillars, the same in every encoder layer
+of a frame: :func:`plan_spatial_cross_attention` builds it once (:class:`SCAPlan`) for all layers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -124,6 +128,54 @@ class MSDeformableAttention3D(nn.Module):
 QUERY_BOUNDS = ("auto", "exact", "all")
 
 
+@dataclass(frozen=True)
+class SCAPlan:
+    """Which queries each (sample, camera) attends, for every SCA layer of one frame.
+
+    ``hit [B, N, Q]`` bool (any pillar point inside the image), ``num_hits [B, Q]`` cameras per query
+    (clamped >= 1). On the hit-gather path (``all_queries`` False) also ``order [B*N, K]`` (hit queries
+    first, in query order), ``valid [B*N, K]``, ``sample_of_group [B*N]``, ``flat_index [B*N*K]`` (into
+    ``B*Q``) and the gathered reference points ``refs [B*N, K, Z, 2]``.
+    """
+
+    all_queries: bool
+    hit: torch.Tensor
+    num_hits: torch.Tensor
+    order: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    sample_of_group: torch.Tensor | None = None
+    flat_index: torch.Tensor | None = None
+    refs: torch.Tensor | None = None
+
+
+def plan_spatial_cross_attention(
+    reference_points_cam: torch.Tensor, bev_mask: torch.Tensor, all_queries: bool
+) -> SCAPlan:
+    """``reference_points_cam [B, N, Q, Z, 2]``, ``bev_mask [B, N, Q, Z]`` -> :class:`SCAPlan`.
+
+    The hit-gather path reads ``K`` (the most queries any (sample, camera) hits) back to the host: one
+    device sync per plan, so build it once per frame, not once per layer.
+    """
+    assert reference_points_cam.dim() == 5 and bev_mask.dim() == 4, "ref [B, N, Q, Z, 2], mask [B, N, Q, Z]"
+    hit = bev_mask.any(dim=-1)  # [B, N, Q]
+    num_hits = hit.sum(dim=1).clamp(min=1)  # [B, Q]
+    if all_queries:
+        return SCAPlan(True, hit, num_hits)
+    batch, num_cams, num_q = hit.shape
+    groups = batch * num_cams
+    hit_g = hit.reshape(groups, num_q)  # [B*N, Q]
+    counts = hit_g.sum(dim=1)  # [B*N]
+    max_len = max(int(counts.max()), 1)  # a host read (sync)
+    # hit queries first, in query order (stable sort of the "missed" flag)
+    order = torch.sort((~hit_g).to(torch.uint8), dim=1, stable=True).indices[:, :max_len]  # [B*N, K]
+    valid = torch.arange(max_len, device=hit.device)[None, :] < counts[:, None]  # [B*N, K]
+    sample_of_group = torch.arange(batch, device=hit.device).repeat_interleave(num_cams)  # [B*N]
+    refs = reference_points_cam.reshape(groups, num_q, *reference_points_cam.shape[-2:])  # [B*N, Q, Z, 2]
+    refs = torch.gather(refs, 1, order[:, :, None, None].expand(-1, -1, *refs.shape[-2:]))  # [B*N, K, Z, 2]
+    flat_index = (sample_of_group[:, None] * num_q + order).reshape(-1)  # [B*N*K] into B*Q
+    return SCAPlan(False, hit, num_hits, order, valid, sample_of_group, flat_index, refs)
+
+
 class SpatialCrossAttention(nn.Module):
     """Returns ``query + dropout(output_proj(sum_n attn_n / hits))``, ``[B, Q, C]``.
 
@@ -159,6 +211,10 @@ class SpatialCrossAttention(nn.Module):
             return torch.compiler.is_compiling()
         return self.query_bound == "all"
 
+    def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> SCAPlan:
+        """The :class:`SCAPlan` of this module's path (build it once per frame, pass it to every layer)."""
+        return plan_spatial_cross_attention(reference_points_cam, bev_mask, self.all_queries())
+
     def forward(
         self,
         query: torch.Tensor,
@@ -167,6 +223,7 @@ class SpatialCrossAttention(nn.Module):
         bev_mask: torch.Tensor,
         spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
+        plan: SCAPlan | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -175,6 +232,7 @@ class SpatialCrossAttention(nn.Module):
             reference_points_cam: ``[B, N, Q, Z, 2]`` normalised (u, v) of the pillar points.
             bev_mask: ``[B, N, Q, Z]`` bool, pillar point inside camera n of sample b.
             spatial_shapes: ``[L, 2]`` int64 or static (H, W) int pairs (:mod:`bevforge.ops.msda.shapes`).
+            plan: :meth:`plan` of these ``reference_points_cam`` / ``bev_mask`` (None: built here).
         """
         assert query.dim() == 3 and value.dim() == 4, "query [B, Q, C], value [B, N, S, C]"
         assert reference_points_cam.dim() == 5 and bev_mask.dim() == 4
@@ -182,51 +240,45 @@ class SpatialCrossAttention(nn.Module):
         num_cams = value.shape[1]
         if num_cams != self.num_cams:
             raise ValueError(f"got {num_cams} cameras, the model was built for {self.num_cams}")
-        hit = bev_mask.any(dim=-1)  # [B, N, Q]
-        if self.all_queries():
+        if plan is None:
+            plan = self.plan(reference_points_cam, bev_mask)
+        elif plan.all_queries != self.all_queries() or tuple(plan.hit.shape) != (batch, num_cams, num_q):
+            raise ValueError(
+                f"SCAPlan (all_queries={plan.all_queries}, hit {tuple(plan.hit.shape)}) does not fit this "
+                f"call (all_queries={self.all_queries()}, [B, N, Q] = {(batch, num_cams, num_q)}): build it "
+                "with this module's plan() on the same reference points and mask"
+            )
+        if plan.all_queries:
             slots = self._attend_all(
-                query, value, reference_points_cam, hit, spatial_shapes, level_start_index
+                query, value, reference_points_cam, plan, spatial_shapes, level_start_index
             )
         else:
-            slots = self._attend_hits(
-                query, value, reference_points_cam, hit, spatial_shapes, level_start_index
-            )
-        num_hits = hit.sum(dim=1).clamp(min=1)  # [B, Q]
-        slots = slots / num_hits[..., None].to(slots.dtype)
+            slots = self._attend_hits(query, value, plan, spatial_shapes, level_start_index)
+        slots = slots / plan.num_hits[..., None].to(slots.dtype)
         return query + self.dropout(self.output_proj(slots.to(query.dtype)))
 
     def _attend_hits(
         self,
         query: torch.Tensor,
         value: torch.Tensor,
-        reference_points_cam: torch.Tensor,
-        hit: torch.Tensor,
+        plan: SCAPlan,
         spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
-        """Gather per (sample, camera) the ``K`` = most hit queries (one host read of ``K``), attend,
-        scatter-add back: ``[B, Q, C]`` sums over the cameras that hit each query."""
+        """Gather per (sample, camera) its ``K`` planned queries, attend, scatter-add back: ``[B, Q, C]``
+        sums over the cameras that hit each query."""
+        assert plan.order is not None and plan.valid is not None and plan.refs is not None
+        assert plan.sample_of_group is not None and plan.flat_index is not None
         batch, num_q, channels = query.shape
-        num_cams = value.shape[1]
-        groups = batch * num_cams
-        hit = hit.reshape(groups, num_q)  # [B*N, Q]
-        counts = hit.sum(dim=1)  # [B*N]
-        max_len = max(int(counts.max()), 1)  # a host read (sync)
-        # hit queries first, in query order (stable sort of the "missed" flag)
-        order = torch.sort((~hit).to(torch.uint8), dim=1, stable=True).indices[:, :max_len]  # [B*N, K]
-        valid = torch.arange(max_len, device=query.device)[None, :] < counts[:, None]  # [B*N, K]
-        sample_of_group = torch.arange(batch, device=query.device).repeat_interleave(num_cams)  # [B*N]
-        queries = query[sample_of_group[:, None], order]  # [B*N, K, C]
-        refs = reference_points_cam.reshape(groups, num_q, *reference_points_cam.shape[-2:])  # [B*N, Q, Z, 2]
-        refs = torch.gather(
-            refs, 1, order[:, :, None, None].expand(-1, -1, *refs.shape[-2:])
-        )  # [B*N, K, Z, 2]
+        groups = batch * value.shape[1]
+        queries = query[plan.sample_of_group[:, None], plan.order]  # [B*N, K, C]
         out = self.deformable_attention(
-            queries, value.reshape(groups, *value.shape[2:]), refs, spatial_shapes, level_start_index
+            queries, value.reshape(groups, *value.shape[2:]), plan.refs, spatial_shapes, level_start_index
         )  # [B*N, K, C]
-        out = out * valid[..., None].to(out.dtype)
-        flat_index = (sample_of_group[:, None] * num_q + order).reshape(-1)  # [B*N*K] into B*Q
-        slots = out.new_zeros(batch * num_q, channels).index_add(0, flat_index, out.reshape(-1, channels))
+        out = out * plan.valid[..., None].to(out.dtype)
+        slots = out.new_zeros(batch * num_q, channels).index_add(
+            0, plan.flat_index, out.reshape(-1, channels)
+        )
         return slots.view(batch, num_q, channels)  # [B, Q, C]
 
     def _attend_all(
@@ -234,7 +286,7 @@ class SpatialCrossAttention(nn.Module):
         query: torch.Tensor,
         value: torch.Tensor,
         reference_points_cam: torch.Tensor,
-        hit: torch.Tensor,
+        plan: SCAPlan,
         spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
@@ -252,8 +304,8 @@ class SpatialCrossAttention(nn.Module):
         locations = (ref + offsets[:, None]).reshape(groups, num_q, m, lv, p, 2)
         # a miss samples far outside every level: all its bilinear corners are out of range (no value
         # reads, no gradient atomics in the kernel); its result is dropped below either way
-        miss_far = locations.new_full((), -1.0)
-        locations = torch.where(hit.reshape(groups, num_q)[:, :, None, None, None, None], locations, miss_far)
+        hit_g = plan.hit.reshape(groups, num_q)[:, :, None, None, None, None]  # [B*N, Q, 1, 1, 1, 1]
+        locations = torch.where(hit_g, locations, locations.new_full((), -1.0))
         # [B, Q, M, L, P] -> [B, N, Q, M, L, P] -> [B*N, Q, M, L, P]
         weights = weights[:, None].expand(batch, num_cams, num_q, m, lv, p).reshape(groups, num_q, m, lv, p)
         out = attn.attend(
@@ -261,4 +313,4 @@ class SpatialCrossAttention(nn.Module):
         ).to(query.dtype)  # [B*N, Q, C]
         out = out.view(batch, num_cams, num_q, channels)  # [B, N, Q, C]
         # where, not a product: a miss's far-off sampling points never leak (not even a NaN)
-        return torch.where(hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]
+        return torch.where(plan.hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]

@@ -1,4 +1,5 @@
-"""SCA's static path (every camera attends every query) equals the hit-only gather, forward and backward."""
+"""SCA's static path (every camera attends every query) equals the hit-only gather, forward and backward;
+a plan built once per frame gives what each call would build itself."""
 
 from __future__ import annotations
 
@@ -57,3 +58,19 @@ def test_auto_is_exact_in_eager_mode_and_bad_bound_is_refused():
     assert SpatialCrossAttention(C, N, 4, 2, 8, query_bound="all").all_queries()
     with pytest.raises(ValueError, match="query_bound='some'"):
         SpatialCrossAttention(C, N, 4, 2, 8, query_bound="some")
+
+
+@pytest.mark.parametrize("bound", ["exact", "all"])
+def test_a_plan_shared_by_layers_equals_planning_per_call(bound):
+    sca, query, value, ref_cam, mask = make_case()
+    sca.query_bound = bound
+    plan = sca.plan(ref_cam, mask)
+    assert plan.all_queries == (bound == "all")
+    for _ in range(2):  # reused, as by the encoder layers of one frame
+        assert torch.equal(
+            sca(query, value, ref_cam, mask, SHAPES, START, plan),
+            sca(query, value, ref_cam, mask, SHAPES, START),
+        )
+    other = SpatialCrossAttention(C, N, 4, 2, 8, query_bound="exact" if bound == "all" else "all")
+    with pytest.raises(ValueError, match="SCAPlan .* does not fit"):
+        other(query, value, ref_cam, mask, SHAPES, START, plan)
