@@ -126,6 +126,17 @@ def test_dcn_sampled_autocast_bf16_gemm():
         assert (g - g_ref).norm() <= 0.02 * g_ref.norm()
 
 
+def test_dcn_sampled_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    tensors, geometry = _inputs(CASES[1], torch.float32)
+    x, offset, mask, weight, bias = tensors
+
+    def fn(x, offset, mask, weight, bias):
+        return deform_conv2d_sampled(x, offset, weight, bias, mask=mask, **geometry)
+
+    assert torch._dynamo.explain(fn)(x, offset, mask, weight, bias).graph_break_count == 0
+
+
 def test_dcn_sampled_rejects_bad_shapes():
     x = torch.randn(1, 4, 6, 6)
     weight = torch.randn(5, 4, 3, 3)

@@ -13,13 +13,16 @@ Contract: the same as ``torchvision.ops.deform_conv2d`` (the spec and the test o
 - ``weight [O, C / Gw, kh, kw]``, ``bias [O]``; returns ``[B, O, Ho, Wo]``.
 
 Why: torchvision's op runs in fp32 under autocast (im2col + fp32 GEMM, col2im in backward). Here the
-K taps are sampled by ONE ``F.grid_sample(align_corners=True, padding_mode="zeros")`` on an fp32
+K taps are sampled by ONE bilinear ``grid_sample`` (``align_corners=True``, zero padding; ATen's native
+``grid_sampler_2d``, as ``F.grid_sample`` would pick cuDNN's sampler on CUDA) on an fp32
 ``[B*G, K*Ho, Wo, 2]`` grid (``align_corners=True`` maps -1/+1 to the centres of pixels 0 and W-1, the
 same integer-at-centre convention as torchvision), multiplied by the mask, and the columns
 ``[B, C*K, L]`` (row ``c * K + k``, the order of ``weight.view(O, C * K)``) go through one batched
-matmul in the autocast dtype (bf16/fp16 tensor cores under AMP; the sampling coordinates and the
-bilinear weights stay fp32). Like torchvision, the columns are not kept for backward: the backward
-samples them again (one more ``grid_sample``), so the activation memory is that of torchvision's op.
+matmul in the autocast dtype (bf16/fp16 tensor cores under AMP; the sampling coordinates, bilinear
+weights and sampler gradients stay fp32). Like torchvision, the columns are not kept for backward: the
+backward samples them again, so the activation memory is that of torchvision's op (inputs only). The
+backward is explicit (GEMM grads + ``grid_sampler_2d_backward`` + the mask grad), so ``torch.compile``
+traces it without graph breaks.
 
 Numerics: the grid round trip (pixels -> [-1, 1] -> pixels) is exact only up to fp32 rounding, so a sample
 exactly on an integer position (zero offsets) may land a rounding error to either side: values and the
@@ -28,6 +31,8 @@ kink at integer positions) may be the other one-sided difference than torchvisio
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,29 +44,35 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _columns(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    mask: torch.Tensor | None,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> torch.Tensor:
-    """The sampled, modulated columns ``[B, C * K, Ho * Wo]`` (fp32, fp64 for fp64 input)."""
-    B, C, H, W = x.shape
-    Ho, Wo = offset.shape[-2:]
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    K = kh * kw
-    G = offset.shape[1] // (2 * K)
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x = x.to(dtype)
-    # align_corners=True maps [-1, 1] onto [0, size - 1]: a size-1 side has no scale. A zero row/column
-    # appended there gives the same samples (corners past the image are zero either way) and grads.
+_BILINEAR, _ZEROS = 0, 0  # aten grid_sampler enums
+
+
+class _Geometry(NamedTuple):
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+def _sampling_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the sampling dtype (fp32; fp64 stays fp64), a size-1 side padded to 2: ``[B, C, Hs, Ws]``.
+
+    ``align_corners=True`` maps [-1, 1] onto [0, size - 1], so a size-1 side has no scale; a zero
+    row/column appended there gives the same samples and gradients (corners past the image are zero)."""
+    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    H, W = x.shape[-2:]
     if H == 1 or W == 1:
         x = F.pad(x, (0, int(W == 1), 0, int(H == 1)))  # [B, C, max(H, 2), max(W, 2)]
-    Hs, Ws = x.shape[-2:]
-    dev = x.device
+    return x
+
+
+def _grid(offset: torch.Tensor, geo: _Geometry, Hs: int, Ws: int, dtype: torch.dtype) -> torch.Tensor:
+    """The sampling grid ``[B*G, K*Ho, Wo, (x, y)]`` of every tap, normalised for ``align_corners=True``."""
+    B, _, Ho, Wo = offset.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geo
+    K = kh * kw
+    G = offset.shape[1] // (2 * K)
+    dev = offset.device
     tap_i = torch.arange(kh, device=dev, dtype=dtype).repeat_interleave(kw)  # [K] row of tap k
     tap_j = torch.arange(kw, device=dev, dtype=dtype).repeat(kh)  # [K] column of tap k
     rows = torch.arange(Ho, device=dev, dtype=dtype) * sh - ph  # [Ho]
@@ -72,22 +83,34 @@ def _columns(
     y_px = off[:, :, :, 0] + base_y  # [B, G, K, Ho, Wo]
     x_px = off[:, :, :, 1] + base_x  # [B, G, K, Ho, Wo]
     grid = torch.stack((x_px * (2.0 / (Ws - 1)) - 1.0, y_px * (2.0 / (Hs - 1)) - 1.0), dim=-1)
-    grid = grid.view(B * G, K * Ho, Wo, 2)  # [B*G, K*Ho, Wo, (x, y)] in [-1, 1] inside the image
-    sampled = F.grid_sample(
-        x.view(B * G, C // G, Hs, Ws),  # [B*G, C/G, Hs, Ws]: channel c belongs to offset group c // (C/G)
-        grid,
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=True,
+    return grid.view(B * G, K * Ho, Wo, 2)  # [B*G, K*Ho, Wo, (x, y)], [-1, 1] inside the image
+
+
+def _sample(xs: torch.Tensor, grid: torch.Tensor, G: int) -> torch.Tensor:
+    """``[B, C, Hs, Ws]`` at ``grid`` -> ``[B*G, C/G, K*Ho, Wo]`` (channel c in offset group c // (C/G)).
+
+    The native ATen kernel, called directly: ``F.grid_sample`` would pick cuDNN's sampler on CUDA for
+    these arguments, and the backward below calls the native backward."""
+    B, C, Hs, Ws = xs.shape
+    return torch.ops.aten.grid_sampler_2d(
+        xs.view(B * G, C // G, Hs, Ws), grid, _BILINEAR, _ZEROS, True
     )  # [B*G, C/G, K*Ho, Wo]
-    sampled = sampled.view(B, G, C // G, K, Ho, Wo)
+
+
+def _columns(
+    sampled: torch.Tensor, mask: torch.Tensor | None, B: int, G: int, K: int, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Modulated columns ``[B, C * K, Ho * Wo]``, row ``c * K + k`` (the order of ``weight.view(O, C*K)``)."""
+    Ho, Wo = out_hw
+    sampled = sampled.view(B, G, -1, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
     if mask is not None:
-        sampled = sampled * mask.to(dtype).view(B, G, 1, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
-    return sampled.reshape(B, C * K, Ho * Wo)  # [B, C*K, L], row c * K + k
+        sampled = sampled * mask.to(sampled.dtype).view(B, G, 1, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
+    return sampled.reshape(B, -1, Ho * Wo)  # [B, C*K, L]
 
 
 class _SampledDeformConv(torch.autograd.Function):
-    """Forward: columns -> GEMM; backward: columns again, GEMM grads, then autograd through the sampling.
+    """Forward: sample -> columns -> GEMM. Backward: sample again (as torchvision's im2col in backward),
+    GEMM grads, then the native grid_sampler backward (input and grid grads) and the mask grad.
 
     Runs with autocast off; ``gemm_dtype`` (decided by the caller from the autocast state) is explicit."""
 
@@ -99,56 +122,84 @@ class _SampledDeformConv(torch.autograd.Function):
         mask: torch.Tensor | None,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]],
+        geo: _Geometry,
         gemm_dtype: torch.dtype,
     ) -> torch.Tensor:
-        B = x.shape[0]
+        B, C = x.shape[:2]
         O, Cg = weight.shape[:2]
-        Gw = x.shape[1] // Cg
+        Gw, K = C // Cg, geo.kernel[0] * geo.kernel[1]
+        G = offset.shape[1] // (2 * K)
         Ho, Wo = offset.shape[-2:]
-        cols = _columns(x, offset, mask, *geometry).to(gemm_dtype)  # [B, C*K, L]
+        xs = _sampling_input(x)
+        sampled = _sample(xs, _grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
+        cols = _columns(sampled, mask, B, G, K, (Ho, Wo)).to(gemm_dtype)  # [B, C*K, L]
         cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
         w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
         out = torch.matmul(w, cols).view(B, O, Ho, Wo)  # [B, Gw, O/Gw, L] -> [B, O, Ho, Wo]
         if bias is not None:
             out = out + bias.to(gemm_dtype).view(1, O, 1, 1)
         ctx.save_for_backward(x, offset, mask, weight)
-        ctx.geometry, ctx.gemm_dtype, ctx.has_bias = geometry, gemm_dtype, bias is not None
+        ctx.geo, ctx.gemm_dtype, ctx.has_bias = geo, gemm_dtype, bias is not None
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         x, offset, mask, weight = ctx.saved_tensors
         need_x, need_off, need_mask, need_w, need_b = ctx.needs_input_grad[:5]
-        B = x.shape[0]
+        geo, gd = ctx.geo, ctx.gemm_dtype
+        B, C, H, W = x.shape
         O, Cg = weight.shape[:2]
-        Gw = x.shape[1] // Cg
-        L = grad_out.shape[-2] * grad_out.shape[-1]
-        gd = ctx.gemm_dtype
+        Gw, K = C // Cg, geo.kernel[0] * geo.kernel[1]
+        G = offset.shape[1] // (2 * K)
+        Ho, Wo = grad_out.shape[-2:]
+        grad_x = grad_off = grad_mask = grad_w = grad_b = None
         with torch.autocast(x.device.type, enabled=False):
-            g = grad_out.to(gd).reshape(B, Gw, O // Gw, L)  # [B, Gw, O/Gw, L]
-            leaves = [
-                t.detach().requires_grad_(need) if t is not None else None
-                for t, need in ((x, need_x), (offset, need_off), (mask, need_mask))
-            ]
-            sampling_grads = [t for t in leaves if t is not None and t.requires_grad]
-            grad_x = grad_off = grad_mask = grad_w = grad_b = None
-            with torch.set_grad_enabled(bool(sampling_grads)):
-                cols = _columns(leaves[0], leaves[1], leaves[2], *ctx.geometry).to(gd)  # [B, C*K, L]
-                cols = cols.view(B, Gw, -1, L)  # [B, Gw, C/Gw*K, L]
+            xs = _sampling_input(x)
+            Hs, Ws = xs.shape[-2:]
+            grid = _grid(offset, geo, Hs, Ws, xs.dtype)  # [B*G, K*Ho, Wo, 2]
+            sampled = _sample(xs, grid, G)  # [B*G, C/G, K*Ho, Wo]
+            g = grad_out.to(gd).reshape(B, Gw, O // Gw, Ho * Wo)  # [B, Gw, O/Gw, L]
             if need_w:
+                cols = _columns(sampled, mask, B, G, K, (Ho, Wo)).to(gd)  # [B, C*K, L]
+                cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
                 # one GEMM contracting over (B, L): [Gw, O/Gw, C/Gw*K]
-                grad_w = torch.einsum("bgol,bgkl->gok", g, cols.detach()).reshape(weight.shape)
-                grad_w = grad_w.to(weight.dtype)
+                grad_w = torch.einsum("bgol,bgkl->gok", g, cols).reshape(weight.shape).to(weight.dtype)
+                del cols
             if need_b and ctx.has_bias:
                 grad_b = grad_out.sum(dim=(0, 2, 3))  # [O]
-            if sampling_grads:
+            if need_x or need_off or need_mask:
                 w = weight.to(gd).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
-                grad_cols = torch.matmul(w.transpose(1, 2), g)  # [B, Gw, C/Gw*K, L]
-                grads = iter(torch.autograd.grad(cols, sampling_grads, grad_cols))
-                grad_x, grad_off, grad_mask = (
-                    next(grads).to(t.dtype) if t is not None and t.requires_grad else None for t in leaves
-                )
+                grad_cols = torch.matmul(w.transpose(1, 2), g).to(xs.dtype)  # [B, Gw, C/Gw*K, L]
+                grad_cols = grad_cols.view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
+                if need_mask:
+                    grad_mask = (grad_cols * sampled.view(B, G, C // G, K, Ho, Wo)).sum(
+                        dim=2
+                    )  # [B,G,K,Ho,Wo]
+                    grad_mask = grad_mask.view(B, G * K, Ho, Wo).to(mask.dtype)
+                del sampled
+                if mask is not None:
+                    grad_cols = grad_cols * mask.to(xs.dtype).view(
+                        B, G, 1, K, Ho, Wo
+                    )  # [B, G, C/G, K, Ho, Wo]
+            if need_x or need_off:
+                grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+                    grad_cols.view(B * G, C // G, K * Ho, Wo),
+                    xs.view(B * G, C // G, Hs, Ws),
+                    grid,
+                    _BILINEAR,
+                    _ZEROS,
+                    True,
+                    [need_x, need_off],
+                )  # [B*G, C/G, Hs, Ws], [B*G, K*Ho, Wo, (x, y)]
+                if need_x:
+                    grad_x = grad_xs.view(B, C, Hs, Ws)[:, :, :H, :W].to(x.dtype)  # [B, C, H, W]
+                if need_off:
+                    grad_grid = grad_grid.view(B, G, K, Ho, Wo, 2)  # d/d(normalised x, y)
+                    grad_dy = grad_grid[..., 1] * (2.0 / (Hs - 1))  # [B, G, K, Ho, Wo] per pixel
+                    grad_dx = grad_grid[..., 0] * (2.0 / (Ws - 1))  # [B, G, K, Ho, Wo]
+                    grad_off = torch.stack((grad_dy, grad_dx), dim=3)  # [B, G, K, (dy, dx), Ho, Wo]
+                    grad_off = grad_off.view(B, 2 * G * K, Ho, Wo).to(offset.dtype)
         return grad_x, grad_off, grad_mask, grad_w, grad_b, None, None
 
 
@@ -189,7 +240,7 @@ def deform_conv2d_sampled(
     if torch.is_autocast_enabled(device_type):
         gemm_dtype = torch.get_autocast_dtype(device_type)
     else:
-        gemm_dtype = torch.result_type(input, weight)
-    geometry = ((kh, kw), stride, padding, dilation)
+        gemm_dtype = torch.promote_types(input.dtype, weight.dtype)
+    geo = _Geometry((kh, kw), stride, padding, dilation)
     with torch.autocast(device_type, enabled=False):
-        return _SampledDeformConv.apply(input, offset, mask, weight, bias, geometry, gemm_dtype)
+        return _SampledDeformConv.apply(input, offset, mask, weight, bias, geo, gemm_dtype)
