@@ -30,6 +30,10 @@ class DenseSpatialCrossAttention(nn.Module):
         super().__init__()
         self.sca = sca
 
+    def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> None:
+        """No hit gather plan (the encoder asks once per frame): every query is attended."""
+        return None
+
     def forward(
         self,
         query: torch.Tensor,
@@ -38,9 +42,13 @@ class DenseSpatialCrossAttention(nn.Module):
         bev_mask: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        sca_plan: object | None = None,
     ) -> torch.Tensor:
         """``query [B, Q, C]``, ``value [B, N, S, C]``, ``reference_points_cam [B, N, Q, Z, 2]``,
-        ``bev_mask [B, N, Q, Z]`` -> ``[B, Q, C]`` (see :meth:`SpatialCrossAttention.forward`)."""
+        ``bev_mask [B, N, Q, Z]`` -> ``[B, Q, C]`` (see :meth:`SpatialCrossAttention.forward`).
+
+        ``sca_plan`` (the encoder's per-frame hit gather plan) is ignored: every query of every camera is
+        attended, so there is no data-dependent size to plan."""
         assert query.dim() == 3 and value.dim() == 4, "query [B, Q, C], value [B, N, S, C]"
         assert reference_points_cam.dim() == 5 and bev_mask.dim() == 4
         batch, num_q, channels = query.shape

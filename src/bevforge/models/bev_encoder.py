@@ -20,7 +20,7 @@ from bevforge.geometry.projection import project_to_cameras
 from bevforge.geometry.reference_points import bev_reference_points_2d, pillar_reference_points_3d
 from bevforge.nn.ffn import FFN
 from bevforge.nn.positional_encoding import LearnedPositionalEncoding
-from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
 from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes
 
@@ -63,16 +63,20 @@ class BEVFormerLayer(nn.Module):
         spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
         bev_query_init: torch.Tensor,
+        sca_plan: SCAPlan | None = None,
     ) -> torch.Tensor:
         """``query [B, Q, C]`` -> ``[B, Q, C]`` (see :class:`BEVEncoder` for the other shapes).
 
         ``bev_query_init [B, Q, C]``: the encoder's input queries, TSA's current-queue value.
+        ``sca_plan``: the frame's SCA plan (the same for every layer; None: the layer builds it).
         """
         query = self.temporal_attn(
             query, bev_pos, prev_bev, has_prev, ref_2d, bev_shapes, bev_start, bev_query_init
         )
         query = self.norms[0](query)
-        query = self.spatial_attn(query, feats, ref_cam, bev_mask, spatial_shapes, level_start_index)
+        query = self.spatial_attn(
+            query, feats, ref_cam, bev_mask, spatial_shapes, level_start_index, sca_plan
+        )
         query = self.norms[1](query)
         return self.norms[2](self.ffn(query))
 
@@ -248,10 +252,12 @@ class BEVEncoder(nn.Module):
         bev_shapes = ((self.bev_h, self.bev_w),)  # static (H, W) of the 1-level BEV value map
         bev_start = torch.zeros(1, dtype=torch.long, device=device)
 
+        # which queries each camera attends: the same in every layer (one max_len host read per frame)
+        sca_plan = self.layers[0].spatial_attn.plan(ref_cam, bev_mask) if len(self.layers) else None
         bev_query_init = query  # TSA's current-queue value in every layer (official)
         for layer in self.layers:
             args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)
-            args = (*args, value, ref_cam, bev_mask, spatial_shapes, level_start, bev_query_init)
+            args = (*args, value, ref_cam, bev_mask, spatial_shapes, level_start, bev_query_init, sca_plan)
             if self.grad_ckpt and self.training and torch.is_grad_enabled():
                 query = checkpoint(layer, *args, use_reentrant=False)
             else:
