@@ -206,9 +206,9 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
     compile: ``nn.Module.compile(mode=...)`` of every direct child with parameters (backbone, neck,
     encoder, heads; BEVDet's view transformer, BEV backbone, head), not of the whole model: the model's
     ``forward`` handles ``Batch`` / ``TemporalState`` objects and scene-token strings (a recompile per
-    new set of tokens) and breaks the graph ~55 times on the debug recipe (``torch._dynamo.explain``,
-    CPU: the reference MSDA's ``spatial_shapes.tolist()``, TSA's shape assert, SCA's ``max_len``);
-    backbone and neck compile to one graph each.
+    new set of tokens: 6 graph breaks on the debug recipe, all in that bookkeeping); each part traces as
+    one graph with no break (``bevforge bench train CONFIG --explain``; under compile the SCA attends every
+    query instead of reading ``max_len`` back).
     """
     if tc.compile not in COMPILE_MODES:
         raise ConfigError(
