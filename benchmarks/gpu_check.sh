@@ -11,7 +11,8 @@
 #   BEVFORGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_check.sh   # where .git is absent
 #   GPU_CHECK_STEPS=kernels,bench-kernel,base benchmarks/gpu_check.sh       # only these groups
 #
-# Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), bench-kernel
+# Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), syncs (device
+# syncs left in the model and the training step), bench-kernel
 # (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 with/without gradient
 # checkpointing + inference, the issue-9 targets), profile (benchmarks/profile_parts.py on base), bevdet
 # (BEVDet-R50 training + inference), tiny (tiny training + inference eager/ORT), compile (torch.compile
@@ -48,7 +49,7 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,bench-kernel,base,profile,bevdet,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,syncs,bench-kernel,base,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -99,6 +100,19 @@ elif want base && can_import bevforge.train.step; then
     --out "$RESULTS/train.md"
   step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
+  # DCN implementation A/B (model.backbone.dcn_impl: torchvision's fp32 im2col vs grid_sample + bf16 GEMM)
+  step bench-train-base-bf16-dcn-sampled "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= model.backbone.dcn_impl=sampled --amp bf16 --fake-data --warmup 3 \
+    --iters 10 --out "$RESULTS/train.md"
+  # SCA hit gather (one host read per frame) vs all queries (static shapes) on the base rig
+  step sca-query-bound-base "$PY" benchmarks/sca_query_bound.py bevformer_base --iters 10
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip syncs "no CUDA device"
+elif want syncs && can_import pytest; then  # device syncs left in the model / training step (listed as warnings)
+  step sync-tests-cuda "$PY" -m pytest -q -rw -p no:cacheprovider tests/unit/nn/test_nn_cuda_syncs.py \
+    tests/unit/train/test_train_step_syncs.py tests/unit/train/test_train_sync_audit.py
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

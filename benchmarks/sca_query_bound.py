@@ -2,7 +2,7 @@
 against its static all-queries path (``"all"``, what ``torch.compile`` traces) on a recipe's sizes and
 nuScenes-like ring rig; forward + backward under bf16 autocast on CUDA (fp32 on CPU).
 
-    python tests/unit/nn/sca_query_bound_bench.py [RECIPE (bevformer_base)] [--iters 10]
+    PYTHONPATH=src python3 benchmarks/sca_query_bound.py [RECIPE (bevformer_base)] [--iters 10]
 
 Prints the hits per camera, then the median step time and the peak memory of each path.
 """
