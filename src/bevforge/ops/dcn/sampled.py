@@ -98,14 +98,24 @@ def _sample(xs: torch.Tensor, grid: torch.Tensor, G: int) -> torch.Tensor:
 
 
 def _columns(
-    sampled: torch.Tensor, mask: torch.Tensor | None, B: int, G: int, K: int, out_hw: tuple[int, int]
+    sampled: torch.Tensor,
+    mask: torch.Tensor | None,
+    B: int,
+    G: int,
+    K: int,
+    out_hw: tuple[int, int],
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Modulated columns ``[B, C * K, Ho * Wo]``, row ``c * K + k`` (the order of ``weight.view(O, C*K)``)."""
+    """Modulated columns ``[B, C * K, Ho * Wo]`` in ``dtype``, row ``c * K + k`` (the order of
+    ``weight.view(O, C * K)``); the mask product (fp32) and the cast to the GEMM dtype are one pass."""
     Ho, Wo = out_hw
     sampled = sampled.view(B, G, -1, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
-    if mask is not None:
-        sampled = sampled * mask.to(sampled.dtype).view(B, G, 1, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
-    return sampled.reshape(B, -1, Ho * Wo)  # [B, C*K, L]
+    if mask is None:
+        cols = sampled.to(dtype)
+    else:
+        cols = torch.empty(sampled.shape, dtype=dtype, device=sampled.device)  # [B, G, C/G, K, Ho, Wo]
+        torch.mul(sampled, mask.to(sampled.dtype).view(B, G, 1, K, Ho, Wo), out=cols)
+    return cols.view(B, -1, Ho * Wo)  # [B, C*K, L]
 
 
 class _SampledDeformConv(torch.autograd.Function):
@@ -132,7 +142,7 @@ class _SampledDeformConv(torch.autograd.Function):
         Ho, Wo = offset.shape[-2:]
         xs = _sampling_input(x)
         sampled = _sample(xs, _grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
-        cols = _columns(sampled, mask, B, G, K, (Ho, Wo)).to(gemm_dtype)  # [B, C*K, L]
+        cols = _columns(sampled, mask, B, G, K, (Ho, Wo), gemm_dtype)  # [B, C*K, L]
         cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
         w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
         out = torch.matmul(w, cols).view(B, O, Ho, Wo)  # [B, Gw, O/Gw, L] -> [B, O, Ho, Wo]
@@ -140,6 +150,7 @@ class _SampledDeformConv(torch.autograd.Function):
             out = out + bias.to(gemm_dtype).view(1, O, 1, 1)
         ctx.save_for_backward(x, offset, mask, weight)
         ctx.geo, ctx.gemm_dtype, ctx.has_bias = geo, gemm_dtype, bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return out
 
     @staticmethod
@@ -161,27 +172,29 @@ class _SampledDeformConv(torch.autograd.Function):
             sampled = _sample(xs, grid, G)  # [B*G, C/G, K*Ho, Wo]
             g = grad_out.to(gd).reshape(B, Gw, O // Gw, Ho * Wo)  # [B, Gw, O/Gw, L]
             if need_w:
-                cols = _columns(sampled, mask, B, G, K, (Ho, Wo)).to(gd)  # [B, C*K, L]
+                cols = _columns(sampled, mask, B, G, K, (Ho, Wo), gd)  # [B, C*K, L]
                 cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
-                # one GEMM contracting over (B, L): [Gw, O/Gw, C/Gw*K]
-                grad_w = torch.einsum("bgol,bgkl->gok", g, cols).reshape(weight.shape).to(weight.dtype)
+                # per image (no copy of the transposed columns), summed in fp32: [Gw, O/Gw, C/Gw*K]
+                acc = torch.promote_types(gd, torch.float32)
+                grad_w = torch.matmul(g, cols.transpose(-1, -2)).sum(dim=0, dtype=acc)
+                grad_w = grad_w.reshape(weight.shape).to(weight.dtype)
                 del cols
             if need_b and ctx.has_bias:
-                grad_b = grad_out.sum(dim=(0, 2, 3))  # [O]
+                acc = torch.promote_types(grad_out.dtype, torch.float32)
+                grad_b = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(ctx.bias_dtype)  # [O]
             if need_x or need_off or need_mask:
                 w = weight.to(gd).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
-                grad_cols = torch.matmul(w.transpose(1, 2), g).to(xs.dtype)  # [B, Gw, C/Gw*K, L]
+                grad_cols = torch.matmul(w.transpose(1, 2), g)  # [B, Gw, C/Gw*K, L] in the GEMM dtype
                 grad_cols = grad_cols.view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
-                if need_mask:
-                    grad_mask = (grad_cols * sampled.view(B, G, C // G, K, Ho, Wo)).sum(
-                        dim=2
-                    )  # [B,G,K,Ho,Wo]
+                if need_mask:  # products promote to the sampling dtype
+                    grad_mask = grad_cols * sampled.view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
+                    grad_mask = grad_mask.sum(dim=2)  # [B, G, K, Ho, Wo]
                     grad_mask = grad_mask.view(B, G * K, Ho, Wo).to(mask.dtype)
                 del sampled
-                if mask is not None:
-                    grad_cols = grad_cols * mask.to(xs.dtype).view(
-                        B, G, 1, K, Ho, Wo
-                    )  # [B, G, C/G, K, Ho, Wo]
+                if mask is None:
+                    grad_cols = grad_cols.to(xs.dtype)
+                else:  # [B, G, C/G, K, Ho, Wo], one pass: product and cast
+                    grad_cols = grad_cols * mask.to(xs.dtype).view(B, G, 1, K, Ho, Wo)
             if need_x or need_off:
                 grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
                     grad_cols.view(B * G, C // G, K * Ho, Wo),
