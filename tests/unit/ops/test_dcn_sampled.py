@@ -52,6 +52,25 @@ def test_dcn_sampled_matches_torchvision(case, dtype):
         torch.testing.assert_close(g, g_ref, **tol, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
+def test_dcn_sampled_channels_last_and_sliced_inputs():
+    """Channels-last tensors (``--channels-last`` backbones) and offset/mask sliced from one conv output."""
+    torch.manual_seed(0)
+    case = (2, 6, 4, 9, 11, (3, 3), (1, 1), (1, 1), (1, 1), 2, 1)
+    tensors, geometry = _inputs(case, torch.float32)
+    cl = [t.detach().to(memory_format=torch.channels_last).requires_grad_() for t in tensors[:4]]
+    ref, ref_grads, grad_out = _run(deform_conv2d, tensors, geometry)
+    out, grads, _ = _run(deform_conv2d_sampled, [*cl, tensors[4]], geometry, grad_out)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, g_ref in zip(grads, ref_grads):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+    both = torch.cat([tensors[1], tensors[2]], dim=1).detach().to(memory_format=torch.channels_last)
+    offset, mask = both[:, :36], both[:, 36:]  # non-contiguous channel slices
+    x, _, _, weight, bias = tensors
+    torch.testing.assert_close(
+        deform_conv2d_sampled(x, offset, weight, bias, mask=mask, **geometry), ref, atol=1e-5, rtol=1e-5
+    )
+
+
 def test_dcn_sampled_border_samples():
     """Samples on the exact border band: y in (-1, 0) and (H-1, H) are partial, y <= -1 or >= H are 0."""
     torch.manual_seed(0)

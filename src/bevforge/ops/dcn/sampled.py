@@ -79,7 +79,7 @@ def _grid(offset: torch.Tensor, geo: _Geometry, Hs: int, Ws: int, dtype: torch.d
     cols = torch.arange(Wo, device=dev, dtype=dtype) * sw - pw  # [Wo]
     base_y = (tap_i * dh)[:, None, None] + rows[None, :, None]  # [K, Ho, 1] input rows
     base_x = (tap_j * dw)[:, None, None] + cols[None, None, :]  # [K, 1, Wo] input columns
-    off = offset.to(dtype).view(B, G, K, 2, Ho, Wo)  # [B, G, K, (dy, dx), Ho, Wo]
+    off = offset.to(dtype).reshape(B, G, K, 2, Ho, Wo)  # [B, G, K, (dy, dx), Ho, Wo]
     y_px = off[:, :, :, 0] + base_y  # [B, G, K, Ho, Wo]
     x_px = off[:, :, :, 1] + base_x  # [B, G, K, Ho, Wo]
     grid = torch.stack((x_px * (2.0 / (Ws - 1)) - 1.0, y_px * (2.0 / (Hs - 1)) - 1.0), dim=-1)
@@ -93,7 +93,7 @@ def _sample(xs: torch.Tensor, grid: torch.Tensor, G: int) -> torch.Tensor:
     these arguments, and the backward below calls the native backward."""
     B, C, Hs, Ws = xs.shape
     return torch.ops.aten.grid_sampler_2d(
-        xs.view(B * G, C // G, Hs, Ws), grid, _BILINEAR, _ZEROS, True
+        xs.reshape(B * G, C // G, Hs, Ws), grid, _BILINEAR, _ZEROS, True
     )  # [B*G, C/G, K*Ho, Wo]
 
 
@@ -114,7 +114,7 @@ def _columns(
         cols = sampled.to(dtype)
     else:
         cols = torch.empty(sampled.shape, dtype=dtype, device=sampled.device)  # [B, G, C/G, K, Ho, Wo]
-        torch.mul(sampled, mask.to(sampled.dtype).view(B, G, 1, K, Ho, Wo), out=cols)
+        torch.mul(sampled, mask.to(sampled.dtype).reshape(B, G, 1, K, Ho, Wo), out=cols)
     return cols.view(B, -1, Ho * Wo)  # [B, C*K, L]
 
 
@@ -194,11 +194,11 @@ class _SampledDeformConv(torch.autograd.Function):
                 if mask is None:
                     grad_cols = grad_cols.to(xs.dtype)
                 else:  # [B, G, C/G, K, Ho, Wo], one pass: product and cast
-                    grad_cols = grad_cols * mask.to(xs.dtype).view(B, G, 1, K, Ho, Wo)
+                    grad_cols = grad_cols * mask.to(xs.dtype).reshape(B, G, 1, K, Ho, Wo)
             if need_x or need_off:
                 grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
                     grad_cols.view(B * G, C // G, K * Ho, Wo),
-                    xs.view(B * G, C // G, Hs, Ws),
+                    xs.reshape(B * G, C // G, Hs, Ws),
                     grid,
                     _BILINEAR,
                     _ZEROS,
@@ -206,9 +206,9 @@ class _SampledDeformConv(torch.autograd.Function):
                     [need_x, need_off],
                 )  # [B*G, C/G, Hs, Ws], [B*G, K*Ho, Wo, (x, y)]
                 if need_x:
-                    grad_x = grad_xs.view(B, C, Hs, Ws)[:, :, :H, :W].to(x.dtype)  # [B, C, H, W]
+                    grad_x = grad_xs.reshape(B, C, Hs, Ws)[:, :, :H, :W].to(x.dtype)  # [B, C, H, W]
                 if need_off:
-                    grad_grid = grad_grid.view(B, G, K, Ho, Wo, 2)  # d/d(normalised x, y)
+                    grad_grid = grad_grid.reshape(B, G, K, Ho, Wo, 2)  # d/d(normalised x, y)
                     grad_dy = grad_grid[..., 1] * (2.0 / (Hs - 1))  # [B, G, K, Ho, Wo] per pixel
                     grad_dx = grad_grid[..., 0] * (2.0 / (Ws - 1))  # [B, G, K, Ho, Wo]
                     grad_off = torch.stack((grad_dy, grad_dx), dim=3)  # [B, G, K, (dy, dx), Ho, Wo]
