@@ -88,6 +88,10 @@ class ModulatedDeformConv2d(nn.Module):
             dcn.weight.copy_(conv.weight)
         return dcn
 
+    def extra_repr(self) -> str:
+        o, c, k, _ = self.weight.shape
+        return f"{c}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}, impl={self.impl!r}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_offset(x)  # [B*, 3*k*k, H', W']
         taps = out.shape[1] // 3
