@@ -65,7 +65,8 @@ if ! want kernels; then
 elif [ $HAVE_CUDA = 0 ]; then
   skip kernels-cuda "no CUDA device"
 elif can_import pytest; then
-  step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels
+  step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels \
+    tests/unit/ops/test_dcn_sampled_cuda.py
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
@@ -100,10 +101,13 @@ elif want base && can_import bevforge.train.step; then
     --out "$RESULTS/train.md"
   step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
-  # DCN implementation A/B (model.backbone.dcn_impl: torchvision's fp32 im2col vs grid_sample + bf16 GEMM)
+  # DCN implementation A/B (model.backbone.dcn_impl: torchvision's fp32 im2col vs grid_sample + bf16 GEMM;
+  # the sampled one has no NCHW constraint, so channels-last too), then the op alone at stage 3/4 shapes
   step bench-train-base-bf16-dcn-sampled "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.dcn_impl=sampled --amp bf16 --fake-data --warmup 3 \
-    --iters 10 --out "$RESULTS/train.md"
+    --iters 10 --channels-last --out "$RESULTS/train.md"
+  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench
+  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50
   # SCA hit gather (one host read per frame) vs all queries (static shapes) on the base rig
   step sca-query-bound-base "$PY" benchmarks/sca_query_bound.py bevformer_base --iters 10
 fi
