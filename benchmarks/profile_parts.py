@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, ["model.backbone.pretrained=", *args.overrides])
     cfg.train.amp = args.amp
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from bevforge.train.setup import set_tf32
+
+    set_tf32(cfg.train.tf32)  # as the trainer and the benches do
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[args.amp]
     lines: list[str] = [f"# profile {args.config} amp {args.amp} on {device} "
                         f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'})"]  # fmt: skip
