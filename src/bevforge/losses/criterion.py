@@ -77,7 +77,8 @@ class SetCriterion(nn.Module):
         num_pos = float(query_idx.numel()) if num_pos_override is None else float(num_pos_override)
         num_pos = max(num_pos, 1.0)
         target = torch.zeros_like(cls_logits, dtype=torch.float32)  # [B, Q, K] one-hot, background = 0
-        target[batch_idx, query_idx, gt_labels[gt_idx]] = 1.0
+        # a device scalar as the value: a Python 1.0 is copied host->device synchronously on every call
+        target[batch_idx, query_idx, gt_labels[gt_idx]] = target.new_ones(())
         loss_cls = sigmoid_focal_loss(cls_logits.float(), target, self.gamma, self.alpha).sum() / num_pos
         code_target = encode_box_code(gt_boxes[gt_idx].float())  # [P, 10]
         weight = self.code_weights.to(box_code.device).expand_as(code_target)  # [P, 10]

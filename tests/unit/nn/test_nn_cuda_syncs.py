@@ -66,7 +66,8 @@ def test_encoder_layer_forward_backward_without_sync():
 
 def test_sca_exact_gather_syncs_and_the_static_path_does_not():
     torch.manual_seed(0)
-    sca = SpatialCrossAttention(C, N, 4, 2, 8, query_bound="exact").to(DEV)
+    # dropout off: the two calls below are compared (the module is in training mode)
+    sca = SpatialCrossAttention(C, N, 4, 2, 8, dropout=0.0, query_bound="exact").to(DEV)
     query, feats, ref_cam, mask, _, cam_start, _ = layer_inputs()
     want = sca(query, feats, ref_cam, mask, CAM_SHAPES, cam_start)
     with no_sync_allowed(), pytest.raises(RuntimeError, match="synchroniz"):
