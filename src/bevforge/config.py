@@ -95,8 +95,9 @@ class BackboneConfig:
     with_cp: bool = False  # activation checkpointing inside the backbone
     style: str = "pytorch"  # "caffe": stride in the bottleneck's 1x1 conv (official small/base R101-DCN init)
     # DCNv2 op of the dcn_stages convs: "torchvision" (fp32 im2col + GEMM even under autocast) or "sampled"
-    # (ops/dcn: one grid_sample + a GEMM in the autocast dtype; same function and state dict)
-    dcn_impl: str = "torchvision"
+    # (ops/dcn: one grid_sample + a GEMM in the autocast dtype; same function and state dict; the default:
+    # 1.3x the op, 1.10x BEVFormer-base bf16 training and less memory on an H100, benchmarks/results)
+    dcn_impl: str = "sampled"
 
 
 @dataclass
