@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nuscenes.utils.splits import create_splits_scenes
-
 
 def split_scene_names(data_root: str | Path, version: str) -> dict[str, list[str]]:
     """Our split name -> scene names.
@@ -24,6 +22,9 @@ def split_scene_names(data_root: str | Path, version: str) -> dict[str, list[str
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
             raise ValueError(f"{custom}: expected {{split_name: [scene names]}}; fix or delete the file")
         return {str(k): [str(s) for s in v] for k, v in data.items()}
+    # imported here: the devkit package pulls in sklearn and matplotlib (~1 s), not needed with splits.json
+    from nuscenes.utils.splits import create_splits_scenes
+
     scenes = create_splits_scenes()
     if version.endswith("mini"):
         return {"train": scenes["mini_train"], "val": scenes["mini_val"]}
