@@ -12,7 +12,7 @@ others the default; otherwise pedestrians ``pedestrian.standing``, buses ``vehic
 the default (``DEFAULT_ATTRIBUTE``).
 
 Scoring a file (``evaluate(path)`` / :func:`read_submission`) reads it with the column reader of
-:mod:`bevforge.eval.submission_reader` (no Python dict per box; about half the time of
+:mod:`bevforge.eval.submission_reader` (no Python dict per box; about a third of the time of
 ``orjson.loads`` alone on 240k boxes, less with an idle second core), which steps aside for anything it
 does not recognise; :func:`parse_submission` (dicts) is the general path and gives the detailed errors.
 """
