@@ -1,10 +1,13 @@
 """BEVDet-debug: the BEVDet-R50 architecture at toy sizes; trains in minutes on a CPU on the synthetic set.
 
-ResNet-18 C4+C5 (random init, BN trains) -> FPN 64 ch at stride 16 -> LSS (depth 1..59 m, 32 context
-channels) -> BEV 64 x 64 over +-51.2 m (1.6 m cells) -> BEV ResNet 64/128/256 + FPN-LSS 64 ch ->
-CenterPoint head (official 6 task groups, 32-channel branches). No image/BEV augmentation (a few hundred
-iterations learn faster without). Data: ``bevforge prepare`` on ``data/synthetic`` (400 x 225 images,
-scaled x0.5 -> 200 x 113, padded to 224 x 128 = 14 x 8 feature cells).
+ResNet-18 C3+C4 (random init, BN trains) -> FPN 64 ch at stride 8 (28 x 16 feature cells per camera) ->
+LSS (depth 1..59 m, 32 context channels) -> BEV 64 x 64 over +-25.6 m (0.8 m cells, the official cell
+size) -> BEV ResNet 64/128/256 + FPN-LSS 64 ch -> CenterPoint head (official 6 task groups, 32-channel
+branches, official Kaiming init). BEVDepth-style depth
+supervision from the synthetic LIDAR_TOP (``model.bevdet.depth_loss_weight = 3``, not in the official
+BEVDet). No image/BEV augmentation (a few hundred iterations learn faster without). Data: ``bevforge
+prepare`` on ``data/synthetic`` (400 x 225 images, scaled x0.5 -> 200 x 113, padded to 224 x 128).
+Measured runs and commands: ``docs/LEARNING.md``.
 """
 
 from bevforge.config import Config, load_config
@@ -22,9 +25,14 @@ def config() -> Config:
     m.backbone.depth = 18
     m.backbone.pretrained = ""
     m.backbone.with_cp = False
+    m.backbone.out_indices = (1, 2)  # C3 + C4: the FPN's first level is stride 8
     m.neck.out_channels = 64
     m.bev_h = m.bev_w = 64
+    d.point_cloud_range = (-25.6, -25.6, -5.0, 25.6, 25.6, 3.0)  # 0.8 m BEV cells at 64 x 64
+    cfg.eval.post_center_range = (-35.0, -35.0, -10.0, 35.0, 35.0, 10.0)
     b = m.bevdet
+    b.feat_downsample = 8
+    b.depth_loss_weight = 3.0  # official BEVDepth loss_depth_weight
     b.context_channels = 32
     b.bev_backbone_channels = (64, 128, 256)
     b.head_in_channels = 64

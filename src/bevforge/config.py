@@ -141,6 +141,9 @@ class BEVDetConfig:
     max_objs: int = 500  # regression targets per sample and task
     heatmap_weight: float = 1.0  # Gaussian focal loss weight
     bbox_weight: float = 0.25  # L1 weight on the regression at object centres
+    # BEVDepth-style depth supervision (losses/depth.py): BCE of the LSS depth distribution against the
+    # one-hot nearest-lidar depth per feature cell (data/depth_targets.py); 0 = off (official BEVDet)
+    depth_loss_weight: float = 0.0
     # (reg x, reg y, z, log l, log w, log h, sin, cos, vx, vy)
     head_code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
     score_threshold: float = 0.1  # decode: heatmap score floor before NMS (eval.score_threshold adds to it)

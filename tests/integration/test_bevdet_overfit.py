@@ -2,8 +2,9 @@
 
 End-to-end check of the LSS geometry (calibration -> frustum -> lidar -> BEV cells) and the CenterPoint
 targets/decoding: with a wrong projection or grid convention the boxes cannot be memorised at their
-positions from the pixels. The recipe's architecture at a smaller grid (BEV 32 x 32 over +-25.6 m, the
-same 1.6 m cells, depth bins to 36 m) so ~100 iterations fit in about a minute on 2 cores.
+positions from the pixels. The recipe's architecture (stride-8 features, lidar depth supervision) at a
+smaller grid (BEV 32 x 32 over +-25.6 m, 1.6 m cells, depth bins to 36 m) so 130 iterations fit in about
+a minute on 2 cores (at 100 the depth term still takes a share: 0.68 / 0.79 of the boxes were near).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ITERS = 100
+ITERS = 130
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_bevdet_debug_overfits_two_samples(two_samples) -> None:
         [
             f"data.data_root={two_samples}",
             f"data.info_dir={two_samples / 'infos'}",
-            "data.img_scale=1.0",  # 160 x 90 -> 160 x 96: 10 x 6 feature cells per camera
+            "data.img_scale=1.0",  # 160 x 90 -> 160 x 96: 20 x 12 feature cells per camera
             "data.num_workers=0",
             "data.point_cloud_range=(-25.6, -25.6, -5.0, 25.6, 25.6, 3.0)",
             "model.bev_h=32",

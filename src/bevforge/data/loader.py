@@ -46,6 +46,9 @@ def collate(items: list[dict[str, Any]]) -> Batch:
         gt_boxes=[it["gt_boxes"] for it in items],
         gt_labels=[it["gt_labels"] for it in items],
         seg_target=torch.stack(segs) if segs[0] is not None else None,  # [B, S, bev_h, bev_w]
+        depth_gt=(
+            torch.stack([it["depth_gt"] for it in items]) if items[0].get("depth_gt") is not None else None
+        ),  # [B, N, fH, fW]
     )
 
 

@@ -9,15 +9,22 @@ Shape letters: B batch, K_t classes of task t, H/W = bev_h/bev_w, S regression s
 - ``t{i}.loss_bbox = bbox_weight * sum(code_weights * |pred - target|) / (#boxes + 1e-4)`` over the
   regression read at each box's centre cell, code ``(reg x, reg y, z, log l, log w, log h, sin, cos,
   vx, vy)``; NaN target entries (unknown velocity) get weight 0.
-- ``loss_heatmap`` / ``loss_bbox``: sums over tasks; ``loss`` = their sum (the one to backprop).
+- ``loss_depth`` (only with ``depth_weight > 0``; BEVDepth-style, losses/depth.py): BCE of the LSS depth
+  distributions ``preds["depth"]`` against the lidar depth targets ``preds["depth_gt"]`` (the model passes
+  ``Batch.depth_gt`` through), times ``depth_weight``; a batch without ``depth_gt`` (fake data) warns and
+  gets no depth term.
+- ``loss_heatmap`` / ``loss_bbox``: sums over tasks; ``loss`` = the sum of all terms (the one to backprop).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor, nn
 
 from bevforge.losses.centerpoint_targets import build_targets
+from bevforge.losses.depth import depth_bce_loss
 from bevforge.models.centerpoint_head import REG_HEADS
 
 
@@ -47,6 +54,8 @@ class CenterPointCriterion(nn.Module):
         heatmap_weight: float = 1.0,
         bbox_weight: float = 0.25,
         code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2),
+        depth_weight: float = 0.0,
+        depth_bins_m: Tensor | None = None,
     ) -> None:
         super().__init__()
         if len(code_weights) != 10:
@@ -65,6 +74,13 @@ class CenterPointCriterion(nn.Module):
         self.register_buffer(
             "code_weights", torch.tensor(code_weights, dtype=torch.float32), persistent=False
         )
+        if depth_weight > 0 and depth_bins_m is None:
+            raise ValueError(
+                "depth_weight > 0 needs depth_bins_m (the LSS bin depths, nn/lss.depth_bin_centres)"
+            )
+        self.depth_weight = float(depth_weight)
+        # [D] metres, or None without depth supervision
+        self.register_buffer("depth_bins_m", depth_bins_m, persistent=False)
 
     def forward(
         self,
@@ -136,4 +152,22 @@ class CenterPointCriterion(nn.Module):
         out["loss_heatmap"] = total_hm
         out["loss_bbox"] = total_bbox
         out["loss"] = total_hm + total_bbox
+        if self.depth_weight > 0 and "depth" not in preds:
+            raise KeyError(
+                "CenterPointCriterion: model.bevdet.depth_loss_weight > 0 needs preds['depth'] (the LSS "
+                "depth distributions of models/bevdet.py)"
+            )
+        if self.depth_weight > 0 and preds.get("depth_gt") is None:
+            # hand-made batches (benchmarks with fake data, tests) carry no lidar: train on without the term
+            warnings.warn(
+                "model.bevdet.depth_loss_weight > 0 but the batch has no depth_gt (the training dataset "
+                "makes it from the LIDAR_TOP files, data/depth_targets.py): no depth loss for this batch",
+                stacklevel=2,
+            )
+        elif self.depth_weight > 0:
+            assert self.depth_bins_m is not None
+            out["loss_depth"] = self.depth_weight * depth_bce_loss(
+                preds["depth"], preds["depth_gt"], self.depth_bins_m
+            )
+            out["loss"] = out["loss"] + out["loss_depth"]
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bevforge.config import Config, ConfigError
 from bevforge.losses.centerpoint import CenterPointCriterion
 from bevforge.models.centerpoint_head import resolve_tasks
+from bevforge.nn.lss import depth_bin_centres
 
 
 def build_centerpoint_criterion(cfg: Config) -> CenterPointCriterion:
@@ -22,6 +23,8 @@ def build_centerpoint_criterion(cfg: Config) -> CenterPointCriterion:
             f"model.bevdet: min_radius ({b.min_radius}) >= 0, max_objs ({b.max_objs}) >= 1 and "
             f"0 < gaussian_overlap ({b.gaussian_overlap}) < 1 are required"
         )
+    if b.depth_loss_weight < 0:
+        raise ConfigError(f"model.bevdet.depth_loss_weight={b.depth_loss_weight}: give >= 0 (0 = off)")
     return CenterPointCriterion(
         tasks=resolve_tasks(tuple(b.head_tasks), tuple(d.classes)),
         pc_range=tuple(d.point_cloud_range),
@@ -31,4 +34,6 @@ def build_centerpoint_criterion(cfg: Config) -> CenterPointCriterion:
         heatmap_weight=b.heatmap_weight,
         bbox_weight=b.bbox_weight,
         code_weights=tuple(b.head_code_weights),
+        depth_weight=b.depth_loss_weight,
+        depth_bins_m=depth_bin_centres(tuple(b.depth_bins)) if b.depth_loss_weight > 0 else None,
     )

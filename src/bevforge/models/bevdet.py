@@ -7,7 +7,8 @@ D depth bins, bev_h/bev_w BEV grid.
 ``T-1`` is used (the BEVDet recipes train with ``queue_length = 1``; older frames of a longer queue are
 ignored); ``state`` passes through unchanged (BEVDet keeps no temporal state). ``preds`` are the head's
 outputs plus ``bev_feat [B, C_bev, bev_h, bev_w]`` (the encoded BEV) and ``depth [B, N, D, fH, fW]``
-(the depth distributions, for a depth loss or visualisation).
+(the depth distributions, for a depth loss or visualisation), and ``depth_gt [B, N, fH, fW]`` when the
+batch carries lidar depth targets (``Batch.depth_gt``, for the criterion's depth loss).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class BEVDet(nn.Module):
         preds = dict(self.head(bev_feat))
         preds["bev_feat"] = bev_feat
         preds["depth"] = depth
+        if batch.depth_gt is not None:  # lidar depth targets (training with depth supervision)
+            preds["depth_gt"] = batch.depth_gt  # [B, N, fH, fW] metres, 0 = none
         return preds, state
 
     def decode(

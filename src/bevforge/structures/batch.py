@@ -31,6 +31,9 @@ class Batch:
     gt_boxes: list[torch.Tensor]  # B x [M_b, 9] current frame, lidar frame (structures/boxes.py)
     gt_labels: list[torch.Tensor]  # B x [M_b] int64 class index into DataConfig.classes
     seg_target: torch.Tensor | None = None  # [B, S, bev_h, bev_w] float32 {0,1}, row = y, col = x
+    # [B, N, fH, fW] float32 metres, nearest lidar depth per image-feature cell of the current frame, 0 = none
+    # (data/depth_targets.py; only for BEVDet depth supervision in training)
+    depth_gt: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -53,17 +53,18 @@ def test_bevdet_shapes_current_frame_only_and_decode() -> None:
     cfg = load_config("bevdet_debug", TINY)
     model = build_model(cfg)
     assert isinstance(model, BEVDet)
-    batch = make_batch(num_t=2)
+    batch = replace(make_batch(num_t=2), depth_gt=torch.rand(2, 6, 4, 6) * 30)  # lidar depth targets
     preds, state = model(batch, None)
     assert state is None
+    assert preds["depth_gt"] is batch.depth_gt  # passed through to the criterion's depth loss
     assert preds["bev_feat"].shape == (2, 32, 32, 32)
-    assert preds["depth"].shape == (2, 6, 13, 2, 3)  # D = len(arange(1, 40, 3)), 32 x 48 / 16
+    assert preds["depth"].shape == (2, 6, 13, 4, 6)  # D = len(arange(1, 40, 3)), 32 x 48 / 8
     heat = [k for k in preds if k.endswith(".heatmap")]
     assert len(heat) == 6 and sum(preds[k].shape[1] for k in heat) == 10
     assert all(preds[k].shape[-2:] == (32, 32) for k in heat)
 
     losses = build_criterion(cfg)(preds, batch.gt_boxes, batch.gt_labels, None)
-    assert torch.isfinite(losses["loss"])
+    assert torch.isfinite(losses["loss"]) and losses["loss_depth"] > 0  # the recipe supervises depth
     losses["loss"].backward()
     assert model.view_transformer.depth_net.weight.grad.abs().sum() > 0
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
@@ -90,7 +91,7 @@ def test_bevdet_shapes_current_frame_only_and_decode() -> None:
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("model.bevdet.feat_downsample=8", "feat_downsample"),
+        ("model.bevdet.feat_downsample=16", "feat_downsample"),
         ("model.bev_h=36", "multiples of 8"),
         ("model.neck.num_outs=2", "num_outs"),
         ("model.bevdet.bev_backbone_channels=(16, 32)", "bev_backbone_channels"),
@@ -106,7 +107,7 @@ def test_image_size_must_match_the_feature_stride() -> None:
     torch.manual_seed(0)
     model = build_model(load_config("bevdet_debug", TINY))
     with pytest.raises(ValueError, match="feat_downsample"):
-        model(make_batch(num_b=1, h=40, w=48))  # 40 is not a multiple of 16
+        model(make_batch(num_b=1, h=36, w=48))  # 36 is not a multiple of 8
 
 
 def count(module: torch.nn.Module) -> float:

@@ -40,6 +40,7 @@ from bevforge.data.augment_image import (
     source_scale,
     warp_image,
 )
+from bevforge.data.depth_targets import depth_map, load_lidar_points
 from bevforge.data.image_io import ImageDecodeError, MissingImageError, read_image, target_size
 from bevforge.data.nuscenes.image_cache import ImageCache
 from bevforge.data.nuscenes.infos import load_infos
@@ -76,6 +77,7 @@ class NuScenesDataset(Dataset):
         filter_empty_gt: bool = True,
         image_aug: ImageAugSpec | None = None,
         bda: BDASpec | None = None,
+        depth_stride: int = 0,
     ) -> None:
         info = load_infos(info_path, expect_version=nuscenes_version)
         if not info.samples:
@@ -115,6 +117,23 @@ class NuScenesDataset(Dataset):
             for wh in {tuple(int(v) for v in r) for r in self.table.cam_wh.reshape(-1, 2)}:
                 image_aug.check_source(wh, f"{info_path}: camera image")
         self.bda = bda if train else None
+        # depth supervision (BEVDet + model.bevdet.depth_loss_weight): per-cell lidar depth of the current
+        # frame on the stride-`depth_stride` feature grid (data/depth_targets.py); 0 = off
+        self.depth_stride = int(depth_stride)
+        self.lidar_paths = np.array([], dtype=str)
+        if self.depth_stride > 0:
+            if self.pad_divisor % self.depth_stride:
+                raise ConfigError(
+                    f"data.pad_divisor={self.pad_divisor} is not a multiple of the depth-target stride "
+                    f"{self.depth_stride} (model.bevdet.feat_downsample); make it one"
+                )
+            no_lidar = [s["token"] for s in info.samples if not s.get("lidar_path")]
+            if no_lidar:
+                raise ValueError(
+                    f"{info_path}: {len(no_lidar)} samples without lidar_path (e.g. {no_lidar[0]}); depth "
+                    "supervision needs it: re-run `bevforge prepare` or set model.bevdet.depth_loss_weight=0"
+                )
+            self.lidar_paths = np.array([s["lidar_path"] for s in info.samples])
         self.num_corrupt_images = 0
         self._reported: set[str] = set()
 
@@ -148,6 +167,11 @@ class NuScenesDataset(Dataset):
             nuscenes_version=d.version,
             image_aug=ImageAugSpec.from_config(d, train),
             bda=BDASpec.from_config(d, train),
+            depth_stride=(
+                cfg.model.bevdet.feat_downsample
+                if train and cfg.model.arch == "bevdet" and cfg.model.bevdet.depth_loss_weight > 0
+                else 0
+            ),
         )
 
     # ---------------------------------------------------------------------------------- scenes
@@ -310,6 +334,11 @@ class NuScenesDataset(Dataset):
             seg = torch.from_numpy(self.seg(str(tab.locations[index]), l2g))  # [S, bev_h, bev_w]
         lidar2img = torch.stack([f["lidar2img"] for f in frames])  # [T, N, 4, 4]
         lidar2ego = torch.stack([f["lidar2ego"] for f in frames])  # [T, 4, 4]
+        depth_gt = None
+        if self.depth_stride > 0:  # before the BDA: the projection is the same with or without it
+            s = self.depth_stride
+            points = torch.from_numpy(load_lidar_points(self.data_root / str(self.lidar_paths[index])))
+            depth_gt = depth_map(points, lidar2img[-1], self.img_hw, (hp // s, wp // s), s)  # [N, fH, fW]
         if self.bda is not None and rng is not None:  # one BEV augmentation for every frame of the item
             bda = sample_bda(self.bda, rng)
             gt_boxes = bda_boxes(gt_boxes, bda)  # range filter below sees the augmented boxes (official)
@@ -330,4 +359,5 @@ class NuScenesDataset(Dataset):
             "gt_boxes": boxes,  # [M, 9]
             "gt_labels": labels,  # [M]
             "seg_target": seg,
+            "depth_gt": depth_gt,  # [N, fH, fW] metres (0 = no lidar point) or None
         }
