@@ -3,8 +3,14 @@
 End-to-end check of the LSS geometry (calibration -> frustum -> lidar -> BEV cells) and the CenterPoint
 targets/decoding: with a wrong projection or grid convention the boxes cannot be memorised at their
 positions from the pixels. The recipe's architecture (stride-8 features, lidar depth supervision) at a
-smaller grid (BEV 32 x 32 over +-25.6 m, 1.6 m cells, depth bins to 36 m) so 130 iterations fit in about
-a minute on 2 cores (at 100 the depth term still takes a share: 0.68 / 0.79 of the boxes were near).
+smaller grid (BEV 32 x 32 over +-25.6 m, 1.6 m cells, depth bins to 36 m) so 140 iterations fit in about
+a minute and a half on 2 cores.
+
+Both samples go in one batch of 2 with a one-cycle LR: alternating batch-1 steps left the BatchNorm running
+statistics (used in eval) a mix of two very different samples, so the eval-mode detections of one sample
+swung between 0.35 and 1.0 of the boxes near from one machine (or seed) to the next. With the batch fixed,
+the running statistics converge to exactly the training batch statistics; over seeds 0-5, 0.935-1.0 of the
+boxes of each sample are near at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ITERS = 130
+ITERS = 140
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +55,22 @@ def test_bevdet_debug_overfits_two_samples(two_samples) -> None:
             "model.bevdet.depth_bins=(1.0, 37.0, 1.0)",
         ],
     )
-    loader = build_dataloader(cfg, "train", train=True, batch_size=1, shuffle=False)
-    batches = [b for _, b in zip(range(2), loader)]
-    assert all(len(b.gt_boxes[0]) >= 10 for b in batches)
+    loader = build_dataloader(cfg, "train", train=True, batch_size=2, shuffle=False)
+    batch = next(iter(loader))
+    assert len(batch.gt_boxes) == 2 and all(len(b) >= 10 for b in batch.gt_boxes)
     model, criterion = build_model(cfg), build_criterion(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=ITERS, pct_start=0.1)
     model.train()
     losses = []
-    for it in range(ITERS):
-        batch = batches[it % 2]
+    for _ in range(ITERS):
         preds, _ = model(batch)
         loss = criterion(preds, batch.gt_boxes, batch.gt_labels, None)["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
     # the very first steps are dominated by the untrained heatmap on empty cells: compare with 2..5
     early, last = sum(losses[2:6]) / 4, sum(losses[-2:]) / 2
@@ -72,9 +79,9 @@ def test_bevdet_debug_overfits_two_samples(two_samples) -> None:
     model.eval()
     with torch.no_grad():
         near_fracs = []
-        for batch in batches:
-            det = model.decode(model(batch)[0], max_boxes=300, post_center_range=None)[0]
-            gt_xy, gt_label = batch.gt_boxes[0][:, :2], batch.gt_labels[0]
+        dets = model.decode(model(batch)[0], max_boxes=300, post_center_range=None)
+        for det, gt_boxes, gt_label in zip(dets, batch.gt_boxes, batch.gt_labels):
+            gt_xy = gt_boxes[:, :2]
             keep = det["scores"] > 0.3
             assert keep.sum() >= 0.8 * len(gt_xy), (int(keep.sum()), len(gt_xy))
             # GT boxes with a confident prediction of their class within 2 m (1.25 BEV cells)
@@ -82,4 +89,4 @@ def test_bevdet_debug_overfits_two_samples(two_samples) -> None:
             same = gt_label[:, None] == det["labels"][keep][None, :]
             nearest = torch.where(same, dist, torch.full_like(dist, float("inf"))).min(dim=1).values
             near_fracs.append((nearest < 2.0).float().mean().item())
-    assert min(near_fracs) >= 0.7, near_fracs
+    assert min(near_fracs) >= 0.8, near_fracs
