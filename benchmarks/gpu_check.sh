@@ -11,7 +11,8 @@
 #   BEVFORGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_check.sh   # where .git is absent
 #   GPU_CHECK_STEPS=kernels,bench-kernel,base benchmarks/gpu_check.sh       # only these groups
 #
-# Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), syncs (device
+# Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), dcn (the DCNv2
+# op: torchvision vs grid_sample vs Triton columns, forward+backward and forward), syncs (device
 # syncs left in the model and the training step), bench-kernel
 # (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 with/without gradient
 # checkpointing + inference, the issue-9 targets), profile (benchmarks/profile_parts.py on base), bevdet
@@ -49,7 +50,7 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,syncs,bench-kernel,base,profile,bevdet,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -106,10 +107,15 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16-dcn-sampled "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.dcn_impl=sampled --amp bf16 --fake-data --warmup 3 \
     --iters 10 --channels-last --out "$RESULTS/train.md"
-  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench
-  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50
   # SCA hit gather (one host read per frame) vs all queries (static shapes) on the base rig
   step sca-query-bound-base "$PY" benchmarks/sca_query_bound.py bevformer_base --iters 10
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip dcn "no CUDA device"
+elif want dcn; then  # the DCNv2 op alone at R101 stage 3/4 shapes: torchvision vs grid_sample vs Triton columns
+  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench
+  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

@@ -1,13 +1,17 @@
-"""Time one DCNv2 layer, torchvision vs sampled, forward + backward: ``python -m bevforge.ops.dcn.bench``.
+"""Time one DCNv2 layer: torchvision vs sampled (grid_sample columns) vs sampled with the Triton columns
+kernel, forward + backward and forward alone (inference): ``python -m bevforge.ops.dcn.bench``.
 
 Defaults: an R101 stage-3 DCN of BEVFormer-base (256 -> 256 channels, 3x3, stride 1, the 58 x 100
-stride-16 map of a 928 x 1600 image, 6 cameras). Prints ms per forward+backward and the ratio, plus
-the largest output difference of the two (same weights, random offsets and masks).
+stride-16 map of a 928 x 1600 image, 6 cameras). Prints ms per forward+backward and per forward, the ratios
+against torchvision, plus the largest output difference to torchvision (same weights, random offsets and
+masks). The two sampled variants differ only in how the forward builds its columns
+(``BEVFORGE_KERNELS=reference`` vs ``auto``); the Triton one runs only on CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from contextlib import nullcontext
 
@@ -24,31 +28,50 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: variant -> (function, BEVFORGE_KERNELS while it runs)
+IMPLS = {
+    "torchvision": (torchvision.ops.deform_conv2d, None),
+    "sampled-grid": (deform_conv2d_sampled, "reference"),
+    "sampled-triton": (deform_conv2d_sampled, "triton"),
+}
+
+
 def time_impl(
     impl: str,
     inputs: tuple[torch.Tensor, ...],
     amp: str,
     iters: int,
     warmup: int,
+    backward: bool = True,
 ) -> tuple[float, torch.Tensor]:
-    """Mean ms of forward + backward over ``iters`` runs (after ``warmup``) and the last output."""
+    """Mean ms of forward (+ backward) over ``iters`` runs (after ``warmup``) and the last output."""
     x, offset, mask, weight = inputs
-    fn = deform_conv2d_sampled if impl == "sampled" else torchvision.ops.deform_conv2d
+    fn, kernels = IMPLS[impl]
     device = x.device
     ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
     out = x
     elapsed = 0.0
-    for i in range(warmup + iters):
-        for t in inputs:
-            t.grad = None
-        _sync(device)
-        start = time.perf_counter()
-        with ctx:
-            out = fn(x, offset, weight, None, stride=1, padding=1, dilation=1, mask=mask)
-        out.float().square().mean().backward()
-        _sync(device)
-        if i >= warmup:
-            elapsed += time.perf_counter() - start
+    old = os.environ.get("BEVFORGE_KERNELS")
+    if kernels is not None:
+        os.environ["BEVFORGE_KERNELS"] = kernels
+    try:
+        for i in range(warmup + iters):
+            for t in inputs:
+                t.grad = None
+            _sync(device)
+            start = time.perf_counter()
+            with ctx, torch.set_grad_enabled(backward):
+                out = fn(x, offset, weight, None, stride=1, padding=1, dilation=1, mask=mask)
+            if backward:
+                out.float().square().mean().backward()
+            _sync(device)
+            if i >= warmup:
+                elapsed += time.perf_counter() - start
+    finally:
+        if old is None:
+            os.environ.pop("BEVFORGE_KERNELS", None)
+        else:
+            os.environ["BEVFORGE_KERNELS"] = old
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 
@@ -70,17 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     mask = torch.rand(B, 9, H, W, generator=gen)
     weight = torch.randn(C, C, 3, 3, generator=gen) * (C * 9) ** -0.5
     inputs = tuple(t.to(device).requires_grad_() for t in (x, offset, mask, weight))
-    results = {
-        impl: time_impl(impl, inputs, args.amp, args.iters, args.warmup)
-        for impl in ("torchvision", "sampled")
-    }
-    (ms_tv, out_tv), (ms_s, out_s) = results["torchvision"], results["sampled"]
+    impls = [i for i in IMPLS if i != "sampled-triton" or device.type == "cuda"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"DCNv2 fwd+bwd [{B}, {C}, {H}, {W}] 3x3, amp {args.amp}, {name}")
-    print(f"  torchvision {ms_tv:9.2f} ms")
-    print(f"  sampled     {ms_s:9.2f} ms   ({ms_tv / ms_s:.2f}x)")
-    diff, scale = (out_tv - out_s).abs().max().item(), out_tv.abs().max().item()
-    print(f"  max |out diff| {diff:.3g} (max |out| {scale:.3g})")
+    print(f"DCNv2 [{B}, {C}, {H}, {W}] 3x3, amp {args.amp}, {name}")
+    for backward in (True, False):
+        results = {i: time_impl(i, inputs, args.amp, args.iters, args.warmup, backward) for i in impls}
+        ms_tv, out_tv = results["torchvision"]
+        print(f"  {'forward + backward' if backward else 'forward (no grad)'}")
+        for impl, (ms, out) in results.items():
+            diff = (out - out_tv).abs().max().item()
+            print(f"    {impl:15s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
+    print(f"  (max |out| {out_tv.abs().max().item():.3g})")
     return 0
 
 

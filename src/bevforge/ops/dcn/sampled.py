@@ -24,6 +24,12 @@ backward samples them again, so the activation memory is that of torchvision's o
 backward is explicit (GEMM grads + ``grid_sampler_2d_backward`` + the mask grad), so ``torch.compile``
 traces it without graph breaks.
 
+Forward columns kernel: on CUDA (``BEVFORGE_KERNELS=auto|triton``, see :mod:`bevforge.ops.dispatch`) the
+forward's columns come from one Triton pass (:mod:`bevforge.ops.dcn.triton_columns`: the samples are
+taken from the input in its own dtype and layout and written once, in the GEMM dtype) instead of the fp32
+input copy + ``grid_sample`` + mask/cast passes; :func:`columns_ineligible_reason` says when it is not
+used. The backward is the same either way.
+
 Numerics: the grid round trip (pixels -> [-1, 1] -> pixels) is exact only up to fp32 rounding, so a sample
 exactly on an integer position (zero offsets) may land a rounding error to either side: values and the
 input/mask/weight gradients agree to fp32 precision, but the offset gradient there (the function has a
@@ -37,7 +43,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["deform_conv2d_sampled"]
+from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
+
+__all__ = ["columns_ineligible_reason", "deform_conv2d_sampled"]
+
+_COLUMNS_OP = LazyOp("bevforge.ops.dcn.triton_columns", "dcn_columns_op")
+_KERNEL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -118,6 +129,55 @@ def _columns(
     return cols.view(B, -1, Ho * Wo)  # [B, C*K, L]
 
 
+def columns_ineligible_reason(
+    x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None, gemm_dtype: torch.dtype, K: int
+) -> str | None:
+    """None when the Triton columns kernel can build the forward columns of these inputs, else why not."""
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return "exporting (ONNX/TorchScript use the grid_sample path)"
+    tensors = [t for t in (x, offset, mask) if t is not None]
+    if len({t.device for t in tensors}) != 1:
+        return "inputs on several devices"
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
+        return f"tensors on {x.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
+    if any(t.dtype not in _KERNEL_DTYPES for t in tensors) or gemm_dtype not in _KERNEL_DTYPES:
+        return f"dtypes {[t.dtype for t in tensors]} -> {gemm_dtype} (supported: fp32, fp16, bf16)"
+    cols_numel = x.shape[0] * x.shape[1] * K * offset.shape[-2] * offset.shape[-1]  # B * C*K * L
+    if max(cols_numel, *(t.numel() for t in tensors)) > 2**31 - 1:
+        return "more than 2**31 elements (the kernel indexes with int32)"
+    return None
+
+
+def _forward_columns(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor | None,
+    geo: _Geometry,
+    G: int,
+    gemm_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The forward's modulated columns ``[B, C * K, L]`` in ``gemm_dtype``: the Triton kernel when the
+    dispatch allows it, else sampled (fp32 copy of ``x`` -> ``grid_sample`` -> mask product and cast)."""
+    B, K = x.shape[0], geo.kernel[0] * geo.kernel[1]
+    Ho, Wo = offset.shape[-2:]
+    choice = kernel_choice()
+    if choice != "reference":
+        reason = columns_ineligible_reason(x, offset, mask, gemm_dtype, K)
+        op = _COLUMNS_OP.get() if reason is None else None
+        if op is not None:
+            geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
+            return op(x, offset, mask, *geometry, _KERNEL_DTYPES[gemm_dtype])
+        if choice == "triton":
+            raise RuntimeError(
+                "BEVFORGE_KERNELS=triton but the DCN columns kernel cannot run: "
+                f"{reason or _COLUMNS_OP.error} (unset BEVFORGE_KERNELS or set it to auto for the "
+                "grid_sample path)"
+            )
+    xs = _sampling_input(x)
+    sampled = _sample(xs, _grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
+    return _columns(sampled, mask, B, G, K, (Ho, Wo), gemm_dtype)
+
+
 class _SampledDeformConv(torch.autograd.Function):
     """Forward: sample -> columns -> GEMM. Backward: sample again (as torchvision's im2col in backward),
     GEMM grads, then the native grid_sampler backward (input and grid grads) and the mask grad.
@@ -140,9 +200,7 @@ class _SampledDeformConv(torch.autograd.Function):
         Gw, K = C // Cg, geo.kernel[0] * geo.kernel[1]
         G = offset.shape[1] // (2 * K)
         Ho, Wo = offset.shape[-2:]
-        xs = _sampling_input(x)
-        sampled = _sample(xs, _grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
-        cols = _columns(sampled, mask, B, G, K, (Ho, Wo), gemm_dtype)  # [B, C*K, L]
+        cols = _forward_columns(x, offset, mask, geo, G, gemm_dtype)  # [B, C*K, L]
         cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
         w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
         out = torch.matmul(w, cols).view(B, O, Ho, Wo)  # [B, Gw, O/Gw, L] -> [B, O, Ho, Wo]

@@ -1,0 +1,184 @@
+"""Checks of the Triton DCNv2 columns kernel, shared by two runners (as ``msda_kernel_cases.py``):
+``test_dcn_kernels.py`` runs them in-process on CUDA and, on CPU, runs this file as a script with
+``TRITON_INTERPRET=1``.
+
+Oracle: the sampled path's own columns (fp32 input copy -> ``grid_sample`` -> mask product) and, end to
+end, ``torchvision.ops.deform_conv2d``. Tolerances: fp32 columns 1e-5 (the kernel computes the sample
+positions in pixels, the oracle through a [-1, 1] grid: fp32 rounding apart); bf16/fp16 output columns
+vs the fp32 oracle rounded to the same dtype: one rounding step (2e-2 / 2e-3 relative).
+
+Shape letters: B images, C channels, H/W input, Ho/Wo output, K taps, G offset groups.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torchvision
+from kernel_harness import run_cases
+
+from bevforge.ops.dcn import sampled as dcn
+
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def make_inputs(device, B=2, C=6, H=7, W=9, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                G=1, spread=3.0, dtype=torch.float32, seed=0):  # fmt: skip
+    """(x, offset, mask, geometry); offsets ~ N(0, spread) px so many taps fall outside the image."""
+    g = torch.Generator().manual_seed(seed)
+    kh, kw = kernel
+    Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    x = torch.randn(B, C, H, W, generator=g)
+    offset = torch.randn(B, 2 * G * kh * kw, Ho, Wo, generator=g) * spread
+    mask = torch.rand(B, G * kh * kw, Ho, Wo, generator=g)
+    geo = dcn._Geometry(tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
+    return x.to(device, dtype), offset.to(device, dtype), mask.to(device, dtype), geo
+
+
+def oracle_columns(x, offset, mask, geo, out_dtype=torch.float32):
+    """The sampled path's columns ``[B, C*K, L]`` in fp32 (then cast to ``out_dtype``)."""
+    K = geo.kernel[0] * geo.kernel[1]
+    G = offset.shape[1] // (2 * K)
+    xs = dcn._sampling_input(x.float())
+    sampled = dcn._sample(xs, dcn._grid(offset.float(), geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
+    m = None if mask is None else mask.float()
+    return dcn._columns(sampled, m, x.shape[0], G, K, tuple(offset.shape[-2:]), torch.float32).to(out_dtype)
+
+
+def kernel_columns(x, offset, mask, geo, out_dtype=torch.float32):
+    from bevforge.ops.dcn.triton_columns import dcn_columns_op
+
+    return dcn_columns_op(x, offset, mask, *[list(v) for v in geo], str(out_dtype).split(".")[-1])
+
+
+def _close(got, want, tol, label):
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol, msg=lambda m: f"{label}: {m}")
+
+
+def check_columns_fp32(device: str) -> None:
+    x, offset, mask, geo = make_inputs(device)
+    want = oracle_columns(x, offset, mask, geo)
+    _close(kernel_columns(x, offset, mask, geo), want, TOL[torch.float32], "3x3")
+
+
+def check_geometries(device: str) -> None:
+    """Strides, dilations, paddings, non-square kernels, offset groups, sides of 1, no mask."""
+    geometries = [
+        dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1)),
+        dict(kernel=(3, 3), stride=(1, 1), padding=(2, 2), dilation=(2, 2)),
+        dict(kernel=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 1)),
+        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), G=3),
+        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), H=1, W=5),
+        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), spread=40.0),  # far outside
+        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), C=37, H=11, W=13),  # > blocks
+    ]
+    for i, kw in enumerate(geometries):
+        x, offset, mask, geo = make_inputs(device, seed=i, **kw)
+        for m in (mask, None):
+            want = oracle_columns(x, offset, m, geo)
+            _close(kernel_columns(x, offset, m, geo), want, TOL[torch.float32], f"{kw} mask={m is not None}")
+
+
+def check_low_precision(device: str) -> None:
+    """bf16/fp16 inputs and columns: the fp32 oracle on the same rounded inputs, rounded once."""
+    for dtype in (torch.bfloat16, torch.float16):
+        x, offset, mask, geo = make_inputs(device, dtype=dtype)
+        got = kernel_columns(x, offset, mask, geo, dtype)
+        assert got.dtype == dtype, got.dtype
+        _close(got, oracle_columns(x, offset, mask, geo, dtype), TOL[dtype], str(dtype))
+    # fp32 input, bf16 columns (the autocast case: fp32 activations, bf16 GEMM)
+    x, offset, mask, geo = make_inputs(device)
+    got = kernel_columns(x, offset, mask, geo, torch.bfloat16)
+    _close(got, oracle_columns(x, offset, mask, geo, torch.bfloat16), TOL[torch.bfloat16], "fp32 -> bf16")
+
+
+def check_strided_layouts(device: str) -> None:
+    """Channels-last input and offsets read through their strides: the same columns as contiguous ones."""
+    x, offset, mask, geo = make_inputs(device, C=5)
+    want = kernel_columns(x, offset, mask, geo)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, offset, mask)]
+    torch.testing.assert_close(kernel_columns(*cl, geo), want, atol=0, rtol=0)
+
+
+def check_deform_conv_end_to_end(device: str) -> None:
+    """``deform_conv2d_sampled`` (dispatching to the kernel) vs torchvision: output and all gradients."""
+    x, offset, mask, _ = make_inputs(device, C=4, G=2)
+    gen = torch.Generator().manual_seed(1)
+    weight = (torch.randn(6, 2, 3, 3, generator=gen) * 0.3).to(device)  # 2 weight groups
+    bias = torch.randn(6, generator=gen).to(device)
+    leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
+    got = dcn.deform_conv2d_sampled(leaves[0], leaves[1], leaves[3], leaves[4], padding=1, mask=leaves[2])
+    ref_leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
+    want = torchvision.ops.deform_conv2d(
+        ref_leaves[0], ref_leaves[1], ref_leaves[3], ref_leaves[4], padding=1, mask=ref_leaves[2]
+    )
+    _close(got, want, 1e-4, "output")
+    grad_out = torch.randn_like(want)
+    grads = torch.autograd.grad(got, leaves, grad_out)
+    ref_grads = torch.autograd.grad(want, ref_leaves, grad_out)
+    for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads, ref_grads):
+        _close(a, b, 1e-3, f"grad {name}")
+
+
+def check_dispatch_picks_kernel(device: str) -> None:
+    """Under auto the forward columns come from the kernel (counted), under reference never."""
+    import os
+
+    from bevforge.ops.dcn import triton_columns
+
+    x, offset, mask, geo = make_inputs(device, C=3)
+    weight = torch.randn(4, 3, 3, 3, device=device)
+    calls = []
+    original = triton_columns._dcn_columns_kernel
+    try:
+        triton_columns._dcn_columns_kernel = _Counting(original, calls)
+        old = os.environ.get("BEVFORGE_KERNELS")
+        for choice, want in (("auto", 1), ("reference", 1), ("triton", 2)):
+            os.environ["BEVFORGE_KERNELS"] = choice
+            dcn.deform_conv2d_sampled(x, offset, weight, padding=1, mask=mask)
+            assert len(calls) == want, (choice, len(calls))
+    finally:
+        triton_columns._dcn_columns_kernel = original
+        if old is None:
+            os.environ.pop("BEVFORGE_KERNELS", None)
+        else:
+            os.environ["BEVFORGE_KERNELS"] = old
+
+
+class _Counting:
+    """``kernel[grid](...)`` that records each launch and runs the real kernel."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.calls.append(grid)
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def check_opcheck(device: str) -> None:
+    from bevforge.ops.dcn.triton_columns import dcn_columns_op
+
+    x, offset, mask, geo = make_inputs(device, B=1, C=3, H=4, W=5)
+    for m in (mask, None):
+        torch.library.opcheck(dcn_columns_op, (x, offset, m, *[list(v) for v in geo], "float32"))
+
+
+CASES = {
+    "columns_fp32": check_columns_fp32,
+    "geometries": check_geometries,
+    "low_precision": check_low_precision,
+    "strided_layouts": check_strided_layouts,
+    "deform_conv_end_to_end": check_deform_conv_end_to_end,
+    "dispatch_picks_kernel": check_dispatch_picks_kernel,
+    "opcheck": check_opcheck,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(run_cases(CASES, sys.argv[1:]))
