@@ -15,7 +15,8 @@
 # op: torchvision vs grid_sample vs Triton columns, forward+backward and forward), syncs (device
 # syncs left in the model and the training step), bench-kernel
 # (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 with/without gradient
-# checkpointing + inference, the issue-9 targets), profile (benchmarks/profile_parts.py on base), bevdet
+# checkpointing + inference, the issue-9 targets), batch (tiny training at batch 4 and 8, base at 2 with
+# gradient checkpointing), profile (benchmarks/profile_parts.py on base), bevdet
 # (BEVDet-R50 training + inference), tiny (tiny training + inference eager/ORT), compile (torch.compile
 # inference + training, graph breaks, compile-parity tests).
 set -u -o pipefail
@@ -50,7 +51,7 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,profile,bevdet,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,batch,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -116,6 +117,20 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want dcn; then  # the DCNv2 op alone at R101 stage 3/4 shapes: torchvision vs grid_sample vs Triton columns
   step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench
   step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip batch "no CUDA device"
+elif want batch && can_import bevforge.train.step; then
+  # throughput vs batch size (batch 1 is launch-bound: ~100 ms of CPU per tiny step at bd6703a, 34 ms of
+  # GPU): tiny at 4 and 8 samples per GPU, base at 2 with gradient checkpointing
+  for B in 4 8; do
+    step bench-train-tiny-b$B "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
+      --set model.backbone.pretrained= data.batch_size=$B --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
+  done
+  step bench-train-base-b2-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= data.batch_size=2 --amp bf16 --grad-ckpt --fake-data --warmup 2 --iters 6 \
+    --out "$RESULTS/train.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then
