@@ -10,15 +10,9 @@ import torch
 from bevforge.cli.main import main
 
 
-def test_bevdet_debug_train_test_vis(tmp_path, capsys) -> None:
-    from bevforge.data.nuscenes.prepare import create_infos
-    from bevforge.data.synthetic.generate import generate
-
+def test_bevdet_debug_train_test_vis(tmp_path, capsys, synthetic_data) -> None:
     torch.manual_seed(0)
-    data = generate(
-        tmp_path / "data", num_scenes=2, samples_per_scene=2, image_wh=(96, 54), workers=1, verbose=False
-    )
-    create_infos(data, "v1.0-mini", data / "infos", log=lambda _: None)
+    data = synthetic_data("bevdet_cli", num_scenes=2, samples_per_scene=2, image_wh=(96, 54))
     sets = [f"data.data_root={data}", f"data.info_dir={data / 'infos'}", "data.num_workers=0",
             "data.img_scale=1.0", "data.batch_size=1", "model.bev_h=32", "model.bev_w=32"]  # fmt: skip
     work = tmp_path / "work"

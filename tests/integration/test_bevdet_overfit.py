@@ -24,14 +24,8 @@ ITERS = 140
 
 
 @pytest.fixture(scope="module")
-def two_samples(tmp_path_factory) -> Path:
-    from bevforge.data.nuscenes.prepare import create_infos
-    from bevforge.data.synthetic.generate import generate
-
-    root = tmp_path_factory.mktemp("bevdet_overfit")
-    generate(root, num_scenes=2, samples_per_scene=2, image_wh=(160, 90), workers=1, verbose=False)
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
-    return root
+def two_samples(synthetic_data) -> Path:
+    return synthetic_data("bevdet_overfit", num_scenes=2, samples_per_scene=2, image_wh=(160, 90))
 
 
 @pytest.mark.slow

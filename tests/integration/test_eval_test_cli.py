@@ -21,18 +21,13 @@ OVERRIDES = ["data.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_data):
     from bevforge.config import load_config
-    from bevforge.data.nuscenes.prepare import create_infos
-    from bevforge.data.synthetic.generate import generate
     from bevforge.models.build import build_model
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("syn")
-    data = generate(
-        root / "data", num_scenes=3, samples_per_scene=3, seed=0, image_wh=(96, 54), workers=1, verbose=False
-    )
-    create_infos(data, "v1.0-mini", data / "infos", log=lambda s: None)
+    root = tmp_path_factory.mktemp("eval_cli")  # checkpoint and outputs
+    data = synthetic_data("syn", num_scenes=3, samples_per_scene=3, seed=0, image_wh=(96, 54))
     sets = [f"data.data_root={data}", f"data.info_dir={data / 'infos'}", *OVERRIDES]
     cfg = load_config("bevformer_debug", sets)
     model = build_model(cfg)

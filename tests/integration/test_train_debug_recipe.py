@@ -28,14 +28,8 @@ TERMS = ("loss", "loss_cls", "loss_bbox")
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from bevforge.data.nuscenes.prepare import create_infos
-    from bevforge.data.synthetic.generate import generate
-
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, num_scenes=2, samples_per_scene=4, image_wh=(64, 36), workers=1, verbose=False)
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
-    return root
+def tiny_data(synthetic_data) -> Path:
+    return synthetic_data("synthetic", num_scenes=2, samples_per_scene=4, image_wh=(64, 36))
 
 
 def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path) -> None:

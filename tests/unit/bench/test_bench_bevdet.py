@@ -59,18 +59,13 @@ def test_bench_train_bevdet_fake_data(tmp_path):
     assert "| eager (fake data) | 1.00x |" in out.read_text()
 
 
-def test_bench_data_naive_baseline_follows_input_size(tmp_path):
+def test_bench_data_naive_baseline_follows_input_size(tmp_path, synthetic_data):
     from bevforge.cli.main import main as cli_main
     from bevforge.data.augment_image import ImageAugSpec
     from bevforge.data.nuscenes.infos import load_infos
-    from bevforge.data.nuscenes.prepare import create_infos
-    from bevforge.data.synthetic.generate import generate
 
     torch.manual_seed(0)
-    root = generate(
-        tmp_path / "data", num_scenes=1, samples_per_scene=2, image_wh=(96, 54), workers=1, verbose=False
-    )
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
+    root = synthetic_data("bench_data", num_scenes=1, samples_per_scene=2, image_wh=(96, 54))
     over = [f"data.data_root={root}", f"data.info_dir={root / 'infos'}", "data.num_workers=0",
             "data.input_size=[32,80]", "data.img_aug=true", "data.pad_divisor=16", *SMALL]  # fmt: skip
     cfg = load_config("configs/bevdet_debug.py", over)

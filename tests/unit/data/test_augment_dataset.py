@@ -14,20 +14,14 @@ from bevforge.config import Config, ConfigError
 from bevforge.data.augment_bev import BDA, bda_boxes, bda_seg
 from bevforge.data.loader import build_dataloader
 from bevforge.data.nuscenes.dataset import NuScenesDataset
-from bevforge.data.nuscenes.prepare import create_infos
 from bevforge.data.transforms import select_gt
 
 CAMS = ("CAM_FRONT", "CAM_BACK_LEFT")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from bevforge.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("syn_aug")
-    generate(root, num_scenes=2, samples_per_scene=3, seed=1, image_wh=(160, 90), verbose=False)
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
-    return root
+def data_root(synthetic_data):
+    return synthetic_data("syn_aug", num_scenes=2, samples_per_scene=3, seed=1, image_wh=(160, 90))
 
 
 def _cfg(root, **data) -> Config:

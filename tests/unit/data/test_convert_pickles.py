@@ -12,7 +12,6 @@ from pyquaternion import Quaternion
 from bevforge.cli.main import main as cli_main
 from bevforge.data.nuscenes.convert import InfoConvertError, convert_infos, load_pickle
 from bevforge.data.nuscenes.infos import load_infos
-from bevforge.data.nuscenes.prepare import create_infos
 from bevforge.structures.boxes import to_mmdet3d_v0, to_mmdet3d_v1, wrap_angle
 
 MMDET3D_CLASSES = ("car", "truck", "trailer", "bus", "construction_vehicle", "bicycle", "motorcycle")
@@ -20,12 +19,8 @@ MMDET3D_CLASSES += ("pedestrian", "traffic_cone", "barrier")
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    from bevforge.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("syn")
-    generate(root, num_scenes=3, samples_per_scene=3, seed=1, image_wh=(64, 36), verbose=False)
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
+def samples(synthetic_data):
+    root = synthetic_data("syn", num_scenes=3, samples_per_scene=3, seed=1, image_wh=(64, 36))
     return load_infos(root / "infos" / "infos_train.json").samples
 
 

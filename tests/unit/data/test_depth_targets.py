@@ -12,7 +12,6 @@ from bevforge.config import Config, ConfigError
 from bevforge.data.depth_targets import LidarFileError, depth_bin_targets, depth_map, load_lidar_points
 from bevforge.data.loader import build_dataloader
 from bevforge.data.nuscenes.dataset import NuScenesDataset
-from bevforge.data.nuscenes.prepare import create_infos
 from bevforge.nn.lss import frustum_points, frustum_to_lidar
 
 CAMS = ("CAM_FRONT", "CAM_BACK")
@@ -86,13 +85,8 @@ def test_load_lidar_points_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from bevforge.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("syn_depth")
-    generate(root, num_scenes=2, samples_per_scene=2, seed=3, image_wh=(160, 90), verbose=False)
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
-    return root
+def data_root(synthetic_data):
+    return synthetic_data("syn_depth", num_scenes=2, samples_per_scene=2, seed=3, image_wh=(160, 90))
 
 
 def _cfg(root, depth_weight: float, bev_aug: bool) -> Config:

@@ -14,18 +14,12 @@ from bevforge.data.image_io import MissingImageError
 from bevforge.data.loader import build_dataloader
 from bevforge.data.nuscenes.dataset import NuScenesDataset
 from bevforge.data.nuscenes.infos import load_infos
-from bevforge.data.nuscenes.prepare import create_infos
 from bevforge.structures.batch import Batch
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from bevforge.data.synthetic import generate
-
-    root = tmp_path_factory.mktemp("syn")
-    generate(root, num_scenes=3, samples_per_scene=4, seed=0, image_wh=(160, 90), verbose=False)
-    create_infos(root, "v1.0-mini", root / "infos", log=lambda _: None)
-    return root
+def data_root(synthetic_data):
+    return synthetic_data("syn", num_scenes=3, samples_per_scene=4, seed=0, image_wh=(160, 90))
 
 
 def _cfg(root, **data) -> Config:

@@ -35,16 +35,11 @@ def test_export_rig_honours_input_size():
     assert input_hw(debug) == (128, 224)  # synthetic 400 x 225 x 0.5 -> 200 x 112, padded
 
 
-def test_export_rig_from_infos_is_what_evaluation_feeds(tmp_path):
+def test_export_rig_from_infos_is_what_evaluation_feeds(synthetic_data):
     from bevforge.data.loader import build_dataloader
-    from bevforge.data.nuscenes.prepare import create_infos
-    from bevforge.data.synthetic.generate import generate
 
     torch.manual_seed(0)
-    data = generate(
-        tmp_path / "data", num_scenes=1, samples_per_scene=2, image_wh=(96, 54), workers=1, verbose=False
-    )
-    create_infos(data, "v1.0-mini", data / "infos", log=lambda _: None)
+    data = synthetic_data("export_rig", num_scenes=1, samples_per_scene=2, image_wh=(96, 54))
     cfg = load_config(
         "configs/bevdet_debug.py",
         [
