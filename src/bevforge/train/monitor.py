@@ -21,6 +21,7 @@ from bevforge.train.distributed import all_reduce_mean
 DATA_TIME_WARN_SHARE = 0.2
 GPU_UTIL_WARN_PCT = 50.0
 PLATEAU_WINDOW = 10  # logged values per window compared by the loss-not-decreasing check
+PLATEAU_MIN_LR_SHARE = 0.1  # no loss-plateau warning once the LR has decayed below this share of its peak
 _MIB = 1024.0 * 1024.0
 
 
@@ -60,6 +61,7 @@ class Advisor:
         self.losses: deque[float] = deque(maxlen=2 * PLATEAU_WINDOW)
         self.plateau_checked_at = 0
         self.records = 0
+        self.peak_lr = 0.0
 
     def _due(self, kind: str) -> bool:
         n = self.counts.get(kind, 0)
@@ -83,6 +85,11 @@ class Advisor:
                 f"GPU utilisation is low ({util:.0f}%): check the data-time share, raise data.batch_size, "
                 "or run more processes (GPUS=<n>)"
             )
+        lr = rec.get("lr")
+        if lr is not None:
+            self.peak_lr = max(self.peak_lr, lr)
+        # a flat loss at the tail of a decayed schedule (LR < 10 % of its peak) is convergence, not a fault
+        annealed = lr is not None and lr < PLATEAU_MIN_LR_SHARE * self.peak_lr
         loss = rec.get("loss")
         if loss is not None and math.isfinite(loss):
             self.losses.append(loss)
@@ -91,7 +98,7 @@ class Advisor:
                 self.plateau_checked_at = 0
                 old = sum(list(self.losses)[:PLATEAU_WINDOW]) / PLATEAU_WINDOW
                 new = sum(list(self.losses)[PLATEAU_WINDOW:]) / PLATEAU_WINDOW
-                if new >= 0.99 * old:
+                if new >= 0.99 * old and not annealed:
                     out.append(
                         f"the loss is not decreasing (mean {old:.4f} -> {new:.4f} over the last "
                         f"{2 * PLATEAU_WINDOW} logs): check the LR, visualise the data with `bevforge browse`"

@@ -24,6 +24,20 @@ def test_advisor_data_time_gpu_util_and_plateau() -> None:
     assert falling == []
 
 
+def test_advisor_no_plateau_warning_at_the_tail_of_a_decayed_schedule() -> None:
+    """A flat loss once the LR has decayed below 10 % of its peak (cosine tail) is convergence; at a
+    constant LR, or still above that share, the same flat loss is reported."""
+    n = 4 * PLATEAU_WINDOW  # two full comparisons after the peak record
+    adv = Advisor()
+    adv.check({"loss": 5.0, "lr": 2e-4})  # the peak
+    tail = [m for i in range(n) for m in adv.check({"loss": 1.0, "lr": 1.5e-5 * (1 - i / n)})]
+    assert not any("not decreasing" in m for m in tail)
+    adv2 = Advisor()
+    adv2.check({"loss": 5.0, "lr": 2e-4})
+    still_high = [m for _ in range(n) for m in adv2.check({"loss": 1.0, "lr": 5e-5})]
+    assert any("not decreasing" in m for m in still_high)
+
+
 def test_monitor_writes_records_with_every_field(tmp_path) -> None:
     torch.manual_seed(0)
     mon = TrainMonitor(tmp_path, is_main=True, device=torch.device("cpu"), total_iters=4, tensorboard=True)
