@@ -65,3 +65,29 @@ def assert_cases_pass_under_interpreter(stem: str) -> None:
     )
     assert proc.returncode == 0, f"interpreter cases failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     assert proc.stdout.count("ok   ") == len(load_cases(stem).CASES), proc.stdout
+
+
+def case_file_tests(stem: str):
+    """The two tests every ``<stem>.py`` case file gets, for a test module to bind at module level:
+    all cases on CPU under the interpreter (one subprocess), and each case on CUDA (``gpu``, skipped
+    without a device)::
+
+        test_kernels_under_interpreter, test_kernels_cuda = case_file_tests("msda_kernel_cases")
+    """
+    import pytest
+
+    def test_kernels_under_interpreter() -> None:
+        """Every shared case on CPU with TRITON_INTERPRET=1, in a fresh process (set before Triton loads)."""
+        pytest.importorskip("triton")
+        assert_cases_pass_under_interpreter(stem)
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("case", sorted(load_cases(stem).CASES))
+    def test_kernels_cuda(case: str) -> None:
+        if not torch.cuda.is_available():
+            pytest.skip("needs CUDA")
+        pytest.importorskip("triton")
+        torch.manual_seed(0)
+        load_cases(stem).CASES[case]("cuda")
+
+    return test_kernels_under_interpreter, test_kernels_cuda

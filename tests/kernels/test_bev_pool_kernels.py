@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_harness import assert_cases_pass_under_interpreter, load_cases
+from kernel_harness import case_file_tests, load_cases
 
 
 def _cases():
     return load_cases("bev_pool_kernel_cases")
 
 
-def test_bev_pool_triton_kernels_under_interpreter():
-    """Every shared case on CPU with TRITON_INTERPRET=1, in a fresh process (set before Triton loads)."""
-    pytest.importorskip("triton")
-    assert_cases_pass_under_interpreter("bev_pool_kernel_cases")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", sorted(_cases().CASES))
-def test_bev_pool_triton_kernels_cuda(case):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    pytest.importorskip("triton")
-    torch.manual_seed(0)
-    _cases().CASES[case]("cuda")
+test_bev_pool_triton_kernels_under_interpreter, test_bev_pool_triton_kernels_cuda = case_file_tests(
+    "bev_pool_kernel_cases"
+)
 
 
 @pytest.mark.gpu

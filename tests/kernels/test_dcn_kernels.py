@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_harness import assert_cases_pass_under_interpreter, load_cases
+from kernel_harness import case_file_tests, load_cases
 
 from bevforge.ops.dcn import sampled as dcn
 
@@ -37,17 +37,4 @@ def test_columns_not_used_for_unsupported_dtypes(monkeypatch):
     assert "dtypes" in dcn.columns_ineligible_reason(x, offset, mask, torch.float64, 9)
 
 
-def test_triton_columns_under_interpreter():
-    """Every shared case on CPU with TRITON_INTERPRET=1, in a fresh process (set before Triton loads)."""
-    pytest.importorskip("triton")
-    assert_cases_pass_under_interpreter("dcn_kernel_cases")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", sorted(_cases().CASES))
-def test_triton_columns_cuda(case):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    pytest.importorskip("triton")
-    torch.manual_seed(0)
-    _cases().CASES[case]("cuda")
+test_triton_columns_under_interpreter, test_triton_columns_cuda = case_file_tests("dcn_kernel_cases")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_harness import assert_cases_pass_under_interpreter, load_cases
+from kernel_harness import case_file_tests, load_cases
 
 from bevforge.ops.msda import msda_reference, multi_scale_deformable_attention
 
@@ -40,20 +40,7 @@ def test_dispatch_rejects_unknown_choice(monkeypatch):
         multi_scale_deformable_attention(*_cases().make_inputs("cpu"))
 
 
-def test_triton_kernels_under_interpreter():
-    """Every shared case on CPU with TRITON_INTERPRET=1, in a fresh process (set before Triton loads)."""
-    pytest.importorskip("triton")
-    assert_cases_pass_under_interpreter("msda_kernel_cases")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", sorted(_cases().CASES))
-def test_triton_kernels_cuda(case):
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    pytest.importorskip("triton")
-    torch.manual_seed(0)
-    _cases().CASES[case]("cuda")
+test_triton_kernels_under_interpreter, test_triton_kernels_cuda = case_file_tests("msda_kernel_cases")
 
 
 @pytest.mark.gpu
