@@ -68,7 +68,7 @@ elif [ $HAVE_CUDA = 0 ]; then
   skip kernels-cuda "no CUDA device"
 elif can_import pytest; then
   step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels \
-    tests/unit/ops/test_dcn_sampled_cuda.py
+    tests/unit/ops/test_dcn_sampled_cuda.py tests/unit/export/test_export_bench_infer.py
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
@@ -102,7 +102,8 @@ elif want base && can_import bevforge.train.step; then
     --set model.backbone.pretrained= --amp bf16 --grad-ckpt --fake-data --warmup 3 --iters 10 \
     --out "$RESULTS/train.md"
   step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
-    --set model.backbone.pretrained= --amp bf16 --modes eager,eager-ref --iters 20 --out "$RESULTS/infer.md"
+    --set model.backbone.pretrained= --amp bf16 --modes eager,cuda-graph,eager-ref --iters 20 \
+    --out "$RESULTS/infer.md"
   # DCN implementation A/B (model.backbone.dcn_impl: torchvision's fp32 im2col vs grid_sample + bf16 GEMM;
   # the sampled one has no NCHW constraint, so channels-last too), then the op alone at stage 3/4 shapes
   step bench-train-base-bf16-dcn-sampled "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
@@ -164,7 +165,8 @@ elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.models.build; then
   # random init (no weights on the GPU box); eager (Triton MSDA) vs eager-ref vs compile (+ onnxruntime
   # when importable); a second call for compile so an inductor timeout keeps the eager rows
   want tiny && step bench-infer-tiny-eager "$PY" -m bevforge.cli.main bench infer configs/bevformer_tiny.py \
-    --set model.backbone.pretrained= --modes eager,eager-ref,onnxruntime --iters 20 --out "$RESULTS/infer.md"
+    --set model.backbone.pretrained= --modes eager,cuda-graph,eager-ref,onnxruntime --iters 20 \
+    --out "$RESULTS/infer.md"
   want compile && step bench-infer-tiny-compile "$PY" -m bevforge.cli.main bench infer \
     configs/bevformer_tiny.py --set model.backbone.pretrained= --modes compile --iters 20 --out "$RESULTS/infer.md"
 else

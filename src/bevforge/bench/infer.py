@@ -9,6 +9,9 @@ rig is fixed, as in deployment), in up to four modes:
 - ``eager``: PyTorch eager, MSDA / BEV pooling through the dispatch (Triton on CUDA when eligible);
 - ``eager-ref``: the same with ``BEVFORGE_KERNELS=reference`` (grid_sample MSDA, scatter_add BEV pool);
 - ``compile``: ``torch.compile`` of the frame (inductor);
+- ``cuda-graph``: the eager frame captured once as a CUDA graph and replayed (each frame copies its inputs
+  into the captured buffers): no per-kernel launch cost, which dominates small batches (the spatial
+  cross-attention takes its static all-queries path under capture: no host read). CUDA only;
 - ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU); BEVDet's
   graph has the rig's pooling plan baked in (:mod:`bevforge.export.bevdet_onnx`).
 
@@ -34,7 +37,7 @@ import torch
 
 from bevforge.bench.results import append_result
 
-MODES = ("eager", "eager-ref", "compile", "onnxruntime")
+MODES = ("eager", "eager-ref", "compile", "cuda-graph", "onnxruntime")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -105,15 +108,51 @@ def _kernels(choice: str | None):
             os.environ["BEVFORGE_KERNELS"] = old
 
 
-def _torch_fn(frame, inputs, amp: torch.dtype | None, device: str) -> Callable[[], object]:
+def _torch_fn(
+    frame, inputs, amp: torch.dtype | None, device: str, amp_cache: bool = True
+) -> Callable[[], object]:
+    """One frame under no_grad and autocast (``amp_cache=False`` for CUDA-graph capture: autocast's cast
+    cache must not outlive the captured region)."""
+
     def step():
         with (
             torch.no_grad(),
-            torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None),
+            torch.autocast(
+                device.split(":")[0],
+                dtype=amp or torch.float32,
+                enabled=amp is not None,
+                cache_enabled=amp_cache,
+            ),
         ):
             return frame(*inputs)
 
     return step
+
+
+def _graph_fn(frame, inputs, amp: torch.dtype | None, device: str, warmup: int = 3) -> Callable[[], object]:
+    """``frame(*inputs)`` captured as one CUDA graph; the returned step copies ``inputs`` into the
+    captured buffers and replays it (what a deployment feeding new images each frame would do)."""
+    if not device.startswith("cuda"):
+        raise RuntimeError("cuda-graph needs a CUDA device (--device cuda)")
+    static = tuple(t.clone() for t in inputs)
+    step = _torch_fn(frame, static, amp, device, amp_cache=False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream (Triton compiles, cuBLAS handles)
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+
+    def replay():
+        for buf, t in zip(static, inputs, strict=True):
+            buf.copy_(t, non_blocking=True)
+        graph.replay()
+        return out
+
+    return replay
 
 
 def _ort_fn(
@@ -192,11 +231,9 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
             if mode == "compile":
                 frame = torch.compile(frame)
             with _kernels("reference" if mode == "eager-ref" else None):
-                row.update(
-                    time_frames(
-                        _torch_fn(frame, inputs, amp, args.device), args.warmup, args.iters, args.device
-                    )
-                )
+                make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn
+                fn = make_fn(frame, inputs, amp, args.device)
+                row.update(time_frames(fn, args.warmup, args.iters, args.device))
             row["note"] = f"amp {args.amp}"
             if cfg.model.arch == "bevdet":
                 row["note"] += ", pooling plan cached"

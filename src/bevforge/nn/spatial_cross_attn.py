@@ -176,6 +176,10 @@ def plan_spatial_cross_attention(
     return SCAPlan(False, hit, num_hits, order, valid, sample_of_group, flat_index, refs)
 
 
+def _capturing_cuda_graph() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class SpatialCrossAttention(nn.Module):
     """Returns ``query + dropout(output_proj(sum_n attn_n / hits))``, ``[B, Q, C]``.
 
@@ -206,9 +210,11 @@ class SpatialCrossAttention(nn.Module):
         init_xavier_linear(self.output_proj)
 
     def all_queries(self) -> bool:
-        """True when this call takes the static path (every camera attends every query)."""
+        """True when this call takes the static path (every camera attends every query): always with
+        ``"all"``; with ``"auto"`` under ``torch.compile`` and while a CUDA graph is being captured (the
+        hit gather's host read is not allowed there)."""
         if self.query_bound == "auto":
-            return torch.compiler.is_compiling()
+            return torch.compiler.is_compiling() or _capturing_cuda_graph()
         return self.query_bound == "all"
 
     def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> SCAPlan:
