@@ -4,7 +4,7 @@ One frame of batch 1 (no post-processing) through, for BEVFormer, :class:`bevfor
 BEVFormerFrame` (backbone, encoder with the previous BEV, heads) and, for BEVDet (``model.arch =
 "bevdet"``), :class:`bevforge.export.bevdet_onnx.BEVDetEager` (the model's own forward: backbone, LSS,
 BEV pooling, BEV encoder, CenterPoint head; the pooling plan is cached after the first frame since the
-rig is fixed, as in deployment), in up to four modes:
+rig is fixed, as in deployment), in up to five modes:
 
 - ``eager``: PyTorch eager, MSDA / BEV pooling through the dispatch (Triton on CUDA when eligible);
 - ``eager-ref``: the same with ``BEVFORGE_KERNELS=reference`` (grid_sample MSDA, scatter_add BEV pool);
