@@ -12,13 +12,13 @@ output rounding, accumulation is fp32); gradients 1e-2 / 6e-2 relative to their 
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
 from kernel_harness import run_cases
 
 from bevforge.ops.bev_pool import bev_pool, bev_pool_reference, plan_bev_pool
+from bevforge.ops.dispatch import kernels
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 GRAD_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 6e-2}
@@ -173,9 +173,7 @@ def check_opcheck(device: str) -> None:
 
 def check_dispatch_picks_triton(device: str) -> None:
     depth, context, plan = make_inputs(device)
-    old = os.environ.get("BEVFORGE_KERNELS")
-    os.environ["BEVFORGE_KERNELS"] = "triton"
-    try:
+    with kernels("triton"):
         got = bev_pool(depth, context, plan)
         mixed = bev_pool(depth, context.bfloat16(), plan)  # autocast: fp32 depth, bf16 context -> fp32
         assert mixed.dtype == torch.float32, mixed.dtype
@@ -187,11 +185,6 @@ def check_dispatch_picks_triton(device: str) -> None:
             assert "dtype" in str(e), e
         else:
             raise AssertionError("BEVFORGE_KERNELS=triton accepted float64")
-    finally:
-        if old is None:
-            os.environ.pop("BEVFORGE_KERNELS")
-        else:
-            os.environ["BEVFORGE_KERNELS"] = old
     torch.testing.assert_close(got, _op()(depth, context, plan), atol=0, rtol=0)
 
 

@@ -19,6 +19,7 @@ import torchvision
 from kernel_harness import run_cases
 
 from bevforge.ops.dcn import sampled as dcn
+from bevforge.ops.dispatch import kernels
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -50,7 +51,7 @@ def oracle_columns(x, offset, mask, geo, out_dtype=torch.float32):
 def kernel_columns(x, offset, mask, geo, out_dtype=torch.float32):
     from bevforge.ops.dcn.triton_columns import dcn_columns_op
 
-    return dcn_columns_op(x, offset, mask, *[list(v) for v in geo], str(out_dtype).split(".")[-1])
+    return dcn_columns_op(x, offset, mask, *[list(v) for v in geo], out_dtype)
 
 
 def _close(got, want, tol, label):
@@ -124,8 +125,6 @@ def check_deform_conv_end_to_end(device: str) -> None:
 
 def check_dispatch_picks_kernel(device: str) -> None:
     """Under auto the forward columns come from the kernel (counted), under reference never."""
-    import os
-
     from bevforge.ops.dcn import triton_columns
 
     x, offset, mask, geo = make_inputs(device, C=3)
@@ -134,17 +133,12 @@ def check_dispatch_picks_kernel(device: str) -> None:
     original = triton_columns._dcn_columns_kernel
     try:
         triton_columns._dcn_columns_kernel = _Counting(original, calls)
-        old = os.environ.get("BEVFORGE_KERNELS")
         for choice, want in (("auto", 1), ("reference", 1), ("triton", 2)):
-            os.environ["BEVFORGE_KERNELS"] = choice
-            dcn.deform_conv2d_sampled(x, offset, weight, padding=1, mask=mask)
+            with kernels(choice):
+                dcn.deform_conv2d_sampled(x, offset, weight, padding=1, mask=mask)
             assert len(calls) == want, (choice, len(calls))
     finally:
         triton_columns._dcn_columns_kernel = original
-        if old is None:
-            os.environ.pop("BEVFORGE_KERNELS", None)
-        else:
-            os.environ["BEVFORGE_KERNELS"] = old
 
 
 class _Counting:
@@ -166,7 +160,7 @@ def check_opcheck(device: str) -> None:
 
     x, offset, mask, geo = make_inputs(device, B=1, C=3, H=4, W=5)
     for m in (mask, None):
-        torch.library.opcheck(dcn_columns_op, (x, offset, m, *[list(v) for v in geo], "float32"))
+        torch.library.opcheck(dcn_columns_op, (x, offset, m, *[list(v) for v in geo], torch.float32))
 
 
 CASES = {

@@ -12,12 +12,12 @@ inputs 2e-3; bf16 2e-2 (one output rounding to 8 mantissa bits, accumulation is 
 
 from __future__ import annotations
 
-import os
 import sys
 
 import torch
 from kernel_harness import run_cases
 
+from bevforge.ops.dispatch import kernels
 from bevforge.ops.msda import msda_reference, multi_scale_deformable_attention
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -137,9 +137,7 @@ def check_opcheck(device: str) -> None:
 
 def check_dispatch_picks_triton(device: str) -> None:
     args = make_inputs(device)
-    old = os.environ.get("BEVFORGE_KERNELS")
-    os.environ["BEVFORGE_KERNELS"] = "triton"
-    try:
+    with kernels("triton"):
         got = multi_scale_deformable_attention(*args)
         # float64 is not a kernel dtype: forced triton must say so
         try:
@@ -148,11 +146,6 @@ def check_dispatch_picks_triton(device: str) -> None:
             assert "dtype" in str(e), e
         else:
             raise AssertionError("BEVFORGE_KERNELS=triton accepted float64")
-    finally:
-        if old is None:
-            os.environ.pop("BEVFORGE_KERNELS")
-        else:
-            os.environ["BEVFORGE_KERNELS"] = old
     torch.testing.assert_close(got, _op()(*args), atol=0, rtol=0)
 
 

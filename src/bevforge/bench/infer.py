@@ -26,7 +26,6 @@ Appended to ``benchmarks/results/infer.md`` with device, commit and command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from bevforge.bench.results import append_result
+from bevforge.ops.dispatch import kernels
 
 MODES = ("eager", "eager-ref", "compile", "cuda-graph", "onnxruntime")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,20 +92,6 @@ def time_frames(fn: Callable[[], object], warmup: int, iters: int, device: str) 
         "fps": float(1e3 / arr.mean()),
         "peak_mib": peak,
     }
-
-
-@contextlib.contextmanager
-def _kernels(choice: str | None):
-    old = os.environ.get("BEVFORGE_KERNELS")
-    if choice is not None:
-        os.environ["BEVFORGE_KERNELS"] = choice
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("BEVFORGE_KERNELS", None)
-        else:
-            os.environ["BEVFORGE_KERNELS"] = old
 
 
 def _torch_fn(
@@ -230,7 +216,7 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
             frame = frame0
             if mode == "compile":
                 frame = torch.compile(frame)
-            with _kernels("reference" if mode == "eager-ref" else None):
+            with kernels("reference" if mode == "eager-ref" else None):
                 make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn
                 fn = make_fn(frame, inputs, amp, args.device)
                 row.update(time_frames(fn, args.warmup, args.iters, args.device))

@@ -1,4 +1,6 @@
-"""What the kernel dispatches of ``ops/*`` share: the ``BEVFORGE_KERNELS`` switch and a lazily imported op.
+"""What the kernel dispatches of ``ops/*`` share: the ``BEVFORGE_KERNELS`` switch (:func:`kernel_choice`,
+:func:`kernels` to set it for a block), a lazily imported op, the device checks every kernel starts with
+(:func:`placement_ineligible_reason`) and the kernel-or-reference decision (:func:`select_kernel`).
 
 ``BEVFORGE_KERNELS=reference|triton|auto`` (default ``auto``). A custom op is imported on first use, so
 importing bevforge never imports Triton; an op whose import fails is simply not eligible and
@@ -7,9 +9,13 @@ importing bevforge never imports Triton; an op whose import fails is simply not 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from collections.abc import Iterator
 from typing import Any
+
+import torch
 
 
 def kernel_choice() -> str:
@@ -42,3 +48,47 @@ class LazyOp:
             except Exception as e:
                 self.error = f"{type(e).__name__}: {e}"
         return self.op
+
+
+def placement_ineligible_reason(tensors: list[torch.Tensor], fallback: str, hint: str = "") -> str | None:
+    """What every Triton op's eligibility starts with: not inside an ONNX export / TorchScript trace (they
+    take ``fallback``), every tensor on one device, and that device CUDA (or CPU under the interpreter).
+    None when these hold, else why not (``hint`` follows the several-devices reason)."""
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return f"exporting (ONNX/TorchScript use the {fallback})"
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        return f"inputs on several devices {sorted(str(d) for d in devices)}{hint}"
+    device = tensors[0].device
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting()):
+        return f"tensors on {device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
+    return None
+
+
+def select_kernel(choice: str, op: LazyOp, reason: str | None, what: str) -> Any:
+    """The op to run when ``reason`` is None and it imports, else None (the caller runs its reference);
+    under ``BEVFORGE_KERNELS=triton`` a kernel that cannot run is an error naming ``what`` and why."""
+    kernel = op.get() if reason is None else None
+    if reason is None and kernel is None:
+        reason = f"triton could not be imported ({op.error})"
+    if reason is not None and choice == "triton":
+        raise RuntimeError(
+            f"BEVFORGE_KERNELS=triton but the {what} cannot run: {reason}. "
+            "Unset BEVFORGE_KERNELS (auto falls back to the reference) or set it to 'reference'."
+        )
+    return kernel
+
+
+@contextlib.contextmanager
+def kernels(choice: str | None) -> Iterator[None]:
+    """``BEVFORGE_KERNELS=choice`` inside the block (None: leave it as it is), restored afterwards."""
+    old = os.environ.get("BEVFORGE_KERNELS")
+    if choice is not None:
+        os.environ["BEVFORGE_KERNELS"] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BEVFORGE_KERNELS", None)
+        else:
+            os.environ["BEVFORGE_KERNELS"] = old

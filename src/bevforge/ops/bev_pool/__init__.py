@@ -18,7 +18,7 @@ import torch
 
 from bevforge.ops.bev_pool.plan import BEVPoolPlan, plan_bev_pool
 from bevforge.ops.bev_pool.reference import bev_pool_reference, check_inputs, promote
-from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
+from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 
 __all__ = [
     "BEVPoolPlan",
@@ -43,13 +43,10 @@ def triton_import_error() -> str | None:
 
 def triton_ineligible_reason(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> str | None:
     """None when the Triton kernel can run these inputs, else why not (for errors and logs)."""
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        return "exporting (ONNX/TorchScript use the scatter_add reference)"
-    devices = {depth.device, context.device, plan.ranks_bev.device}
-    if len(devices) != 1:
-        return f"inputs on several devices {sorted(str(d) for d in devices)} (move the plan with plan.to())"
-    if depth.device.type != "cuda" and not (depth.device.type == "cpu" and interpreting()):
-        return f"tensors on {depth.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
+    tensors = [depth, context, plan.ranks_bev]
+    reason = placement_ineligible_reason(tensors, "scatter_add reference", " (move the plan with plan.to())")
+    if reason is not None:
+        return reason
     for name, t in (("depth", depth), ("context", context)):
         if t.dtype not in _SUPPORTED_DTYPES:
             return f"{name} dtype {t.dtype} (supported: fp32, fp16, bf16)"
@@ -70,14 +67,7 @@ def bev_pool(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> t
         return bev_pool_reference(depth, context, plan)
     # the cheap checks first, so CPU runs never import Triton
     reason = triton_ineligible_reason(depth, context, plan)
-    op = _OP.get() if reason is None else None
-    if reason is None and op is None:
-        reason = f"triton could not be imported ({_OP.error})"
-    if reason is None:
+    op = select_kernel(choice, _OP, reason, "Triton BEV pooling kernel")
+    if op is not None:
         return op(depth, context, plan)
-    if choice == "triton":
-        raise RuntimeError(
-            f"BEVFORGE_KERNELS=triton but the Triton BEV pooling kernel cannot run: {reason}. "
-            "Unset BEVFORGE_KERNELS (auto falls back to the reference) or set it to 'reference'."
-        )
     return bev_pool_reference(depth, context, plan)

@@ -11,7 +11,6 @@ masks). The two sampled variants differ only in how the forward builds its colum
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from contextlib import nullcontext
 
@@ -19,6 +18,7 @@ import torch
 import torchvision
 
 from bevforge.ops.dcn.sampled import deform_conv2d_sampled
+from bevforge.ops.dispatch import kernels as kernels_set
 
 _AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,15 +46,12 @@ def time_impl(
 ) -> tuple[float, torch.Tensor]:
     """Mean ms of forward (+ backward) over ``iters`` runs (after ``warmup``) and the last output."""
     x, offset, mask, weight = inputs
-    fn, kernels = IMPLS[impl]
+    fn, kernel_choice = IMPLS[impl]
     device = x.device
     ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
     out = x
     elapsed = 0.0
-    old = os.environ.get("BEVFORGE_KERNELS")
-    if kernels is not None:
-        os.environ["BEVFORGE_KERNELS"] = kernels
-    try:
+    with kernels_set(kernel_choice):
         for i in range(warmup + iters):
             for t in inputs:
                 t.grad = None
@@ -67,11 +64,6 @@ def time_impl(
             _sync(device)
             if i >= warmup:
                 elapsed += time.perf_counter() - start
-    finally:
-        if old is None:
-            os.environ.pop("BEVFORGE_KERNELS", None)
-        else:
-            os.environ["BEVFORGE_KERNELS"] = old
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 

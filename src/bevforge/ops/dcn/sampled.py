@@ -43,12 +43,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
+from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 
 __all__ = ["columns_ineligible_reason", "deform_conv2d_sampled"]
 
 _COLUMNS_OP = LazyOp("bevforge.ops.dcn.triton_columns", "dcn_columns_op")
-_KERNEL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -133,14 +133,11 @@ def columns_ineligible_reason(
     x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None, gemm_dtype: torch.dtype, K: int
 ) -> str | None:
     """None when the Triton columns kernel can build the forward columns of these inputs, else why not."""
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        return "exporting (ONNX/TorchScript use the grid_sample path)"
     tensors = [t for t in (x, offset, mask) if t is not None]
-    if len({t.device for t in tensors}) != 1:
-        return "inputs on several devices"
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and interpreting()):
-        return f"tensors on {x.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
-    if any(t.dtype not in _KERNEL_DTYPES for t in tensors) or gemm_dtype not in _KERNEL_DTYPES:
+    reason = placement_ineligible_reason(tensors, "grid_sample path")
+    if reason is not None:
+        return reason
+    if any(t.dtype not in _SUPPORTED_DTYPES for t in tensors) or gemm_dtype not in _SUPPORTED_DTYPES:
         return f"dtypes {[t.dtype for t in tensors]} -> {gemm_dtype} (supported: fp32, fp16, bf16)"
     cols_numel = x.shape[0] * x.shape[1] * K * offset.shape[-2] * offset.shape[-1]  # B * C*K * L
     if max(cols_numel, *(t.numel() for t in tensors)) > 2**31 - 1:
@@ -163,16 +160,10 @@ def _forward_columns(
     choice = kernel_choice()
     if choice != "reference":
         reason = columns_ineligible_reason(x, offset, mask, gemm_dtype, K)
-        op = _COLUMNS_OP.get() if reason is None else None
+        op = select_kernel(choice, _COLUMNS_OP, reason, "Triton DCN columns kernel")
         if op is not None:
             geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
-            return op(x, offset, mask, *geometry, _KERNEL_DTYPES[gemm_dtype])
-        if choice == "triton":
-            raise RuntimeError(
-                "BEVFORGE_KERNELS=triton but the DCN columns kernel cannot run: "
-                f"{reason or _COLUMNS_OP.error} (unset BEVFORGE_KERNELS or set it to auto for the "
-                "grid_sample path)"
-            )
+            return op(x, offset, mask, *geometry, gemm_dtype)
     xs = _sampling_input(x)
     sampled = _sample(xs, _grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
     return _columns(sampled, mask, B, G, K, (Ho, Wo), gemm_dtype)

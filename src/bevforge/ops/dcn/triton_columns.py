@@ -85,9 +85,6 @@ def _dcn_columns_kernel(
         tl.store(out_row + k * L, val.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & l_mask[None, :])
 
 
-_OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def _out_shape(x: torch.Tensor, offset: torch.Tensor, kernel: list[int]) -> tuple[int, int, int]:
     K = kernel[0] * kernel[1]
     return x.shape[0], x.shape[1] * K, offset.shape[-2] * offset.shape[-1]
@@ -102,16 +99,16 @@ def dcn_columns_op(
     stride: list[int],
     padding: list[int],
     dilation: list[int],
-    out_dtype: str,
+    out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """``x [B, C, H, W]``, ``offset [B, 2*G*K, Ho, Wo]``, ``mask [B, G*K, Ho, Wo]`` or None ->
-    ``cols [B, C*K, Ho*Wo]`` in ``out_dtype`` ("float32" | "float16" | "bfloat16")."""
+    ``cols [B, C*K, Ho*Wo]`` in ``out_dtype`` (fp32, fp16 or bf16)."""
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[-2:]
     K = kernel[0] * kernel[1]
     G = offset.shape[1] // (2 * K)
     Cg, L = C // G, Ho * Wo
-    out = torch.empty(_out_shape(x, offset, kernel), dtype=_OUT_DTYPES[out_dtype], device=x.device)
+    out = torch.empty(_out_shape(x, offset, kernel), dtype=out_dtype, device=x.device)
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
     grid = (B * G, triton.cdiv(L, BLOCK_L), triton.cdiv(Cg, BLOCK_C))
     _dcn_columns_kernel[grid](
@@ -126,4 +123,4 @@ def dcn_columns_op(
 
 @dcn_columns_op.register_fake
 def _dcn_columns_fake(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
-    return x.new_empty(_out_shape(x, offset, kernel), dtype=_OUT_DTYPES[out_dtype])
+    return x.new_empty(_out_shape(x, offset, kernel), dtype=out_dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from bevforge.ops.dispatch import LazyOp, interpreting, kernel_choice
+from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 from bevforge.ops.msda.reference import msda_reference
 from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes, level_shapes, shapes_tensor
 
@@ -48,13 +48,10 @@ def triton_ineligible_reason(
     value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor
 ) -> str | None:
     """None when the Triton kernel can run these inputs, else why not (for errors and logs)."""
-    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        return "exporting (ONNX/TorchScript use the grid_sample reference)"
-    devices = {value.device, sampling_locations.device, attention_weights.device}
-    if len(devices) != 1:
-        return f"inputs on several devices {sorted(str(d) for d in devices)}"
-    if value.device.type != "cuda" and not (value.device.type == "cpu" and interpreting()):
-        return f"tensors on {value.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1)"
+    tensors = [value, sampling_locations, attention_weights]
+    reason = placement_ineligible_reason(tensors, "grid_sample reference")
+    if reason is not None:
+        return reason
     named = (
         ("value", value),
         ("sampling_locations", sampling_locations),
@@ -89,15 +86,8 @@ def multi_scale_deformable_attention(
         return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     # the cheap checks first, so CPU runs never import Triton
     reason = triton_ineligible_reason(value, sampling_locations, attention_weights)
-    op = _OP.get() if reason is None else None
-    if reason is None and op is None:
-        reason = f"triton could not be imported ({_OP.error})"
-    if reason is None:
+    op = select_kernel(choice, _OP, reason, "Triton MSDA kernel")
+    if op is not None:
         shapes = shapes_tensor(spatial_shapes, value.device)  # [L, 2] int64 (the op takes tensors)
         return op(value, shapes, level_start_index, sampling_locations, attention_weights)
-    if choice == "triton":
-        raise RuntimeError(
-            f"BEVFORGE_KERNELS=triton but the Triton MSDA kernel cannot run: {reason}. "
-            "Unset BEVFORGE_KERNELS (auto falls back to the reference) or set it to 'reference'."
-        )
     return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
