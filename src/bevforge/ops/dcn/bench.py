@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from bevforge.ops.dcn.sampled import deform_conv2d_sampled
-from bevforge.ops.dispatch import kernels as kernels_set
+from bevforge.ops.dispatch import kernels
 
 _AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,12 +46,12 @@ def time_impl(
 ) -> tuple[float, torch.Tensor]:
     """Mean ms of forward (+ backward) over ``iters`` runs (after ``warmup``) and the last output."""
     x, offset, mask, weight = inputs
-    fn, kernel_choice = IMPLS[impl]
+    fn, choice = IMPLS[impl]
     device = x.device
     ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
     out = x
     elapsed = 0.0
-    with kernels_set(kernel_choice):
+    with kernels(choice):
         for i in range(warmup + iters):
             for t in inputs:
                 t.grad = None
