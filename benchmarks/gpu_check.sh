@@ -15,8 +15,8 @@
 # op: torchvision vs grid_sample vs Triton columns, forward+backward and forward), syncs (device
 # syncs left in the model and the training step), bench-kernel
 # (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 with/without gradient
-# checkpointing + inference, the issue-9 targets), batch (tiny training at batch 4 and 8, base at 2 with
-# gradient checkpointing), profile (benchmarks/profile_parts.py on base), bevdet
+# checkpointing + inference, the issue-9 targets), sca (SCA hit gather vs all queries on the base rig),
+# batch (tiny training at batch 4 and 8, base at 2 with gradient checkpointing), profile (benchmarks/profile_parts.py on base), bevdet
 # (BEVDet-R50 training + inference), tiny (tiny training + inference eager/ORT), compile (torch.compile
 # inference + training, graph breaks, compile-parity tests).
 set -u -o pipefail
@@ -51,7 +51,7 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,batch,profile,bevdet,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,sca,batch,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -95,20 +95,22 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want base && can_import bevforge.train.step; then
   # the issue-9 targets: BEVFormer-base training in bf16 (>= 5 samples/s, <= 12 GB; random batches of
   # the recipe's shapes: 4-frame queue, 6 x 900 x 1600) and inference (>= 20 FPS), random init
-  # (channels-last measured slower at bd6703a: torchvision's DCN wants NCHW, so it converts back and forth)
+  # (eager and channels-last rows in one call: the sampled DCN's Triton columns read channels-last input
+  # without a copy; channels-last was 0.74x with the grid_sample columns at 6d03b44)
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
-    --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
+    --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
+    --out "$RESULTS/train.md"
   step bench-train-base-bf16-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --grad-ckpt --fake-data --warmup 3 --iters 10 \
     --out "$RESULTS/train.md"
   step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --modes eager,cuda-graph,eager-ref --iters 20 \
     --out "$RESULTS/infer.md"
-  # DCN implementation A/B (model.backbone.dcn_impl: torchvision's fp32 im2col vs grid_sample + bf16 GEMM;
-  # the sampled one has no NCHW constraint, so channels-last too), then the op alone at stage 3/4 shapes
-  step bench-train-base-bf16-dcn-sampled "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
-    --set model.backbone.pretrained= model.backbone.dcn_impl=sampled --amp bf16 --fake-data --warmup 3 \
-    --iters 10 --channels-last --out "$RESULTS/train.md"
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip sca "no CUDA device"
+elif want sca && can_import bevforge.models.build; then
   # SCA hit gather (one host read per frame) vs all queries (static shapes) on the base rig
   step sca-query-bound-base "$PY" benchmarks/sca_query_bound.py bevformer_base --iters 10
 fi
