@@ -22,6 +22,7 @@ from bevforge.nn.ffn import FFN
 from bevforge.nn.positional_encoding import LearnedPositionalEncoding
 from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
+from bevforge.ops.constants import device_constant
 from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes
 
 
@@ -188,7 +189,7 @@ class BEVEncoder(nn.Module):
         value = torch.cat(flat, dim=2)  # [B, N, S, C]
         spatial_shapes = tuple((int(h), int(w)) for h, w in shapes)  # L (H, W)
         starts = [sum(h * w for h, w in spatial_shapes[:lvl]) for lvl in range(len(spatial_shapes))]
-        start = torch.tensor(starts, dtype=torch.long).to(value.device, non_blocking=True)  # [L]
+        start = device_constant(starts, torch.long, value.device)  # [L] (copied to the device once)
         return value, spatial_shapes, start
 
     def forward(

@@ -21,6 +21,7 @@ from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
 from bevforge.ops.msda import multi_scale_deformable_attention
+from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.msda.shapes import SpatialShapes, wh_normaliser
 
 
@@ -176,10 +177,6 @@ def plan_spatial_cross_attention(
     return SCAPlan(False, hit, num_hits, order, valid, sample_of_group, flat_index, refs)
 
 
-def _capturing_cuda_graph() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
 class SpatialCrossAttention(nn.Module):
     """Returns ``query + dropout(output_proj(sum_n attn_n / hits))``, ``[B, Q, C]``.
 
@@ -214,7 +211,7 @@ class SpatialCrossAttention(nn.Module):
         ``"all"``; with ``"auto"`` under ``torch.compile`` and while a CUDA graph is being captured (the
         hit gather's host read is not allowed there)."""
         if self.query_bound == "auto":
-            return torch.compiler.is_compiling() or _capturing_cuda_graph()
+            return torch.compiler.is_compiling() or capturing_cuda_graph()
         return self.query_bound == "all"
 
     def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> SCAPlan:

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from bevforge.ops.constants import device_constant
+
 #: L (H, W) pairs of Python ints
 LevelShapes = tuple[tuple[int, int], ...]
 #: ``[L, 2]`` int64 tensor of (H, W), or L (H, W) int pairs (static: no device read-back)
@@ -53,19 +55,13 @@ def num_levels(spatial_shapes: SpatialShapes) -> int:
     return spatial_shapes.shape[0] if isinstance(spatial_shapes, torch.Tensor) else len(spatial_shapes)
 
 
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # non_blocking: a pageable host->device copy is staged at once and does not wait for the stream
-    # (a blocking copy would synchronise the stream on every call)
-    return host.to(device, non_blocking=True)
-
-
 def shapes_tensor(spatial_shapes: SpatialShapes, device: torch.device) -> torch.Tensor:
     """``[L, 2]`` int64 (H, W) on ``device`` (a given tensor is only moved)."""
     static = static_level_shapes(spatial_shapes)
     if static is None:
         assert isinstance(spatial_shapes, torch.Tensor)
         return spatial_shapes.to(device)
-    return _to_device(torch.tensor(static, dtype=torch.long), device)  # [L, 2]
+    return device_constant(static, torch.long, device)  # [L, 2] (copied to the device once)
 
 
 def wh_normaliser(spatial_shapes: SpatialShapes, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -76,8 +72,7 @@ def wh_normaliser(spatial_shapes: SpatialShapes, dtype: torch.dtype, device: tor
     if static is None:
         assert isinstance(spatial_shapes, torch.Tensor)
         return torch.stack((spatial_shapes[:, 1], spatial_shapes[:, 0]), dim=-1).to(device, dtype)  # [L, 2]
-    host = torch.tensor([(w, h) for h, w in static], dtype=dtype)  # [L, 2] (W, H)
-    return _to_device(host, device)
+    return device_constant([(w, h) for h, w in static], dtype, device)  # [L, 2] (W, H)
 
 
 def check_num_tokens(spatial_shapes: SpatialShapes, num_tokens: int, name: str) -> None:
