@@ -75,7 +75,8 @@ class FakeLoader:
     ``B`` = ``data.batch_size``, ``T`` = ``data.queue_length``, ``N`` cameras of a nuScenes-like ring
     (:func:`bevforge.export.rig.rig_lidar2img`), images of evaluation's geometry (``data.input_size``, e.g.
     BEVDet's 256 x 704 resize + crop, or the ``data.img_scale`` resize; padded to ``data.pad_divisor``), 30
-    random boxes per sample inside the point-cloud range.
+    random boxes per sample inside the point-cloud range. Pinned on a CUDA machine, as the real loader's
+    batches (``pin_memory``): a pageable copy of a base batch's 0.4 GB of fp32 images is synchronous.
     """
 
     def __init__(self, cfg: Config, num: int = 4, seed: int = 0) -> None:
@@ -116,6 +117,8 @@ class FakeLoader:
                     **extra,
                 )
             )
+        if torch.cuda.is_available():  # as the real loader (pin_memory): async copies, not pageable ones
+            self.batches = [batch.pin_memory() for batch in self.batches]
 
     @staticmethod
     def _depth_targets(cfg: Config, b: int, n: int, image_hw: tuple[int, int], g: torch.Generator) -> dict:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
-from bevforge.ops.msda import multi_scale_deformable_attention
 from bevforge.ops.constants import capturing_cuda_graph
+from bevforge.ops.msda import multi_scale_deformable_attention
 from bevforge.ops.msda.shapes import SpatialShapes, wh_normaliser
 
 

@@ -40,7 +40,9 @@ def _filled(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Te
     """The constant built on the device (one fill per element, no host copy); for capture."""
     host = torch.tensor(values, dtype=dtype)  # on the host only: its shape and values
     parts = [torch.full((), v, dtype=dtype, device=device) for v in host.reshape(-1).tolist()]
-    return torch.stack(parts).reshape(host.shape) if parts else torch.empty(host.shape, dtype=dtype, device=device)
+    if not parts:
+        return torch.empty(host.shape, dtype=dtype, device=device)
+    return torch.stack(parts).reshape(host.shape)
 
 
 def device_constant(values: Sequence, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

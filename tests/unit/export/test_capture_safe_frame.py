@@ -38,9 +38,8 @@ class HostTraffic(TorchDispatchMode):
             dst = torch.device(kwargs.get("device") or args[0].device)
             if args[0].device.type == "cpu" and dst.type != "cpu":
                 self._record(f"host->device {name} {tuple(args[0].shape)}")
-        elif name.startswith("aten.copy_"):
-            if args[1].device.type == "cpu" and args[0].device.type != "cpu":
-                self._record(f"host->device {name} {tuple(args[1].shape)}")
+        elif name.startswith("aten.copy_") and args[1].device.type == "cpu" and args[0].device.type != "cpu":
+            self._record(f"host->device {name} {tuple(args[1].shape)}")
         return func(*args, **kwargs)
 
     def _record(self, what: str) -> None:
@@ -53,12 +52,15 @@ class HostTraffic(TorchDispatchMode):
 def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
     monkeypatch.setattr(sca_module, "capturing_cuda_graph", lambda: True)  # the SCA's capture path
     real_enabled, real_autocast = torch.is_autocast_enabled, torch.autocast
-    monkeypatch.setattr(  # autocast knows no meta device type: off there
-        torch, "is_autocast_enabled", lambda *a: False if a and a[0] == "meta" else real_enabled(*a)
-    )
-    monkeypatch.setattr(
-        torch, "autocast", lambda dev, *a, **k: nullcontext() if dev == "meta" else real_autocast(dev, *a, **k)
-    )
+
+    def autocast(dev, *a, **k):  # autocast knows no meta device type: off there
+        return nullcontext() if dev == "meta" else real_autocast(dev, *a, **k)
+
+    def is_autocast_enabled(*a):
+        return False if a and a[0] == "meta" else real_enabled(*a)
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", is_autocast_enabled)
+    monkeypatch.setattr(torch, "autocast", autocast)
     cfg = load_config(recipe, ["model.backbone.pretrained="])
     torch.manual_seed(0)
     model = build_model(cfg).eval().to("meta")

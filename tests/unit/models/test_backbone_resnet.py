@@ -135,7 +135,22 @@ def test_grid_mask_stripes_match_official_loop():
         for i in range(n // d):  # the official drawing loop
             s = d * i + start
             expect[s : min(s + width, n)] = True
-        assert torch.equal(GridMask._stripes(n, d, start, width, torch.device("cpu")), expect)
+        assert torch.equal(torch.from_numpy(GridMask._stripes(n, d, start, width)), expect)
+
+
+def test_grid_mask_batched_masks_equal_per_image_masks():
+    """The one-broadcast masks of the unrotated path are the per-image masks (same RNG draws)."""
+    cpu = torch.device("cpu")
+    for kwargs, (h, w) in [({}, (32, 48)), ({"mode": 0}, (17, 29)), ({"use_h": False}, (20, 20)),
+                           ({"use_w": False, "mode": 0}, (9, 40))]:  # fmt: skip
+        gm = GridMask(prob=1.0, **kwargs)
+        torch.manual_seed(5)
+        batched = gm._masks_unrotated(6, h, w, cpu)  # [6, H, W] bool
+        torch.manual_seed(5)
+        per_image = torch.stack([gm._mask(h, w, cpu) for _ in range(6)])  # [6, H, W] float
+        assert batched.shape == (6, h, w) and batched.dtype == torch.bool
+        assert torch.equal(batched.float(), per_image), kwargs
+        assert 0 < per_image.mean() < 1
 
 
 def test_backbone_drops_stages_past_the_last_output():
