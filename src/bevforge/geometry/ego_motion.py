@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bevforge.ops.constants import device_constant
+
 #: rotation centre of the released checkpoints: (100, 100) pixels, the centre of a 200 x 200 BEV only
 OFFICIAL_ROTATE_CENTER: tuple[float, float] = (100.0, 100.0)
 
@@ -109,7 +111,7 @@ def rotate_bev(
     ys = torch.linspace(-bev_h * 0.5 + 0.5, bev_h * 0.5 - 0.5, bev_h, device=bev.device, dtype=theta.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # [H, W]
     base = torch.stack((grid_x, grid_y, torch.ones_like(grid_x)), dim=-1).view(1, bev_h * bev_w, 3)
-    scale = theta.new_tensor([0.5 * bev_w, 0.5 * bev_h])
+    scale = device_constant([0.5 * bev_w, 0.5 * bev_h], theta.dtype, bev.device)  # [2] (copied once)
     rescaled = theta.transpose(1, 2).to(bev.device) / scale  # [B, 3, 2]
     grid = base.expand(batch, -1, -1).bmm(rescaled).view(batch, bev_h, bev_w, 2)  # [B, H, W, 2]
     out = F.grid_sample(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from bevforge.geometry.reference_points import denormalise_points
+from bevforge.ops.constants import device_constant
 
 #: depth below which a point counts as behind the camera (official ``eps``)
 _DEPTH_EPS = 1e-5
@@ -50,7 +51,7 @@ def project_to_cameras(
     hit = depth > _DEPTH_EPS
     uv = cam[..., 0:2] / torch.clamp(depth, min=_DEPTH_EPS)  # [B, N, Z, Q, 2] pixels
     img_h, img_w = img_hw
-    uv = uv / uv.new_tensor([float(img_w), float(img_h)])  # normalised (u, v)
+    uv = uv / device_constant([float(img_w), float(img_h)], uv.dtype, uv.device)  # normalised (u, v)
     hit = hit & (uv[..., 1:2] > 0.0) & (uv[..., 1:2] < 1.0) & (uv[..., 0:1] < 1.0) & (uv[..., 0:1] > 0.0)
     # [B, N, Z, Q, 2] -> [B, N, Q, Z, 2]
     ref_cam = uv.permute(0, 1, 3, 2, 4).contiguous()

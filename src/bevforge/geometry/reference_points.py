@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from bevforge.ops.constants import device_constant
+
 
 def bev_reference_points_2d(
     bev_h: int, bev_w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
@@ -50,6 +52,6 @@ def denormalise_points(points_norm: torch.Tensor, pc_range: tuple[float, ...]) -
     """``[..., 3]`` normalised points -> metres in the lidar frame over ``pc_range`` (6 values)."""
     if len(pc_range) != 6:
         raise ValueError(f"point_cloud_range needs 6 values (x0, y0, z0, x1, y1, z1), got {pc_range}")
-    lo = points_norm.new_tensor(pc_range[0:3])
-    hi = points_norm.new_tensor(pc_range[3:6])
+    lo = device_constant(pc_range[0:3], points_norm.dtype, points_norm.device)  # [3] (copied once)
+    hi = device_constant(pc_range[3:6], points_norm.dtype, points_norm.device)  # [3]
     return points_norm * (hi - lo) + lo

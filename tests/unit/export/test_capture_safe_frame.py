@@ -1,16 +1,17 @@
 """The BEVFormer inference frame is capturable as a CUDA graph: after one warm-up call it makes no
-host->device copy and reads nothing back to the host.
+copy between host and device and reads nothing back to the host.
 
 Both break a capture on CUDA ("Cannot copy between CPU and CUDA tensors during CUDA graph capture", a
 sync). Checked here without a GPU: the model runs on the meta device (no compute, so the base recipe at
-full size costs nothing) under a dispatch mode that records every copy from a CPU tensor to another
-device and every ``item()``/``tolist()`` read; the SCA is put on the path it takes under capture.
+full size costs nothing) under a dispatch mode that records every copy between a CPU tensor and another
+device (also inside ``torch.tensor``-like constructors) and every ``item()``/``tolist()`` read; the SCA
+is put on the path it takes under capture.
 """
 
 from __future__ import annotations
 
 import traceback
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 
 import pytest
 import torch
@@ -23,24 +24,53 @@ from bevforge.models.build import build_model
 
 
 class HostTraffic(TorchDispatchMode):
-    """Records host->device copies and host reads (with the caller's stack) of the ops it sees."""
+    """Records host->device copies and host reads (with the caller's line) of the ops it sees.
+
+    Tensors built from Python data (``torch.tensor``, ``torch.as_tensor``, ``Tensor.new_tensor``) on a
+    device are copied over inside the constructor, below the dispatch modes: :meth:`watch_constructors`
+    wraps them to record those too (on CUDA each is a host->device copy)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[str] = []
+        self.active = False
+
+    def __enter__(self):
+        self.active = True
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.active = False
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = str(func)
         if name.startswith("aten._local_scalar_dense"):
             self._record(f"host read {name}")
-        elif name.startswith("aten._to_copy"):
-            dst = torch.device(kwargs.get("device") or args[0].device)
-            if args[0].device.type == "cpu" and dst.type != "cpu":
-                self._record(f"host->device {name} {tuple(args[0].shape)}")
-        elif name.startswith("aten.copy_") and args[1].device.type == "cpu" and args[0].device.type != "cpu":
-            self._record(f"host->device {name} {tuple(args[1].shape)}")
+        elif name.startswith(("aten._to_copy", "aten.copy_")):
+            src, dst = (args[1], args[0].device) if name.startswith("aten.copy_") else (args[0], None)
+            dst = torch.device(dst or kwargs.get("device") or src.device)
+            if (src.device.type == "cpu") != (dst.type == "cpu"):
+                way = "host->device" if src.device.type == "cpu" else "device->host"
+                self._record(f"{way} {name} {tuple(src.shape)}")
         return func(*args, **kwargs)
+
+    def watch_constructors(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def wrap(real, name, device_of_self=False):
+            def constructor(*args, **kwargs):
+                data = args[1] if device_of_self else args[0]
+                device = kwargs.get("device") or (args[0].device if device_of_self else None)
+                on_device = device is not None and torch.device(device).type != "cpu"
+                if self.active and on_device and not isinstance(data, torch.Tensor):
+                    self._record(f"host->device {name} from Python data")
+                return real(*args, **kwargs)
+
+            return constructor
+
+        monkeypatch.setattr(torch, "tensor", wrap(torch.tensor, "torch.tensor"))
+        monkeypatch.setattr(torch, "as_tensor", wrap(torch.as_tensor, "torch.as_tensor"))
+        monkeypatch.setattr(torch.Tensor, "new_tensor", wrap(torch.Tensor.new_tensor, "new_tensor", True))
 
     def _record(self, what: str) -> None:
         stack = [f for f in traceback.extract_stack() if "/bevforge/" in f.filename]
@@ -48,7 +78,7 @@ class HostTraffic(TorchDispatchMode):
         self.events.append(f"{what} at {where.filename}:{where.lineno}" if where else what)
 
 
-@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base"])
+@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base", "bevformer_tiny_seg"])
 def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
     monkeypatch.setattr(sca_module, "capturing_cuda_graph", lambda: True)  # the SCA's capture path
     real_enabled, real_autocast = torch.is_autocast_enabled, torch.autocast
@@ -66,19 +96,27 @@ def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
     model = build_model(cfg).eval().to("meta")
     frame, inputs = infer.frame_and_inputs(cfg, model, None)
     inputs = tuple(t.to("meta") for t in inputs)
+    traffic = HostTraffic()
+    traffic.watch_constructors(monkeypatch)
     with torch.no_grad():
         frame(*inputs)  # warm-up: device constants are copied once here
-        traffic = HostTraffic()
         with traffic:
             out = frame(*inputs)
     assert all(t.device.type == "meta" for t in out)
     assert traffic.events == [], "\n".join(traffic.events)
 
 
-def test_probe_sees_a_host_copy():
-    """The probe is not blind: a constant built per call is reported."""
+def test_probe_sees_host_copies(monkeypatch):
+    """The probe is not blind: constants built per call, each way, are reported; device work is not."""
     traffic = HostTraffic()
+    traffic.watch_constructors(monkeypatch)
     x = torch.zeros(3, device="meta")
     with traffic:
         _ = x + torch.tensor([1.0, 2.0, 3.0]).to("meta")
-    assert len(traffic.events) == 1 and traffic.events[0].startswith("host->device")
+        _ = x + torch.tensor([1.0, 2.0, 3.0], device="meta")
+        _ = x + torch.as_tensor([1.0, 2.0, 3.0], device=x.device)
+        _ = x + x.new_tensor([1.0, 2.0, 3.0])
+        _ = x + torch.full((3,), 2.0, device="meta") + torch.arange(3, device="meta")
+        with suppress(NotImplementedError):  # recorded, then meta has no data to copy out
+            _ = x.cpu()
+    assert [e.split()[0] for e in traffic.events] == ["host->device"] * 4 + ["device->host"], traffic.events
