@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bevforge.bench.train import FakeLoader
     from bevforge.config import load_config
+    from bevforge.data.device_images import finish_images
     from bevforge.train.distributed import init_distributed
     from bevforge.train.optim import build_optimizer, build_scheduler
     from bevforge.train.setup import build_parts, seed_everything
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                       grad_clip=cfg.train.grad_clip, accum_steps=1, max_nan_steps=0)  # fmt: skip
     model.train()
     batch = next(iter(loader))
-    stepper.forward_backward(batch)  # warm-up: lazy state (optimizer moments, caches)
+    stepper.forward_backward(finish_images(batch, cfg.data))  # warm-up: lazy state (optimizer, caches)
     stepper.optimizer_step()
 
     census = Census()
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.Tensor.backward = backward  # type: ignore[method-assign]
     try:
         with torch.autograd.set_detect_anomaly(True, check_nan=False), census:
-            stepper.forward_backward(batch)
+            stepper.forward_backward(finish_images(batch, cfg.data))  # data.images_on_device: counted
             census.phase = "optimizer"
             stepper.optimizer_step()
     finally:

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bevforge.bench.train import FakeLoader
     from bevforge.config import load_config
+    from bevforge.data.device_images import finish_images
     from bevforge.models.build import build_model
 
     cfg = load_config(args.config, ["model.backbone.pretrained=", *args.overrides])
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'})"]  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
-    batch = next(iter(FakeLoader(cfg, num=1))).to(device)
+    batch = finish_images(next(iter(FakeLoader(cfg, num=1))).to(device), cfg.data)  # images_on_device
     # inference: the current frame only (what one FPS frame costs), no temporal state
     t_last = batch.images.shape[1] - 1
     frame = batch.frame(t_last)  # images [B, 1, N, 3, H, W]

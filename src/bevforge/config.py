@@ -64,6 +64,10 @@ class DataConfig:
     to_rgb: bool = True  # False: BGR order (official small/base)
     queue_length: int = 3  # frames per training sample incl. the current one (official semantics)
     photometric_aug: bool = True
+    # training: the loader ships uint8 images (+ each image's photometric draw) and the training step
+    # distorts, normalises and zero-pads them on the device (data/device_images.py): a quarter of the bytes
+    # through worker IPC, pinning and the host->device copy, and no float passes on the CPU workers
+    images_on_device: bool = False
     batch_size: int = 1  # per process
     num_workers: int = 4
     image_cache: str = ""  # optional pre-resized uint8 cache built by `bevforge cache`

@@ -32,12 +32,18 @@ def tiny_data(synthetic_data) -> Path:
     return synthetic_data("synthetic", num_scenes=2, samples_per_scene=4, image_wh=(64, 36))
 
 
-def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path) -> None:
+@pytest.mark.parametrize("images_on_device", [False, True])
+def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path, images_on_device) -> None:
+    """Also with ``data.images_on_device`` (uint8 batches, photometric + normalisation in the training
+    step): the same curve within the tolerance (its HSV steps are the torch twins of OpenCV's)."""
     from bevforge.config import load_config
     from bevforge.train.trainer import train
 
+    if images_on_device and os.environ.get("BEVFORGE_REGEN_GOLDEN") == "1":
+        pytest.skip("the golden is made by the default (CPU image) pipeline")
     sets = [f"data.data_root={tiny_data}", f"data.info_dir={tiny_data / 'infos'}", *TOY,
-            f"train.max_iters={ITERS}", "train.deterministic=true", "train.eval_interval=1"]  # fmt: skip
+            f"train.max_iters={ITERS}", "train.deterministic=true", "train.eval_interval=1",
+            f"data.images_on_device={str(images_on_device).lower()}"]  # fmt: skip
     cfg = load_config("bevformer_debug", sets)
     torch.manual_seed(0)
     train(cfg, tmp_path, progress=False, tensorboard=False)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -80,6 +81,7 @@ class FakeLoader:
     """
 
     def __init__(self, cfg: Config, num: int = 4, seed: int = 0) -> None:
+        from bevforge.data.transforms import PHOTOMETRIC_IDENTITY, draw_photometric
         from bevforge.export.rig import input_hw, rig_lidar2img
         from bevforge.structures.batch import Batch
 
@@ -99,9 +101,17 @@ class FakeLoader:
             can_bus = torch.zeros(b, t, 18)
             can_bus[:, :, 0] = torch.arange(t, dtype=torch.float32)  # 1 m forward per frame
             extra = self._depth_targets(cfg, b, n, (h, w), g)
+            if d.images_on_device:  # uint8 images + photometric draws, finished in the timed step
+                images = torch.randint(0, 256, (b, t, n, 3, h, w), generator=g, dtype=torch.uint8)
+                rng = np.random.default_rng(seed + i)
+                identity = np.array(PHOTOMETRIC_IDENTITY, dtype=np.float32)
+                draws = [draw_photometric(rng) if d.photometric_aug else identity for _ in range(b * t * n)]
+                extra["photometric"] = torch.from_numpy(np.stack(draws)).view(b, t, n, -1)  # [B, T, N, 6]
+            else:
+                images = torch.randn(b, t, n, 3, h, w, generator=g)  # [B, T, N, 3, H, W]
             self.batches.append(
                 Batch(
-                    images=torch.randn(b, t, n, 3, h, w, generator=g),  # [B, T, N, 3, H, W]
+                    images=images,
                     lidar2img=lidar2img.expand(b, t, n, 4, 4).clone(),
                     can_bus=can_bus,
                     ego2global=torch.eye(4, dtype=torch.float64).expand(b, t, 4, 4).clone(),
@@ -156,6 +166,7 @@ def benchmark(
     loader: DataLoader | None = None,
 ) -> dict[str, Any]:
     """Time ``iters`` training iterations after ``warmup``; returns the numbers."""
+    from bevforge.data.device_images import finish_images
     from bevforge.train.distributed import init_distributed
     from bevforge.train.optim import build_optimizer, build_scheduler
     from bevforge.train.setup import build_parts, seed_everything, set_tf32, unwrap, wrap_model
@@ -180,7 +191,7 @@ def benchmark(
     it = batches()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        stepper.forward_backward(next(it).to(device))
+        stepper.forward_backward(finish_images(next(it).to(device), cfg.data))
         stepper.optimizer_step()
     sync()
     if device.type == "cuda":
@@ -192,7 +203,7 @@ def benchmark(
         batch = next(it)
         data_s += time.perf_counter() - t_data
         samples += batch.batch_size
-        stepper.forward_backward(batch.to(device))
+        stepper.forward_backward(finish_images(batch.to(device), cfg.data))
         stepper.optimizer_step()
     sync()
     total = time.perf_counter() - t0

@@ -49,6 +49,11 @@ def collate(items: list[dict[str, Any]]) -> Batch:
         depth_gt=(
             torch.stack([it["depth_gt"] for it in items]) if items[0].get("depth_gt") is not None else None
         ),  # [B, N, fH, fW]
+        photometric=(
+            torch.stack([it["photometric"] for it in items])
+            if items[0].get("photometric") is not None
+            else None
+        ),  # [B, T, N, 6]
     )
 
 

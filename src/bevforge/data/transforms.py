@@ -31,36 +31,72 @@ def resize_lidar2img(lidar2img: torch.Tensor, sx: float, sy: float) -> torch.Ten
 
 
 def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] RGB in [0, 1] -> HSV with H in degrees [0, 360), S, V in [0, 1]."""
-    r, g, b = img.unbind(0)
-    maxc, argmax = img.max(0)
-    minc = img.amin(0)
+    """``[..., 3, H, W]`` RGB in [0, 1] -> HSV with H in degrees [0, 360), S, V in [0, 1]."""
+    r, g, b = img.unbind(-3)
+    maxc, argmax = img.max(-3)
+    minc = img.amin(-3)
     delta = maxc - minc
     inv = 1.0 / delta.clamp_min(1e-12)
-    h = torch.stack([((g - b) * inv) % 6, (b - r) * inv + 2, (r - g) * inv + 4])  # [3, H, W] per argmax
-    h = h.gather(0, argmax[None])[0] * 60.0
+    h = torch.stack([((g - b) * inv) % 6, (b - r) * inv + 2, (r - g) * inv + 4], dim=-3)  # per argmax
+    h = h.gather(-3, argmax.unsqueeze(-3)).squeeze(-3) * 60.0
     h = torch.where(delta > 0, h, torch.zeros_like(h))
     s = delta / maxc.clamp_min(1e-12)
-    return torch.stack([h, s, maxc])  # [3, H, W]
+    return torch.stack([h, s, maxc], dim=-3)  # [..., 3, H, W]
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_hsv` (channel n: ``v - v*s*clamp(min(k, 4-k), 0, 1)``, k = (n + h/60) % 6)."""
-    h, s, v = hsv.unbind(0)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype).view(3, 1, 1)
-    k = (n + h[None] / 60.0) % 6  # [3, H, W]
-    return v[None] - (v * s)[None] * torch.minimum(k, 4 - k).clamp(0, 1)  # [3, H, W]
+    h, s, v = (c.unsqueeze(-3) for c in hsv.unbind(-3))  # [..., 1, H, W] each
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
+    k = (n + h / 60.0) % 6  # [..., 3, H, W]
+    return v - (v * s) * torch.minimum(k, 4 - k).clamp(0, 1)  # [..., 3, H, W]
 
 
-def adjust_saturation(img: torch.Tensor, alpha: float) -> torch.Tensor:
-    """HSV ``S *= alpha`` (clamped to 1) without the HSV round trip; ``[3, H, W]`` any scale.
+def adjust_saturation(img: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """HSV ``S *= alpha`` (clamped to 1) without the HSV round trip; ``[..., 3, H, W]`` any scale
+    (``alpha`` a float or a tensor broadcasting against ``[..., 1, H, W]``).
 
     With hue and V fixed, each channel is ``c = V - V*S*f_c``, so scaling S gives
     ``c' = V - (V - c) * min(alpha, 1/S)``.
     """
-    v = img.amax(0, keepdim=True)  # [1, H, W]
-    span = (v - img.amin(0, keepdim=True)).clamp_min(1e-12)
-    return v - (v - img) * torch.minimum(torch.full_like(v, alpha), v / span)
+    v = img.amax(-3, keepdim=True)  # [..., 1, H, W]
+    span = (v - img.amin(-3, keepdim=True)).clamp_min(1e-12)
+    alpha_t = alpha.expand_as(v) if isinstance(alpha, torch.Tensor) else torch.full_like(v, alpha)
+    return v - (v - img) * torch.minimum(alpha_t, v / span)
+
+
+#: what one photometric draw holds (:func:`draw_photometric`), in this order; the "off" value of each
+#: step leaves the image bit-for-bit unchanged (+0, x1) or is a flag
+PHOTOMETRIC_PARAMS = ("brightness", "contrast_before", "saturation", "hue_deg", "hue_on", "contrast_after")
+#: the draw of an image without photometric distortion
+PHOTOMETRIC_IDENTITY = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def draw_photometric(
+    rng: np.random.Generator,
+    brightness_delta: float = 32.0,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: float = 18.0,
+) -> np.ndarray:
+    """One image's random photometric distortion (mmdet3d ``PhotoMetricDistortionMultiViewImage``) as
+    ``[6]`` float32 :data:`PHOTOMETRIC_PARAMS`: brightness ``+U(-32, 32)`` (0 = off), contrast ``x U(0.5,
+    1.5)`` before or after the HSV steps (1 = off), saturation ``S x U(0.5, 1.5)`` (0 = off), hue ``+ U(-18,
+    18)`` degrees with its on flag. Each step fires with probability 0.5; the draws are those of
+    :func:`photometric_distortion` (the same ``rng`` calls in the same order)."""
+    p = np.array(PHOTOMETRIC_IDENTITY, dtype=np.float32)
+    if rng.integers(2):
+        p[0] = rng.uniform(-brightness_delta, brightness_delta)
+    contrast_first = bool(rng.integers(2))
+    if contrast_first and rng.integers(2):
+        p[1] = rng.uniform(*contrast_range)
+    if rng.integers(2):
+        p[2] = rng.uniform(*saturation_range)
+    if rng.integers(2):
+        p[3], p[4] = rng.uniform(-hue_delta, hue_delta), 1.0
+    if not contrast_first and rng.integers(2):
+        p[5] = rng.uniform(*contrast_range)
+    return p
 
 
 def photometric_distortion(
@@ -74,42 +110,61 @@ def photometric_distortion(
 ) -> torch.Tensor:
     """mmdet3d ``PhotoMetricDistortionMultiViewImage`` on one ``[3, H, W]`` float image in [0, 255].
 
-    Each step fires with probability 0.5: brightness (+U(-32, 32)), contrast (x U(0.5, 1.5), before or
-    after the HSV steps), saturation (S x U(0.5, 1.5)), hue (H + U(-18, 18) degrees). The result is
-    clamped to [0, 255] (the official float pipeline does not clamp; clamping keeps HSV well defined).
-    The HSV steps use OpenCV (as mmcv does; a nuscenes-devkit dependency) when ``use_cv2`` and it
-    imports, else the pure-torch twins :func:`adjust_saturation` / :func:`rgb_to_hsv`.
-    The official random channel swap is not applied.
+    The random draw is :func:`draw_photometric`'s. The result is clamped to [0, 255] (the official float
+    pipeline does not clamp; clamping keeps HSV well defined). The HSV steps use OpenCV (as mmcv does; a
+    nuscenes-devkit dependency) when ``use_cv2`` and it imports, else the pure-torch twins
+    :func:`adjust_saturation` / :func:`rgb_to_hsv` (those of :func:`apply_photometric`, the batched
+    on-device version). The official random channel swap is not applied.
     """
     assert img.dim() == 3 and img.shape[0] == 3, img.shape
+    brightness, contrast_before, sat, hue, hue_on, contrast_after = (
+        float(v) for v in draw_photometric(rng, brightness_delta, contrast_range, saturation_range, hue_delta)
+    )
     img = img.clone()
-    if rng.integers(2):
-        img += float(rng.uniform(-brightness_delta, brightness_delta))
-    contrast_first = bool(rng.integers(2))
-    if contrast_first and rng.integers(2):
-        img *= float(rng.uniform(*contrast_range))
+    if brightness != 0.0:
+        img += brightness
+    if contrast_before != 1.0:
+        img *= contrast_before
     img = img.clamp_(0, 255)
-    sat = float(rng.uniform(*saturation_range)) if rng.integers(2) else None
-    hue = float(rng.uniform(-hue_delta, hue_delta)) if rng.integers(2) else None
     cv2 = _cv2() if use_cv2 else None
-    if cv2 is not None and (sat is not None or hue is not None):
+    if cv2 is not None and (sat > 0 or hue_on):
         hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy(), dtype=np.float32)  # [H, W, 3]
         hsv = cv2.cvtColor(hwc / 255.0, cv2.COLOR_RGB2HSV)  # H in degrees, S/V in [0, 1]
-        if sat is not None:
+        if sat > 0:
             hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0.0, 1.0)
-        if hue is not None:
+        if hue_on:
             hsv[..., 0] = (hsv[..., 0] + hue) % 360.0
         img = torch.from_numpy(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB) * 255.0).permute(2, 0, 1)  # [3, H, W]
     else:
-        if sat is not None:
+        if sat > 0:
             img = adjust_saturation(img, sat)
-        if hue is not None:
-            hsv = rgb_to_hsv(img / 255.0)  # [3, H, W]
-            hsv[0] = (hsv[0] + hue) % 360.0
-            img = hsv_to_rgb(hsv) * 255.0
-    if not contrast_first and rng.integers(2):
-        img *= float(rng.uniform(*contrast_range))
+        if hue_on:
+            img = _shift_hue(img, hue)
+    if contrast_after != 1.0:
+        img *= contrast_after
     return img.clamp(0, 255)
+
+
+def _shift_hue(img: torch.Tensor, hue_deg: float | torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` in [0, 255], hue rotated by ``hue_deg`` (float, or a tensor broadcasting against
+    ``[..., H, W]``)."""
+    h, s, v = rgb_to_hsv(img / 255.0).unbind(-3)  # [..., H, W] each
+    return hsv_to_rgb(torch.stack(((h + hue_deg) % 360.0, s, v), dim=-3)) * 255.0
+
+
+def apply_photometric(img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Batched :func:`photometric_distortion` (its pure-torch steps) on any device, no host sync:
+    ``img [M, 3, H, W]`` float in [0, 255], ``params [M, 6]`` (:func:`draw_photometric` rows) ->
+    ``[M, 3, H, W]``. A step that is off leaves its image bit-for-bit as the single-image function does
+    (+0, x1; the HSV steps are computed for every image and selected per image)."""
+    assert img.dim() == 4 and img.shape[1] == 3, img.shape
+    assert params.shape == (img.shape[0], len(PHOTOMETRIC_PARAMS)), (img.shape, params.shape)
+    p = params.to(img.dtype)[:, :, None, None, None].unbind(1)  # 6 x [M, 1, 1, 1]
+    brightness, contrast_before, sat, hue, hue_on, contrast_after = p
+    img = ((img + brightness) * contrast_before).clamp(0, 255)
+    img = torch.where(sat > 0, adjust_saturation(img, sat), img)
+    img = torch.where(hue_on > 0, _shift_hue(img, hue[:, 0]), img)
+    return (img * contrast_after).clamp(0, 255)
 
 
 def _cv2():  # -> the cv2 module or None

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bevforge.nn.lss import LSSViewTransformer
-from bevforge.structures.batch import Batch
+from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState
 
 
@@ -42,6 +42,7 @@ class BEVDet(nn.Module):
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, N, 3, H, W]`` -> ``[B, N, C, fH, fW]`` (one backbone call for every camera)."""
         assert images.dim() == 5, f"expected [B, N, 3, H, W], got {tuple(images.shape)}"
+        require_finished_images(images)
         num_b, num_n = images.shape[:2]
         feat = self.neck(self.backbone(images.flatten(0, 1)))[0]  # [B*N, C, fH, fW]
         stride = self.view_transformer.feat_downsample

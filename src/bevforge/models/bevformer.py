@@ -17,7 +17,7 @@ from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.models.bev_encoder import BEVEncoder
-from bevforge.structures.batch import Batch
+from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState
 
 
@@ -48,6 +48,7 @@ class BEVFormer(nn.Module):
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``images [B', N, 3, H, W]`` -> L x ``[B', N, C, H_l, W_l]`` (one backbone call for all)."""
         assert images.dim() == 5, f"expected [B', N, 3, H, W], got {tuple(images.shape)}"
+        require_finished_images(images)
         groups, num_cams = images.shape[:2]
         x = images.flatten(0, 1)  # [B'*N, 3, H, W]
         if self.grid_mask is not None and self.training:

@@ -14,9 +14,20 @@ import torch
 HOST_FIELDS = ("frame_valid",)
 
 
+def require_finished_images(images: torch.Tensor) -> None:
+    """Models take normalised float images: a uint8 batch (``data.images_on_device``) is not finished."""
+    if images.dtype == torch.uint8:
+        raise TypeError(
+            "uint8 images reached the model: a data.images_on_device batch must go through "
+            "bevforge.data.device_images.finish_images(batch, cfg.data) after batch.to(device)"
+        )
+
+
 @dataclass
 class Batch:
-    images: torch.Tensor  # [B, T, N, 3, H, W] float32, normalised, padded to the pad divisor
+    # [B, T, N, 3, H, W] float32, normalised, padded to the pad divisor; or uint8 RGB in [0, 255] straight
+    # from the loader (data.images_on_device), which data/device_images.finish_images turns into the former
+    images: torch.Tensor
     lidar2img: torch.Tensor  # [B, T, N, 4, 4] float32, maps lidar points to pixels of `images`
     can_bus: torch.Tensor  # [B, T, 18] float32, ABSOLUTE values (official layout); the model makes deltas
     ego2global: torch.Tensor  # [B, T, 4, 4] float64
@@ -34,6 +45,9 @@ class Batch:
     # [B, N, fH, fW] float32 metres, nearest lidar depth per image-feature cell of the current frame, 0 = none
     # (data/depth_targets.py; only for BEVDet depth supervision in training)
     depth_gt: torch.Tensor | None = None
+    # [B, T, N, 6] float32 each uint8 image's photometric draw (data/transforms.draw_photometric), applied
+    # on the device by finish_images; None = no distortion (or images already finished)
+    photometric: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -77,4 +91,5 @@ class Batch:
             frame_valid=self.frame_valid[:, sl],
             scene_tokens=[s[sl] for s in self.scene_tokens],
             timestamps=self.timestamps[:, sl],
+            photometric=self.photometric[:, sl] if self.photometric is not None else None,
         )

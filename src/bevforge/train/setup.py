@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bevforge.config import Config, ConfigError, TrainConfig
+from bevforge.config import Config, ConfigError, DataConfig, TrainConfig
+from bevforge.data.device_images import finish_images
 from bevforge.train.checkpoint import CheckpointError, load_checkpoint, model_state_from
 from bevforge.train.distributed import DistInfo
 
@@ -92,8 +93,10 @@ def unused_parameters(
     loader: DataLoader,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
+    data_cfg: DataConfig | None = None,
 ) -> list[str]:
-    """Trainable parameters that get no gradient from one probe step (first batch, no update).
+    """Trainable parameters that get no gradient from one probe step (first batch, no update; its uint8
+    images finished as in training when ``data_cfg`` is given: ``data.images_on_device``).
 
     RNG states and buffers (BatchNorm statistics) are restored afterwards, so the run is unchanged.
     """
@@ -106,6 +109,8 @@ def unused_parameters(
         assert loader.batch_sampler is not None
         indices = next(iter(loader.batch_sampler))
         batch = loader.collate_fn([loader.dataset[i] for i in indices]).to(device)
+        if data_cfg is not None:
+            batch = finish_images(batch, data_cfg)
         was_training = model.training
         model.train()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

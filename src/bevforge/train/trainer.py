@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bevforge.config import Config, config_to_dict, dump_config
+from bevforge.data.device_images import finish_images
 from bevforge.train import checkpoint as ckpt_io
 from bevforge.train import epoch_data
 from bevforge.train.distributed import (
@@ -149,7 +150,7 @@ def _train(
         probe = None
         if epoch_data.supports_resume(loader):
             amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-            probe = lambda m: unused_parameters(m, criterion, loader, device, amp_dtype)  # noqa: E731
+            probe = lambda m: unused_parameters(m, criterion, loader, device, amp_dtype, cfg.data)  # noqa: E731
         model = wrap_model(model, cfg, dist_info, monitor.warn, probe)
         global_batch = (loader.batch_size or cfg.data.batch_size) * dist_info.world_size * tc.accum_steps
         lr = scaled_lr(tc, global_batch)
@@ -361,7 +362,7 @@ def _loop(
         t_end = time.perf_counter()
         for batch in data_iter:
             data_time = time.perf_counter() - t_end
-            batch = batch.to(device)
+            batch = finish_images(batch.to(device), cfg.data)  # data.images_on_device: uint8 -> normalised
             i = pos.iter_in_epoch
             boundary = (i + 1) % tc.accum_steps == 0 or i + 1 == n or pos.global_iter + 1 == total_iters
             losses = stepper.forward_backward(batch, sync_grads=boundary)

@@ -46,6 +46,8 @@ from bevforge.data.nuscenes.image_cache import ImageCache
 from bevforge.data.nuscenes.infos import load_infos
 from bevforge.data.nuscenes.sample_table import SampleTable
 from bevforge.data.transforms import (
+    PHOTOMETRIC_IDENTITY,
+    draw_photometric,
     padded_size,
     photometric_distortion,
     select_gt,
@@ -78,6 +80,7 @@ class NuScenesDataset(Dataset):
         image_aug: ImageAugSpec | None = None,
         bda: BDASpec | None = None,
         depth_stride: int = 0,
+        images_on_device: bool = False,
     ) -> None:
         info = load_infos(info_path, expect_version=nuscenes_version)
         if not info.samples:
@@ -98,6 +101,8 @@ class NuScenesDataset(Dataset):
         self.img_mean, self.img_std, self.to_rgb = tuple(img_mean), tuple(img_std), bool(to_rgb)
         self.queue_length = max(1, int(queue_length)) if train else 1
         self.photometric_aug = bool(photometric_aug) and train
+        # training only: uint8 images + photometric draws, finished on the device (data/device_images.py)
+        self.images_on_device = bool(images_on_device) and train
         self.filter_empty_gt = bool(filter_empty_gt) and train
         self.seg = None
         if with_seg:
@@ -172,6 +177,7 @@ class NuScenesDataset(Dataset):
                 if train and cfg.model.arch == "bevdet" and cfg.model.bevdet.depth_loss_weight > 0
                 else 0
             ),
+            images_on_device=d.images_on_device,
         )
 
     # ---------------------------------------------------------------------------------- scenes
@@ -201,8 +207,13 @@ class NuScenesDataset(Dataset):
 
     # ---------------------------------------------------------------------------------- frames
 
-    def _images(self, index: int, rng: np.random.Generator | None, out: torch.Tensor) -> torch.Tensor:
-        """Write normalised images into ``out [N, 3, Hp, Wp]`` (zeros = padding); -> lidar2img [N, 4, 4]."""
+    def _images(
+        self, index: int, rng: np.random.Generator | None, out: torch.Tensor, photo: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Write normalised images into ``out [N, 3, Hp, Wp]`` (zeros = padding); -> lidar2img [N, 4, 4].
+
+        With ``images_on_device``: ``out`` is uint8 and gets the resized RGB images as they are, and
+        ``photo [N, 6]`` each image's photometric draw (applied later, on the device)."""
         tab = self.table
         cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
         mean = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)
@@ -222,6 +233,11 @@ class NuScenesDataset(Dataset):
             )
             t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8
             dst = out[j, :, :h, :w]  # [3, H, W] view into the padded frame
+            if photo is not None:  # uint8 as it is; the draw for the device
+                dst.copy_(t)
+                if rng is not None and self.photometric_aug:
+                    photo[j] = torch.from_numpy(draw_photometric(rng))
+                continue
             if rng is not None and self.photometric_aug:
                 dst.copy_(photometric_distortion(t.float(), rng))
             else:
@@ -236,9 +252,15 @@ class NuScenesDataset(Dataset):
         return (scale @ torch.from_numpy(tab.lidar2img[index])).float()  # [N, 4, 4]
 
     def _images_aug(
-        self, index: int, augs: list[ImageAug], rng: np.random.Generator | None, out: torch.Tensor
+        self,
+        index: int,
+        augs: list[ImageAug],
+        rng: np.random.Generator | None,
+        out: torch.Tensor,
+        photo: torch.Tensor | None,
     ) -> torch.Tensor:
-        """:meth:`_images` through the image augmentation: one warp per camera to ``input_hw``."""
+        """:meth:`_images` through the image augmentation: one warp per camera to ``input_hw`` (rounded to
+        uint8 with ``images_on_device``, as PIL's warp in the official BEVDet pipeline)."""
         assert self.image_aug is not None
         tab = self.table
         hw = self.img_hw
@@ -257,12 +279,17 @@ class NuScenesDataset(Dataset):
             out_from_src = out_from_raw @ np.linalg.inv(source_scale((src.shape[1], src.shape[0]), raw_wh))
             t = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)  # [3, Hs, Ws] uint8
             img = warp_image(t, out_from_src, hw)  # [3, fH, fW] float32 in [0, 255]
+            lidar2img[j] = lift_affine(out_from_raw) @ tab.lidar2img[index, j]
+            if photo is not None:  # rounded to uint8; the draw for the device
+                out[j, :, : hw[0], : hw[1]].copy_(img.round_().clamp_(0, 255))
+                if rng is not None and self.photometric_aug:
+                    photo[j] = torch.from_numpy(draw_photometric(rng))
+                continue
             if rng is not None and self.photometric_aug:
                 img = photometric_distortion(img, rng)
             dst = out[j, :, : hw[0], : hw[1]]  # [3, fH, fW] view into the padded frame
             dst.copy_(img.flip(0) if not self.to_rgb else img)  # RGB -> BGR for caffe-style configs
             dst.sub_(mean).div_(std)
-            lidar2img[j] = lift_affine(out_from_raw) @ tab.lidar2img[index, j]
         return torch.from_numpy(lidar2img).float()  # [N, 4, 4]
 
     def _read(self, path: Path, wh: tuple[int, int]) -> np.ndarray:
@@ -281,10 +308,18 @@ class NuScenesDataset(Dataset):
             return np.zeros((wh[1], wh[0], 3), dtype=np.uint8)
 
     def _frame(
-        self, index: int, rng: np.random.Generator | None, out: torch.Tensor, augs: list[ImageAug] | None
+        self,
+        index: int,
+        rng: np.random.Generator | None,
+        out: torch.Tensor,
+        augs: list[ImageAug] | None,
+        photo: torch.Tensor | None,
     ) -> dict[str, Any]:
         tab = self.table
-        lidar2img = self._images(index, rng, out) if augs is None else self._images_aug(index, augs, rng, out)
+        if augs is None:
+            lidar2img = self._images(index, rng, out, photo)
+        else:
+            lidar2img = self._images_aug(index, augs, rng, out, photo)
         return {
             "lidar2img": lidar2img,  # [N, 4, 4]
             "can_bus": torch.from_numpy(tab.can_bus[index]).float(),
@@ -311,16 +346,23 @@ class NuScenesDataset(Dataset):
             order = self.queue_indices(index, rng)
         hp, wp = padded_size(*self.img_hw, self.pad_divisor)
         h, w = self.img_hw
-        images = torch.empty(len(order), len(self.cameras), 3, hp, wp)  # [T, N, 3, H, W]
+        dtype = torch.uint8 if self.images_on_device else torch.float32
+        images = torch.empty(len(order), len(self.cameras), 3, hp, wp, dtype=dtype)  # [T, N, 3, H, W]
         images[:, :, :, h:].zero_()  # bottom/right padding (cheaper than zeroing all of it)
         images[:, :, :, :h, w:].zero_()
+        photo = None  # [T, N, 6] photometric draws (identity = none) for the device
+        if self.images_on_device:
+            photo = torch.tensor(PHOTOMETRIC_IDENTITY).expand(len(order), len(self.cameras), -1).clone()
         augs = None
         if self.image_aug is not None:  # one draw per camera, shared by all frames (BEVDet4D 'sequential')
             augs = [
                 sample_image_aug(tuple(int(v) for v in self.table.cam_wh[index, j]), self.image_aug, rng)
                 for j in range(len(self.cameras))
             ]
-        frames = [self._frame(i, rng, images[t], augs) if i >= 0 else None for t, i in enumerate(order)]
+        frames = [
+            self._frame(i, rng, images[t], augs, photo[t] if photo is not None else None) if i >= 0 else None
+            for t, i in enumerate(order)
+        ]
         for t, i in enumerate(order):
             if i < 0:
                 images[t].zero_()  # padding frame
@@ -360,4 +402,5 @@ class NuScenesDataset(Dataset):
             "gt_labels": labels,  # [M]
             "seg_target": seg,
             "depth_gt": depth_gt,  # [N, fH, fW] metres (0 = no lidar point) or None
+            "photometric": photo,  # [T, N, 6] (images_on_device) or None
         }
