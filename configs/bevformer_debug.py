@@ -23,6 +23,7 @@ def config() -> Config:
     d.img_scale = 0.5  # 400 x 225 -> 200 x 113, padded to 224 x 128
     d.queue_length = 2
     d.num_workers = 2
+    d.images_on_device = False  # the CPU recipe: the batched finishing costs more than the workers' CPU path
     m.backbone.depth = 18
     m.backbone.pretrained = ""
     m.backbone.frozen_stages = 0

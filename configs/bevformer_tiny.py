@@ -17,6 +17,7 @@ def config() -> Config:
     d.img_mean, d.img_std, d.to_rgb = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375), True  # RGB ImageNet
     d.queue_length = 3
     d.photometric_aug = True
+    d.images_on_device = True  # uint8 batches; photometric + normalise in the GPU step (device_images.py)
     d.batch_size, d.num_workers = 1, 4
 
     m.backbone.depth = 50

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +90,21 @@ def run(args: argparse.Namespace) -> int:
             batch = next(it)
         n += batch.batch_size
     ours = n / (time.perf_counter() - t0)
+    finish_note = ""
+    if first.images.dtype == torch.uint8:  # data.images_on_device: the tail the training step runs
+        from bevforge.data.device_images import finish_images
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        on_dev = first.to(device)
+        finish_images(on_dev, cfg.data)  # warm-up
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        t1 = time.perf_counter()
+        for _ in range(3):
+            finish_images(on_dev, cfg.data)
+        sync()
+        ms = 1e3 * (time.perf_counter() - t1) / 3 / first.batch_size
+        finish_note = f", images finished in the training step: {ms:.1f} ms/sample on {device.type}"
 
     d = cfg.data
     samples = load_infos(Path(d.info_dir) / f"infos_{split}.json").samples
@@ -112,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         "| pipeline | samples/s | images/s | setup |\n|---|---|---|---|\n"
         f"| bevforge loader | {ours:.2f} | {ours * t_frames * n_cams:.1f} | workers={d.num_workers}, "
         f"batch={d.batch_size}, T={t_frames}, N={n_cams}, {geometry}, "
-        f"cache={bool(d.image_cache)} |\n"
+        f"cache={bool(d.image_cache)}, images_on_device={d.images_on_device}{finish_note} |\n"
         f"| naive PIL (1 proc) | {naive:.2f} | {naive * t_frames * n_cams:.1f} | same T x N images, "
         f"{geometry} |\n\n"
         f"speed-up: {ours / naive:.2f}x; split {split}, {args.batches} timed batches"

@@ -7,6 +7,7 @@ H/W padded image size, M boxes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def browse(
     """Write ``out_dir/<token>.png`` for the first ``num`` training samples of ``split``."""
     from bevforge.data.loader import build_dataloader
 
+    cfg = copy.deepcopy(cfg)
+    cfg.data.images_on_device = False  # the workers' float path: the same augmentation, images ready to draw
     loader = build_dataloader(cfg, split, train=True, batch_size=1, shuffle=shuffle)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
