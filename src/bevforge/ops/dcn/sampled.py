@@ -38,6 +38,7 @@ kink at integer positions) may be the other one-sided difference than torchvisio
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -77,23 +78,38 @@ def _sampling_input(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _grid(offset: torch.Tensor, geo: _Geometry, Hs: int, Ws: int, dtype: torch.dtype) -> torch.Tensor:
-    """The sampling grid ``[B*G, K*Ho, Wo, (x, y)]`` of every tap, normalised for ``align_corners=True``."""
-    B, _, Ho, Wo = offset.shape
+def _base_grid(
+    geo: _Geometry, out_hw: tuple[int, int], in_hw: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zero-offset sampling positions of every tap, normalised for ``align_corners=True``:
+    x ``[K, 1, Wo]`` and y ``[K, Ho, 1]`` (computed in float64 on the host, copied over once per shape
+    by :func:`_base_grid_cached`)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geo
-    K = kh * kw
+    (Ho, Wo), (Hs, Ws) = out_hw, in_hw
+    sy, sx = 2.0 / (Hs - 1), 2.0 / (Ws - 1)
+    taps = [(i, j) for i in range(kh) for j in range(kw)]  # tap k = i * kw + j
+    xs = [[(wo * sw - pw + j * dw) * sx - 1.0 for wo in range(Wo)] for _, j in taps]  # [K, Wo]
+    ys = [[(ho * sh - ph + i * dh) * sy - 1.0 for ho in range(Ho)] for i, _ in taps]  # [K, Ho]
+    base_x = torch.tensor(xs, dtype=torch.float64).to(device, dtype).view(len(taps), 1, Wo)  # [K, 1, Wo]
+    base_y = torch.tensor(ys, dtype=torch.float64).to(device, dtype).view(len(taps), Ho, 1)  # [K, Ho, 1]
+    return base_x, base_y
+
+
+_base_grid_cached = functools.lru_cache(maxsize=256)(_base_grid)
+
+
+def _grid(offset: torch.Tensor, geo: _Geometry, Hs: int, Ws: int, dtype: torch.dtype) -> torch.Tensor:
+    """The sampling grid ``[B*G, K*Ho, Wo, (x, y)]`` of every tap, normalised for ``align_corners=True``:
+    the cached zero-offset positions plus the offsets scaled to [-1, 1] units (three kernels)."""
+    B, _, Ho, Wo = offset.shape
+    K = geo.kernel[0] * geo.kernel[1]
     G = offset.shape[1] // (2 * K)
-    dev = offset.device
-    tap_i = torch.arange(kh, device=dev, dtype=dtype).repeat_interleave(kw)  # [K] row of tap k
-    tap_j = torch.arange(kw, device=dev, dtype=dtype).repeat(kh)  # [K] column of tap k
-    rows = torch.arange(Ho, device=dev, dtype=dtype) * sh - ph  # [Ho]
-    cols = torch.arange(Wo, device=dev, dtype=dtype) * sw - pw  # [Wo]
-    base_y = (tap_i * dh)[:, None, None] + rows[None, :, None]  # [K, Ho, 1] input rows
-    base_x = (tap_j * dw)[:, None, None] + cols[None, None, :]  # [K, 1, Wo] input columns
-    off = offset.to(dtype).reshape(B, G, K, 2, Ho, Wo)  # [B, G, K, (dy, dx), Ho, Wo]
-    y_px = off[:, :, :, 0] + base_y  # [B, G, K, Ho, Wo]
-    x_px = off[:, :, :, 1] + base_x  # [B, G, K, Ho, Wo]
-    grid = torch.stack((x_px * (2.0 / (Ws - 1)) - 1.0, y_px * (2.0 / (Hs - 1)) - 1.0), dim=-1)
+    base = _base_grid if torch.compiler.is_compiling() else _base_grid_cached
+    base_x, base_y = base(geo, (Ho, Wo), (Hs, Ws), dtype, offset.device)  # [K, 1, Wo], [K, Ho, 1]
+    off = offset.to(dtype).reshape(B, G, K, 2, Ho, Wo)  # [B, G, K, (dy, dx), Ho, Wo] input pixels
+    grid_x = torch.add(base_x, off[:, :, :, 1], alpha=2.0 / (Ws - 1))  # [B, G, K, Ho, Wo]
+    grid_y = torch.add(base_y, off[:, :, :, 0], alpha=2.0 / (Hs - 1))  # [B, G, K, Ho, Wo]
+    grid = torch.stack((grid_x, grid_y), dim=-1)  # [B, G, K, Ho, Wo, (x, y)]
     return grid.view(B * G, K * Ho, Wo, 2)  # [B*G, K*Ho, Wo, (x, y)], [-1, 1] inside the image
 
 
