@@ -48,6 +48,8 @@ def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path, images_on_device
     torch.manual_seed(0)
     train(cfg, tmp_path, progress=False, tensorboard=False)
     assert not torch.are_deterministic_algorithms_enabled()  # --deterministic does not leak to the caller
+    cpu_warning = "data.images_on_device=true on the CPU" in (tmp_path / "output.log").read_text()
+    assert cpu_warning == images_on_device
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if "eval" in r]  # the epoch ends at iteration 4: periodic evaluation ran
     assert len(evals) == 1 and "nd_score" in evals[0]["eval"], evals

@@ -147,6 +147,11 @@ def _train(
                 f"loaded weights from {load_from} ({len(missing)} missing, {len(unexpected)} unexpected)"
             )
         criterion = criterion.to(device)
+        if cfg.data.images_on_device and device.type != "cuda":
+            monitor.warn(
+                "data.images_on_device=true on the CPU: the batched photometric/normalise step costs more "
+                "here than in the loader workers; --set data.images_on_device=false for CPU training"
+            )
         probe = None
         if epoch_data.supports_resume(loader):
             amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
