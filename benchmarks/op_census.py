@@ -63,6 +63,7 @@ class Census(TorchDispatchMode):
         self.by_site: collections.Counter[tuple[str, str]] = collections.Counter()
         self.by_op: collections.Counter[str] = collections.Counter()
         self.by_phase: collections.Counter[str] = collections.Counter()
+        self.host_reads: collections.Counter[tuple[str, str]] = collections.Counter()  # syncs on a GPU
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view:
@@ -71,6 +72,8 @@ class Census(TorchDispatchMode):
             if frames is None:
                 frames = [(f.filename, f.lineno or 0, f.name) for f in traceback.extract_stack()]
             self.by_site[(phase, _site_of(frames))] += 1
+            if func.overloadpacket.__name__ in ("_local_scalar_dense", "nonzero", "masked_select"):
+                self.host_reads[(phase, f"{func.overloadpacket.__name__} {_site_of(frames)}")] += 1
             self.by_op[str(func.overloadpacket.__name__)] += 1
             self.by_phase[phase] += 1
         return func(*args, **(kwargs or {}))
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v}" for k, v in census.by_phase.most_common()))  # fmt: skip
     print(f"\ntop {args.top} source lines (phase, line, operators):")
     for (phase, site), n in census.by_site.most_common(args.top):
+        print(f"{n:7d}  {phase:9s} {site}")
+    reads = [(k, n) for k, n in census.host_reads.most_common() if k[0] != "optimizer"]
+    print("\nhost reads in forward/backward (device syncs on a GPU; the CPU optimizer's are not CUDA's):")
+    for (phase, site), n in reads or [(("-", "none"), 0)]:
         print(f"{n:7d}  {phase:9s} {site}")
     print(f"\ntop {args.top} operators:")
     for name, n in census.by_op.most_common(args.top):

@@ -1,0 +1,1 @@
+"""bevforge.ops.images: the image tail of the data pipeline as a Triton kernel (data/device_images.py)."""
