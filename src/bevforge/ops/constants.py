@@ -4,6 +4,8 @@ A ``torch.tensor([...]).to(cuda)`` in a forward pass is a host->device copy on e
 its own, and an error while a CUDA graph is being captured ("Cannot copy between CPU and CUDA tensors
 during CUDA graph capture"). :func:`device_constant` copies each distinct constant once per device and
 dtype and hands the same tensor back afterwards. The tensors are shared: read them, never write them.
+They are made outside inference mode: a constant first asked for by an evaluation under
+``torch.inference_mode`` is then saved for backward by training.
 
 While tracing (``torch.compile``, ``torch.jit`` / ONNX export) the cache is bypassed: the constant is
 built in the traced code as before, so it is part of the graph. While a CUDA graph is captured, a
@@ -60,7 +62,9 @@ def device_constant(values: Sequence, dtype: torch.dtype, device: torch.device |
         return _filled(key[0], dtype, device)
     if len(_CACHE) >= _MAX_ENTRIES:
         _CACHE.clear()
-    # non_blocking: a pageable host->device copy is staged at once and does not wait for the stream
-    tensor = torch.tensor(key[0], dtype=dtype).to(device, non_blocking=True)
+    # non_blocking: a pageable host->device copy is staged at once and does not wait for the stream;
+    # a normal tensor even when first asked for under inference_mode (training saves it for backward)
+    with torch.inference_mode(False):
+        tensor = torch.tensor(key[0], dtype=dtype).to(device, non_blocking=True)
     _CACHE[key] = tensor
     return tensor

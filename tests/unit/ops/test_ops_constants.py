@@ -32,3 +32,13 @@ def test_traced_code_builds_its_own_constant():
     assert torch.equal(traced(torch.ones(2)), torch.tensor([2.0, 3.0]))
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     assert torch.equal(compiled(torch.ones(2)), torch.tensor([2.0, 3.0]))
+
+
+def test_constant_first_made_under_inference_mode_can_be_saved_for_backward():
+    """An evaluation under inference_mode may ask first; training then saves the constant for backward."""
+    with torch.inference_mode():
+        c = device_constant([7.0, 11.0, 13.0], torch.float32, "cpu")
+    assert not c.is_inference()
+    w = torch.ones(3, requires_grad=True)
+    (w * c).sum().backward()  # mul saves c for backward
+    assert torch.equal(w.grad, torch.tensor([7.0, 11.0, 13.0]))

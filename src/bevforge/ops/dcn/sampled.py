@@ -95,7 +95,12 @@ def _base_grid(
     return base_x, base_y
 
 
-_base_grid_cached = functools.lru_cache(maxsize=256)(_base_grid)
+@functools.lru_cache(maxsize=256)
+def _base_grid_cached(
+    geo: _Geometry, out_hw: tuple[int, int], in_hw: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode(False):  # normal tensors even if first built in an inference_mode eval
+        return _base_grid(geo, out_hw, in_hw, dtype, device)
 
 
 def _grid(offset: torch.Tensor, geo: _Geometry, Hs: int, Ws: int, dtype: torch.dtype) -> torch.Tensor:
