@@ -93,18 +93,25 @@ def run(args: argparse.Namespace) -> int:
     finish_note = ""
     if first.images.dtype == torch.uint8:  # data.images_on_device: the tail the training step runs
         from bevforge.data.device_images import finish_images
+        from bevforge.ops.dispatch import kernels
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         on_dev = first.to(device)
-        finish_images(on_dev, cfg.data)  # warm-up
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        sync()
-        t1 = time.perf_counter()
-        for _ in range(3):
-            finish_images(on_dev, cfg.data)
-        sync()
-        ms = 1e3 * (time.perf_counter() - t1) / 3 / first.batch_size
-        finish_note = f", images finished in the training step: {ms:.1f} ms/sample on {device.type}"
+        timings = []
+        for label, choice in (("torch path", "reference"), ("Triton kernel", "auto")):
+            if choice == "auto" and device.type != "cuda":
+                continue  # the kernel runs on CUDA only
+            with kernels(choice):
+                finish_images(on_dev, cfg.data)  # warm-up (Triton compiles)
+                sync()
+                t1 = time.perf_counter()
+                for _ in range(3):
+                    finish_images(on_dev, cfg.data)
+                sync()
+            ms = 1e3 * (time.perf_counter() - t1) / 3 / first.batch_size
+            timings.append(f"{ms:.2f} ms/sample ({label})")
+        finish_note = f", finished in the training step on {device.type}: " + " vs ".join(timings)
 
     d = cfg.data
     samples = load_infos(Path(d.info_dir) / f"infos_{split}.json").samples
