@@ -173,12 +173,15 @@ def test_filter_empty_gt_redraws_in_training(data_root):
     assert item["sample_token"] == ds.sample_token(3) and item["gt_boxes"].shape == (0, 9)
 
 
-def test_bench_data_smoke(data_root, tmp_path):
+@pytest.mark.parametrize("on_device", [False, True])
+def test_bench_data_smoke(data_root, tmp_path, on_device):
     from bevforge.cli.main import main as cli_main
 
-    over = [f"data.data_root={data_root}", f"data.info_dir={data_root / 'infos'}", "data.num_workers=0"]
+    over = [f"data.data_root={data_root}", f"data.info_dir={data_root / 'infos'}", "data.num_workers=0",
+            f"data.images_on_device={str(on_device).lower()}"]  # fmt: skip
     out = tmp_path / "data.md"
     args = ["bench", "data", "bevformer_debug", "--set", *over, "--batches", "1", "--naive-samples", "1"]
     assert cli_main([*args, "--out", str(out)]) == 0
     text = out.read_text()
     assert "bevforge loader" in text and "naive PIL" in text and "commit:" in text
+    assert (f"images_on_device={on_device}" in text) and (("ms/sample (torch path)" in text) == on_device)
