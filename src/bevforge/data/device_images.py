@@ -48,6 +48,8 @@ def finish_images(batch: Batch, data: DataConfig) -> Batch:
     choice = kernel_choice()
     if choice != "reference":
         reason = placement_ineligible_reason([images], "torch path")
+        if reason is None and images.numel() > 2**31 - 1:
+            reason = "more than 2**31 values (the kernel indexes with int32)"
         kernel = select_kernel(choice, _FINISH_OP, reason, "Triton image finishing kernel")
         if kernel is not None:
             B, T, N = images.shape[:3]
