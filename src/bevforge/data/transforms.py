@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bevforge.ops.constants import device_constant
+
 
 def resize_lidar2img(lidar2img: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
     """``[..., 4, 4]`` lidar2img of the raw image -> that of the image resized by (sx, sy)."""
@@ -47,7 +49,7 @@ def rgb_to_hsv(img: torch.Tensor) -> torch.Tensor:
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`rgb_to_hsv` (channel n: ``v - v*s*clamp(min(k, 4-k), 0, 1)``, k = (n + h/60) % 6)."""
     h, s, v = (c.unsqueeze(-3) for c in hsv.unbind(-3))  # [..., 1, H, W] each
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, 1, 1)
+    n = device_constant((5.0, 3.0, 1.0), hsv.dtype, hsv.device).view(3, 1, 1)  # [3, 1, 1]
     k = (n + h / 60.0) % 6  # [..., 3, H, W]
     return v - (v * s) * torch.minimum(k, 4 - k).clamp(0, 1)  # [..., 3, H, W]
 
