@@ -16,9 +16,10 @@
 # syncs left in the model and the training step), bench-kernel
 # (MSDA + BEV-pool kernel benchmarks), base (BEVFormer-base training bf16 with/without gradient
 # checkpointing + inference, the issue-9 targets), sca (SCA hit gather vs all queries on the base rig),
-# batch (tiny training at batch 4 and 8, base at 2 with gradient checkpointing), profile (benchmarks/profile_parts.py on base), bevdet
-# (BEVDet-R50 training + inference), tiny (tiny training + inference eager/ORT), compile (torch.compile
-# inference + training, graph breaks, compile-parity tests).
+# batch (tiny training at batch 4 and 8, base at 2 with gradient checkpointing), data (a synthetic
+# 1600x900 set made on the box: the loader and tiny training on real batches, data share), profile
+# (benchmarks/profile_parts.py on base), bevdet (BEVDet-R50 training + inference), tiny (tiny training +
+# inference eager/ORT), compile (torch.compile inference + training, graph breaks, compile-parity tests).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -51,7 +52,7 @@ skip() {
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,sca,batch,profile,bevdet,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,sca,batch,data,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -133,6 +134,25 @@ elif want batch && can_import bevforge.train.step; then
   done
   step bench-train-base-b2-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= data.batch_size=2 --amp bf16 --grad-ckpt --fake-data --warmup 2 --iters 6 \
+    --out "$RESULTS/train.md"
+fi
+
+if [ $HAVE_CUDA = 0 ]; then
+  skip data "no CUDA device"
+elif want data && can_import bevforge.data.synthetic.generate; then
+  # the real input pipeline (no fake batches): a synthetic nuScenes-format set of 1600x900 JPEGs made on
+  # the box, then the loader alone and tiny training at batch 8 on it ("data share" is the issue-9 target
+  # < 5 %; bevformer_tiny ships uint8 images, finished on the GPU by the Triton kernel)
+  SYN=${SYN_DIR:-/tmp/bevforge_syn1600}
+  SYN_SET=(data.data_root="$SYN" data.info_dir="$SYN/infos" data.version=v1.0-mini data.num_workers=8)
+  step synth-1600x900 "$PY" -m bevforge.cli.main synth --out "$SYN" --scenes 6 --samples-per-scene 12 \
+    --size 1600x900
+  step prepare-1600x900 "$PY" -m bevforge.cli.main prepare --data-root "$SYN" --version v1.0-mini \
+    --out "$SYN/infos"
+  step bench-data-tiny "$PY" -m bevforge.cli.main bench data bevformer_tiny --set "${SYN_SET[@]}" \
+    --batches 30 --naive-samples 4 --out "$RESULTS/data.md"
+  step bench-train-tiny-real-b8 "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
+    --set model.backbone.pretrained= "${SYN_SET[@]}" data.batch_size=8 --warmup 3 --iters 12 \
     --out "$RESULTS/train.md"
 fi
 
