@@ -94,3 +94,20 @@ def test_eval_loader_keeps_float_images(data_root):
     ds = NuScenesDataset.from_config(_cfg(data_root, images_on_device=True), "val", train=False)
     item = ds[0]
     assert item["images"].dtype == torch.float32 and item["photometric"] is None
+
+
+def test_warped_images_on_device_match_up_to_uint8_rounding(data_root, monkeypatch):
+    """BEVDet's image augmentation (resize/crop/flip/rotate warp): the uint8 path rounds the warp, so the
+    finished images differ from the float path by at most half a grey level (through a contrast of at most
+    1.5 twice and the HSV steps, whose hue is steep near grey: 0.05 after normalisation by std ~57)."""
+    torch_twins = functools.partial(photometric_distortion, use_cv2=False)
+    monkeypatch.setattr(dataset_module, "photometric_distortion", torch_twins)
+    aug = {"input_size": (40, 72), "img_aug": True, "queue_length": 1}
+    for photometric, atol in ((False, 0.5 / 57.12 + 1e-5), (True, 0.05)):
+        cpu_cfg = _cfg(data_root, photometric_aug=photometric, **aug)
+        dev_cfg = _cfg(data_root, photometric_aug=photometric, images_on_device=True, **aug)
+        cpu = collate([_item(cpu_cfg, 1, seed=7)])
+        done = finish_images(collate([_item(dev_cfg, 1, seed=7)]), dev_cfg.data)
+        assert done.images.shape == cpu.images.shape == (1, 1, 6, 3, 64, 96)
+        torch.testing.assert_close(done.images, cpu.images, atol=atol, rtol=0)
+        torch.testing.assert_close(done.lidar2img, cpu.lidar2img)
