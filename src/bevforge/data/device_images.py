@@ -24,8 +24,7 @@ from dataclasses import replace
 import torch
 
 from bevforge.config import DataConfig
-from bevforge.data.transforms import apply_photometric
-from bevforge.ops.constants import device_constant
+from bevforge.data.transforms import apply_photometric, normalize
 from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 from bevforge.structures.batch import Batch
 
@@ -43,7 +42,12 @@ def finish_images(batch: Batch, data: DataConfig) -> Batch:
     images = batch.images  # [B, T, N, 3, H, W] uint8
     dev = images.device
     h, w = batch.img_hw
-    all_valid = bool(batch.frame_valid.all())  # host-side flags: no device sync
+    params = None  # [B*T*N, 6] photometric draws
+    if batch.photometric is not None:
+        params = batch.photometric.to(dev).flatten(0, 2)
+    keep = None  # [B, T] False = padding frame (a zero image); None = every frame real
+    if not bool(batch.frame_valid.all()):  # host-side flags: no device sync
+        keep = batch.frame_valid.to(dev, non_blocking=True)
     mean, std = tuple(data.img_mean), tuple(data.img_std)
     choice = kernel_choice()
     if choice != "reference":
@@ -53,24 +57,15 @@ def finish_images(batch: Batch, data: DataConfig) -> Batch:
         kernel = select_kernel(choice, _FINISH_OP, reason, "Triton image finishing kernel")
         if kernel is not None:
             B, T, N = images.shape[:3]
-            params = batch.photometric.to(dev).flatten(0, 2) if batch.photometric is not None else None
-            keep = None
-            if not all_valid:  # [B, T] -> [B*T*N] per image
-                keep = batch.frame_valid.to(dev, non_blocking=True)[:, :, None].expand(B, T, N).reshape(-1)
-            out = kernel(images.flatten(0, 2), params, keep, (h, w), mean, std, not data.to_rgb)
+            keep_img = keep[:, :, None].expand(B, T, N).reshape(-1) if keep is not None else None  # [B*T*N]
+            out = kernel(images.flatten(0, 2), params, keep_img, (h, w), mean, std, not data.to_rgb)
             return replace(batch, images=out.view(images.shape), photometric=None)
     x = images.float()  # [B, T, N, 3, H, W]
-    if batch.photometric is not None:
-        flat = x.flatten(0, 2)  # [B*T*N, 3, H, W]
-        x = apply_photometric(flat, batch.photometric.to(dev).flatten(0, 2)).view(x.shape)
-    if not data.to_rgb:
-        x = x.flip(-3)  # RGB -> BGR (official caffe-style configs)
-    mean_t = device_constant(mean, torch.float32, dev).view(3, 1, 1)
-    std_t = device_constant(std, torch.float32, dev).view(3, 1, 1)
-    x = (x - mean_t) / std_t  # the CPU path's sub_(mean).div_(std)
+    if params is not None:
+        x = apply_photometric(x.flatten(0, 2), params).view(x.shape)  # [B*T*N, 3, H, W] -> back
+    x = normalize(x, mean, std, data.to_rgb)  # the CPU path's flip, sub_(mean).div_(std)
     x[..., h:, :] = 0.0  # padding stays zero, as the CPU path's
     x[..., :h, w:] = 0.0
-    if not all_valid:
-        keep = batch.frame_valid.to(dev, non_blocking=True)  # [B, T]
+    if keep is not None:
         x = x.masked_fill(~keep[:, :, None, None, None, None], 0.0)  # padding frames are zero images
     return replace(batch, images=x, photometric=None)

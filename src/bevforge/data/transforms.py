@@ -185,11 +185,12 @@ def _cv2():  # -> the cv2 module or None
 def normalize(
     img: torch.Tensor, mean: Sequence[float], std: Sequence[float], to_rgb: bool = True
 ) -> torch.Tensor:
-    """[..., 3, H, W] RGB float in [0, 255] -> (x - mean) / std in RGB (``to_rgb``) or BGR order."""
+    """[..., 3, H, W] RGB float in [0, 255] -> (x - mean) / std in RGB (``to_rgb``) or BGR order, on
+    ``img``'s device (``mean``/``std`` in the output channel order)."""
     if not to_rgb:
         img = img.flip(-3)  # RGB -> BGR (official caffe-style configs)
-    m = torch.tensor(mean, dtype=img.dtype).view(3, 1, 1)
-    s = torch.tensor(std, dtype=img.dtype).view(3, 1, 1)
+    m = device_constant(tuple(mean), img.dtype, img.device).view(3, 1, 1)
+    s = device_constant(tuple(std), img.dtype, img.device).view(3, 1, 1)
     return (img - m) / s
 
 
