@@ -92,25 +92,19 @@ def run(args: argparse.Namespace) -> int:
     ours = n / (time.perf_counter() - t0)
     finish_note = ""
     if first.images.dtype == torch.uint8:  # data.images_on_device: the tail the training step runs
+        from bevforge.bench.infer import time_frames
         from bevforge.data.device_images import finish_images
         from bevforge.ops.dispatch import kernels
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         on_dev = first.to(device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         timings = []
         for label, choice in (("torch path", "reference"), ("Triton kernel", "auto")):
             if choice == "auto" and device.type != "cuda":
                 continue  # the kernel runs on CUDA only
-            with kernels(choice):
-                finish_images(on_dev, cfg.data)  # warm-up (Triton compiles)
-                sync()
-                t1 = time.perf_counter()
-                for _ in range(3):
-                    finish_images(on_dev, cfg.data)
-                sync()
-            ms = 1e3 * (time.perf_counter() - t1) / 3 / first.batch_size
-            timings.append(f"{ms:.2f} ms/sample ({label})")
+            with kernels(choice):  # one warm-up call (Triton compiles), median of 3
+                t = time_frames(lambda: finish_images(on_dev, cfg.data), 1, 3, device.type)
+            timings.append(f"{t['p50'] / first.batch_size:.2f} ms/sample ({label})")
         finish_note = f", finished in the training step on {device.type}: " + " vs ".join(timings)
 
     d = cfg.data
