@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--top", type=int, default=30, help="lines and operators to print")
+    p.add_argument("--amp", choices=("off", "bf16"), default="bf16",
+                   help="autocast as on the GPU (bf16, default: counts its casts) or off")  # fmt: skip
     args = p.parse_args(argv)
 
     from bevforge.bench.train import FakeLoader
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     model, criterion, loader = build_parts(cfg, info, None, None, FakeLoader(cfg, num=1))
     optimizer = build_optimizer(model, cfg.train, info.device, cfg.train.lr)
     scheduler = build_scheduler(optimizer, cfg.train, 10)
-    stepper = Stepper(model, criterion, optimizer, scheduler, device=info.device, amp=None,
+    stepper = Stepper(model, criterion, optimizer, scheduler, device=info.device, amp=args.amp,
                       grad_clip=cfg.train.grad_clip, accum_steps=1, max_nan_steps=0)  # fmt: skip
     model.train()
     batch = next(iter(loader))

@@ -1,4 +1,4 @@
-"""Checks of the Triton DCNv2 columns kernel, shared by two runners (as ``msda_kernel_cases.py``):
+"""Checks of the Triton DCNv2 columns and backward kernels, shared by two runners (as msda's):
 ``test_dcn_kernels.py`` runs them in-process on CUDA and, on CPU, runs this file as a script with
 ``TRITON_INTERPRET=1``.
 
@@ -6,6 +6,9 @@ Oracle: the sampled path's own columns (fp32 input copy -> ``grid_sample`` -> ma
 end, ``torchvision.ops.deform_conv2d``. Tolerances: fp32 columns 1e-5 (the kernel computes the sample
 positions in pixels, the oracle through a [-1, 1] grid: fp32 rounding apart); bf16/fp16 output columns
 vs the fp32 oracle rounded to the same dtype: one rounding step (2e-2 / 2e-3 relative).
+Backward kernel: autograd through the oracle's fp32 columns (input, offset and mask gradients); fp32 1e-4
+(sums over channels in another order, atomics), bf16/fp16 inputs vs the fp32 oracle on the same rounded
+values 1e-3 (the kernel accumulates in fp32; only the inputs are rounded).
 
 Shape letters: B images, C channels, H/W input, Ho/Wo output, K taps, G offset groups.
 """
@@ -54,6 +57,79 @@ def kernel_columns(x, offset, mask, geo, out_dtype=torch.float32):
     return dcn_columns_op(x, offset, mask, *[list(v) for v in geo], out_dtype)
 
 
+def oracle_backward(grad_cols, x, offset, mask, geo):
+    """Autograd through the sampled path's fp32 columns: ``(grad_x, grad_offset, grad_mask or None)``."""
+    K = geo.kernel[0] * geo.kernel[1]
+    B, C = x.shape[:2]
+    G = offset.shape[1] // (2 * K)
+    Ho, Wo = offset.shape[-2:]
+    leaves = [t.detach().float().requires_grad_() for t in (x, offset)]
+    m = None if mask is None else mask.detach().float().requires_grad_()
+    xs = dcn._sampling_input(leaves[0])
+    grid = dcn._grid(leaves[1], geo, xs.shape[-2], xs.shape[-1], xs.dtype)
+    cols = dcn._sample(xs, grid, G).view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
+    if m is not None:
+        cols = cols * m.reshape(B, G, 1, K, Ho, Wo)
+    grads = torch.autograd.grad(cols.reshape(B, C * K, Ho * Wo), leaves + ([m] if m is not None else []),
+                                grad_cols.float())  # fmt: skip
+    return grads[0], grads[1], grads[2] if m is not None else None
+
+
+def kernel_backward(grad_cols, x, offset, mask, geo, need_x=True):
+    from bevforge.ops.dcn.triton_backward import dcn_backward_op
+
+    return dcn_backward_op(grad_cols, x, offset, mask, *[list(v) for v in geo], need_x)
+
+
+def _check_backward(grad_cols, x, offset, mask, geo, tol, label):
+    gx, goff, gmask = kernel_backward(grad_cols, x, offset, mask, geo)
+    want_x, want_off, want_mask = oracle_backward(grad_cols, x, offset, mask, geo)
+    assert gx.dtype == goff.dtype == torch.float32, (gx.dtype, goff.dtype)
+    _close(gx, want_x, tol, f"{label} grad x")
+    _close(goff, want_off, tol, f"{label} grad offset")
+    if mask is None:
+        assert gmask.numel() == 0, gmask.shape
+    else:
+        _close(gmask, want_mask, tol, f"{label} grad mask")
+
+
+def _grad_cols(x, offset, geo, dtype=torch.float32, seed=7):
+    K = geo.kernel[0] * geo.kernel[1]
+    shape = (x.shape[0], x.shape[1] * K, offset.shape[-2] * offset.shape[-1])  # [B, C*K, L]
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(x.device, dtype)
+
+
+def check_backward_geometries(device: str) -> None:
+    """The backward kernel's input/offset/mask gradients vs autograd through the oracle, every geometry
+    of ``check_geometries``, with and without the mask."""
+    for i, kw in enumerate(_GEOMETRIES):
+        x, offset, mask, geo = make_inputs(device, seed=i, **kw)
+        grad_cols = _grad_cols(x, offset, geo, seed=i)
+        for m in (mask, None):
+            _check_backward(grad_cols, x, offset, m, geo, 1e-4, f"{kw} mask={m is not None}")
+
+
+def check_backward_low_precision_and_layouts(device: str) -> None:
+    """bf16/fp16 inputs and columns' gradient (fp32 accumulation), channels-last inputs, need_x=False."""
+    for dtype in (torch.bfloat16, torch.float16):
+        x, offset, mask, geo = make_inputs(device, dtype=dtype)
+        # fractions in [0.25, 0.75]: rounded to bf16 a random offset often lands on an integer, where the
+        # offset gradient has a kink and the oracle's grid round trip may take the other side
+        frac = torch.rand(offset.shape, generator=torch.Generator().manual_seed(3)).to(device) * 0.5 + 0.25
+        offset = (offset.float().floor() + frac).to(dtype)
+        _check_backward(_grad_cols(x, offset, geo, dtype), x, offset, mask, geo, 1e-3, str(dtype))
+    x, offset, mask, geo = make_inputs(device, C=5)
+    grad_cols = _grad_cols(x, offset, geo)
+    want = kernel_backward(grad_cols, x, offset, mask, geo)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, offset, mask)]
+    for a, b, name in zip(kernel_backward(grad_cols, *cl, geo), want, ("x", "offset", "mask")):
+        _close(a, b, 1e-6, f"channels-last grad {name}")  # atomics: the last bits may differ
+    gx, goff, gmask = kernel_backward(grad_cols, x, offset, mask, geo, need_x=False)
+    assert gx.numel() == 0, gx.shape
+    _close(goff, want[1], 0.0, "need_x=False grad offset")
+    _close(gmask, want[2], 0.0, "need_x=False grad mask")
+
+
 def _close(got, want, tol, label):
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol, msg=lambda m: f"{label}: {m}")
 
@@ -64,18 +140,20 @@ def check_columns_fp32(device: str) -> None:
     _close(kernel_columns(x, offset, mask, geo), want, TOL[torch.float32], "3x3")
 
 
+_GEOMETRIES = [
+    dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1)),
+    dict(kernel=(3, 3), stride=(1, 1), padding=(2, 2), dilation=(2, 2)),
+    dict(kernel=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 1)),
+    dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), G=3),
+    dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), H=1, W=5),
+    dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), spread=40.0),  # far outside
+    dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), C=37, H=11, W=13),  # > blocks
+]
+
+
 def check_geometries(device: str) -> None:
     """Strides, dilations, paddings, non-square kernels, offset groups, sides of 1, no mask."""
-    geometries = [
-        dict(kernel=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1)),
-        dict(kernel=(3, 3), stride=(1, 1), padding=(2, 2), dilation=(2, 2)),
-        dict(kernel=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 1)),
-        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), G=3),
-        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), H=1, W=5),
-        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), spread=40.0),  # far outside
-        dict(kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), C=37, H=11, W=13),  # > blocks
-    ]
-    for i, kw in enumerate(geometries):
+    for i, kw in enumerate(_GEOMETRIES):
         x, offset, mask, geo = make_inputs(device, seed=i, **kw)
         for m in (mask, None):
             want = oracle_columns(x, offset, m, geo)
@@ -124,21 +202,31 @@ def check_deform_conv_end_to_end(device: str) -> None:
 
 
 def check_dispatch_picks_kernel(device: str) -> None:
-    """Under auto the forward columns come from the kernel (counted), under reference never."""
-    from bevforge.ops.dcn import triton_columns
+    """Under auto the forward columns and the backward come from the kernels (counted launches), under
+    reference never; ``BACKWARD_KERNEL = False`` keeps the sampled backward (the bench's comparison)."""
+    from bevforge.ops.dcn import triton_backward, triton_columns
 
     x, offset, mask, geo = make_inputs(device, C=3)
     weight = torch.randn(4, 3, 3, 3, device=device)
-    calls = []
-    original = triton_columns._dcn_columns_kernel
+    leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight)]
+    fwd, bwd = [], []
+    originals = triton_columns._dcn_columns_kernel, triton_backward._dcn_backward_kernel
     try:
-        triton_columns._dcn_columns_kernel = _Counting(original, calls)
-        for choice, want in (("auto", 1), ("reference", 1), ("triton", 2)):
+        triton_columns._dcn_columns_kernel = _Counting(originals[0], fwd)
+        triton_backward._dcn_backward_kernel = _Counting(originals[1], bwd)
+        # (choice, backward kernel on, (columns launches: forward [+ weight grad], backward launches));
+        # the sampled backward takes the weight grad's columns from its own samples
+        runs = (("auto", True, (2, 1)), ("reference", True, (0, 0)), ("triton", False, (1, 0)))
+        for choice, on, want in runs:
+            fwd.clear(), bwd.clear()
+            dcn.BACKWARD_KERNEL = on
             with kernels(choice):
-                dcn.deform_conv2d_sampled(x, offset, weight, padding=1, mask=mask)
-            assert len(calls) == want, (choice, len(calls))
+                out = dcn.deform_conv2d_sampled(leaves[0], leaves[1], leaves[3], padding=1, mask=leaves[2])
+                out.sum().backward()
+            assert (len(fwd), len(bwd)) == want, (choice, on, len(fwd), len(bwd))
     finally:
-        triton_columns._dcn_columns_kernel = original
+        triton_columns._dcn_columns_kernel, triton_backward._dcn_backward_kernel = originals
+        dcn.BACKWARD_KERNEL = True
 
 
 class _Counting:
@@ -156,17 +244,29 @@ class _Counting:
 
 
 def check_opcheck(device: str) -> None:
+    from bevforge.ops.dcn.triton_backward import dcn_backward_op
     from bevforge.ops.dcn.triton_columns import dcn_columns_op
 
     x, offset, mask, geo = make_inputs(device, B=1, C=3, H=4, W=5)
+    geometry = [list(v) for v in geo]
+    grad_cols = _grad_cols(x, offset, geo)
     for m in (mask, None):
-        torch.library.opcheck(dcn_columns_op, (x, offset, m, *[list(v) for v in geo], torch.float32))
+        torch.library.opcheck(dcn_columns_op, (x, offset, m, *geometry, torch.float32))
+        for need_x in (True, False):
+            # atomics: the input gradient's last bits may differ between the opcheck's repeated runs
+            torch.library.opcheck(
+                dcn_backward_op,
+                (grad_cols, x, offset, m, *geometry, need_x),
+                test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+            )
 
 
 CASES = {
     "columns_fp32": check_columns_fp32,
     "geometries": check_geometries,
     "low_precision": check_low_precision,
+    "backward_geometries": check_backward_geometries,
+    "backward_low_precision_and_layouts": check_backward_low_precision_and_layouts,
     "strided_layouts": check_strided_layouts,
     "deform_conv_end_to_end": check_deform_conv_end_to_end,
     "dispatch_picks_kernel": check_dispatch_picks_kernel,

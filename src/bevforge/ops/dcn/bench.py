@@ -1,11 +1,13 @@
-"""Time one DCNv2 layer: torchvision vs sampled (grid_sample columns) vs sampled with the Triton columns
-kernel, forward + backward and forward alone (inference): ``python -m bevforge.ops.dcn.bench``.
+"""Time one DCNv2 layer: torchvision vs sampled (grid_sample columns) vs the Triton columns kernel with the
+sampled backward vs both Triton kernels, forward + backward and forward alone (inference):
+``python -m bevforge.ops.dcn.bench``.
 
 Defaults: an R101 stage-3 DCN of BEVFormer-base (256 -> 256 channels, 3x3, stride 1, the 58 x 100
 stride-16 map of a 928 x 1600 image, 6 cameras). Prints ms per forward+backward and per forward, the ratios
 against torchvision, plus the largest output difference to torchvision (same weights, random offsets and
-masks). The two sampled variants differ only in how the forward builds its columns
-(``BEVFORGE_KERNELS=reference`` vs ``auto``); the Triton one runs only on CUDA.
+masks). The sampled variants differ only in where the columns and the backward come from
+(``BEVFORGE_KERNELS=reference``; ``triton`` with ``sampled.BACKWARD_KERNEL`` off; ``triton``, the default
+``auto`` path on CUDA); the Triton ones run only on CUDA.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from contextlib import nullcontext
 import torch
 import torchvision
 
+from bevforge.ops.dcn import sampled
 from bevforge.ops.dcn.sampled import deform_conv2d_sampled
-from bevforge.ops.dispatch import kernels
+from bevforge.ops.dispatch import interpreting, kernels
 
 _AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,11 +31,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: variant -> (function, BEVFORGE_KERNELS while it runs)
+#: variant -> (function, BEVFORGE_KERNELS while it runs, Triton backward kernel on)
 IMPLS = {
-    "torchvision": (torchvision.ops.deform_conv2d, None),
-    "sampled-grid": (deform_conv2d_sampled, "reference"),
-    "sampled-triton": (deform_conv2d_sampled, "triton"),
+    "torchvision": (torchvision.ops.deform_conv2d, None, True),
+    "sampled-grid": (deform_conv2d_sampled, "reference", True),
+    "triton-fwd": (deform_conv2d_sampled, "triton", False),
+    "triton-fwd+bwd": (deform_conv2d_sampled, "triton", True),
 }
 
 
@@ -46,24 +50,28 @@ def time_impl(
 ) -> tuple[float, torch.Tensor]:
     """Mean ms of forward (+ backward) over ``iters`` runs (after ``warmup``) and the last output."""
     x, offset, mask, weight = inputs
-    fn, choice = IMPLS[impl]
+    fn, choice, backward_kernel = IMPLS[impl]
     device = x.device
     ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
     out = x
     elapsed = 0.0
-    with kernels(choice):
-        for i in range(warmup + iters):
-            for t in inputs:
-                t.grad = None
-            _sync(device)
-            start = time.perf_counter()
-            with ctx, torch.set_grad_enabled(backward):
-                out = fn(x, offset, weight, None, stride=1, padding=1, dilation=1, mask=mask)
-            if backward:
-                out.float().square().mean().backward()
-            _sync(device)
-            if i >= warmup:
-                elapsed += time.perf_counter() - start
+    sampled.BACKWARD_KERNEL = backward_kernel
+    try:
+        with kernels(choice):
+            for i in range(warmup + iters):
+                for t in inputs:
+                    t.grad = None
+                _sync(device)
+                start = time.perf_counter()
+                with ctx, torch.set_grad_enabled(backward):
+                    out = fn(x, offset, weight, None, stride=1, padding=1, dilation=1, mask=mask)
+                if backward:
+                    out.float().square().mean().backward()
+                _sync(device)
+                if i >= warmup:
+                    elapsed += time.perf_counter() - start
+    finally:
+        sampled.BACKWARD_KERNEL = True
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 
@@ -85,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     mask = torch.rand(B, 9, H, W, generator=gen)
     weight = torch.randn(C, C, 3, 3, generator=gen) * (C * 9) ** -0.5
     inputs = tuple(t.to(device).requires_grad_() for t in (x, offset, mask, weight))
-    impls = [i for i in IMPLS if i != "sampled-triton" or device.type == "cuda"]
+    triton_ok = device.type == "cuda" or interpreting()  # the interpreter: a CPU check of this script
+    impls = [i for i in IMPLS if not i.startswith("triton") or triton_ok]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"DCNv2 [{B}, {C}, {H}, {W}] 3x3, amp {args.amp}, {name}")
     for backward in (True, False):
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {'forward + backward' if backward else 'forward (no grad)'}")
         for impl, (ms, out) in results.items():
             diff = (out - out_tv).abs().max().item()
-            print(f"    {impl:15s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
+            print(f"    {impl:16s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
     print(f"  (max |out| {out_tv.abs().max().item():.3g})")
     return 0
 

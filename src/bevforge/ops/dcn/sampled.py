@@ -21,14 +21,16 @@ same integer-at-centre convention as torchvision), multiplied by the mask, and t
 matmul in the autocast dtype (bf16/fp16 tensor cores under AMP; the sampling coordinates, bilinear
 weights and sampler gradients stay fp32). Like torchvision, the columns are not kept for backward: the
 backward samples them again, so the activation memory is that of torchvision's op (inputs only). The
-backward is explicit (GEMM grads + ``grid_sampler_2d_backward`` + the mask grad), so ``torch.compile``
-traces it without graph breaks.
+backward is explicit (GEMM grads + ``grid_sampler_2d_backward`` + the mask grad, or the Triton custom
+ops), so ``torch.compile`` traces it without graph breaks.
 
 Forward columns kernel: on CUDA (``BEVFORGE_KERNELS=auto|triton``, see :mod:`bevforge.ops.dispatch`) the
 forward's columns come from one Triton pass (:mod:`bevforge.ops.dcn.triton_columns`: the samples are
 taken from the input in its own dtype and layout and written once, in the GEMM dtype) instead of the fp32
 input copy + ``grid_sample`` + mask/cast passes; :func:`columns_ineligible_reason` says when it is not
-used. The backward is the same either way.
+used. Under the same rule the backward takes the weight gradient's columns from that kernel and the input,
+offset and mask gradients from one Triton pass over the columns' gradient
+(:mod:`bevforge.ops.dcn.triton_backward`) instead of sampling again and ``grid_sampler_2d_backward``.
 
 Numerics: the grid round trip (pixels -> [-1, 1] -> pixels) is exact only up to fp32 rounding, so a sample
 exactly on an integer position (zero offsets) may land a rounding error to either side: values and the
@@ -49,6 +51,7 @@ from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_re
 __all__ = ["columns_ineligible_reason", "deform_conv2d_sampled"]
 
 _COLUMNS_OP = LazyOp("bevforge.ops.dcn.triton_columns", "dcn_columns_op")
+_BACKWARD_OP = LazyOp("bevforge.ops.dcn.triton_backward", "dcn_backward_op")
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -191,8 +194,8 @@ def _forward_columns(
 
 
 class _SampledDeformConv(torch.autograd.Function):
-    """Forward: sample -> columns -> GEMM. Backward: sample again (as torchvision's im2col in backward),
-    GEMM grads, then the native grid_sampler backward (input and grid grads) and the mask grad.
+    """Forward: sample -> columns -> GEMM. Backward: GEMM grads, then the input, offset and mask grads
+    from the columns' gradient: one Triton pass where the dispatch allows it, else the sampled backward.
 
     Runs with autocast off; ``gemm_dtype`` (decided by the caller from the autocast state) is explicit."""
 
@@ -229,61 +232,123 @@ class _SampledDeformConv(torch.autograd.Function):
         x, offset, mask, weight = ctx.saved_tensors
         need_x, need_off, need_mask, need_w, need_b = ctx.needs_input_grad[:5]
         geo, gd = ctx.geo, ctx.gemm_dtype
-        B, C, H, W = x.shape
+        B, C = x.shape[:2]
         O, Cg = weight.shape[:2]
         Gw, K = C // Cg, geo.kernel[0] * geo.kernel[1]
-        G = offset.shape[1] // (2 * K)
         Ho, Wo = grad_out.shape[-2:]
-        grad_x = grad_off = grad_mask = grad_w = grad_b = None
+        grad_b = None
         with torch.autocast(x.device.type, enabled=False):
-            xs = _sampling_input(x)
-            Hs, Ws = xs.shape[-2:]
-            grid = _grid(offset, geo, Hs, Ws, xs.dtype)  # [B*G, K*Ho, Wo, 2]
-            sampled = _sample(xs, grid, G)  # [B*G, C/G, K*Ho, Wo]
-            g = grad_out.to(gd).reshape(B, Gw, O // Gw, Ho * Wo)  # [B, Gw, O/Gw, L]
-            if need_w:
-                cols = _columns(sampled, mask, B, G, K, (Ho, Wo), gd)  # [B, C*K, L]
-                cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
-                # per image (no copy of the transposed columns), summed in fp32: [Gw, O/Gw, C/Gw*K]
-                acc = torch.promote_types(gd, torch.float32)
-                grad_w = torch.matmul(g, cols.transpose(-1, -2)).sum(dim=0, dtype=acc)
-                grad_w = grad_w.reshape(weight.shape).to(weight.dtype)
-                del cols
             if need_b and ctx.has_bias:
                 acc = torch.promote_types(grad_out.dtype, torch.float32)
                 grad_b = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(ctx.bias_dtype)  # [O]
-            if need_x or need_off or need_mask:
-                w = weight.to(gd).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
-                grad_cols = torch.matmul(w.transpose(1, 2), g)  # [B, Gw, C/Gw*K, L] in the GEMM dtype
-                grad_cols = grad_cols.view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
-                if need_mask:  # products promote to the sampling dtype
-                    grad_mask = grad_cols * sampled.view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
-                    grad_mask = grad_mask.sum(dim=2)  # [B, G, K, Ho, Wo]
-                    grad_mask = grad_mask.view(B, G * K, Ho, Wo).to(mask.dtype)
-                del sampled
-                if mask is None:
-                    grad_cols = grad_cols.to(xs.dtype)
-                else:  # [B, G, C/G, K, Ho, Wo], one pass: product and cast
-                    grad_cols = grad_cols * mask.to(xs.dtype).reshape(B, G, 1, K, Ho, Wo)
-            if need_x or need_off:
-                grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-                    grad_cols.view(B * G, C // G, K * Ho, Wo),
-                    xs.reshape(B * G, C // G, Hs, Ws),
-                    grid,
-                    _BILINEAR,
-                    _ZEROS,
-                    True,
-                    [need_x, need_off],
-                )  # [B*G, C/G, Hs, Ws], [B*G, K*Ho, Wo, (x, y)]
-                if need_x:
-                    grad_x = grad_xs.reshape(B, C, Hs, Ws)[:, :, :H, :W].to(x.dtype)  # [B, C, H, W]
-                if need_off:
-                    grad_grid = grad_grid.reshape(B, G, K, Ho, Wo, 2)  # d/d(normalised x, y)
-                    grad_dy = grad_grid[..., 1] * (2.0 / (Hs - 1))  # [B, G, K, Ho, Wo] per pixel
-                    grad_dx = grad_grid[..., 0] * (2.0 / (Ws - 1))  # [B, G, K, Ho, Wo]
-                    grad_off = torch.stack((grad_dy, grad_dx), dim=3)  # [B, G, K, (dy, dx), Ho, Wo]
-                    grad_off = grad_off.view(B, 2 * G * K, Ho, Wo).to(offset.dtype)
+            g = grad_out.to(gd).reshape(B, Gw, O // Gw, Ho * Wo)  # [B, Gw, O/Gw, L]
+            kernel_op = _backward_kernel(x, offset, mask, gd, K)
+            if kernel_op is not None:
+                needs = ctx.needs_input_grad
+                grads = _backward_with_kernel(kernel_op, g, x, offset, mask, weight, geo, gd, needs)
+            else:
+                grads = _backward_sampled(g, x, offset, mask, weight, geo, gd, ctx.needs_input_grad)
+        grad_x, grad_off, grad_mask, grad_w = grads
         return grad_x, grad_off, grad_mask, grad_w, grad_b, None, None
+
+
+#: the Triton backward kernel under ``BEVFORGE_KERNELS=auto|triton`` (the forward columns kernel's
+#: eligibility); False keeps the sampled backward with the columns kernel (``ops/dcn/bench.py`` compares)
+BACKWARD_KERNEL = True
+
+
+def _backward_kernel(
+    x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None, gemm_dtype: torch.dtype, K: int
+):
+    """The Triton backward op when the dispatch allows it (the forward columns kernel's rules), else None."""
+    choice = kernel_choice()
+    if choice == "reference" or not BACKWARD_KERNEL:
+        return None
+    reason = columns_ineligible_reason(x, offset, mask, gemm_dtype, K)
+    return select_kernel(choice, _BACKWARD_OP, reason, "Triton DCN backward kernel")
+
+
+def _grad_weight(g: torch.Tensor, cols: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g [B, Gw, O/Gw, L]``, ``cols [B, C*K, L]`` (GEMM dtype) -> ``grad_weight`` like ``weight``:
+    per image (no copy of the transposed columns), summed over images in fp32."""
+    B, Gw, _, L = g.shape
+    cols = cols.view(B, Gw, -1, L)  # [B, Gw, C/Gw*K, L]
+    acc = torch.promote_types(g.dtype, torch.float32)
+    grad_w = torch.matmul(g, cols.transpose(-1, -2)).sum(dim=0, dtype=acc)  # [Gw, O/Gw, C/Gw*K]
+    return grad_w.reshape(weight.shape).to(weight.dtype)
+
+
+def _grad_columns(g: torch.Tensor, weight: torch.Tensor, gemm_dtype: torch.dtype) -> torch.Tensor:
+    """``g [B, Gw, O/Gw, L]`` -> the columns' gradient ``[B, Gw, C/Gw*K, L]`` in the GEMM dtype."""
+    Gw, O = g.shape[1], weight.shape[0]
+    w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
+    return torch.matmul(w.transpose(1, 2), g)
+
+
+def _backward_with_kernel(op, g, x, offset, mask, weight, geo, gd, needs):
+    """Columns for the weight gradient from the forward's Triton kernel; input, offset and mask gradients
+    from one Triton pass over the columns' gradient (:mod:`bevforge.ops.dcn.triton_backward`)."""
+    need_x, need_off, need_mask, need_w = needs[:4]
+    B, C = x.shape[:2]
+    K, L = geo.kernel[0] * geo.kernel[1], g.shape[-1]
+    geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
+    grad_x = grad_off = grad_mask = grad_w = None
+    if need_w:
+        grad_w = _grad_weight(g, _COLUMNS_OP.get()(x, offset, mask, *geometry, gd), weight)
+    if need_x or need_off or need_mask:
+        grad_cols = _grad_columns(g, weight, gd).view(B, C * K, L)  # [B, C*K, L]
+        gx, goff, gmask = op(grad_cols, x, offset, mask, *geometry, need_x)
+        grad_x = gx.to(x.dtype) if need_x else None
+        grad_off = goff.to(offset.dtype) if need_off else None
+        grad_mask = gmask.to(mask.dtype) if need_mask else None
+    return grad_x, grad_off, grad_mask, grad_w
+
+
+def _backward_sampled(g, x, offset, mask, weight, geo, gd, needs):
+    """Sample again (as torchvision's im2col in backward), GEMM grads, then the native grid_sampler
+    backward (input and grid grads) and the mask grad."""
+    need_x, need_off, need_mask, need_w = needs[:4]
+    B, C, H, W = x.shape
+    K = geo.kernel[0] * geo.kernel[1]
+    G = offset.shape[1] // (2 * K)
+    Ho, Wo = offset.shape[-2:]
+    grad_x = grad_off = grad_mask = grad_w = None
+    xs = _sampling_input(x)
+    Hs, Ws = xs.shape[-2:]
+    grid = _grid(offset, geo, Hs, Ws, xs.dtype)  # [B*G, K*Ho, Wo, 2]
+    sampled = _sample(xs, grid, G)  # [B*G, C/G, K*Ho, Wo]
+    if need_w:
+        grad_w = _grad_weight(g, _columns(sampled, mask, B, G, K, (Ho, Wo), gd), weight)
+    if need_x or need_off or need_mask:
+        grad_cols = _grad_columns(g, weight, gd).view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
+        if need_mask:  # products promote to the sampling dtype
+            grad_mask = grad_cols * sampled.view(B, G, C // G, K, Ho, Wo)  # [B, G, C/G, K, Ho, Wo]
+            grad_mask = grad_mask.sum(dim=2)  # [B, G, K, Ho, Wo]
+            grad_mask = grad_mask.view(B, G * K, Ho, Wo).to(mask.dtype)
+        del sampled
+        if mask is None:
+            grad_cols = grad_cols.to(xs.dtype)
+        else:  # [B, G, C/G, K, Ho, Wo], one pass: product and cast
+            grad_cols = grad_cols * mask.to(xs.dtype).reshape(B, G, 1, K, Ho, Wo)
+    if need_x or need_off:
+        grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+            grad_cols.view(B * G, C // G, K * Ho, Wo),
+            xs.reshape(B * G, C // G, Hs, Ws),
+            grid,
+            _BILINEAR,
+            _ZEROS,
+            True,
+            [need_x, need_off],
+        )  # [B*G, C/G, Hs, Ws], [B*G, K*Ho, Wo, (x, y)]
+        if need_x:
+            grad_x = grad_xs.reshape(B, C, Hs, Ws)[:, :, :H, :W].to(x.dtype)  # [B, C, H, W]
+        if need_off:
+            grad_grid = grad_grid.reshape(B, G, K, Ho, Wo, 2)  # d/d(normalised x, y)
+            grad_dy = grad_grid[..., 1] * (2.0 / (Hs - 1))  # [B, G, K, Ho, Wo] per pixel
+            grad_dx = grad_grid[..., 0] * (2.0 / (Ws - 1))  # [B, G, K, Ho, Wo]
+            grad_off = torch.stack((grad_dy, grad_dx), dim=3)  # [B, G, K, (dy, dx), Ho, Wo]
+            grad_off = grad_off.view(B, 2 * G * K, Ho, Wo).to(offset.dtype)
+    return grad_x, grad_off, grad_mask, grad_w
 
 
 def deform_conv2d_sampled(
