@@ -7,9 +7,10 @@ Given ``grad_cols [B, C * K, L]`` (= weight^T @ grad_out, row ``c * K + k``, in 
 path rebuilds the fp32 samples (an fp32 copy of the input, the [-1, 1] grid, one ``grid_sample``), forms
 the mask gradient (a product and a channel sum), modulates the columns' gradient (a product) and calls
 ``grid_sampler_2d_backward``, then rescales and stacks the grid gradient: ~20 operators and several
-fp32 ``[B, C, K, L]`` passes per layer. Here each program owns ``BLOCK_L`` output pixels of one (image,
-offset group), computes each tap's sample position once, and loops over the group's channels in blocks
-of ``BLOCK_C``, reading the four corners and the columns' gradient once:
+fp32 ``[B, C, K, L]`` passes per layer. Here each program owns one tap of ``BLOCK_L`` output pixels of one
+(image, offset group) (``B * G * K * L / BLOCK_L`` programs: enough for an H100 even on R101's stage 4),
+computes the sample positions once and loops over the group's channels in blocks of ``BLOCK_C``, reading
+the four corners and the columns' gradient once:
 
 - ``grad_mask[b, g*K + k, l] = sum_c grad_cols * sample`` and the offset gradients
   ``d/d(dy, dx) = sum_c grad_cols * mask * d sample / d(y, x)`` are reduced over the channel loop in
@@ -52,76 +53,76 @@ def _dcn_backward_kernel(
     HAS_MASK: tl.constexpr, NEED_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(B * G, cdiv(L, BLOCK_L))``. Contiguous: ``gcol [B, C*K, L]`` and the fp32 outputs ``gx
-    [B, C, H, W]``, ``goff [B, 2*G*K, L]``, ``gmask [B, G*K, L]``."""
-    pid_bg, pid_l = tl.program_id(0), tl.program_id(1)
+    """Grid ``(B * G, cdiv(L, BLOCK_L), K)``: one tap of one (image, offset group) per program, so the
+    offset and mask gradients need no cross-program reduction. Contiguous: ``gcol [B, C*K, L]`` and the
+    fp32 outputs ``gx [B, C, H, W]``, ``goff [B, 2*G*K, L]``, ``gmask [B, G*K, L]``."""
+    pid_bg, pid_l, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, g = pid_bg // G, pid_bg % G
     K: tl.constexpr = KH * KW
+    i, j = k // KW, k % KW
     l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BL] flat output pixel
     l_mask = l < L
     ho, wo = l // Wo, l % Wo  # [BL]
     Hf, Wf = H * 1.0, W * 1.0  # fp32 (an int arg equal to 1 is a constexpr: no .to())
-    for k in tl.static_range(K):
-        i, j = k // KW, k % KW
-        oc = (g * K + k) * 2  # offset channel of dy (dx is the next one)
-        o_ptr = off_ptr + b * sob + ho * sol_h + wo * sol_w  # [BL]
-        dy = tl.load(o_ptr + oc * soc, mask=l_mask, other=0.0).to(tl.float32)
-        dx = tl.load(o_ptr + (oc + 1) * soc, mask=l_mask, other=0.0).to(tl.float32)
-        y = (ho * stride_h - pad_h + i * dil_h).to(tl.float32) + dy  # [BL] input row
-        x = (wo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx  # [BL] input column
-        y = tl.minimum(tl.maximum(y, -2.0), Hf + 1.0)  # far outside -> just outside
-        x = tl.minimum(tl.maximum(x, -2.0), Wf + 1.0)
-        y0f, x0f = tl.floor(y), tl.floor(x)
-        ly, lx = y - y0f, x - x0f  # [BL] fractions
-        hy, hx = 1.0 - ly, 1.0 - lx
-        y0, x0 = y0f.to(tl.int32), x0f.to(tl.int32)
-        y1, x1 = y0 + 1, x0 + 1
-        in_y0, in_y1 = (y0 >= 0) & (y0 < H), (y1 >= 0) & (y1 < H)  # [BL]
-        in_x0, in_x1 = (x0 >= 0) & (x0 < W), (x1 >= 0) & (x1 < W)
-        in00, in01 = l_mask & in_y0 & in_x0, l_mask & in_y0 & in_x1
-        in10, in11 = l_mask & in_y1 & in_x0, l_mask & in_y1 & in_x1
+    oc = (g * K + k) * 2  # offset channel of dy (dx is the next one)
+    o_ptr = off_ptr + b * sob + ho * sol_h + wo * sol_w  # [BL]
+    dy = tl.load(o_ptr + oc * soc, mask=l_mask, other=0.0).to(tl.float32)
+    dx = tl.load(o_ptr + (oc + 1) * soc, mask=l_mask, other=0.0).to(tl.float32)
+    y = (ho * stride_h - pad_h + i * dil_h).to(tl.float32) + dy  # [BL] input row
+    x = (wo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx  # [BL] input column
+    y = tl.minimum(tl.maximum(y, -2.0), Hf + 1.0)  # far outside -> just outside
+    x = tl.minimum(tl.maximum(x, -2.0), Wf + 1.0)
+    y0f, x0f = tl.floor(y), tl.floor(x)
+    ly, lx = y - y0f, x - x0f  # [BL] fractions
+    hy, hx = 1.0 - ly, 1.0 - lx
+    y0, x0 = y0f.to(tl.int32), x0f.to(tl.int32)
+    y1, x1 = y0 + 1, x0 + 1
+    in_y0, in_y1 = (y0 >= 0) & (y0 < H), (y1 >= 0) & (y1 < H)  # [BL]
+    in_x0, in_x1 = (x0 >= 0) & (x0 < W), (x1 >= 0) & (x1 < W)
+    in00, in01 = l_mask & in_y0 & in_x0, l_mask & in_y0 & in_x1
+    in10, in11 = l_mask & in_y1 & in_x0, l_mask & in_y1 & in_x1
+    if HAS_MASK:
+        m_ptr = mask_ptr + b * smb + (g * K + k) * smc + ho * sml_h + wo * sml_w  # [BL]
+        m = tl.load(m_ptr, mask=l_mask, other=0.0).to(tl.float32)
+    else:
+        m = tl.full([BLOCK_L], 1.0, tl.float32)
+    acc_dy = tl.zeros([BLOCK_L], dtype=tl.float32)
+    acc_dx = tl.zeros([BLOCK_L], dtype=tl.float32)
+    acc_m = tl.zeros([BLOCK_L], dtype=tl.float32)
+    for c0 in range(0, Cg, BLOCK_C):
+        c_local = c0 + tl.arange(0, BLOCK_C)  # [BC] channel within the group
+        c_mask = c_local < Cg
+        chan = g * Cg + c_local  # [BC] input channel
+        cl_mask = c_mask[:, None] & l_mask[None, :]  # [BC, BL]
+        gc_ptrs = gcol_ptr + (b * C * K + chan[:, None] * K + k) * L + l[None, :]  # [BC, BL]
+        gc = tl.load(gc_ptrs, mask=cl_mask, other=0.0).to(tl.float32)
+        x_row = x_ptr + b * sxb + chan[:, None] * sxc  # [BC, 1]
+        v00 = _load_corner(x_row, y0, x0, H, W, sxh, sxw, in00, c_mask)
+        v01 = _load_corner(x_row, y0, x1, H, W, sxh, sxw, in01, c_mask)
+        v10 = _load_corner(x_row, y1, x0, H, W, sxh, sxw, in10, c_mask)
+        v11 = _load_corner(x_row, y1, x1, H, W, sxh, sxw, in11, c_mask)
         if HAS_MASK:
-            m_ptr = mask_ptr + b * smb + (g * K + k) * smc + ho * sml_h + wo * sml_w  # [BL]
-            m = tl.load(m_ptr, mask=l_mask, other=0.0).to(tl.float32)
-        else:
-            m = tl.full([BLOCK_L], 1.0, tl.float32)
-        acc_dy = tl.zeros([BLOCK_L], dtype=tl.float32)
-        acc_dx = tl.zeros([BLOCK_L], dtype=tl.float32)
-        acc_m = tl.zeros([BLOCK_L], dtype=tl.float32)
-        for c0 in range(0, Cg, BLOCK_C):
-            c_local = c0 + tl.arange(0, BLOCK_C)  # [BC] channel within the group
-            c_mask = c_local < Cg
-            chan = g * Cg + c_local  # [BC] input channel
-            cl_mask = c_mask[:, None] & l_mask[None, :]  # [BC, BL]
-            gc_ptrs = gcol_ptr + (b * C * K + chan[:, None] * K + k) * L + l[None, :]  # [BC, BL]
-            gc = tl.load(gc_ptrs, mask=cl_mask, other=0.0).to(tl.float32)
-            x_row = x_ptr + b * sxb + chan[:, None] * sxc  # [BC, 1]
-            v00 = _load_corner(x_row, y0, x0, H, W, sxh, sxw, in00, c_mask)
-            v01 = _load_corner(x_row, y0, x1, H, W, sxh, sxw, in01, c_mask)
-            v10 = _load_corner(x_row, y1, x0, H, W, sxh, sxw, in10, c_mask)
-            v11 = _load_corner(x_row, y1, x1, H, W, sxh, sxw, in11, c_mask)
-            if HAS_MASK:
-                sample = (hy * hx)[None, :] * v00 + (hy * lx)[None, :] * v01
-                sample += (ly * hx)[None, :] * v10 + (ly * lx)[None, :] * v11
-                acc_m += tl.sum(gc * sample, axis=0)
-            gm = gc * m[None, :]  # [BC, BL] gradient of the unmodulated sample
-            acc_dy += tl.sum(gm * (hx[None, :] * (v10 - v00) + lx[None, :] * (v11 - v01)), axis=0)
-            acc_dx += tl.sum(gm * (hy[None, :] * (v01 - v00) + ly[None, :] * (v11 - v10)), axis=0)
-            if NEED_X:
-                gx_row = gx_ptr + (b * C + chan[:, None]) * (H * W)  # [BC, 1] fp32 planes
-                tl.atomic_add(gx_row + (y0 * W + x0)[None, :], gm * (hy * hx)[None, :],
-                              mask=c_mask[:, None] & in00[None, :])  # fmt: skip
-                tl.atomic_add(gx_row + (y0 * W + x1)[None, :], gm * (hy * lx)[None, :],
-                              mask=c_mask[:, None] & in01[None, :])  # fmt: skip
-                tl.atomic_add(gx_row + (y1 * W + x0)[None, :], gm * (ly * hx)[None, :],
-                              mask=c_mask[:, None] & in10[None, :])  # fmt: skip
-                tl.atomic_add(gx_row + (y1 * W + x1)[None, :], gm * (ly * lx)[None, :],
-                              mask=c_mask[:, None] & in11[None, :])  # fmt: skip
-        goff_row = goff_ptr + (b * 2 * G * K + oc) * L + l  # [BL] dy channel; dx is the next one
-        tl.store(goff_row, acc_dy, mask=l_mask)
-        tl.store(goff_row + L, acc_dx, mask=l_mask)
-        if HAS_MASK:
-            tl.store(gmask_ptr + (b * G * K + g * K + k) * L + l, acc_m, mask=l_mask)
+            sample = (hy * hx)[None, :] * v00 + (hy * lx)[None, :] * v01
+            sample += (ly * hx)[None, :] * v10 + (ly * lx)[None, :] * v11
+            acc_m += tl.sum(gc * sample, axis=0)
+        gm = gc * m[None, :]  # [BC, BL] gradient of the unmodulated sample
+        acc_dy += tl.sum(gm * (hx[None, :] * (v10 - v00) + lx[None, :] * (v11 - v01)), axis=0)
+        acc_dx += tl.sum(gm * (hy[None, :] * (v01 - v00) + ly[None, :] * (v11 - v10)), axis=0)
+        if NEED_X:
+            gx_row = gx_ptr + (b * C + chan[:, None]) * (H * W)  # [BC, 1] fp32 planes
+            tl.atomic_add(gx_row + (y0 * W + x0)[None, :], gm * (hy * hx)[None, :],
+                          mask=c_mask[:, None] & in00[None, :])  # fmt: skip
+            tl.atomic_add(gx_row + (y0 * W + x1)[None, :], gm * (hy * lx)[None, :],
+                          mask=c_mask[:, None] & in01[None, :])  # fmt: skip
+            tl.atomic_add(gx_row + (y1 * W + x0)[None, :], gm * (ly * hx)[None, :],
+                          mask=c_mask[:, None] & in10[None, :])  # fmt: skip
+            tl.atomic_add(gx_row + (y1 * W + x1)[None, :], gm * (ly * lx)[None, :],
+                          mask=c_mask[:, None] & in11[None, :])  # fmt: skip
+    goff_row = goff_ptr + (b * 2 * G * K + oc) * L + l  # [BL] dy channel; dx is the next one
+    tl.store(goff_row, acc_dy, mask=l_mask)
+    tl.store(goff_row + L, acc_dx, mask=l_mask)
+    if HAS_MASK:
+        tl.store(gmask_ptr + (b * G * K + g * K + k) * L + l, acc_m, mask=l_mask)
 
 
 @torch.library.custom_op("bevforge::dcn_backward", mutates_args=())
@@ -150,7 +151,7 @@ def dcn_backward_op(
     grad_off = torch.empty(B, 2 * G * K, Ho, Wo, **f32)
     grad_mask = torch.empty(B, G * K, Ho, Wo, **f32) if mask is not None else torch.empty(0, **f32)
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
-    grid = (B * G, triton.cdiv(L, BLOCK_L))
+    grid = (B * G, triton.cdiv(L, BLOCK_L), K)
     _dcn_backward_kernel[grid](
         grad_cols, x, offset, m, grad_x, grad_off, grad_mask,
         C, H, W, Wo, L, Cg, G,
