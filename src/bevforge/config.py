@@ -96,7 +96,7 @@ class BackboneConfig:
     norm_eval: bool = True  # BN stays frozen (eval mode) during training
     dcn_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pretrained: str = ""  # "" (random), "torchvision" (local torch cache) or a path to a state dict
-    with_cp: bool = False  # activation checkpointing inside the backbone
+    with_cp: bool = False  # activation checkpointing of the backbone's trainable blocks (train.grad_ckpt: on)
     style: str = "pytorch"  # "caffe": stride in the bottleneck's 1x1 conv (official small/base R101-DCN init)
     # DCNv2 op of the dcn_stages convs: "torchvision" (fp32 im2col + GEMM even under autocast) or "sampled"
     # (ops/dcn: one grid_sample + a GEMM in the autocast dtype; same function and state dict; the default:
@@ -222,6 +222,9 @@ class TrainConfig:
     min_lr_ratio: float = 1e-3
     accum_steps: int = 1
     amp: str = "auto"  # auto | bf16 | fp16 | off  (auto: bf16 on GPUs that support it, else off)
+    # activation checkpointing of the BEV encoder's layers and (as model.backbone.with_cp) the image
+    # backbone's trainable blocks: BEVFormer-base keeps ~8 GiB for backward in its backbone, ~4.5 in its
+    # encoder (benchmarks/memory_census.py); with_cp alone checkpoints only the backbone
     grad_ckpt: bool = False
     sync_bn: bool = False
     seed: int = 0

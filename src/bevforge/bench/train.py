@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="recipe name or path")
     p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--amp", choices=("bf16", "fp16", "off", "auto"), default=None)
-    p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--grad-ckpt", action="store_true", help="train.grad_ckpt: checkpoint encoder + backbone")
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     p.add_argument("--iters", type=int, default=20, help="timed iterations")
     p.add_argument("--out", default=str(RESULTS), help="markdown file the result row is appended to")

@@ -26,7 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--load-from", default="", metavar="CKPT", help="initial weights (not a resume)")
     p.add_argument("--set", dest="overrides", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing (less memory)")
+    p.add_argument(
+        "--grad-ckpt",
+        action="store_true",
+        help="activation checkpointing of the BEV encoder and the image backbone (less memory, slower); "
+        "the backbone alone: --set model.backbone.with_cp=true",
+    )
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs")
     p.add_argument("--auto-scale-lr", action="store_true", help="lr x global batch / train.base_batch_size")
     p.add_argument("--seed", type=int, default=None)

@@ -55,7 +55,7 @@ def build_bevdet(cfg: Config) -> BEVDet:
         norm_eval=bk.norm_eval,
         dcn_stages=tuple(bk.dcn_stages),
         pretrained=bk.pretrained,
-        with_cp=bk.with_cp,
+        with_cp=bk.with_cp or cfg.train.grad_ckpt,
         style=bk.style,
         dcn_impl=bk.dcn_impl,
     )

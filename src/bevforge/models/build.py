@@ -51,7 +51,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         norm_eval=b.norm_eval,
         dcn_stages=tuple(b.dcn_stages),
         pretrained=b.pretrained,
-        with_cp=b.with_cp,
+        with_cp=b.with_cp or cfg.train.grad_ckpt,  # --grad-ckpt: the backbone too (its largest share)
         style=b.style,
         dcn_impl=b.dcn_impl,
     )

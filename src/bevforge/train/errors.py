@@ -26,7 +26,10 @@ def oom_advice(batch_size: int, amp: str, grad_ckpt: bool, img_scale: float) -> 
     if batch_size > 1:
         tips.append(f"lower the batch size (--set data.batch_size={max(batch_size // 2, 1)})")
     if not grad_ckpt:
-        tips.append("recompute activations with --grad-ckpt")
+        tips.append(
+            "recompute activations in backward with --grad-ckpt (encoder + backbone), or the backbone's "
+            "alone with --set model.backbone.with_cp=true"
+        )
     if amp not in ("bf16", "fp16"):
         tips.append("train in mixed precision with --amp bf16 (or fp16 on GPUs without bf16)")
     tips.append(f"shrink the images (--set data.img_scale={img_scale * 0.75:g})")

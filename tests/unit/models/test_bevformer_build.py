@@ -34,3 +34,16 @@ def test_build_rejects_inconsistent_config():
     cfg = load_config("bevformer_debug", ["model.neck.out_channels=32"])
     with pytest.raises(ConfigError, match="embed_dims"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "backbone_cp", "encoder_cp"),
+    [
+        ([], False, False),
+        (["train.grad_ckpt=true"], True, True),  # --grad-ckpt: the backbone (its largest share) too
+        (["model.backbone.with_cp=true"], True, False),
+    ],
+)
+def test_grad_ckpt_switches(overrides, backbone_cp, encoder_cp):
+    model = build_model(load_config("bevformer_debug", overrides))
+    assert (model.backbone.with_cp, model.encoder.grad_ckpt) == (backbone_cp, encoder_cp)
