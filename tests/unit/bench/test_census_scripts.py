@@ -1,0 +1,52 @@
+"""benchmarks/op_census.py and benchmarks/memory_census.py run on the debug recipe and see what they
+claim to see (each in its own process: the memory census re-routes the MSDA dispatch for its run)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _run(script: str, *args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "configs/bevformer_debug.py", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _parts(out: str) -> dict[str, float]:
+    line = next(ln for ln in out.splitlines() if ln.startswith("by part: "))
+    return {name: float(gib) for name, gib in re.findall(r"(\w+) ([\d.]+) GiB", line)}
+
+
+def test_memory_census_sees_checkpointing():
+    args = ("--top", "3", "--set", "data.img_scale=0.2")
+    plain = _parts(_run("memory_census.py", *args))
+    ckpt = _parts(_run("memory_census.py", *args, "train.grad_ckpt=true"))
+    assert set(plain) >= {"backbone", "encoder", "det_head"}, plain
+    assert plain["backbone"] > 0 and plain["encoder"] > 0
+    # --grad-ckpt: the encoder's layers and the backbone's trainable blocks keep (almost) nothing
+    assert ckpt.get("encoder", 0.0) < 0.5 * plain["encoder"], (plain, ckpt)
+    assert ckpt.get("backbone", 0.0) < 0.5 * plain["backbone"], (plain, ckpt)
+    assert ckpt["det_head"] == plain["det_head"]
+
+
+def test_op_census_counts_autocast_casts():
+    def total(out: str) -> tuple[int, int]:
+        first = out.splitlines()[0]  # "... one training step optimizer N, forward N, backward N"
+        phases = {k: int(v) for k, v in re.findall(r"(forward|backward) (\d+)", first)}
+        assert set(phases) == {"forward", "backward"}, first
+        return phases["forward"] + phases["backward"], out.count("_to_copy")
+
+    (with_amp, casts_amp), (without, _) = (
+        total(_run("op_census.py", "--top", "60")),
+        total(_run("op_census.py", "--top", "60", "--amp", "off")),
+    )
+    assert with_amp > without > 0 and casts_amp >= 1, (with_amp, without)
