@@ -19,9 +19,9 @@ the four corners and the columns' gradient once:
   corners through ``tl.atomic_add`` (as torchvision's col2im and ATen's grid sampler backward do, so the
   fp32 summation order, and its last bits, vary from run to run).
 
-Sample positions are computed in input pixels as in :mod:`bevforge.ops.dcn.triton_columns` (torchvision's
-rule: pixel centres at integers, every corner outside the image is zero; a position far outside is moved
-to just outside, so the int cast cannot overflow and every corner, hence every gradient, is zero there).
+Sample positions come from :func:`bevforge.ops.dcn.triton_columns.tap_position`, as in the forward
+(torchvision's rule: pixel centres at integers, every corner outside the image is zero; a position far
+outside is moved to just outside, so every corner, hence every gradient, is zero there).
 Indices are int32; the dispatch sends only tensors with fewer than 2**31 elements.
 """
 
@@ -30,6 +30,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from bevforge.ops.dcn.triton_columns import tap_position
 
 BLOCK_C = 16
 BLOCK_L = 64
@@ -63,19 +65,12 @@ def _dcn_backward_kernel(
     l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # [BL] flat output pixel
     l_mask = l < L
     ho, wo = l // Wo, l % Wo  # [BL]
-    Hf, Wf = H * 1.0, W * 1.0  # fp32 (an int arg equal to 1 is a constexpr: no .to())
     oc = (g * K + k) * 2  # offset channel of dy (dx is the next one)
-    o_ptr = off_ptr + b * sob + ho * sol_h + wo * sol_w  # [BL]
-    dy = tl.load(o_ptr + oc * soc, mask=l_mask, other=0.0).to(tl.float32)
-    dx = tl.load(o_ptr + (oc + 1) * soc, mask=l_mask, other=0.0).to(tl.float32)
-    y = (ho * stride_h - pad_h + i * dil_h).to(tl.float32) + dy  # [BL] input row
-    x = (wo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx  # [BL] input column
-    y = tl.minimum(tl.maximum(y, -2.0), Hf + 1.0)  # far outside -> just outside
-    x = tl.minimum(tl.maximum(x, -2.0), Wf + 1.0)
-    y0f, x0f = tl.floor(y), tl.floor(x)
-    ly, lx = y - y0f, x - x0f  # [BL] fractions
+    y0, x0, ly, lx = tap_position(
+        off_ptr, b, oc, ho, wo, i, j, sob, soc, sol_h, sol_w,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, H, W, l_mask,
+    )  # fmt: skip
     hy, hx = 1.0 - ly, 1.0 - lx
-    y0, x0 = y0f.to(tl.int32), x0f.to(tl.int32)
     y1, x1 = y0 + 1, x0 + 1
     in_y0, in_y1 = (y0 >= 0) & (y0 < H), (y1 >= 0) & (y1 < H)  # [BL]
     in_x0, in_x1 = (x0 >= 0) & (x0 < W), (x1 >= 0) & (x1 < W)

@@ -36,6 +36,28 @@ def _corner(x_row, y, x, H, W, sxh, sxw, c_mask, l_mask):
 
 
 @triton.jit
+def tap_position(
+    off_ptr, b, oc, ho, wo, i, j, sob, soc, sol_h, sol_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, H, W, l_mask,
+):  # fmt: skip
+    """Where tap (i, j) of output pixels (ho, wo) ([BL] each) samples the input: the zero-offset position
+    plus the offsets of channels ``oc`` (dy) and ``oc + 1`` (dx), in input pixels (integer = pixel
+    centre). Returns the top-left corner ``(y0, x0)`` (int32) and the fractions ``(ly, lx)`` (fp32), all
+    ``[BL]``. A position far outside moves to just outside (all four corners stay outside), so the int
+    cast cannot overflow. Shared by the columns kernel and the backward kernel."""
+    o_ptr = off_ptr + b * sob + ho * sol_h + wo * sol_w  # [BL]
+    dy = tl.load(o_ptr + oc * soc, mask=l_mask, other=0.0).to(tl.float32)
+    dx = tl.load(o_ptr + (oc + 1) * soc, mask=l_mask, other=0.0).to(tl.float32)
+    y = (ho * stride_h - pad_h + i * dil_h).to(tl.float32) + dy  # [BL] input row
+    x = (wo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx  # [BL] input column
+    Hf, Wf = H * 1.0, W * 1.0  # fp32 (an int arg equal to 1 is a constexpr: no .to())
+    y = tl.minimum(tl.maximum(y, -2.0), Hf + 1.0)
+    x = tl.minimum(tl.maximum(x, -2.0), Wf + 1.0)
+    y0f, x0f = tl.floor(y), tl.floor(x)
+    return y0f.to(tl.int32), x0f.to(tl.int32), y - y0f, x - x0f
+
+
+@triton.jit
 def _dcn_columns_kernel(
     x_ptr, off_ptr, mask_ptr, out_ptr,
     C, H, W, Wo, L, Cg, G,
@@ -59,22 +81,13 @@ def _dcn_columns_kernel(
     chan = g * Cg + c_local  # [BC] input channel
     x_row = x_ptr + b * sxb + chan[:, None] * sxc  # [BC, 1] pointer to channel planes
     out_row = out_ptr + (b * C * K + chan[:, None] * K) * L + l[None, :]  # [BC, BL] at tap 0
-    Hf, Wf = H * 1.0, W * 1.0  # fp32 (an int arg equal to 1 is a constexpr: no .to())
     for k in tl.static_range(K):
         i, j = k // KW, k % KW
-        oc = (g * K + k) * 2  # offset channel of dy (dx is the next one)
-        o_ptr = off_ptr + b * sob + ho * sol_h + wo * sol_w  # [BL]
-        dy = tl.load(o_ptr + oc * soc, mask=l_mask, other=0.0).to(tl.float32)
-        dx = tl.load(o_ptr + (oc + 1) * soc, mask=l_mask, other=0.0).to(tl.float32)
-        y = (ho * stride_h - pad_h + i * dil_h).to(tl.float32) + dy  # [BL] input row
-        x = (wo * stride_w - pad_w + j * dil_w).to(tl.float32) + dx  # [BL] input column
-        # far outside -> just outside (all four corners stay outside), so the int cast cannot overflow
-        y = tl.minimum(tl.maximum(y, -2.0), Hf + 1.0)
-        x = tl.minimum(tl.maximum(x, -2.0), Wf + 1.0)
-        y0f, x0f = tl.floor(y), tl.floor(x)
-        ly, lx = y - y0f, x - x0f  # [BL] fractions
+        y0, x0, ly, lx = tap_position(
+            off_ptr, b, (g * K + k) * 2, ho, wo, i, j, sob, soc, sol_h, sol_w,
+            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, H, W, l_mask,
+        )  # fmt: skip
         hy, hx = 1.0 - ly, 1.0 - lx
-        y0, x0 = y0f.to(tl.int32), x0f.to(tl.int32)
         val = (hy * hx)[None, :] * _corner(x_row, y0, x0, H, W, sxh, sxw, c_mask, l_mask)
         val += (hy * lx)[None, :] * _corner(x_row, y0, x0 + 1, H, W, sxh, sxw, c_mask, l_mask)
         val += (ly * hx)[None, :] * _corner(x_row, y0 + 1, x0, H, W, sxh, sxw, c_mask, l_mask)
