@@ -109,6 +109,28 @@ def check_backward_low_precision(device: str) -> None:
             _close(a.float(), b.float(), tol, f"{dtype} grad {name}", atol=tol * scale)
 
 
+def check_mixed_precision_value(device: str) -> None:
+    """A bf16 ``value`` with fp32 locations and weights (what autocast leaves the encoder): fp32 output
+    and location/weight grads equal to those of an fp32 copy of the value (the kernel reads each input in
+    its own dtype into fp32), the value grad in bf16; the reference promotes the same way."""
+    value, spatial, start, locs, weights = make_inputs(device, D=6, Q=11, P=4)
+    value = value.to(torch.bfloat16)
+    grad_out = torch.randn(2, 11, 2 * 6, generator=torch.Generator().manual_seed(4)).to(device)
+    out_bf, g_bf = _grads(_op(), value, spatial, start, locs, weights, grad_out)
+    out_32, g_32 = _grads(_op(), value.float(), spatial, start, locs, weights, grad_out)
+    assert out_bf.dtype == torch.float32 and g_bf[0].dtype == torch.bfloat16, (out_bf.dtype, g_bf[0].dtype)
+    torch.testing.assert_close(out_bf, out_32, atol=0, rtol=0)
+    _close(g_bf[0].float(), g_32[0].to(torch.bfloat16).float(), 1e-2, "grad value (bf16 rounding)")
+    for name, a, b in zip(("locations", "weights"), g_bf[1:], g_32[1:]):
+        _close(a, b, 1e-6, f"grad {name}")  # the same fp32 sums (the value grad's atomics aside)
+    ref = msda_reference(value, spatial, start, locs, weights)
+    assert ref.dtype == torch.float32
+    torch.testing.assert_close(
+        ref, msda_reference(value.float(), spatial, start, locs, weights), atol=0, rtol=0
+    )
+    _close(out_bf, ref, 1e-5, "kernel vs reference")
+
+
 def check_odd_sizes(device: str) -> None:
     """Non power-of-two D/P/Q, a 1x1 level, a tall and a wide level, far-away and boundary points."""
     shapes = ((1, 1), (6, 1), (1, 9), (4, 3))
@@ -196,6 +218,7 @@ CASES = {
     "forward_low_precision": check_forward_low_precision,
     "backward_fp32": check_backward_fp32,
     "backward_low_precision": check_backward_low_precision,
+    "mixed_precision_value": check_mixed_precision_value,
     "odd_sizes": check_odd_sizes,
     "opcheck": check_opcheck,
     "dispatch_picks_triton": check_dispatch_picks_triton,

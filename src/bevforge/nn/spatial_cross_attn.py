@@ -95,10 +95,11 @@ class MSDeformableAttention3D(nn.Module):
         [G, K, M, L, P]`` -> ``[G, K, C]`` fp32 (the caller casts)."""
         groups, num_value, channels = value.shape
         value = self.value_proj(value).view(groups, num_value, self.num_heads, -1)  # [G, S, M, D]
-        # sampling in fp32 as the official code (``force_fp32``): half-precision locations are too coarse
+        # sampling in fp32 as the official code (``force_fp32``): half-precision locations are too coarse;
+        # value as value_proj left it (bf16 under autocast): the op samples it in fp32, without an fp32 copy
         return multi_scale_deformable_attention(
-            value.float(), spatial_shapes, level_start_index, locations.float(), weights.float()
-        )  # [G, K, C]
+            value, spatial_shapes, level_start_index, locations.float(), weights.float()
+        )  # [G, K, C] fp32
 
     def forward(
         self,

@@ -131,9 +131,10 @@ class TemporalSelfAttention(nn.Module):
         locations = (
             reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
         )
-        # sampling in fp32 as the official code (bf16 locations would be off by up to a cell at 200 x 200)
+        # sampling in fp32 as the official code (bf16 locations would be off by up to a cell at 200 x 200);
+        # value as value_proj left it (bf16 under autocast): the op samples it in fp32, without an fp32 copy
         out = multi_scale_deformable_attention(
-            value.float(), spatial_shapes, level_start_index, locations.float(), weights.float()
+            value, spatial_shapes, level_start_index, locations.float(), weights.float()
         ).to(query.dtype)  # [V*B, Q, C]
         out = out.view(v, batch, num_q, channels).mean(dim=0)  # [B, Q, C]: average of the queues
         return identity + self.dropout(self.output_proj(out))

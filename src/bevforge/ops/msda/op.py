@@ -51,7 +51,7 @@ def msda_op(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """``value [B, S, M, D]``, ``sampling_locations [B, Q, M, L, P, 2]``, ``attention_weights
-    [B, Q, M, L, P]`` -> ``[B, Q, M * D]`` in ``value.dtype`` (fp32 accumulation)."""
+    [B, Q, M, L, P]`` -> ``[B, Q, M * D]`` in the inputs' promoted dtype (fp32 accumulation)."""
     check_shapes(value, sampling_locations, attention_weights)
     return triton_msda.msda_forward(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
@@ -63,7 +63,8 @@ def _msda_fake(value, spatial_shapes, level_start_index, sampling_locations, att
     check_shapes(value, sampling_locations, attention_weights)
     B, _, M, D = value.shape
     Q = sampling_locations.shape[1]
-    return value.new_empty(B, Q, M * D)
+    dtype = triton_msda.output_dtype(value, sampling_locations, attention_weights)
+    return value.new_empty(B, Q, M * D, dtype=dtype)
 
 
 @torch.library.custom_op("bevforge::msda_backward", mutates_args=())

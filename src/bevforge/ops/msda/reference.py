@@ -11,7 +11,9 @@ Contract (same as mmcv's ``MultiScaleDeformableAttnFunction``):
   (1, 1) = bottom-right corner; sampling is bilinear with zero padding outside the map
   (``grid_sample(..., align_corners=False, padding_mode="zeros")`` on ``2 * loc - 1``);
 - ``attention_weights [B, Q, M, L, P]``;
-- returns ``[B, Q, M * D]``: for each head the weighted sum over levels and points of the samples.
+- returns ``[B, Q, M * D]``: for each head the weighted sum over levels and points of the samples, in
+  the promoted dtype of the three inputs (a bf16 ``value`` with fp32 locations and weights, as autocast
+  leaves them, is sampled in fp32: the same numbers as an fp32 copy of ``value``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def msda_reference(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     assert value.dim() == 4 and sampling_locations.dim() == 6 and attention_weights.dim() == 5
+    dtype = torch.promote_types(
+        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
+    )
+    value, sampling_locations, attention_weights = (
+        t.to(dtype) for t in (value, sampling_locations, attention_weights)
+    )
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     shapes = level_shapes(spatial_shapes)  # a tensor is read back here (a sync); static pairs are not

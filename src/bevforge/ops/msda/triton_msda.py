@@ -184,6 +184,13 @@ def _prepare(
     return shapes_i32, starts_i32
 
 
+def output_dtype(value: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor) -> torch.dtype:
+    """The promoted dtype of the three inputs (the reference's too): a bf16 ``value`` with the fp32
+    locations and weights autocast leaves gives an fp32 output, as an fp32 copy of ``value`` would, without
+    the copy (the kernel reads every input in its own dtype and accumulates in fp32)."""
+    return torch.promote_types(torch.promote_types(value.dtype, locations.dtype), weights.dtype)
+
+
 def msda_forward(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -191,14 +198,14 @@ def msda_forward(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Triton forward; returns ``[B, Q, M * D]`` in ``value.dtype``."""
+    """Triton forward; returns ``[B, Q, M * D]`` in :func:`output_dtype` (fp32 accumulation)."""
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
     value = value.contiguous()
     locs = sampling_locations.contiguous()
     attn = attention_weights.contiguous()
-    out = torch.empty(B, Q, M * D, device=value.device, dtype=value.dtype)
+    out = torch.empty(B, Q, M * D, device=value.device, dtype=output_dtype(value, locs, attn))
     if out.numel() == 0:
         return out.zero_()
     block_q, block_d, warps = _launch_params(Q, D)
