@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from bevforge.ops.msda import triton_msda
+from bevforge.ops.msda.reference import output_dtype
 
 __all__ = ["check_shapes", "msda_backward_op", "msda_op"]
 
@@ -63,7 +64,7 @@ def _msda_fake(value, spatial_shapes, level_start_index, sampling_locations, att
     check_shapes(value, sampling_locations, attention_weights)
     B, _, M, D = value.shape
     Q = sampling_locations.shape[1]
-    dtype = triton_msda.output_dtype(value, sampling_locations, attention_weights)
+    dtype = output_dtype(value, sampling_locations, attention_weights)
     return value.new_empty(B, Q, M * D, dtype=dtype)
 
 

@@ -24,6 +24,13 @@ import torch.nn.functional as F
 from bevforge.ops.msda.shapes import SpatialShapes, level_shapes
 
 
+def output_dtype(value: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor) -> torch.dtype:
+    """The MSDA's output dtype, reference and kernel alike: the promoted dtype of the three inputs. A bf16
+    ``value`` with the fp32 locations and weights autocast leaves gives an fp32 output, as an fp32 copy of
+    ``value`` would, without the copy (the kernel reads each input in its own dtype, accumulates in fp32)."""
+    return torch.promote_types(torch.promote_types(value.dtype, locations.dtype), weights.dtype)
+
+
 def msda_reference(
     value: torch.Tensor,
     spatial_shapes: SpatialShapes,
@@ -32,9 +39,7 @@ def msda_reference(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     assert value.dim() == 4 and sampling_locations.dim() == 6 and attention_weights.dim() == 5
-    dtype = torch.promote_types(
-        torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype
-    )
+    dtype = output_dtype(value, sampling_locations, attention_weights)
     value, sampling_locations, attention_weights = (
         t.to(dtype) for t in (value, sampling_locations, attention_weights)
     )

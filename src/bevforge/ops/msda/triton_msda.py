@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bevforge.ops.msda.reference import output_dtype
+
 
 @triton.jit
 def _corner_ptrs(v_base, start, yy, xx, h, w, q_mask, d, d_mask, MD: tl.constexpr):
@@ -184,13 +186,6 @@ def _prepare(
     return shapes_i32, starts_i32
 
 
-def output_dtype(value: torch.Tensor, locations: torch.Tensor, weights: torch.Tensor) -> torch.dtype:
-    """The promoted dtype of the three inputs (the reference's too): a bf16 ``value`` with the fp32
-    locations and weights autocast leaves gives an fp32 output, as an fp32 copy of ``value`` would, without
-    the copy (the kernel reads every input in its own dtype and accumulates in fp32)."""
-    return torch.promote_types(torch.promote_types(value.dtype, locations.dtype), weights.dtype)
-
-
 def msda_forward(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -198,7 +193,8 @@ def msda_forward(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """Triton forward; returns ``[B, Q, M * D]`` in :func:`output_dtype` (fp32 accumulation)."""
+    """Triton forward; returns ``[B, Q, M * D]`` in the inputs' promoted dtype (``output_dtype``), fp32
+    accumulation."""
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = sampling_locations.shape
     shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
