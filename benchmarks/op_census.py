@@ -6,7 +6,8 @@ so the number of operators per step is what to cut, and it does not depend on th
 the recipe's step on the CPU on small random batches (``--set data.img_scale=0.1``) and counts every
 non-view aten operator of one step (forward, backward and the optimizer step), attributed to the deepest
 bevforge source line that issued it (backward operators to the forward line that recorded them, through
-autograd's anomaly-mode tracebacks).
+autograd's anomaly-mode tracebacks). Under bf16 autocast by default, as on the GPU (its casts are
+operators too); ``--amp off`` leaves them out.
 
     python benchmarks/op_census.py configs/bevformer_tiny.py --set data.img_scale=0.1 --top 40
     python benchmarks/op_census.py configs/bevformer_tiny.py --set data.img_scale=0.1 data.batch_size=4
