@@ -99,6 +99,8 @@ class NuScenesDataset(Dataset):
         self.img_scale = float(img_scale)
         self.pad_divisor = int(pad_divisor)
         self.img_mean, self.img_std, self.to_rgb = tuple(img_mean), tuple(img_std), bool(to_rgb)
+        self._mean_chw = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)  # [3, 1, 1]
+        self._std_chw = torch.tensor(self.img_std, dtype=torch.float32).view(3, 1, 1)
         self.queue_length = max(1, int(queue_length)) if train else 1
         self.photometric_aug = bool(photometric_aug) and train
         # training only: uint8 images + photometric draws, finished on the device (data/device_images.py)
@@ -216,8 +218,6 @@ class NuScenesDataset(Dataset):
         ``photo [N, 6]`` each image's photometric draw (applied later, on the device)."""
         tab = self.table
         cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
-        mean = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.img_std, dtype=torch.float32).view(3, 1, 1)
         for j, cam in enumerate(self.cameras):
             raw_w, raw_h = (int(v) for v in tab.cam_wh[index, j])
             w, h = target_size(raw_w, raw_h, self.img_scale)
@@ -232,19 +232,7 @@ class NuScenesDataset(Dataset):
                 else self._read(self.data_root / str(tab.cam_paths[index, j]), (w, h))
             )
             t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8
-            dst = out[j, :, :h, :w]  # [3, H, W] view into the padded frame
-            if photo is not None:  # uint8 as it is; the draw for the device
-                dst.copy_(t)
-                if rng is not None and self.photometric_aug:
-                    photo[j] = torch.from_numpy(draw_photometric(rng))
-                continue
-            if rng is not None and self.photometric_aug:
-                dst.copy_(photometric_distortion(t.float(), rng))
-            else:
-                dst.copy_(t)
-            if not self.to_rgb:
-                dst.copy_(dst.flip(0))  # RGB -> BGR (official caffe-style configs)
-            dst.sub_(mean).div_(std)
+            self._put_image(out[j, :, :h, :w], t, rng, photo, j)  # a view into the padded frame
         h, w = self.img_hw
         scale = torch.eye(4, dtype=torch.float64).repeat(len(self.cameras), 1, 1)  # [N, 4, 4]
         scale[:, 0, 0] = torch.from_numpy(w / tab.cam_wh[index, :, 0])  # sx per camera
@@ -265,8 +253,6 @@ class NuScenesDataset(Dataset):
         tab = self.table
         hw = self.img_hw
         cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
-        mean = torch.tensor(self.img_mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.img_std, dtype=torch.float32).view(3, 1, 1)
         lidar2img = np.empty((len(self.cameras), 4, 4))  # [N, 4, 4]
         for j, aug in enumerate(augs):
             raw_wh = (int(tab.cam_wh[index, j, 0]), int(tab.cam_wh[index, j, 1]))
@@ -280,17 +266,33 @@ class NuScenesDataset(Dataset):
             t = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)  # [3, Hs, Ws] uint8
             img = warp_image(t, out_from_src, hw)  # [3, fH, fW] float32 in [0, 255]
             lidar2img[j] = lift_affine(out_from_raw) @ tab.lidar2img[index, j]
-            if photo is not None:  # rounded to uint8; the draw for the device
-                out[j, :, : hw[0], : hw[1]].copy_(img.round_().clamp_(0, 255))
-                if rng is not None and self.photometric_aug:
-                    photo[j] = torch.from_numpy(draw_photometric(rng))
-                continue
-            if rng is not None and self.photometric_aug:
-                img = photometric_distortion(img, rng)
-            dst = out[j, :, : hw[0], : hw[1]]  # [3, fH, fW] view into the padded frame
-            dst.copy_(img.flip(0) if not self.to_rgb else img)  # RGB -> BGR for caffe-style configs
-            dst.sub_(mean).div_(std)
+            self._put_image(out[j, :, : hw[0], : hw[1]], img, rng, photo, j)  # a view into the padded frame
         return torch.from_numpy(lidar2img).float()  # [N, 4, 4]
+
+    def _put_image(
+        self,
+        dst: torch.Tensor,
+        img: torch.Tensor,
+        rng: np.random.Generator | None,
+        photo: torch.Tensor | None,
+        j: int,
+    ) -> None:
+        """``img [3, H, W]`` RGB in [0, 255] (uint8, or float from a warp) into ``dst [3, H, W]``.
+
+        With ``images_on_device`` (``photo [N, 6]`` given): as uint8 (a float image rounded, as PIL's warp
+        in the official BEVDet pipeline), and camera ``j``'s photometric draw into ``photo[j]``, applied
+        later on the device. Otherwise finished here: distorted (training), RGB -> BGR for caffe-style
+        configs, ``(x - mean) / std``."""
+        augment = rng is not None and self.photometric_aug
+        if photo is not None:
+            dst.copy_(img if img.dtype == torch.uint8 else img.round_().clamp_(0, 255))
+            if augment:
+                photo[j] = torch.from_numpy(draw_photometric(rng))
+            return
+        if augment:
+            img = photometric_distortion(img.float(), rng)
+        dst.copy_(img.flip(0) if not self.to_rgb else img)  # RGB -> BGR (official caffe-style configs)
+        dst.sub_(self._mean_chw).div_(self._std_chw)
 
     def _read(self, path: Path, wh: tuple[int, int]) -> np.ndarray:
         try:
