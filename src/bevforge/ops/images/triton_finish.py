@@ -27,6 +27,19 @@ def _floor_mod(a, b):
 
 
 @triton.jit
+def _clamp255(x):
+    return tl.minimum(tl.maximum(x, 0.0), 255.0)
+
+
+@triton.jit
+def _hsv_channel(n, hh, v, vs):
+    """One RGB channel in [0, 255] of HSV (``hh`` degrees, ``v``, ``vs = v * s``), channel offset ``n`` (5 R,
+    3 G, 1 B): ``v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + h/60) % 6`` (data/transforms.hsv_to_rgb)."""
+    k = _floor_mod(n + hh / 60.0, 6.0)
+    return (v - vs * tl.minimum(tl.maximum(tl.minimum(k, 4.0 - k), 0.0), 1.0)) * 255.0
+
+
+@triton.jit
 def _finish_kernel(
     img_ptr, params_ptr, keep_ptr, out_ptr,
     HW, W, h_valid, w_valid,
@@ -48,9 +61,9 @@ def _finish_kernel(
         p = params_ptr + m * 6
         brightness, contrast_before = tl.load(p), tl.load(p + 1)
         sat, hue, hue_on, contrast_after = tl.load(p + 2), tl.load(p + 3), tl.load(p + 4), tl.load(p + 5)
-        r = tl.minimum(tl.maximum((r + brightness) * contrast_before, 0.0), 255.0)
-        g = tl.minimum(tl.maximum((g + brightness) * contrast_before, 0.0), 255.0)
-        b = tl.minimum(tl.maximum((b + brightness) * contrast_before, 0.0), 255.0)
+        r = _clamp255((r + brightness) * contrast_before)
+        g = _clamp255((g + brightness) * contrast_before)
+        b = _clamp255((b + brightness) * contrast_before)
         # saturation: c' = V - (V - c) * min(alpha, V / span) (data/transforms.adjust_saturation)
         v = tl.maximum(tl.maximum(r, g), b)
         span = tl.maximum(v - tl.minimum(tl.minimum(r, g), b), 1e-12)
@@ -71,19 +84,16 @@ def _finish_kernel(
         hh = tl.where(delta > 0, hh, 0.0)
         s = delta / tl.maximum(maxc, 1e-12)
         hh = _floor_mod(hh + hue, 360.0)
-        k_r = _floor_mod(5.0 + hh / 60.0, 6.0)
-        k_g = _floor_mod(3.0 + hh / 60.0, 6.0)
-        k_b = _floor_mod(1.0 + hh / 60.0, 6.0)
         vs = maxc * s
-        hue_r = (maxc - vs * tl.minimum(tl.maximum(tl.minimum(k_r, 4.0 - k_r), 0.0), 1.0)) * 255.0
-        hue_g = (maxc - vs * tl.minimum(tl.maximum(tl.minimum(k_g, 4.0 - k_g), 0.0), 1.0)) * 255.0
-        hue_b = (maxc - vs * tl.minimum(tl.maximum(tl.minimum(k_b, 4.0 - k_b), 0.0), 1.0)) * 255.0
+        hue_r, hue_g, hue_b = (
+            _hsv_channel(5.0, hh, maxc, vs),
+            _hsv_channel(3.0, hh, maxc, vs),
+            _hsv_channel(1.0, hh, maxc, vs),
+        )
         r = tl.where(hue_on > 0, hue_r, r)
         g = tl.where(hue_on > 0, hue_g, g)
         b = tl.where(hue_on > 0, hue_b, b)
-        r = tl.minimum(tl.maximum(r * contrast_after, 0.0), 255.0)
-        g = tl.minimum(tl.maximum(g * contrast_after, 0.0), 255.0)
-        b = tl.minimum(tl.maximum(b * contrast_after, 0.0), 255.0)
+        r, g, b = _clamp255(r * contrast_after), _clamp255(g * contrast_after), _clamp255(b * contrast_after)
     if BGR:
         c0, c2 = b, r
     else:
