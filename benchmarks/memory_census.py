@@ -30,13 +30,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
+_CPU_KERNEL_REGISTERED = False
+
+
 def _msda_saved_as_on_cuda() -> None:
     """Route the MSDA through the ``bevforge::msda`` custom op on the CPU (its autograd saves what the
     CUDA path saves), with the reference computing the forward."""
+    global _CPU_KERNEL_REGISTERED
     import bevforge.ops.msda as msda
     from bevforge.ops.msda.reference import msda_reference
 
-    if not getattr(msda, "_census_cpu_kernel", False):
+    if not _CPU_KERNEL_REGISTERED:
 
         @torch.library.register_kernel("bevforge::msda", "cpu")
         def _reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
@@ -44,7 +48,7 @@ def _msda_saved_as_on_cuda() -> None:
                 return msda_reference(value, spatial_shapes, level_start_index, sampling_locations,
                                       attention_weights)  # fmt: skip
 
-        msda._census_cpu_kernel = True
+        _CPU_KERNEL_REGISTERED = True
     msda.triton_ineligible_reason = lambda *args, **kwargs: None
 
 
