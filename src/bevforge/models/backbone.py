@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import Bottleneck
 
+from bevforge.models.frozen_bn import FoldCache, block_fn, conv_bn
 from bevforge.ops.dcn import deform_conv2d_sampled
 
 _BUILDERS = {
@@ -92,7 +93,11 @@ class ModulatedDeformConv2d(nn.Module):
         o, c, k, _ = self.weight.shape
         return f"{c}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}, impl={self.impl!r}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B*, C, H, W]`` -> ``[B*, O, H', W']``; ``weight``/``bias`` replace the module's own (a frozen BN
+        folded in, ``models/frozen_bn.py``)."""
         out = self.conv_offset(x)  # [B*, 3*k*k, H', W']
         taps = out.shape[1] // 3
         offset, mask = out[:, : 2 * taps], out[:, 2 * taps :].sigmoid()
@@ -100,8 +105,8 @@ class ModulatedDeformConv2d(nn.Module):
         return deform_conv2d(
             x,
             offset,
-            self.weight,
-            self.bias,
+            self.weight if weight is None else weight,
+            self.bias if bias is None else bias,
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,
@@ -114,7 +119,9 @@ class ResNetBackbone(nn.Module):
 
     ``style="caffe"`` puts the stride of a bottleneck in its first 1x1 conv (mmdet caffe style, used by
     the official FCOS3D-initialised R101-DCN of BEVFormer small/base); torchvision is ``"pytorch"``.
-    ``dcn_impl`` picks the op of the ``dcn_stages`` convs (:data:`DCN_IMPLS`).
+    ``dcn_impl`` picks the op of the ``dcn_stages`` convs (:data:`DCN_IMPLS`). ``fold_bn``: each BN in eval
+    mode (``norm_eval``, frozen stages) runs folded into the conv before it (``models/frozen_bn.py``: same
+    function and state dict, less activation memory and no BN backward); ``False`` runs torchvision's blocks.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class ResNetBackbone(nn.Module):
         with_cp: bool = False,
         style: str = "pytorch",
         dcn_impl: str = "torchvision",
+        fold_bn: bool = True,
     ) -> None:
         super().__init__()
         if depth not in _BUILDERS:
@@ -148,6 +156,8 @@ class ResNetBackbone(nn.Module):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.fold_bn = fold_bn
+        self._fold_cache = FoldCache()
         expansion = 4 if depth >= 50 else 1
         self.out_channels: list[int] = [64 * expansion * 2**i for i in self.out_indices]
         for stage, layer in enumerate(self.stages):
@@ -225,16 +235,18 @@ class ResNetBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``[B*, 3, H, W]`` -> the selected stages; stage i is ``[B*, C_i, H/2^(i+2), W/2^(i+2)]``."""
         assert x.dim() == 4 and x.shape[1] == 3, x.shape
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B*, 64, H/4, W/4]
+        if self.fold_bn:  # frozen (eval-mode) BNs folded into their convs: models/frozen_bn.py
+            x = torch.relu_(conv_bn(self.conv1, self.bn1, x, self._fold_cache))  # [B*, 64, H/2, W/2]
+            x = self.maxpool(x)  # [B*, 64, H/4, W/4]
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B*, 64, H/4, W/4]
         outs: list[torch.Tensor] = []
         for i, layer in enumerate(self.stages):
             # checkpoint only blocks that train (frozen stages keep no activations for backward anyway)
             use_cp = self.with_cp and self.training and torch.is_grad_enabled() and i >= self.frozen_stages
             for block in layer:
-                if use_cp:
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+                run = block_fn(block, self._fold_cache) if self.fold_bn else block
+                x = checkpoint(run, x, use_reentrant=False) if use_cp else run(x)
             if i in self.out_indices:
                 outs.append(x)
             if i >= max(self.out_indices):

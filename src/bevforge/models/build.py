@@ -54,6 +54,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         with_cp=b.with_cp or cfg.train.grad_ckpt,  # --grad-ckpt: the backbone too (its largest share)
         style=b.style,
         dcn_impl=b.dcn_impl,
+        fold_bn=b.fold_bn,
     )
     neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
     if m.neck.out_channels != m.embed_dims:

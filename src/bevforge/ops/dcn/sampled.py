@@ -218,9 +218,11 @@ class _SampledDeformConv(torch.autograd.Function):
         cols = _forward_columns(x, offset, mask, geo, G, gemm_dtype)  # [B, C*K, L]
         cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
         w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
-        out = torch.matmul(w, cols).view(B, O, Ho, Wo)  # [B, Gw, O/Gw, L] -> [B, O, Ho, Wo]
+        # into a tensor of its own (not a view of the GEMM's output): callers may modify it in place
+        out = cols.new_empty(B, O, Ho, Wo)
+        torch.matmul(w, cols, out=out.view(B, Gw, O // Gw, Ho * Wo))  # [B, Gw, O/Gw, L]
         if bias is not None:
-            out = out + bias.to(gemm_dtype).view(1, O, 1, 1)
+            out.add_(bias.to(gemm_dtype).view(1, O, 1, 1))  # the GEMM's fresh output
         ctx.save_for_backward(x, offset, mask, weight)
         ctx.geo, ctx.gemm_dtype, ctx.has_bias = geo, gemm_dtype, bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None

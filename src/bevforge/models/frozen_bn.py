@@ -1,0 +1,163 @@
+"""ResNet blocks run with their frozen BatchNorms folded into the convs before them.
+
+A BN in eval mode is a per-channel affine map ``y = x * scale + shift`` with
+``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean * scale``, so conv -> BN is one
+conv with weight ``W * scale[:, None, None, None]`` and bias ``shift``. Same function (to rounding), same
+parameters and state dict. What it changes in training: autograd no longer keeps the conv output for the
+BN's backward (one activation per conv of every trainable block: half the backbone's saved activations,
+the largest share of a BEVFormer-base step's, benchmarks/README.md), and the activation-sized BN backward
+pass becomes a weight-sized product for the conv's weight gradient. BEVFormer tiny/small/base keep every
+BN frozen (``norm_eval``), so their whole backbone runs this way; a BN in training mode (BEVFormer-debug,
+BEVDet) runs as a BN.
+
+Launches: the folded bias (and a frozen conv's folded weight) is cached in the dtype the conv runs in
+(autocast's or the weight's), so a frozen conv dispatches only the conv and a trainable one its weight
+product and autocast's cast of it, where the BN cost one activation-sized pass.
+
+Shape letters: B* images, C channels, H/W pixels; O output channels.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+
+class _Fold:
+    """One conv -> BN fold in one dtype: scale and bias from the BN (and the conv's bias), and the folded
+    weight from the conv's weight, each with the sources it was computed from (to tell when it is stale)."""
+
+    __slots__ = ("sources", "versions", "eps", "dtype", "scale", "bias", "weight_source", "weight_version",
+                 "weight")  # fmt: skip
+
+    def __init__(self, sources, versions, eps, dtype, scale, bias) -> None:
+        self.sources, self.versions, self.eps, self.dtype = sources, versions, eps, dtype
+        self.scale, self.bias = scale, bias
+        self.weight_source: torch.Tensor | None = None
+        self.weight_version = -1
+        self.weight: torch.Tensor | None = None
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode BN as ``x * scale + shift`` (both ``[C]``, in the BN's dtype)."""
+    assert bn.running_mean is not None and bn.running_var is not None, "a BN without running statistics"
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def fold(
+    conv: nn.Module, bn: nn.BatchNorm2d, dtype: torch.dtype, with_weight: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(scale [O], bias [O], weight [O, C, k, k] or None)`` of conv -> BN; bias and weight in ``dtype``."""
+    scale, shift = bn_scale_shift(bn)
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    weight = (conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)).to(dtype) if with_weight else None
+    return scale, bias.to(dtype), weight
+
+
+class FoldCache:
+    """Each frozen conv -> BN's fold, computed once and again only when one of its sources changes: in
+    place (``load_state_dict``: the tensor's version moves) or replaced (``.to()``). An entry holds its
+    source tensors, so an identity check cannot be fooled by a reused address, and dies with its BN (weak
+    keys). Only tensors that do not require grad are cached from: a fused optimizer step updates
+    parameters in place without moving their versions, so a trained tensor's fold is computed at each
+    call (the BN's affine or the conv's bias training: all of it; the conv's weight training: the weight
+    product, in the graph). Nothing is cached under ``torch.compile`` (it fuses the arithmetic) or from
+    inference tensors (no version counter). Not a module: nothing of it is in the state dict."""
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[nn.Module, _Fold] = weakref.WeakKeyDictionary()
+
+    def folded(
+        self, conv: nn.Module, bn: nn.BatchNorm2d, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(scale, bias, weight)`` as :func:`fold`; ``weight`` is None where the conv weight needs a
+        gradient (the caller multiplies, so autograd sees it)."""
+        w = conv.weight
+        weight_grad = torch.is_grad_enabled() and w.requires_grad
+        bn_tensors = (conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        sources = tuple(t for t in bn_tensors if t is not None)
+        if (
+            torch.compiler.is_compiling()
+            or any(t.requires_grad for t in sources)
+            or any(t.is_inference() for t in (*sources, w))
+        ):
+            return fold(conv, bn, dtype, with_weight=not weight_grad)
+        versions = tuple(t._version for t in sources)
+        entry = self._entries.get(bn)
+        if not (
+            entry is not None
+            and len(entry.sources) == len(sources)
+            and all(a is b for a, b in zip(entry.sources, sources))
+            and entry.versions == versions
+            and entry.eps == bn.eps
+            and entry.dtype == dtype
+        ):
+            with torch.no_grad():
+                scale, bias, _ = fold(conv, bn, dtype, with_weight=False)
+            entry = self._entries[bn] = _Fold(sources, versions, bn.eps, dtype, scale, bias)
+        if weight_grad:
+            return entry.scale, entry.bias, None
+        if entry.weight_source is w and entry.weight_version == w._version:
+            return entry.scale, entry.bias, entry.weight
+        with torch.no_grad():
+            weight = (w * entry.scale.to(w.dtype).view(-1, 1, 1, 1)).to(dtype)  # [O, C, k, k]
+        if not w.requires_grad:  # frozen: kept (a trained weight moves at every step, unseen by versions)
+            entry.weight, entry.weight_source, entry.weight_version = weight, w, w._version
+        return entry.scale, entry.bias, weight
+
+
+def conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, cache: FoldCache) -> torch.Tensor:
+    """``bn(conv(x))``; a BN in eval mode folded into the conv's weight and bias (``[B*, O, H', W']``)."""
+    if bn.training:
+        return bn(conv(x))
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else conv.weight.dtype
+    scale, bias, weight = cache.folded(conv, bn, dtype)
+    if weight is None:  # the conv weight trains: the product stays in the graph
+        weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)  # [O, C, k, k]
+    if isinstance(conv, nn.Conv2d):
+        assert conv.padding_mode == "zeros", conv.padding_mode
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return conv(x, weight=weight, bias=bias)  # ModulatedDeformConv2d
+
+
+def run_block(block: nn.Module, x: torch.Tensor, cache: FoldCache) -> torch.Tensor:
+    """torchvision's ``Bottleneck`` / ``BasicBlock`` forward with :func:`conv_bn` for each conv -> BN."""
+    if isinstance(block, Bottleneck):
+        pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3)]
+    elif isinstance(block, BasicBlock):
+        pairs = [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+    else:
+        raise TypeError(f"run_block takes torchvision ResNet blocks, not {type(block).__name__}")
+    out = x
+    for i, (conv, bn) in enumerate(pairs):
+        out = conv_bn(conv, bn, out, cache)
+        if i < len(pairs) - 1:
+            out = torch.relu_(out)  # the conv's backward does not need its output
+    if block.downsample is not None:
+        ds_conv, ds_bn = block.downsample  # torchvision: Sequential(1x1 conv, BN)
+        identity = conv_bn(ds_conv, ds_bn, x, cache)
+    else:
+        identity = x
+    out += identity
+    return torch.relu_(out)
+
+
+def block_fn(block: nn.Module, cache: FoldCache) -> functools.partial:
+    """``run_block`` bound to one block: what the backbone calls (or checkpoints)."""
+    return functools.partial(run_block, block, cache=cache)
+
+
+__all__ = ["FoldCache", "block_fn", "bn_scale_shift", "conv_bn", "fold", "run_block"]
