@@ -101,12 +101,14 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
     --out "$RESULTS/train.md"
-  # frozen BNs folded into the convs (the default since the seventh session) against torchvision's blocks
-  step bench-train-base-bf16-no-fold "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
-    --set model.backbone.pretrained= model.backbone.fold_bn=false --amp bf16 --fake-data --warmup 3 \
-    --iters 10 --out "$RESULTS/train.md"
-  # the <= 12 GB half of the target: the backbone kept ~8 GiB for backward before the BN folding (~5 with
-  # it), the encoder ~4.5 (benchmarks/memory_census.py); --grad-ckpt checkpoints both
+  # the seventh session's memory cuts off (frozen BNs folded into the convs, the SCA's projections
+  # recomputed in backward; both default on): the sixth session's step, for the time and memory they make
+  step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= model.backbone.fold_bn=false model.sca_recompute=off --amp bf16 \
+    --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
+  # the <= 12 GB half of the target if the cuts above fall short: the backbone kept ~8 GiB for backward
+  # before the BN folding (~5 with it), the encoder ~4.5 (benchmarks/memory_census.py); --grad-ckpt
+  # checkpoints both
   step bench-train-base-bf16-backbone-cp "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.with_cp=true --amp bf16 --fake-data --warmup 3 \
     --iters 10 --out "$RESULTS/train.md"

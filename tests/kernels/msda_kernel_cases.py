@@ -213,6 +213,56 @@ def check_torch_export(device: str) -> None:
     torch.testing.assert_close(program.module()(*args), msda_reference(*args), atol=1e-5, rtol=1e-5)
 
 
+def check_sca_recompute(device: str) -> None:
+    """SCA with its projections recomputed in backward (nn/recompute.py, "auto" where the kernel runs):
+    the kernel's forward runs once per call (its output kept, not recomputed) and the outputs and
+    gradients equal those of the kept SCA, on the hit gather and on the all-queries path."""
+    from bevforge.nn.recompute import recompute_active
+    from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+    from bevforge.ops.msda import triton_msda
+
+    torch.manual_seed(0)
+    B, N, Q, Z, C = 2, 3, 10, 2, 8
+    shapes = ((3, 4), (2, 2))
+    start = torch.tensor([0, 12], device=device)
+    sca = SpatialCrossAttention(C, num_cams=N, num_heads=2, num_levels=2, num_points=4, dropout=0.0)
+    sca = sca.to(device)
+    with torch.no_grad():
+        sca.deformable_attention.sampling_offsets.weight.normal_(0, 0.1)
+        sca.deformable_attention.attention_weights.weight.normal_(0, 0.1)
+    query = torch.randn(B, Q, C, device=device)
+    value = torch.randn(B, N, 16, C, device=device)
+    ref_cam = torch.rand(B, N, Q, Z, 2, device=device) * 1.2 - 0.1
+    mask = torch.rand(B, N, Q, Z, device=device) > 0.5
+    assert recompute_active("auto", value), "the kernel runs here: auto must recompute"
+    real, calls = triton_msda.msda_forward, [0]
+
+    def counting(*args):
+        calls[0] += 1
+        return real(*args)
+
+    triton_msda.msda_forward = counting
+    try:
+        for bound in ("exact", "all"):
+            results = {}
+            for mode in ("off", "auto"):
+                sca.query_bound, sca.recompute = bound, mode
+                sca.zero_grad()
+                q, v = query.clone().requires_grad_(), value.clone().requires_grad_()
+                calls[0] = 0
+                out = sca(q, v, ref_cam, mask, shapes, start)
+                out.square().sum().backward()
+                grads = [q.grad, v.grad] + [p.grad for p in sca.parameters()]
+                results[mode] = (out.detach(), grads, calls[0])
+            (want, want_grads, n_off), (got, grads, n_auto) = results["off"], results["auto"]
+            assert n_off == n_auto == 1, f"{bound}: kernel forwards kept {n_off}, recomputed {n_auto}"
+            _close(got, want, 1e-6, f"{bound} output")
+            for i, (g, w) in enumerate(zip(grads, want_grads, strict=True)):
+                _close(g, w, 1e-5, f"{bound} grad {i}")
+    finally:
+        triton_msda.msda_forward = real
+
+
 CASES = {
     "forward_fp32": check_forward_fp32,
     "forward_low_precision": check_forward_low_precision,
@@ -225,6 +275,7 @@ CASES = {
     "bad_shapes": check_bad_shapes,
     "compile_graph": check_compile_graph,
     "torch_export": check_torch_export,
+    "sca_recompute": check_sca_recompute,
 }
 
 

@@ -40,11 +40,12 @@ class BEVFormerLayer(nn.Module):
         tsa_points: int,
         sca_heads: int,
         sca_points: int,
+        sca_recompute: str = "auto",
     ) -> None:
         super().__init__()
         self.temporal_attn = TemporalSelfAttention(embed_dims, tsa_heads, 1, tsa_points, 2, dropout)
         self.spatial_attn = SpatialCrossAttention(
-            embed_dims, num_cams, sca_heads, num_levels, sca_points, dropout
+            embed_dims, num_cams, sca_heads, num_levels, sca_points, dropout, recompute=sca_recompute
         )
         self.ffn = FFN(embed_dims, ffn_dims, dropout)
         self.norms = nn.ModuleList([nn.LayerNorm(embed_dims) for _ in range(3)])
@@ -107,6 +108,7 @@ class BEVEncoder(nn.Module):
         use_cams_embeds: bool = True,
         official_compat: bool = False,
         grad_ckpt: bool = False,
+        sca_recompute: str = "auto",
     ) -> None:
         super().__init__()
         if len(pc_range) != 6:
@@ -147,6 +149,7 @@ class BEVEncoder(nn.Module):
                 tsa_points,
                 sca_heads,
                 sca_points,
+                "off" if grad_ckpt else sca_recompute,  # a checkpointed layer is recomputed whole
             )
             for _ in range(num_layers)
         )

@@ -12,6 +12,7 @@ from bevforge.models.det_head import DetectionHead
 from bevforge.models.grid_mask import GridMask
 from bevforge.models.neck import FPN
 from bevforge.models.seg_head import SegHead
+from bevforge.nn.recompute import RECOMPUTE_MODES
 
 MODEL_ARCHS = ("bevformer", "bevdet")
 
@@ -43,6 +44,8 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         )
     if m.num_classes != len(d.classes):
         raise ConfigError(f"model.num_classes={m.num_classes} but data.classes has {len(d.classes)} names")
+    if m.sca_recompute not in RECOMPUTE_MODES:
+        raise ConfigError(f"model.sca_recompute={m.sca_recompute!r}: use one of {', '.join(RECOMPUTE_MODES)}")
     b = m.backbone
     backbone = ResNetBackbone(
         depth=b.depth,
@@ -82,6 +85,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         rotate_prev_bev=m.rotate_prev_bev,
         official_compat=m.official_compat,
         grad_ckpt=cfg.train.grad_ckpt,
+        sca_recompute=m.sca_recompute,
     )
     det_head = None
     if m.with_det:

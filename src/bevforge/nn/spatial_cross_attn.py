@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
+from bevforge.nn.recompute import check_recompute_mode, recompute_active, run_recomputed
 from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.msda import multi_scale_deformable_attention
 from bevforge.ops.msda.shapes import SpatialShapes, wh_normaliser
@@ -183,7 +184,9 @@ class SpatialCrossAttention(nn.Module):
 
     ``query_bound`` (:data:`QUERY_BOUNDS`) picks the gather; both give the same numbers (each query's
     attention depends only on its own query and reference points), the static one up to the order of
-    the sum over cameras.
+    the sum over cameras. ``recompute`` (``nn/recompute.py``: auto / on / off): the deformable attention's
+    projections and sampling locations are recomputed in backward instead of kept (the MSDA kernel's output
+    is kept); ``"auto"`` where the MSDA runs as the kernel.
     """
 
     def __init__(
@@ -195,13 +198,16 @@ class SpatialCrossAttention(nn.Module):
         num_points: int = 8,
         dropout: float = 0.1,
         query_bound: str = "auto",
+        recompute: str = "auto",
     ) -> None:
         super().__init__()
         if query_bound not in QUERY_BOUNDS:
             raise ValueError(f"query_bound={query_bound!r} is not one of {', '.join(QUERY_BOUNDS)}")
+        check_recompute_mode(recompute, "SpatialCrossAttention recompute")
         self.embed_dims = embed_dims
         self.num_cams = num_cams
         self.query_bound = query_bound
+        self.recompute = recompute
         self.deformable_attention = MSDeformableAttention3D(embed_dims, num_heads, num_levels, num_points)
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
@@ -276,9 +282,17 @@ class SpatialCrossAttention(nn.Module):
         batch, num_q, channels = query.shape
         groups = batch * value.shape[1]
         queries = query[plan.sample_of_group[:, None], plan.order]  # [B*N, K, C]
-        out = self.deformable_attention(
-            queries, value.reshape(groups, *value.shape[2:]), plan.refs, spatial_shapes, level_start_index
-        )  # [B*N, K, C]
+        args = (
+            queries,
+            value.reshape(groups, *value.shape[2:]),
+            plan.refs,
+            spatial_shapes,
+            level_start_index,
+        )
+        if recompute_active(self.recompute, value):
+            out = run_recomputed(self.deformable_attention, *args)  # [B*N, K, C]
+        else:
+            out = self.deformable_attention(*args)  # [B*N, K, C]
         out = out * plan.valid[..., None].to(out.dtype)
         slots = out.new_zeros(batch * num_q, channels).index_add(
             0, plan.flat_index, out.reshape(-1, channels)
@@ -299,6 +313,27 @@ class SpatialCrossAttention(nn.Module):
         query."""
         batch, num_q, channels = query.shape
         num_cams = value.shape[1]
+        args = (query, value, reference_points_cam, plan.hit, spatial_shapes, level_start_index)
+        if recompute_active(self.recompute, value):
+            out = run_recomputed(self._attend_all_cameras, *args)  # [B*N, Q, C]
+        else:
+            out = self._attend_all_cameras(*args)  # [B*N, Q, C]
+        out = out.view(batch, num_cams, num_q, channels)  # [B, N, Q, C]
+        # where, not a product: a miss's far-off sampling points never leak (not even a NaN)
+        return torch.where(plan.hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]
+
+    def _attend_all_cameras(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points_cam: torch.Tensor,
+        hit: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """The deformable attention of every query in every camera: ``[B*N, Q, C]`` (misses included)."""
+        batch, num_q, channels = query.shape
+        num_cams = value.shape[1]
         groups = batch * num_cams
         attn = self.deformable_attention
         m, lv, p = attn.num_heads, attn.num_levels, attn.num_points
@@ -308,13 +343,10 @@ class SpatialCrossAttention(nn.Module):
         locations = (ref + offsets[:, None]).reshape(groups, num_q, m, lv, p, 2)
         # a miss samples far outside every level: all its bilinear corners are out of range (no value
         # reads, no gradient atomics in the kernel); its result is dropped below either way
-        hit_g = plan.hit.reshape(groups, num_q)[:, :, None, None, None, None]  # [B*N, Q, 1, 1, 1, 1]
+        hit_g = hit.reshape(groups, num_q)[:, :, None, None, None, None]  # [B*N, Q, 1, 1, 1, 1]
         locations = torch.where(hit_g, locations, locations.new_full((), -1.0))
         # [B, Q, M, L, P] -> [B, N, Q, M, L, P] -> [B*N, Q, M, L, P]
         weights = weights[:, None].expand(batch, num_cams, num_q, m, lv, p).reshape(groups, num_q, m, lv, p)
-        out = attn.attend(
+        return attn.attend(
             value.reshape(groups, *value.shape[2:]), locations, weights, spatial_shapes, level_start_index
         ).to(query.dtype)  # [B*N, Q, C]
-        out = out.view(batch, num_cams, num_q, channels)  # [B, N, Q, C]
-        # where, not a product: a miss's far-off sampling points never leak (not even a NaN)
-        return torch.where(plan.hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]

@@ -47,3 +47,9 @@ def test_build_rejects_inconsistent_config():
 def test_grad_ckpt_switches(overrides, backbone_cp, encoder_cp):
     model = build_model(load_config("bevformer_debug", overrides))
     assert (model.backbone.with_cp, model.encoder.grad_ckpt) == (backbone_cp, encoder_cp)
+
+
+def test_bad_sca_recompute_names_the_key():
+    cfg = load_config("configs/bevformer_debug.py", ["model.sca_recompute=sometimes"])
+    with pytest.raises(ConfigError, match="model.sca_recompute='sometimes'"):
+        build_model(cfg)

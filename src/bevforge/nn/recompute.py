@@ -1,0 +1,68 @@
+"""Selective recomputation around the MSDA: keep the kernel's output, recompute what feeds it.
+
+The spatial cross-attention's deformable attention keeps, per layer, its value projection (bf16
+``[B*N, S, C]``), its fp32 sampling locations (``[B*N, K, M, L, P, 2]``) and attention weights for the
+MSDA's backward: ~0.28 GiB per layer at BEVFormer-base, ~1.7 GiB over the six (benchmarks/README.md).
+All of it comes from a few projections of tensors that are alive anyway (the gathered queries, the camera
+features), so :func:`run_recomputed` runs such a region under a selective checkpoint
+(``torch.utils.checkpoint`` with a policy): the ``bevforge`` custom ops (the MSDA kernel) keep their
+outputs, everything else is recomputed in backward (three GEMMs and some elementwise work per layer),
+and the MSDA kernel is never run twice. The same numbers as without it (a test checks the gradients).
+
+Modes (:data:`RECOMPUTE_MODES`): ``"auto"`` recomputes where the MSDA runs as the custom op (CUDA, or the
+CPU under ``TRITON_INTERPRET=1``; on the reference path the whole region would run twice), ``"on"``
+always, ``"off"`` never. Never without autograd, under ``torch.compile`` or while a CUDA graph is being
+captured.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from bevforge.ops.constants import capturing_cuda_graph
+from bevforge.ops.dispatch import kernel_choice, placement_ineligible_reason
+
+RECOMPUTE_MODES = ("auto", "on", "off")
+
+
+def check_recompute_mode(mode: str, what: str) -> None:
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"{what}={mode!r} is not one of {', '.join(RECOMPUTE_MODES)}")
+
+
+def recompute_active(mode: str, device_tensor: torch.Tensor) -> bool:
+    """Whether a region on ``device_tensor``'s device runs recomputed under ``mode``."""
+    if (
+        mode == "off"
+        or not torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or capturing_cuda_graph()
+    ):
+        return False
+    if mode == "on":
+        return True
+    return (
+        kernel_choice() != "reference" and placement_ineligible_reason([device_tensor], "reference") is None
+    )
+
+
+def _keep_custom_op_outputs(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    if getattr(func, "namespace", None) == "bevforge":
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_CONTEXT = functools.partial(create_selective_checkpoint_contexts, _keep_custom_op_outputs)
+
+
+def run_recomputed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``fn(*args)``, keeping for backward only the region's inputs and its custom ops' outputs."""
+    return checkpoint(fn, *args, use_reentrant=False, context_fn=_CONTEXT)
+
+
+__all__ = ["RECOMPUTE_MODES", "check_recompute_mode", "recompute_active", "run_recomputed"]

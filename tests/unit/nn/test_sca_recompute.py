@@ -1,0 +1,43 @@
+"""SCA with its projections recomputed in backward (nn/recompute.py): the same outputs and gradients on both
+query paths; "auto" stays off where the MSDA runs as the reference; bad modes are refused. (With the MSDA
+kernel, under the interpreter and on CUDA: tests/kernels/msda_kernel_cases.py ``sca_recompute``.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_sca_query_bound import SHAPES, make_case, run
+
+from bevforge.nn.recompute import recompute_active
+from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+
+
+@pytest.mark.parametrize("bound", ["exact", "all"])
+def test_recomputed_sca_matches_kept(bound):
+    sca, *inputs = make_case()
+    sca.recompute = "off"
+    want, want_grads = run(sca, bound, *inputs, SHAPES)
+    sca.recompute = "on"  # the reference MSDA: the whole region runs again in backward
+    got, grads = run(sca, bound, *inputs, SHAPES)
+    assert torch.equal(got, want)
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+
+def test_auto_is_off_on_the_reference_path_and_without_grad(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("BEVFORGE_KERNELS", raising=False)
+    t = torch.zeros(1)
+    assert not recompute_active("auto", t)  # CPU: the reference MSDA
+    assert recompute_active("on", t) and not recompute_active("off", t)
+    with torch.no_grad():
+        assert not recompute_active("on", t)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert recompute_active("auto", t)  # the op would run (the interpreter)
+    monkeypatch.setenv("BEVFORGE_KERNELS", "reference")
+    assert not recompute_active("auto", t)
+
+
+def test_bad_mode_is_refused():
+    with pytest.raises(ValueError, match="recompute='sometimes'"):
+        SpatialCrossAttention(16, 6, 4, 2, 8, recompute="sometimes")
