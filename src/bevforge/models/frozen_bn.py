@@ -73,7 +73,9 @@ class FoldCache:
     parameters in place without moving their versions, so a trained tensor's fold is computed at each
     call (the BN's affine or the conv's bias training: all of it; the conv's weight training: the weight
     product, in the graph). Nothing is cached under ``torch.compile`` (it fuses the arithmetic) or from
-    inference tensors (no version counter). Not a module: nothing of it is in the state dict."""
+    inference tensors (no version counter), and what is cached is made outside inference mode (a later
+    training step saves a frozen conv's folded weight for backward). Not a module: nothing of it is in
+    the state dict."""
 
     def __init__(self) -> None:
         self._entries: weakref.WeakKeyDictionary[nn.Module, _Fold] = weakref.WeakKeyDictionary()
@@ -103,14 +105,14 @@ class FoldCache:
             and entry.eps == bn.eps
             and entry.dtype == dtype
         ):
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # kept: never an inference tensor
                 scale, bias, _ = fold(conv, bn, dtype, with_weight=False)
             entry = self._entries[bn] = _Fold(sources, versions, bn.eps, dtype, scale, bias)
         if weight_grad:
             return entry.scale, entry.bias, None
         if entry.weight_source is w and entry.weight_version == w._version:
             return entry.scale, entry.bias, entry.weight
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # kept: never an inference tensor
             weight = (w * entry.scale.to(w.dtype).view(-1, 1, 1, 1)).to(dtype)  # [O, C, k, k]
         if not w.requires_grad:  # frozen: kept (a trained weight moves at every step, unseen by versions)
             entry.weight, entry.weight_source, entry.weight_version = weight, w, w._version

@@ -184,3 +184,15 @@ def test_cached_eval_weights_follow_optimizer_steps(impl):
         with torch.no_grad():
             got, ref = folded.eval()(x)[0], plain.eval()(x)[0]
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_folds_cached_under_inference_mode_can_be_saved_for_backward():
+    """An evaluation under inference_mode fills the cache first; the training step after it saves the
+    frozen convs' cached folded weights for backward, which an inference tensor could not be."""
+    folded, plain = _pair(depth=18, out_indices=(3,), frozen_stages=1)
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)  # an input gradient flows through the frozen stem
+    with torch.inference_mode():
+        folded.eval()(x.detach())
+    folded.train()
+    folded(x)[0].square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
