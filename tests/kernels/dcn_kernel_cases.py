@@ -261,6 +261,33 @@ def check_opcheck(device: str) -> None:
             )
 
 
+def check_deterministic_mode_alert(device: str) -> None:
+    """Under torch.use_deterministic_algorithms(True) the backward kernel raises (warns with warn_only), as
+    PyTorch's own atomics-based backwards do, when it sums the input gradient with atomics; without the
+    input gradient (no atomics) it runs silently."""
+    import warnings
+
+    x, offset, mask, geo = make_inputs(device, B=1, C=3, H=4, W=5)
+    grad_cols = _grad_cols(x, offset, geo)
+    try:
+        torch.use_deterministic_algorithms(True)
+        try:
+            kernel_backward(grad_cols, x, offset, mask, geo)
+        except RuntimeError as e:
+            assert "bevforge::dcn_backward" in str(e) and "BEVFORGE_KERNELS=reference" in str(e), e
+        else:
+            raise AssertionError("no error under torch.use_deterministic_algorithms(True)")
+        kernel_backward(grad_cols, x, offset, mask, geo, need_x=False)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            kernel_backward(grad_cols, x, offset, mask, geo)
+        messages = [str(w.message) for w in caught]
+        assert any("bevforge::dcn_backward" in m for m in messages), messages
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 CASES = {
     "columns_fp32": check_columns_fp32,
     "geometries": check_geometries,
@@ -271,6 +298,7 @@ CASES = {
     "deform_conv_end_to_end": check_deform_conv_end_to_end,
     "dispatch_picks_kernel": check_dispatch_picks_kernel,
     "opcheck": check_opcheck,
+    "deterministic_mode_alert": check_deterministic_mode_alert,
 }
 
 

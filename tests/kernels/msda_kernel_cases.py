@@ -263,6 +263,33 @@ def check_sca_recompute(device: str) -> None:
         triton_msda.msda_forward = real
 
 
+def check_deterministic_mode_alert(device: str) -> None:
+    """Under torch.use_deterministic_algorithms(True) the backward (value gradients by atomics) raises, and
+    warns with warn_only (what --deterministic sets), as PyTorch's own atomics-based backwards do."""
+    import warnings
+
+    value, spatial, start, locs, weights = make_inputs(device, B=1, Q=4, P=2)
+    leaves = [t.clone().requires_grad_() for t in (value, locs, weights)]
+    try:
+        torch.use_deterministic_algorithms(True)
+        out = _op()(leaves[0], spatial, start, leaves[1], leaves[2])  # the forward has no atomics
+        try:
+            out.sum().backward()
+        except RuntimeError as e:
+            assert "bevforge::msda_backward" in str(e) and "BEVFORGE_KERNELS=reference" in str(e), e
+        else:
+            raise AssertionError("no error under torch.use_deterministic_algorithms(True)")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _op()(leaves[0], spatial, start, leaves[1], leaves[2]).sum().backward()
+        messages = [str(w.message) for w in caught]
+        assert any("bevforge::msda_backward" in m for m in messages), messages
+        assert leaves[0].grad is not None
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 CASES = {
     "forward_fp32": check_forward_fp32,
     "forward_low_precision": check_forward_low_precision,
@@ -276,6 +303,7 @@ CASES = {
     "compile_graph": check_compile_graph,
     "torch_export": check_torch_export,
     "sca_recompute": check_sca_recompute,
+    "deterministic_mode_alert": check_deterministic_mode_alert,
 }
 
 

@@ -35,7 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs")
     p.add_argument("--auto-scale-lr", action="store_true", help="lr x global batch / train.base_batch_size")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (reproducible runs)")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms where PyTorch has them (torch.use_deterministic_algorithms, "
+        "warn_only): ops that sum with atomics, the grid_sample and MSDA/DCN kernel backwards among them, "
+        "warn instead",
+    )
     p.add_argument("--max-iters", type=int, default=None, help="stop after N iterations")
     p.add_argument("--keep-last", type=int, default=None, help="keep the K newest epoch_N.pth (0 = all)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")

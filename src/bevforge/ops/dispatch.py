@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,3 +93,21 @@ def kernels(choice: str | None) -> Iterator[None]:
             os.environ.pop("BEVFORGE_KERNELS", None)
         else:
             os.environ["BEVFORGE_KERNELS"] = old
+
+
+def alert_not_deterministic(what: str) -> None:
+    """What PyTorch's own non-deterministic CUDA ops do under ``torch.use_deterministic_algorithms(True)``:
+    raise, or warn under ``warn_only=True`` (``--deterministic``). For kernels that sum with atomics."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (
+        f"{what} sums gradients with fp32 atomic adds, so it is not deterministic (the order of the sums, "
+        "i.e. fp32 rounding, varies from run to run), but torch.use_deterministic_algorithms(True) is set. "
+        "BEVFORGE_KERNELS=reference runs the grid_sample reference instead, whose CUDA backward PyTorch "
+        "flags the same way; or call torch.use_deterministic_algorithms(True, warn_only=True) (what "
+        "--deterministic does) to accept it with this warning."
+    )
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, stacklevel=2)
+    else:
+        raise RuntimeError(message)

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from bevforge.ops.dcn.triton_columns import tap_position
+from bevforge.ops.dispatch import alert_not_deterministic
 
 BLOCK_C = 16
 BLOCK_L = 64
@@ -135,6 +136,8 @@ def dcn_backward_op(
     """``grad_cols [B, C*K, Ho*Wo]``, ``x [B, C, H, W]``, ``offset [B, 2*G*K, Ho, Wo]``, ``mask
     [B, G*K, Ho, Wo]`` or None -> fp32 ``(grad_x [B, C, H, W] or [0] without need_x, grad_offset like
     offset, grad_mask like mask or [0] without a mask)``."""
+    if need_x:  # the input gradient is summed with atomics; offset and mask gradients are not
+        alert_not_deterministic("The Triton DCN backward (bevforge::dcn_backward)")
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[-2:]
     K = kernel[0] * kernel[1]

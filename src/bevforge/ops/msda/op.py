@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from bevforge.ops.dispatch import alert_not_deterministic
 from bevforge.ops.msda import triton_msda
 from bevforge.ops.msda.reference import output_dtype
 
@@ -78,6 +79,7 @@ def msda_backward_op(
     attention_weights: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (value, sampling_locations, attention_weights); value grads via fp32 atomics."""
+    alert_not_deterministic("The Triton MSDA backward (bevforge::msda_backward)")
     return triton_msda.msda_backward(
         grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
