@@ -130,8 +130,9 @@ fi
 if [ $HAVE_CUDA = 0 ]; then
   skip dcn "no CUDA device"
 elif want dcn; then  # the DCNv2 op alone at R101 stage 3/4 shapes: torchvision vs grid_sample vs Triton columns
-  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench
-  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50
+  # --sweep: the two Triton kernels' launch constants (BLOCK_C, BLOCK_L, warps), to set the defaults from
+  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench --sweep
+  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50 --sweep
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

@@ -49,12 +49,18 @@ def test_dcn_bench_runs_every_variant_under_interpreter():
 
     from kernel_harness import REPO
 
+    from bevforge.ops.dcn.bench import SWEEP
+
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     env.pop("BEVFORGE_KERNELS", None)
-    args = ["--batch", "1", "--channels", "4", "--hw", "5", "6", "--iters", "1", "--warmup", "0"]
+    args = ["--batch", "1", "--channels", "4", "--hw", "5", "6", "--iters", "1", "--warmup", "0", "--sweep"]
     proc = subprocess.run([sys.executable, "-m", "bevforge.ops.dcn.bench", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines() if "max |out - torchvision|" in line]
     assert [r[0] for r in rows] == ["torchvision", "sampled-grid", "triton-fwd", "triton-fwd+bwd"] * 2, rows
     assert all(float(r[-1]) < 1e-4 for r in rows), proc.stdout
+    # --sweep: every launch configuration of both kernels, each agreeing with the default's results
+    swept = [line.split() for line in proc.stdout.splitlines() if "max |diff|" in line]
+    assert len(swept) == 2 * len(SWEEP), proc.stdout
+    assert all(float(r[-1]) < 1e-5 for r in swept), proc.stdout

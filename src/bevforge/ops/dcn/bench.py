@@ -8,6 +8,10 @@ against torchvision, plus the largest output difference to torchvision (same wei
 masks). The sampled variants differ only in where the columns and the backward come from
 (``BEVFORGE_KERNELS=reference``; ``triton`` with ``sampled.BACKWARD_KERNEL`` off; ``triton``, the default
 ``auto`` path on CUDA); the Triton ones run only on CUDA.
+
+``--sweep`` then times the two Triton kernels at other launch constants (``BLOCK_C`` channels x
+``BLOCK_L`` output pixels per program, warps; :data:`SWEEP`, the default first) and checks each against
+the default's output and input gradient: what to set as the defaults on a new GPU.
 """
 
 from __future__ import annotations
@@ -75,6 +79,35 @@ def time_impl(
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 
+#: (BLOCK_C, BLOCK_L, num_warps) launch constants ``--sweep`` tries, the kernels' default first
+SWEEP = ((16, 64, 4), (8, 128, 4), (16, 128, 4), (32, 64, 4), (16, 128, 8), (32, 128, 8), (8, 256, 8))
+
+
+def sweep(inputs: tuple[torch.Tensor, ...], amp: str, iters: int, warmup: int) -> None:
+    """Time the columns kernel (forward) and the backward kernel (forward + backward) at each of
+    :data:`SWEEP`; print ms, the speed-up on the default and the largest difference to its results."""
+    from bevforge.ops.dcn import triton_backward, triton_columns
+
+    x = inputs[0]
+    for label, module, impl, backward in (
+        ("columns kernel, forward", triton_columns, "triton-fwd", False),
+        ("backward kernel, forward + backward", triton_backward, "triton-fwd+bwd", True),
+    ):
+        default = (module.BLOCK_C, module.BLOCK_L, module.NUM_WARPS)
+        print(f"  sweep: {label} (BLOCK_C, BLOCK_L, warps)")
+        first_ms, first = None, None
+        try:
+            for config in SWEEP:
+                module.BLOCK_C, module.BLOCK_L, module.NUM_WARPS = config
+                ms, out = time_impl(impl, inputs, amp, iters, warmup, backward)
+                result = out if not backward else x.grad.detach().float()  # the input gradient
+                first_ms, first = first_ms or ms, first if first is not None else result
+                diff = (result - first).abs().max().item()
+                print(f"    {str(config):16s} {ms:9.2f} ms   ({first_ms / ms:.2f}x)   max |diff| {diff:.3g}")
+        finally:
+            module.BLOCK_C, module.BLOCK_L, module.NUM_WARPS = default
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=6)
@@ -84,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sweep", action="store_true", help="also time the Triton kernels' launch constants")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
@@ -105,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             diff = (out - out_tv).abs().max().item()
             print(f"    {impl:16s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
     print(f"  (max |out| {out_tv.abs().max().item():.3g})")
+    if args.sweep and triton_ok:
+        sweep(inputs, args.amp, args.iters, args.warmup)
     return 0
 
 

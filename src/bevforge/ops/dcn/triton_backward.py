@@ -36,6 +36,7 @@ from bevforge.ops.dispatch import alert_not_deterministic
 
 BLOCK_C = 16
 BLOCK_L = 64
+NUM_WARPS = 4  # launch constants read at each launch: `python -m bevforge.ops.dcn.bench --sweep`
 
 
 @triton.jit
@@ -156,7 +157,7 @@ def dcn_backward_op(
         *x.stride(), *offset.stride(), *m.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         HAS_MASK=mask is not None, NEED_X=need_x, KH=kernel[0], KW=kernel[1],
-        BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L,
+        BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
     )  # fmt: skip
     return grad_x, grad_off, grad_mask
 

@@ -25,6 +25,7 @@ import triton.language as tl
 
 BLOCK_C = 16
 BLOCK_L = 64
+NUM_WARPS = 4  # launch constants read at each launch: `python -m bevforge.ops.dcn.bench --sweep`
 
 
 @triton.jit
@@ -130,6 +131,7 @@ def dcn_columns_op(
         *x.stride(), *offset.stride(), *m.stride(),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         HAS_MASK=mask is not None, KH=kernel[0], KW=kernel[1], BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L,
+        num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
 
