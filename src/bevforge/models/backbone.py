@@ -119,9 +119,10 @@ class ResNetBackbone(nn.Module):
 
     ``style="caffe"`` puts the stride of a bottleneck in its first 1x1 conv (mmdet caffe style, used by
     the official FCOS3D-initialised R101-DCN of BEVFormer small/base); torchvision is ``"pytorch"``.
-    ``dcn_impl`` picks the op of the ``dcn_stages`` convs (:data:`DCN_IMPLS`). ``fold_bn``: each BN in eval
-    mode (``norm_eval``, frozen stages) runs folded into the conv before it (``models/frozen_bn.py``: same
-    function and state dict, less activation memory and no BN backward); ``False`` runs torchvision's blocks.
+    ``dcn_impl`` picks the op of the ``dcn_stages`` convs (:data:`DCN_IMPLS`). ``fold_bn``: each frozen BN
+    (eval mode, affine not training: ``norm_eval``, frozen stages) runs folded into the conv before it
+    (``models/frozen_bn.py``: same function and state dict, less activation memory and no BN backward);
+    ``False`` runs torchvision's blocks.
     """
 
     def __init__(

@@ -7,8 +7,8 @@ parameters and state dict. What it changes in training: autograd no longer keeps
 BN's backward (one activation per conv of every trainable block: half the backbone's saved activations,
 the largest share of a BEVFormer-base step's, benchmarks/README.md), and the activation-sized BN backward
 pass becomes a weight-sized product for the conv's weight gradient. BEVFormer tiny/small/base keep every
-BN frozen (``norm_eval``), so their whole backbone runs this way; a BN in training mode (BEVFormer-debug,
-BEVDet) runs as a BN.
+BN frozen (``norm_eval``), so their whole backbone runs this way; a BN that trains (statistics or affine:
+BEVFormer-debug, BEVDet) runs as a BN (:func:`is_frozen`).
 
 Launches: the folded bias (and a frozen conv's folded weight) is cached in the dtype the conv runs in
 (autocast's or the weight's), so a frozen conv dispatches only the conv and a trainable one its weight
@@ -119,9 +119,17 @@ class FoldCache:
         return entry.scale, entry.bias, weight
 
 
+def is_frozen(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
+    """The BN uses its running statistics (eval mode) and neither its affine nor the conv's bias trains:
+    its fold depends on the conv weight alone. A BN that trains runs as a BN, in inference too (its fold
+    would be arithmetic at every call: a fused optimizer step moves no tensor version, so no cache)."""
+    affine = (t for t in (conv.bias, bn.weight, bn.bias) if t is not None)
+    return not bn.training and not any(t.requires_grad for t in affine)
+
+
 def conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, cache: FoldCache) -> torch.Tensor:
-    """``bn(conv(x))``; a BN in eval mode folded into the conv's weight and bias (``[B*, O, H', W']``)."""
-    if bn.training:
+    """``bn(conv(x))`` (``[B*, O, H', W']``); a frozen BN folded into the conv's weight and bias."""
+    if not is_frozen(conv, bn):
         return bn(conv(x))
     device_type = x.device.type
     autocast = torch.is_autocast_enabled(device_type)
@@ -162,4 +170,4 @@ def block_fn(block: nn.Module, cache: FoldCache) -> functools.partial:
     return functools.partial(run_block, block, cache=cache)
 
 
-__all__ = ["FoldCache", "block_fn", "bn_scale_shift", "conv_bn", "fold", "run_block"]
+__all__ = ["FoldCache", "block_fn", "bn_scale_shift", "conv_bn", "fold", "is_frozen", "run_block"]

@@ -94,7 +94,7 @@ def test_training_mode_bn_is_not_folded():
 
 
 def test_eval_bn_with_trainable_affine_gets_gradients():
-    """A BN in eval mode whose weight/bias train (not a recipe, but legal): folded with autograd, no cache."""
+    """A BN in eval mode whose weight/bias train (not a recipe, but legal) runs as a BN: grads reach it."""
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 5, 3, padding=1, bias=True), nn.BatchNorm2d(5)
     _randomise_bn(bn)
