@@ -13,6 +13,12 @@ operators too); ``--amp off`` leaves them out.
     python benchmarks/op_census.py configs/bevformer_tiny.py --set data.img_scale=0.1 data.batch_size=4
 
 Prints the total, the split forward / backward / optimizer, the top lines and the top operators.
+
+``--paths cuda`` (default) takes the GPU's kernel paths: the MSDA and DCNv2 custom ops dispatch and count
+as one operator each (their references compute them inside), and the SCA's recompute regions are active.
+Still CPU-specific: AdamW and the gradient clipping run per tensor (fused / foreach on CUDA: read the
+forward and backward counts), and dropout is three operators (one fused kernel on CUDA).
+``--paths cpu``: the CPU's own paths (the references, each many operators).
 """
 
 from __future__ import annotations
@@ -80,6 +86,63 @@ class Census(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+_CPU_KERNELS_REGISTERED = False
+
+
+def _kernel_paths_as_on_cuda() -> None:
+    """Take the kernel paths a CUDA step takes: the MSDA and DCNv2 custom ops (``bevforge::msda``,
+    ``msda_backward``, ``dcn_columns``, ``dcn_backward``) dispatch as on the GPU and are counted as the one
+    operator each they are there; here their references compute the forwards (inside the op, which the
+    census does not look into) and the backwards return zeros."""
+    global _CPU_KERNELS_REGISTERED
+    import bevforge.ops.msda as msda
+    from bevforge.ops.dcn import sampled
+    from bevforge.ops.msda.reference import msda_reference
+
+    def columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
+        geo = sampled._Geometry(tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
+        K = kernel[0] * kernel[1]
+        G = offset.shape[1] // (2 * K)
+        xs = sampled._sampling_input(x)
+        samples = sampled._sample(xs, sampled._grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
+        return sampled._columns(samples, mask, x.shape[0], G, K, tuple(offset.shape[-2:]), out_dtype)
+
+    if not _CPU_KERNELS_REGISTERED:
+        for lazy in (msda._OP, sampled._COLUMNS_OP, sampled._BACKWARD_OP):
+            if lazy.get() is None:
+                raise RuntimeError(f"--paths cuda needs the custom ops: {lazy.error}")
+
+        @torch.library.register_kernel("bevforge::msda", "cpu")
+        def _msda(value, spatial_shapes, level_start_index, locations, weights):
+            with torch.no_grad():
+                return msda_reference(value, spatial_shapes, level_start_index, locations, weights)
+
+        # the backward ops run below autograd, where a reference cannot be differentiated: zeros of the
+        # gradients' shapes (the census counts operators; their values steer nothing it counts)
+        @torch.library.register_kernel("bevforge::msda_backward", "cpu")
+        def _msda_backward(grad_out, value, spatial_shapes, level_start_index, locations, weights):
+            return torch.zeros_like(value), torch.zeros_like(locations), torch.zeros_like(weights)
+
+        @torch.library.register_kernel("bevforge::dcn_columns", "cpu")
+        def _dcn_columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
+            with torch.no_grad():
+                return columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype)
+
+        @torch.library.register_kernel("bevforge::dcn_backward", "cpu")
+        def _dcn_backward(grad_cols, x, offset, mask, kernel, stride, padding, dilation, need_x):
+            f32 = dict(dtype=torch.float32, device=x.device)
+            grad_x = torch.zeros(x.shape, **f32) if need_x else torch.empty(0, **f32)
+            grad_mask = torch.zeros(mask.shape, **f32) if mask is not None else torch.empty(0, **f32)
+            return grad_x, torch.zeros(offset.shape, **f32), grad_mask
+
+        _CPU_KERNELS_REGISTERED = True
+    msda.triton_ineligible_reason = lambda *args, **kwargs: None
+    sampled.columns_ineligible_reason = lambda *args, **kwargs: None
+    import bevforge.nn.spatial_cross_attn as sca  # its recompute regions are active where the kernel runs
+
+    sca.recompute_active = lambda mode, tensor: mode != "off" and torch.is_grad_enabled()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config")
@@ -87,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=30, help="lines and operators to print")
     p.add_argument("--amp", choices=("off", "bf16"), default="bf16",
                    help="autocast as on the GPU (bf16, default: counts its casts) or off")  # fmt: skip
+    p.add_argument("--paths", choices=("cuda", "cpu"), default="cuda",
+                   help="kernel paths: the MSDA / DCN custom ops as on the GPU (default; one operator each) "
+                   "or the CPU's references")  # fmt: skip
     args = p.parse_args(argv)
+    if args.paths == "cuda":
+        _kernel_paths_as_on_cuda()
 
     from bevforge.bench.train import FakeLoader
     from bevforge.config import load_config
@@ -131,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     total = sum(census.by_phase.values())
     b = cfg.data.batch_size
-    print(f"{args.config} batch {b}: {total} non-view aten operators in one training step "
-          + ", ".join(f"{k} {v}" for k, v in census.by_phase.most_common()))  # fmt: skip
+    print(f"{args.config} batch {b} ({args.paths} kernel paths): {total} non-view operators in one training "
+          "step, " + ", ".join(f"{k} {v}" for k, v in census.by_phase.most_common()))  # fmt: skip
     print(f"\ntop {args.top} source lines (phase, line, operators):")
     for (phase, site), n in census.by_site.most_common(args.top):
         print(f"{n:7d}  {phase:9s} {site}")

@@ -7,7 +7,8 @@ All of it comes from a few projections of tensors that are alive anyway (the gat
 features), so :func:`run_recomputed` runs such a region under a selective checkpoint
 (``torch.utils.checkpoint`` with a policy): the ``bevforge`` custom ops (the MSDA kernel) keep their
 outputs, everything else is recomputed in backward (three GEMMs and some elementwise work per layer),
-and the MSDA kernel is never run twice. The same numbers as without it (a test checks the gradients).
+and the MSDA kernel is never run twice. The same numbers as without it (a test checks the gradients). The
+region casts afresh under autocast (no cast cache: the replay must dispatch what the forward did).
 
 Modes (:data:`RECOMPUTE_MODES`): ``"auto"`` recomputes where the MSDA runs as the custom op (CUDA, or the
 CPU under ``TRITON_INTERPRET=1``; on the reference path the whole region would run twice), ``"on"``
@@ -60,9 +61,22 @@ def _keep_custom_op_outputs(ctx: Any, func: Any, *args: Any, **kwargs: Any) -> C
 _CONTEXT = functools.partial(create_selective_checkpoint_contexts, _keep_custom_op_outputs)
 
 
+def _without_autocast_cache(fn: Callable[..., torch.Tensor], device_type: str, *args: Any) -> torch.Tensor:
+    """``fn(*args)``, autocast (if on) casting afresh: the selective checkpoint replays the region's
+    operators in backward and requires the same sequence, but autocast's cache of weight casts is filled
+    by whatever ran before in the forward's autocast region (the history frames) and is empty in backward."""
+    if not torch.is_autocast_enabled(device_type):
+        return fn(*args)
+    dtype = torch.get_autocast_dtype(device_type)
+    with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+        return fn(*args)
+
+
 def run_recomputed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
     """``fn(*args)``, keeping for backward only the region's inputs and its custom ops' outputs."""
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=_CONTEXT)
+    device = next(a for a in args if isinstance(a, torch.Tensor)).device
+    region = functools.partial(_without_autocast_cache, fn, device.type)
+    return checkpoint(region, *args, use_reentrant=False, context_fn=_CONTEXT)
 
 
 __all__ = ["RECOMPUTE_MODES", "check_recompute_mode", "recompute_active", "run_recomputed"]

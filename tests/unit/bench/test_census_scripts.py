@@ -50,3 +50,24 @@ def test_op_census_counts_autocast_casts():
         total(_run("op_census.py", "--top", "60", "--amp", "off")),
     )
     assert with_amp > without > 0 and casts_amp >= 1, (with_amp, without)
+
+
+def test_op_census_takes_the_cuda_kernel_paths():
+    """--paths cuda (default): the MSDA and DCN custom ops count as one operator each (the SCA's recompute
+    regions active, so the MSDA forward is kept, not counted again); --paths cpu counts the references."""
+
+    def counts(out: str) -> tuple[int, dict[str, int]]:
+        first = out.splitlines()[0]
+        phases = {k: int(v) for k, v in re.findall(r"(forward|backward) (\d+)", first)}
+        ops = dict((name, int(n)) for n, name in re.findall(r"^\s+(\d+)  (\w+)$", out, re.M))
+        return phases["forward"] + phases["backward"], ops
+
+    dcn = "model.backbone.dcn_stages=[false,false,true,false]"  # the debug recipe has none (C3, C4 out)
+    args = ("--top", "200", "--set", "data.img_scale=0.2", dcn)
+    cuda_total, cuda_ops = counts(_run("op_census.py", *args))
+    cpu_total, cpu_ops = counts(_run("op_census.py", *args, "--paths", "cpu"))
+    layers = 2 * 1 + 2  # debug recipe: a TSA and an SCA in its one encoder layer, an MSDA per decoder layer
+    assert cuda_ops.get("msda", 0) >= layers and cuda_ops.get("msda_backward", 0) >= 1, cuda_ops
+    assert cuda_ops.get("dcn_columns", 0) >= 1 and cuda_ops.get("dcn_backward", 0) >= 1, cuda_ops
+    assert "msda" not in cpu_ops and "dcn_columns" not in cpu_ops, cpu_ops
+    assert cuda_total < cpu_total, (cuda_total, cpu_total)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_sca_query_bound import SHAPES, make_case, run
+from test_sca_query_bound import SHAPES, START, make_case, run
 
 from bevforge.nn.recompute import recompute_active
 from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
@@ -41,3 +41,26 @@ def test_auto_is_off_on_the_reference_path_and_without_grad(monkeypatch):
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="recompute='sometimes'"):
         SpatialCrossAttention(16, 6, 4, 2, 8, recompute="sometimes")
+
+
+def test_recompute_under_autocast_after_a_cached_cast():
+    """Training's shape: under one bf16 autocast region the history frames run the SCA without grad first
+    (autocast caches its weights' casts), then the current frame records the region. The backward's
+    recompute runs outside that region (no cached casts), so the region must not use autocast's cache, or
+    the recomputed operator sequence differs from the recorded one and the selective checkpoint fails."""
+    sca, query, value, ref_cam, mask = make_case()
+    results = {}
+    for mode in ("off", "on"):
+        sca.recompute = mode
+        sca.zero_grad()
+        q = query.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
+                sca(query, value, ref_cam, mask, SHAPES, START)  # the history pass
+            out = sca(q, value, ref_cam, mask, SHAPES, START)
+        out.float().square().sum().backward()
+        results[mode] = (out.detach(), [q.grad] + [p.grad for p in sca.parameters()])
+    (want, want_grads), (got, grads) = results["off"], results["on"]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)
