@@ -80,6 +80,17 @@ class FoldCache:
     def __init__(self) -> None:
         self._entries: weakref.WeakKeyDictionary[nn.Module, _Fold] = weakref.WeakKeyDictionary()
 
+    # a copied or pickled model starts with an empty cache (weak references do not pickle; a copy's
+    # entries would be keyed by the original's BNs)
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __deepcopy__(self, memo: dict) -> FoldCache:
+        return FoldCache()
+
     def folded(
         self, conv: nn.Module, bn: nn.BatchNorm2d, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

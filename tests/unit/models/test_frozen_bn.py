@@ -196,3 +196,16 @@ def test_folds_cached_under_inference_mode_can_be_saved_for_backward():
     folded.train()
     folded(x)[0].square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_a_copied_or_pickled_backbone_starts_with_an_empty_cache(tmp_path):
+    folded, plain = _pair(depth=18, out_indices=(3,), frozen_stages=1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = plain.eval()(x)[0]
+        folded.eval()(x)  # fills the cache
+        torch.save(folded, tmp_path / "backbone.pt")  # the whole module, pickled
+        loaded = torch.load(tmp_path / "backbone.pt", weights_only=False)
+        for net in (copy.deepcopy(folded), loaded):
+            assert not net._fold_cache._entries
+            torch.testing.assert_close(net(x)[0], want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
