@@ -28,18 +28,25 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
+def _key(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...]:
+    """What tells a cached fold is stale: each source's storage address and version. An address catches
+    what a version does not (``module.to()`` swaps a Parameter's data, keeping the object and its version);
+    an entry keeps its sources' storages alive, so a new storage cannot reuse a cached address."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 class _Fold:
     """One conv -> BN fold in one dtype: scale and bias from the BN (and the conv's bias), and the folded
-    weight from the conv's weight, each with the sources it was computed from (to tell when it is stale)."""
+    weight from the conv's weight, each with the :func:`_key` of the tensors it was computed from and
+    detached aliases of them (their storages stay alive while the entry does)."""
 
-    __slots__ = ("sources", "versions", "eps", "dtype", "scale", "bias", "weight_source", "weight_version",
-                 "weight")  # fmt: skip
+    __slots__ = ("alive", "stamp", "eps", "dtype", "scale", "bias", "weight_alive", "weight_stamp", "weight")
 
-    def __init__(self, sources, versions, eps, dtype, scale, bias) -> None:
-        self.sources, self.versions, self.eps, self.dtype = sources, versions, eps, dtype
-        self.scale, self.bias = scale, bias
-        self.weight_source: torch.Tensor | None = None
-        self.weight_version = -1
+    def __init__(self, sources, eps, dtype, scale, bias) -> None:
+        self.alive, self.stamp = tuple(t.detach() for t in sources), _key(sources)
+        self.eps, self.dtype, self.scale, self.bias = eps, dtype, scale, bias
+        self.weight_alive: tuple[torch.Tensor, ...] = ()
+        self.weight_stamp: tuple[tuple[int, int], ...] = ()
         self.weight: torch.Tensor | None = None
 
 
@@ -67,10 +74,10 @@ def fold(
 
 class FoldCache:
     """Each frozen conv -> BN's fold, computed once and again only when one of its sources changes: in
-    place (``load_state_dict``: the tensor's version moves) or replaced (``.to()``). An entry holds its
-    source tensors, so an identity check cannot be fooled by a reused address, and dies with its BN (weak
-    keys). Only tensors that do not require grad are cached from: a fused optimizer step updates
-    parameters in place without moving their versions, so a trained tensor's fold is computed at each
+    place (``load_state_dict``: the tensor's version moves) or moved (``.to()``: new storage). An entry
+    keeps its sources' storages alive (:func:`_key`), so a new storage cannot reuse an address, and dies
+    with its BN (weak keys). Only tensors that do not require grad are cached from: a fused optimizer step
+    updates parameters in place without moving their versions, so a trained tensor's fold is computed at each
     call (the BN's affine or the conv's bias training: all of it; the conv's weight training: the weight
     product, in the graph). Nothing is cached under ``torch.compile`` (it fuses the arithmetic) or from
     inference tensors (no version counter), and what is cached is made outside inference mode (a later
@@ -106,27 +113,25 @@ class FoldCache:
             or any(t.is_inference() for t in (*sources, w))
         ):
             return fold(conv, bn, dtype, with_weight=not weight_grad)
-        versions = tuple(t._version for t in sources)
         entry = self._entries.get(bn)
         if not (
             entry is not None
-            and len(entry.sources) == len(sources)
-            and all(a is b for a, b in zip(entry.sources, sources))
-            and entry.versions == versions
+            and entry.stamp == _key(sources)
             and entry.eps == bn.eps
             and entry.dtype == dtype
         ):
             with torch.inference_mode(False), torch.no_grad():  # kept: never an inference tensor
                 scale, bias, _ = fold(conv, bn, dtype, with_weight=False)
-            entry = self._entries[bn] = _Fold(sources, versions, bn.eps, dtype, scale, bias)
+            entry = self._entries[bn] = _Fold(sources, bn.eps, dtype, scale, bias)
         if weight_grad:
             return entry.scale, entry.bias, None
-        if entry.weight_source is w and entry.weight_version == w._version:
+        if entry.weight is not None and entry.weight_stamp == _key((w,)):
             return entry.scale, entry.bias, entry.weight
-        with torch.inference_mode(False), torch.no_grad():  # kept: never an inference tensor
+        with torch.inference_mode(False), torch.no_grad():
             weight = (w * entry.scale.to(w.dtype).view(-1, 1, 1, 1)).to(dtype)  # [O, C, k, k]
         if not w.requires_grad:  # frozen: kept (a trained weight moves at every step, unseen by versions)
-            entry.weight, entry.weight_source, entry.weight_version = weight, w, w._version
+            entry.weight_alive, entry.weight_stamp = (w.detach(),), _key((w,))
+            entry.weight = weight
         return entry.scale, entry.bias, weight
 
 

@@ -209,3 +209,19 @@ def test_a_copied_or_pickled_backbone_starts_with_an_empty_cache(tmp_path):
         for net in (copy.deepcopy(folded), loaded):
             assert not net._fold_cache._entries
             torch.testing.assert_close(net(x)[0], want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_cache_follows_data_swapped_under_the_same_parameter():
+    """``module.to()`` / ``_apply`` give a Parameter new data but keep the object and its version: the
+    cached fold of a frozen conv must follow the new storage."""
+    folded, plain = _pair(depth=18, out_indices=(3,), frozen_stages=1)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        folded.eval()(x)  # fills the cache (the stem and layer1 convs are frozen)
+        weight = folded.conv1.weight
+        new = torch.randn_like(weight)
+        folded._apply(lambda t: new if t is weight else t)  # the stem weight swapped, same Parameter object
+        assert folded.conv1.weight is weight and torch.equal(folded.conv1.weight, new)
+        plain.conv1.weight.copy_(new)
+        want = plain.eval()(x)[0]
+        torch.testing.assert_close(folded(x)[0], want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
