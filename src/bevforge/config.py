@@ -182,7 +182,7 @@ class ModelConfig:
     sca_heads: int = 8
     sca_points: int = 8
     # the SCA's projections and sampling locations recomputed in backward instead of kept (nn/recompute.py):
-    # "auto" where the MSDA runs as the kernel (CUDA; ~1.7 GiB less at base), "on", "off"; off for a layer
+    # "auto" where the MSDA runs as the kernel (CUDA; ~1.4 GiB less at base), "on", "off"; off for a layer
     # that train.grad_ckpt recomputes whole
     sca_recompute: str = "auto"
     decoder_layers: int = 6

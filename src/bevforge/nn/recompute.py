@@ -2,7 +2,8 @@
 
 The spatial cross-attention's deformable attention keeps, per layer, its value projection (bf16
 ``[B*N, S, C]``), its fp32 sampling locations (``[B*N, K, M, L, P, 2]``) and attention weights for the
-MSDA's backward: ~0.28 GiB per layer at BEVFormer-base, ~1.7 GiB over the six (benchmarks/README.md).
+MSDA's backward: at BEVFormer-base ~1.0 GiB over the six layers in the memory census at half the image
+size, ~1.4 GiB at full size (the value projection grows with the image; benchmarks/README.md).
 All of it comes from a few projections of tensors that are alive anyway (the gathered queries, the camera
 features), so :func:`run_recomputed` runs such a region under a selective checkpoint
 (``torch.utils.checkpoint`` with a policy): the ``bevforge`` custom ops (the MSDA kernel) keep their
