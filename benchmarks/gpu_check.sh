@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One GPU check in a few minutes (<= 5 min on an H100/H200): the CUDA kernel tests, the MSDA kernel
-# benchmark (fp32 + bf16, BEVFormer-base shapes) and, when the model code is present, the inference
-# benchmark of the tiny recipe (random weights). Numbers go to $RESULTS (default benchmarks/results/): kernel.md,
-# infer.md, gpu_check.md (step summary) and gpu_check.log (full output).
+# The GPU check: the CUDA kernel tests and the kernel, training and inference benchmarks, in step groups
+# chosen per call (all of them take more than one 10-minute device call: benchmarks/README.md says which
+# groups go together). Numbers go to $RESULTS (default benchmarks/results/): kernel.md, train.md, infer.md,
+# gpu_check.md (step summary, rewritten after every step) and gpu_check.log (full output).
 #
 # No venv and no network needed: it uses the machine's own python (PYTHON, default python3) with
 # PYTHONPATH=src; a step whose imports fail is reported as skipped, not failed.
@@ -33,6 +33,19 @@ SUMMARY="$RESULTS/gpu_check.md"
 declare -a LINES=()
 status=0
 
+COMMIT=${BEVFORGE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+write_summary() {  # after every step: a call cut off by its time limit still leaves the table so far
+  {
+    echo "# gpu_check $STARTED commit $COMMIT (GPU_CHECK_STEPS=${GPU_CHECK_STEPS:-all})"
+    echo
+    echo "| step | result | seconds |"
+    echo "|---|---|---|"
+    printf '%s\n' "${LINES[@]}"
+  } >"$SUMMARY"
+}
+
 step() {  # step NAME CMD... : run with a timeout, log, record ok/FAIL and seconds
   local name=$1
   shift
@@ -44,11 +57,13 @@ step() {  # step NAME CMD... : run with a timeout, log, record ok/FAIL and secon
     LINES+=("| $name | FAIL (rc ${PIPESTATUS[0]}) | $((SECONDS - t0)) |")
     status=1
   fi
+  write_summary
 }
 
 skip() {
   echo "== $1: skipped ($2)" | tee -a "$LOG"
   LINES+=("| $1 | skipped: $2 | 0 |")
+  write_summary
 }
 
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
@@ -231,12 +246,6 @@ else
   skip bench-train "configs/bevformer_tiny.py or bevforge.train.step missing"
 fi
 
-{
-  echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') commit ${BEVFORGE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
-  echo
-  echo "| step | result | seconds |"
-  echo "|---|---|---|"
-  printf '%s\n' "${LINES[@]}"
-} >"$SUMMARY"
+write_summary
 cat "$SUMMARY"
 exit $status
