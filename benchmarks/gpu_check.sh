@@ -121,11 +121,10 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.fold_bn=false model.sca_recompute=off --amp bf16 \
     --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
-  # the <= 12 GB half of the target if the cuts above fall short: the backbone kept ~8 GiB for backward
-  # before the BN folding (~5 with it), the encoder ~4.5 (benchmarks/memory_census.py); --grad-ckpt
-  # checkpoints both
-  step bench-train-base-bf16-backbone-cp "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
-    --set model.backbone.pretrained= model.backbone.with_cp=true --amp bf16 --fake-data --warmup 3 \
+  # more memory if the cuts above fall short of <= 12 GB: each encoder layer's FFN recomputed too
+  # (~0.9 GiB in the census); --grad-ckpt checkpoints encoder layers and backbone blocks whole
+  step bench-train-base-bf16-ffn-recompute "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= model.ffn_recompute=true --amp bf16 --fake-data --warmup 3 \
     --iters 10 --out "$RESULTS/train.md"
   step bench-train-base-bf16-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --grad-ckpt --fake-data --warmup 3 --iters 10 \

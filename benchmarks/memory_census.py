@@ -94,32 +94,38 @@ def census(cfg, depth: int) -> collections.Counter[str]:
 
 @contextlib.contextmanager
 def _recompute_regions_counted(pack, saved: collections.Counter[str], stack: list[str]):
-    """The SCA's recompute regions (nn/recompute.py) as on CUDA: active under ``model.sca_recompute``
-    "auto"/"on", and counted by what they keep, which saved-tensor hooks cannot see (the checkpoint
-    packs the region's tensors itself): the region's tensor inputs (held for the recompute) and the MSDA
-    kernel's output (fp32, the shape of the region's output)."""
+    """The recompute regions (nn/recompute.py: the SCA's, the FFN's) as on CUDA: active where their
+    settings turn them on, and counted by what they keep, which saved-tensor hooks cannot see (the
+    checkpoint packs the region's tensors itself): the region's tensor inputs (held for the recompute)
+    and, for the SCA, the MSDA kernel's output (fp32, the shape of the region's output)."""
+    import bevforge.models.bev_encoder as encoder
     import bevforge.nn.spatial_cross_attn as sca
-
-    real_active, real_run = sca.recompute_active, sca.run_recomputed
 
     def active(mode: str, tensor: torch.Tensor) -> bool:
         return mode != "off" and torch.is_grad_enabled()
 
-    def run(fn, *args):
-        out = real_run(fn, *args)
-        for a in args:
-            if isinstance(a, torch.Tensor):
-                pack(a)
-        saved[stack[-1]] += out.numel() * 4
-        return out
+    def counted(real_run, keeps_output: bool):
+        def run(fn, *args):
+            out = real_run(fn, *args)
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    pack(a)
+            if keeps_output:
+                saved[stack[-1]] += out.numel() * 4
+            return out
 
-    sca.recompute_active, sca.run_recomputed = active, run
+        return run
+
+    real = {m: (m.recompute_active, m.run_recomputed) for m in (sca, encoder)}
+    sca.recompute_active, sca.run_recomputed = active, counted(sca.run_recomputed, True)
+    encoder.recompute_active, encoder.run_recomputed = active, counted(encoder.run_recomputed, False)
     try:
         with warnings.catch_warnings():  # "saved_tensors_hooks around a selective checkpoint": counted above
             warnings.filterwarnings("ignore", message=".*selective activation checkpoint.*")
             yield
     finally:
-        sca.recompute_active, sca.run_recomputed = real_active, real_run
+        for m, (a, r) in real.items():
+            m.recompute_active, m.run_recomputed = a, r
 
 
 def main(argv: list[str] | None = None) -> int:

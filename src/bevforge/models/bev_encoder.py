@@ -20,6 +20,7 @@ from bevforge.geometry.projection import project_to_cameras
 from bevforge.geometry.reference_points import bev_reference_points_2d, pillar_reference_points_3d
 from bevforge.nn.ffn import FFN
 from bevforge.nn.positional_encoding import LearnedPositionalEncoding
+from bevforge.nn.recompute import recompute_active, run_recomputed
 from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
 from bevforge.ops.constants import device_constant
@@ -41,8 +42,10 @@ class BEVFormerLayer(nn.Module):
         sca_heads: int,
         sca_points: int,
         sca_recompute: str = "auto",
+        ffn_recompute: bool = False,
     ) -> None:
         super().__init__()
+        self.ffn_recompute = ffn_recompute  # the FFN recomputed in backward (nn/recompute.py)
         self.temporal_attn = TemporalSelfAttention(embed_dims, tsa_heads, 1, tsa_points, 2, dropout)
         self.spatial_attn = SpatialCrossAttention(
             embed_dims, num_cams, sca_heads, num_levels, sca_points, dropout, recompute=sca_recompute
@@ -80,6 +83,8 @@ class BEVFormerLayer(nn.Module):
             query, feats, ref_cam, bev_mask, spatial_shapes, level_start_index, sca_plan
         )
         query = self.norms[1](query)
+        if recompute_active("on" if self.ffn_recompute else "off", query):
+            return self.norms[2](run_recomputed(self.ffn, query))  # keeps only its input
         return self.norms[2](self.ffn(query))
 
 
@@ -109,6 +114,7 @@ class BEVEncoder(nn.Module):
         official_compat: bool = False,
         grad_ckpt: bool = False,
         sca_recompute: str = "auto",
+        ffn_recompute: bool = False,
     ) -> None:
         super().__init__()
         if len(pc_range) != 6:
@@ -150,6 +156,7 @@ class BEVEncoder(nn.Module):
                 sca_heads,
                 sca_points,
                 "off" if grad_ckpt else sca_recompute,  # a checkpointed layer is recomputed whole
+                ffn_recompute and not grad_ckpt,
             )
             for _ in range(num_layers)
         )

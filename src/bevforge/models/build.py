@@ -86,6 +86,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         official_compat=m.official_compat,
         grad_ckpt=cfg.train.grad_ckpt,
         sca_recompute=m.sca_recompute,
+        ffn_recompute=m.ffn_recompute,
     )
     det_head = None
     if m.with_det:

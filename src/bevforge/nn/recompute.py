@@ -1,4 +1,4 @@
-"""Selective recomputation around the MSDA: keep the kernel's output, recompute what feeds it.
+"""Selective recomputation: keep a region's custom-op outputs (the MSDA kernel's), recompute the rest.
 
 The spatial cross-attention's deformable attention keeps, per layer, its value projection (bf16
 ``[B*N, S, C]``), its fp32 sampling locations (``[B*N, K, M, L, P, 2]``) and attention weights for the
@@ -10,6 +10,10 @@ features), so :func:`run_recomputed` runs such a region under a selective checkp
 outputs, everything else is recomputed in backward (three GEMMs and some elementwise work per layer),
 and the MSDA kernel is never run twice. The same numbers as without it (a test checks the gradients). The
 region casts afresh under autocast (no cast cache: the replay must dispatch what the forward did).
+
+The encoder layers' FFN can run the same way (``model.ffn_recompute``, off by default): it has no custom
+op, so only its input is kept and both GEMMs run again in backward (dropout replays its masks: the
+checkpoint restores the RNG state).
 
 Modes (:data:`RECOMPUTE_MODES`): ``"auto"`` recomputes where the MSDA runs as the custom op (CUDA, or the
 CPU under ``TRITON_INTERPRET=1``; on the reference path the whole region would run twice), ``"on"``

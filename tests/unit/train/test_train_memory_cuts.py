@@ -1,7 +1,8 @@
 """Training steps with the memory cuts as BEVFormer-base runs them on a GPU (frozen BNs folded into the
-backbone convs, the SCA's projections recomputed in backward), the history frames run first, two steps in
-a row (the fold cache across an optimizer step): in fp32 the same losses and gradients as without them;
-under bf16 autocast (the recompute after a cached-cast history pass) the same losses to bf16 rounding."""
+backbone convs, the SCA's projections recomputed in backward; and the FFN's, with its dropout, an option),
+the history frames run first, two steps in a row (the fold cache across an optimizer step): in fp32 the
+same losses and gradients as without them; under bf16 autocast (the recompute after a cached-cast history
+pass) the same losses to bf16 rounding."""
 
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def _steps(overrides: list[str], amp: str) -> tuple[list[float], dict[str, torch
     return losses, grads
 
 
-CUTS = ["model.backbone.fold_bn=true", "model.sca_recompute=on"]
-KEPT = ["model.backbone.fold_bn=false", "model.sca_recompute=off"]
+CUTS = ["model.backbone.fold_bn=true", "model.sca_recompute=on", "model.ffn_recompute=true"]
+KEPT = ["model.backbone.fold_bn=false", "model.sca_recompute=off", "model.ffn_recompute=false"]
 
 
 def test_memory_cuts_train_like_the_kept_step_fp32():
