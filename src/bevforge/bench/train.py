@@ -207,6 +207,7 @@ def benchmark(
         stepper.optimizer_step()
     sync()
     total = time.perf_counter() - t0
+    cuda = device.type == "cuda"
     return {
         "device": str(device),
         "amp": amp,
@@ -214,7 +215,9 @@ def benchmark(
         "samples_per_s": samples * info.world_size / total,
         "step_ms": 1000.0 * total / max(iters, 1),
         "data_share": data_s / total if total > 0 else math.nan,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        # what the caching allocator held at most (what nvidia-smi shows, fragmentation included)
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
         "is_main": info.is_main,
     }
 
@@ -272,12 +275,14 @@ def result_body(res: dict[str, Any] | list[dict[str, Any]], config: str) -> str:
     comes from ``bevforge.bench.results``). The last column is the speed-up over the first row."""
     rows = res if isinstance(res, list) else [res]
     lines = [
-        "| recipe | amp | global batch | samples/s | step ms | data share | peak mem GiB | variant "
-        "| vs first |",
+        "| recipe | amp | global batch | samples/s | step ms | data share | peak mem GiB (reserved) "
+        "| variant | vs first |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "-"
+        if r.get("peak_reserved_gib") is not None:
+            mem += f" ({r['peak_reserved_gib']:.2f})"
         ratio = r["samples_per_s"] / rows[0]["samples_per_s"] if rows[0]["samples_per_s"] > 0 else math.nan
         lines.append(
             f"| {config} | {r['amp']} | {r['global_batch']} | {r['samples_per_s']:.2f} | "
@@ -329,7 +334,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{device_name(res['device'])} [{label}]: {res['samples_per_s']:.2f} samples/s, "
             f"{res['step_ms']:.1f} ms/step, data {100 * res['data_share']:.0f}% of the time, peak mem "
-            + (f"{res['peak_mem_gib']:.2f} GiB" if res["peak_mem_gib"] is not None else "n/a (CPU)")
+            + (
+                f"{res['peak_mem_gib']:.2f} GiB ({res['peak_reserved_gib']:.2f} reserved)"
+                if res["peak_mem_gib"] is not None
+                else "n/a (CPU)"
+            )
         )
     if not results[0]["is_main"]:
         return 0

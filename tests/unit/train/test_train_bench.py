@@ -20,8 +20,12 @@ def test_benchmark_numbers_and_results_section(tmp_path) -> None:
                     criterion=si.StandInCriterion(), loader=si.make_loader(4, 2))  # fmt: skip
     assert res["samples_per_s"] > 0 and res["step_ms"] > 0 and 0 <= res["data_share"] <= 1
     assert res["global_batch"] == 2 and res["peak_mem_gib"] is None and res["amp"] == "off"
+    assert res["peak_reserved_gib"] is None
     out = tmp_path / "train.md"
     append_result(out, "train standin", res["device"], result_body(res, "standin"))
     text = out.read_text()
     assert "## train standin" in text and "- commit:" in text and "- device: CPU" in text
     assert "| standin | off | 2 |" in text
+    # on CUDA the memory column shows the allocator's peak reserved bytes beside the allocated peak
+    cuda_row = result_body({**res, "peak_mem_gib": 10.0, "peak_reserved_gib": 11.5}, "standin")
+    assert "| 10.00 (11.50) |" in cuda_row and "peak mem GiB (reserved)" in cuda_row
