@@ -153,8 +153,9 @@ if [ $HAVE_CUDA = 0 ]; then
   skip batch "no CUDA device"
 elif want batch && can_import bevforge.train.step; then
   # throughput vs batch size (batch 1 is launch-bound: ~100 ms of CPU per tiny step at bd6703a, 34 ms of
-  # GPU): tiny at 4 and 8 samples per GPU, base at 2 with gradient checkpointing
-  for B in 4 8; do
+  # GPU): tiny at 4, 8 and 16 samples per GPU (16: b8 took 11.5 GiB before the seventh session's memory
+  # cuts), base at 2 with gradient checkpointing
+  for B in 4 8 16; do
     step bench-train-tiny-b$B "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
       --set model.backbone.pretrained= data.batch_size=$B --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
   done
