@@ -102,8 +102,9 @@ class BackboneConfig:
     # (ops/dcn: one grid_sample + a GEMM in the autocast dtype; same function and state dict; the default:
     # 1.3x the op, 1.10x BEVFormer-base bf16 training and less memory on an H100, benchmarks/results)
     dcn_impl: str = "sampled"
-    # each eval-mode BN (norm_eval, frozen stages) folded into the conv before it (models/frozen_bn.py): the
-    # same function and state dict, one activation fewer kept per conv in training and no BN backward
+    # each frozen BN (eval mode, affine not training: norm_eval, frozen stages) folded into the conv before it
+    # (models/frozen_bn.py): the same function and state dict, one activation fewer kept per conv in training
+    # and no BN backward
     fold_bn: bool = True
 
 

@@ -20,7 +20,7 @@ from bevforge.geometry.projection import project_to_cameras
 from bevforge.geometry.reference_points import bev_reference_points_2d, pillar_reference_points_3d
 from bevforge.nn.ffn import FFN
 from bevforge.nn.positional_encoding import LearnedPositionalEncoding
-from bevforge.nn.recompute import recompute_active, run_recomputed
+from bevforge.nn.recompute import recomputed
 from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
 from bevforge.ops.constants import device_constant
@@ -83,9 +83,8 @@ class BEVFormerLayer(nn.Module):
             query, feats, ref_cam, bev_mask, spatial_shapes, level_start_index, sca_plan
         )
         query = self.norms[1](query)
-        if recompute_active("on" if self.ffn_recompute else "off", query):
-            return self.norms[2](run_recomputed(self.ffn, query))  # keeps only its input
-        return self.norms[2](self.ffn(query))
+        # with model.ffn_recompute a recompute region: only its input is kept for backward
+        return self.norms[2](recomputed("on" if self.ffn_recompute else "off", self.ffn, query))
 
 
 class BEVEncoder(nn.Module):

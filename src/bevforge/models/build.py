@@ -12,7 +12,7 @@ from bevforge.models.det_head import DetectionHead
 from bevforge.models.grid_mask import GridMask
 from bevforge.models.neck import FPN
 from bevforge.models.seg_head import SegHead
-from bevforge.nn.recompute import RECOMPUTE_MODES
+from bevforge.nn.recompute import check_recompute_mode
 
 MODEL_ARCHS = ("bevformer", "bevdet")
 
@@ -44,8 +44,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         )
     if m.num_classes != len(d.classes):
         raise ConfigError(f"model.num_classes={m.num_classes} but data.classes has {len(d.classes)} names")
-    if m.sca_recompute not in RECOMPUTE_MODES:
-        raise ConfigError(f"model.sca_recompute={m.sca_recompute!r}: use one of {', '.join(RECOMPUTE_MODES)}")
+    check_recompute_mode(m.sca_recompute, "model.sca_recompute", ConfigError)
     b = m.backbone
     backbone = ResNetBackbone(
         depth=b.depth,

@@ -36,9 +36,10 @@ from bevforge.ops.dispatch import kernel_choice, placement_ineligible_reason
 RECOMPUTE_MODES = ("auto", "on", "off")
 
 
-def check_recompute_mode(mode: str, what: str) -> None:
+def check_recompute_mode(mode: str, what: str, error: type[ValueError] = ValueError) -> None:
+    """``error`` naming ``what`` unless ``mode`` is one of :data:`RECOMPUTE_MODES`."""
     if mode not in RECOMPUTE_MODES:
-        raise ValueError(f"{what}={mode!r} is not one of {', '.join(RECOMPUTE_MODES)}")
+        raise error(f"{what}={mode!r} is not one of {', '.join(RECOMPUTE_MODES)}")
 
 
 def recompute_active(mode: str, device_tensor: torch.Tensor) -> bool:
@@ -84,4 +85,13 @@ def run_recomputed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
     return checkpoint(region, *args, use_reentrant=False, context_fn=_CONTEXT)
 
 
-__all__ = ["RECOMPUTE_MODES", "check_recompute_mode", "recompute_active", "run_recomputed"]
+def recomputed(mode: str, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``fn(*args)``, as a recompute region where :func:`recompute_active` says so under ``mode`` (on the
+    device of the first tensor argument)."""
+    device_tensor = next(a for a in args if isinstance(a, torch.Tensor))
+    if recompute_active(mode, device_tensor):
+        return run_recomputed(fn, *args)
+    return fn(*args)
+
+
+__all__ = ["RECOMPUTE_MODES", "check_recompute_mode", "recompute_active", "recomputed", "run_recomputed"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
-from bevforge.nn.recompute import check_recompute_mode, recompute_active, run_recomputed
+from bevforge.nn.recompute import check_recompute_mode, recomputed
 from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.msda import multi_scale_deformable_attention
 from bevforge.ops.msda.shapes import SpatialShapes, wh_normaliser
@@ -289,10 +289,7 @@ class SpatialCrossAttention(nn.Module):
             spatial_shapes,
             level_start_index,
         )
-        if recompute_active(self.recompute, value):
-            out = run_recomputed(self.deformable_attention, *args)  # [B*N, K, C]
-        else:
-            out = self.deformable_attention(*args)  # [B*N, K, C]
+        out = recomputed(self.recompute, self.deformable_attention, *args)  # [B*N, K, C]
         out = out * plan.valid[..., None].to(out.dtype)
         slots = out.new_zeros(batch * num_q, channels).index_add(
             0, plan.flat_index, out.reshape(-1, channels)
@@ -314,10 +311,7 @@ class SpatialCrossAttention(nn.Module):
         batch, num_q, channels = query.shape
         num_cams = value.shape[1]
         args = (query, value, reference_points_cam, plan.hit, spatial_shapes, level_start_index)
-        if recompute_active(self.recompute, value):
-            out = run_recomputed(self._attend_all_cameras, *args)  # [B*N, Q, C]
-        else:
-            out = self._attend_all_cameras(*args)  # [B*N, Q, C]
+        out = recomputed(self.recompute, self._attend_all_cameras, *args)  # [B*N, Q, C]
         out = out.view(batch, num_cams, num_q, channels)  # [B, N, Q, C]
         # where, not a product: a miss's far-off sampling points never leak (not even a NaN)
         return torch.where(plan.hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]
@@ -332,7 +326,7 @@ class SpatialCrossAttention(nn.Module):
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
         """The deformable attention of every query in every camera: ``[B*N, Q, C]`` (misses included)."""
-        batch, num_q, channels = query.shape
+        batch, num_q, _ = query.shape
         num_cams = value.shape[1]
         groups = batch * num_cams
         attn = self.deformable_attention
