@@ -32,28 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-
-_CPU_KERNEL_REGISTERED = False
-
-
-def _msda_saved_as_on_cuda() -> None:
-    """Route the MSDA through the ``bevforge::msda`` custom op on the CPU (its autograd saves what the
-    CUDA path saves), with the reference computing the forward."""
-    global _CPU_KERNEL_REGISTERED
-    import bevforge.ops.msda as msda
-    from bevforge.ops.msda.reference import msda_reference
-
-    if not _CPU_KERNEL_REGISTERED:
-
-        @torch.library.register_kernel("bevforge::msda", "cpu")
-        def _reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-            with torch.no_grad():
-                return msda_reference(value, spatial_shapes, level_start_index, sampling_locations,
-                                      attention_weights)  # fmt: skip
-
-        _CPU_KERNEL_REGISTERED = True
-    msda.triton_ineligible_reason = lambda *args, **kwargs: None
+import cuda_paths  # noqa: E402  (benchmarks/, beside this script)
 
 
 def census(cfg, depth: int) -> collections.Counter[str]:
@@ -62,7 +41,8 @@ def census(cfg, depth: int) -> collections.Counter[str]:
     from bevforge.data.device_images import finish_images
     from bevforge.models.build import build_model
 
-    _msda_saved_as_on_cuda()
+    cuda_paths.msda_as_on_cuda()  # the MSDA saves what its CUDA custom op saves
+    cuda_paths.recompute_as_on_cuda()
     torch.manual_seed(0)
     model = build_model(cfg).train()
     batch = finish_images(next(iter(FakeLoader(cfg, num=1))), cfg.data)
@@ -94,38 +74,38 @@ def census(cfg, depth: int) -> collections.Counter[str]:
 
 @contextlib.contextmanager
 def _recompute_regions_counted(pack, saved: collections.Counter[str], stack: list[str]):
-    """The recompute regions (nn/recompute.py: the SCA's, the FFN's) as on CUDA: active where their
-    settings turn them on, and counted by what they keep, which saved-tensor hooks cannot see (the
-    checkpoint packs the region's tensors itself): the region's tensor inputs (held for the recompute)
-    and, for the SCA, the MSDA kernel's output (fp32, the shape of the region's output)."""
-    import bevforge.models.bev_encoder as encoder
-    import bevforge.nn.spatial_cross_attn as sca
+    """Recompute regions (nn/recompute.py) counted by what they keep, which saved-tensor hooks cannot see
+    (the checkpoint packs the region's tensors itself): the region's tensor inputs (held for the
+    recompute) and the outputs of the custom ops inside it (the MSDA's: the policy keeps them)."""
+    import bevforge.nn.recompute as recompute
 
-    def active(mode: str, tensor: torch.Tensor) -> bool:
-        return mode != "off" and torch.is_grad_enabled()
+    real_run = recompute.run_recomputed
+    in_region = [False]
 
-    def counted(real_run, keeps_output: bool):
-        def run(fn, *args):
+    def run(fn, *args):
+        in_region[0] = True
+        try:
             out = real_run(fn, *args)
-            for a in args:
-                if isinstance(a, torch.Tensor):
-                    pack(a)
-            if keeps_output:
-                saved[stack[-1]] += out.numel() * 4
-            return out
+        finally:
+            in_region[0] = False
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                pack(a)
+        return out
 
-        return run
+    def kept_output(out: torch.Tensor) -> None:
+        if in_region[0]:
+            saved[stack[-1]] += out.untyped_storage().nbytes()
 
-    real = {m: (m.recompute_active, m.run_recomputed) for m in (sca, encoder)}
-    sca.recompute_active, sca.run_recomputed = active, counted(sca.run_recomputed, True)
-    encoder.recompute_active, encoder.run_recomputed = active, counted(encoder.run_recomputed, False)
+    recompute.run_recomputed = run
+    cuda_paths.MSDA_OUTPUT_HOOKS.append(kept_output)
     try:
         with warnings.catch_warnings():  # "saved_tensors_hooks around a selective checkpoint": counted above
             warnings.filterwarnings("ignore", message=".*selective activation checkpoint.*")
             yield
     finally:
-        for m, (a, r) in real.items():
-            m.recompute_active, m.run_recomputed = a, r
+        recompute.run_recomputed = real_run
+        cuda_paths.MSDA_OUTPUT_HOOKS.remove(kept_output)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,61 +86,15 @@ class Census(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-_CPU_KERNELS_REGISTERED = False
-
-
 def _kernel_paths_as_on_cuda() -> None:
-    """Take the kernel paths a CUDA step takes: the MSDA and DCNv2 custom ops (``bevforge::msda``,
-    ``msda_backward``, ``dcn_columns``, ``dcn_backward``) dispatch as on the GPU and are counted as the one
-    operator each they are there; here their references compute the forwards (inside the op, which the
-    census does not look into) and the backwards return zeros."""
-    global _CPU_KERNELS_REGISTERED
-    import bevforge.ops.msda as msda
-    from bevforge.ops.dcn import sampled
-    from bevforge.ops.msda.reference import msda_reference
+    """Take the kernel paths a CUDA step takes (``cuda_paths.py``): the MSDA and DCNv2 custom ops dispatch
+    as on the GPU and count as the one operator each they are there (the census does not look into them),
+    and the SCA's recompute regions are active."""
+    import cuda_paths
 
-    def columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
-        geo = sampled._Geometry(tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
-        K = kernel[0] * kernel[1]
-        G = offset.shape[1] // (2 * K)
-        xs = sampled._sampling_input(x)
-        samples = sampled._sample(xs, sampled._grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
-        return sampled._columns(samples, mask, x.shape[0], G, K, tuple(offset.shape[-2:]), out_dtype)
-
-    if not _CPU_KERNELS_REGISTERED:
-        for lazy in (msda._OP, sampled._COLUMNS_OP, sampled._BACKWARD_OP):
-            if lazy.get() is None:
-                raise RuntimeError(f"--paths cuda needs the custom ops: {lazy.error}")
-
-        @torch.library.register_kernel("bevforge::msda", "cpu")
-        def _msda(value, spatial_shapes, level_start_index, locations, weights):
-            with torch.no_grad():
-                return msda_reference(value, spatial_shapes, level_start_index, locations, weights)
-
-        # the backward ops run below autograd, where a reference cannot be differentiated: zeros of the
-        # gradients' shapes (the census counts operators; their values steer nothing it counts)
-        @torch.library.register_kernel("bevforge::msda_backward", "cpu")
-        def _msda_backward(grad_out, value, spatial_shapes, level_start_index, locations, weights):
-            return torch.zeros_like(value), torch.zeros_like(locations), torch.zeros_like(weights)
-
-        @torch.library.register_kernel("bevforge::dcn_columns", "cpu")
-        def _dcn_columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
-            with torch.no_grad():
-                return columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype)
-
-        @torch.library.register_kernel("bevforge::dcn_backward", "cpu")
-        def _dcn_backward(grad_cols, x, offset, mask, kernel, stride, padding, dilation, need_x):
-            f32 = dict(dtype=torch.float32, device=x.device)
-            grad_x = torch.zeros(x.shape, **f32) if need_x else torch.empty(0, **f32)
-            grad_mask = torch.zeros(mask.shape, **f32) if mask is not None else torch.empty(0, **f32)
-            return grad_x, torch.zeros(offset.shape, **f32), grad_mask
-
-        _CPU_KERNELS_REGISTERED = True
-    msda.triton_ineligible_reason = lambda *args, **kwargs: None
-    sampled.columns_ineligible_reason = lambda *args, **kwargs: None
-    import bevforge.nn.spatial_cross_attn as sca  # its recompute regions are active where the kernel runs
-
-    sca.recompute_active = lambda mode, tensor: mode != "off" and torch.is_grad_enabled()
+    cuda_paths.msda_as_on_cuda(backward=True)
+    cuda_paths.dcn_as_on_cuda()
+    cuda_paths.recompute_as_on_cuda()
 
 
 def main(argv: list[str] | None = None) -> int:
