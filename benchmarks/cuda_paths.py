@@ -54,15 +54,18 @@ def dcn_as_on_cuda() -> None:
     from bevforge.ops.dcn import sampled
     from bevforge.ops.dispatch import kernels
 
-    def columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
+    def columns(x, offset, mask, kernel, stride, padding, dilation, out_dtype, pixel_major=False):
         geo = sampled._Geometry(tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))
-        groups = offset.shape[1] // (2 * kernel[0] * kernel[1])
+        K = kernel[0] * kernel[1]
         with torch.no_grad(), kernels("reference"):  # the sampled path's columns
-            return sampled._forward_columns(x, offset, mask, geo, groups, out_dtype)
+            cols = sampled._forward_columns(x, offset, mask, geo, offset.shape[1] // (2 * K), out_dtype)
+        return sampled.to_pixel_major(cols, x.shape[1], K) if pixel_major else cols
 
-    def backward_zeros(grad_cols, x, offset, mask, kernel, stride, padding, dilation, need_x):
+    def backward_zeros(
+        grad_cols, x, offset, mask, kernel, stride, padding, dilation, need_x, pixel_major=False
+    ):
         f32 = dict(dtype=torch.float32, device=x.device)
-        grad_x = torch.zeros(x.shape, **f32) if need_x else torch.empty(0, **f32)
+        grad_x = torch.zeros_like(x, dtype=torch.float32) if need_x else torch.empty(0, **f32)
         grad_mask = torch.zeros(mask.shape, **f32) if mask is not None else torch.empty(0, **f32)
         return grad_x, torch.zeros(offset.shape, **f32), grad_mask
 

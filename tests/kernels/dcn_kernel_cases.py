@@ -51,10 +51,10 @@ def oracle_columns(x, offset, mask, geo, out_dtype=torch.float32):
     return dcn._columns(sampled, m, x.shape[0], G, K, tuple(offset.shape[-2:]), torch.float32).to(out_dtype)
 
 
-def kernel_columns(x, offset, mask, geo, out_dtype=torch.float32):
+def kernel_columns(x, offset, mask, geo, out_dtype=torch.float32, pixel_major=False):
     from bevforge.ops.dcn.triton_columns import dcn_columns_op
 
-    return dcn_columns_op(x, offset, mask, *[list(v) for v in geo], out_dtype)
+    return dcn_columns_op(x, offset, mask, *[list(v) for v in geo], out_dtype, pixel_major)
 
 
 def oracle_backward(grad_cols, x, offset, mask, geo):
@@ -75,10 +75,10 @@ def oracle_backward(grad_cols, x, offset, mask, geo):
     return grads[0], grads[1], grads[2] if m is not None else None
 
 
-def kernel_backward(grad_cols, x, offset, mask, geo, need_x=True):
+def kernel_backward(grad_cols, x, offset, mask, geo, need_x=True, pixel_major=False):
     from bevforge.ops.dcn.triton_backward import dcn_backward_op
 
-    return dcn_backward_op(grad_cols, x, offset, mask, *[list(v) for v in geo], need_x)
+    return dcn_backward_op(grad_cols, x, offset, mask, *[list(v) for v in geo], need_x, pixel_major)
 
 
 def _check_backward(grad_cols, x, offset, mask, geo, tol, label):
@@ -181,6 +181,107 @@ def check_strided_layouts(device: str) -> None:
     torch.testing.assert_close(kernel_columns(*cl, geo), want, atol=0, rtol=0)
 
 
+def _channels_last(*tensors):
+    return [t.contiguous(memory_format=torch.channels_last) for t in tensors]
+
+
+def check_pixel_major_columns(device: str) -> None:
+    """Pixel-major columns ``[B, L, K*C]`` (the channels-last path's layout) are the channel-major oracle's
+    values rearranged: every geometry, NCHW and channels-last inputs, with and without the mask, bf16."""
+    for i, kw in enumerate(_GEOMETRIES):  # (interpreter time: one input layout per geometry, in turn)
+        x, offset, mask, geo = make_inputs(device, seed=i, **kw)
+        K, C = geo.kernel[0] * geo.kernel[1], x.shape[1]
+        inputs = _channels_last(x, offset) if i % 2 else (x, offset)
+        for m in (mask, None) if i < 2 else (mask,):
+            want = dcn.to_pixel_major(oracle_columns(x, offset, m, geo), C, K)
+            got = kernel_columns(*inputs, m, geo, pixel_major=True)
+            _close(got, want, TOL[torch.float32], f"{kw} channels-last={i % 2} mask={m is not None}")
+    x, offset, mask, geo = make_inputs(device, dtype=torch.bfloat16)
+    got = kernel_columns(*_channels_last(x, offset, mask), geo, torch.bfloat16, pixel_major=True)
+    want = dcn.to_pixel_major(oracle_columns(x, offset, mask, geo, torch.bfloat16), x.shape[1], 9)
+    _close(got, want, TOL[torch.bfloat16], "bf16 pixel-major")
+
+
+def check_pixel_major_backward(device: str) -> None:
+    """The backward kernel over a pixel-major columns' gradient equals it over the same gradient in the
+    channel-major layout (offset groups, blocks of channels); a channels-last input's gradient comes back
+    channels-last."""
+    for i, kw in enumerate((dict(G=3), dict(C=37, H=11, W=13), dict(stride=(2, 2)))):
+        x, offset, mask, geo = make_inputs(device, **kw)
+        grad_cols = _grad_cols(x, offset, geo)  # [B, C*K, L]
+        pixel_major = dcn.to_pixel_major(grad_cols, x.shape[1], geo.kernel[0] * geo.kernel[1])
+        want = kernel_backward(grad_cols, x, offset, mask, geo)
+        inputs = _channels_last(x, offset, mask) if i % 2 == 0 else (x, offset, mask)
+        got = kernel_backward(pixel_major, *inputs, geo, pixel_major=True)
+        for a, b, name in zip(got, want, ("x", "offset", "mask")):
+            _close(a, b, 1e-5, f"{kw} pixel-major grad {name}")  # atomics: the last bits may differ
+        assert dcn.is_channels_last(got[0]) == (i % 2 == 0), got[0].stride()
+
+
+def check_channels_last_end_to_end(device: str) -> None:
+    """``deform_conv2d_sampled`` on channels-last inputs and weight takes the pixel-major path (its output
+    channels-last, no copy) and matches torchvision: output and every gradient, the input gradient
+    channels-last; the output may be modified in place before backward."""
+    x, offset, mask, _ = make_inputs(device, C=5, H=6, W=7)
+    gen = torch.Generator().manual_seed(2)
+    weight = (torch.randn(4, 5, 3, 3, generator=gen) * 0.3).to(device)
+    bias = torch.randn(4, generator=gen).to(device)
+    leaves = [t.clone().requires_grad_() for t in (*_channels_last(x, offset, mask, weight), bias)]
+    with kernels("triton"):
+        got = dcn.deform_conv2d_sampled(leaves[0], leaves[1], leaves[3], leaves[4], padding=1, mask=leaves[2])
+        assert dcn.is_channels_last(got), got.stride()
+        ref_leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
+        want = torchvision.ops.deform_conv2d(
+            ref_leaves[0], ref_leaves[1], ref_leaves[3], ref_leaves[4], padding=1, mask=ref_leaves[2]
+        )
+        _close(got, want, 1e-4, "channels-last output")
+        grad_out = torch.randn_like(want)
+        grads = torch.autograd.grad(got.relu_(), leaves, grad_out)  # in place, as the folded blocks do
+        ref_grads = torch.autograd.grad(want.relu(), ref_leaves, grad_out)
+    for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads, ref_grads):
+        _close(a, b, 1e-3, f"channels-last grad {name}")
+    assert dcn.is_channels_last(grads[0]), grads[0].stride()
+
+
+def check_channels_last_backbone(device: str) -> None:
+    """An R50 (caffe, DCN in stages 3-4, frozen BNs folded) in channels-last as ``train.channels_last``
+    runs it: every stage's output stays channels-last through the DCN layers (the pixel-major path, no
+    layout switch) and outputs and gradients match the NCHW model on the reference path."""
+    from bevforge.models.backbone import ModulatedDeformConv2d, ResNetBackbone
+
+    kwargs = dict(depth=50, out_indices=(1, 2, 3), frozen_stages=1, dcn_stages=(False, False, True, True),
+                  style="caffe", dcn_impl="sampled")  # fmt: skip
+    torch.manual_seed(0)
+    nchw = ResNetBackbone(**kwargs).to(device).train()
+    with torch.no_grad():  # offsets and masks far from their zero init, so the taps move
+        for name, p in nchw.named_parameters():
+            if "conv_offset" in name:
+                p.normal_(0.0, 0.05)
+    cl = ResNetBackbone(**kwargs).to(device).train()
+    cl.load_state_dict(nchw.state_dict())
+    cl.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(1)).to(device)
+    with kernels("reference"):
+        want = nchw(x)
+        sum((o**2).sum() for o in want).backward()
+    dcn_outputs = []
+    for m in cl.modules():
+        if isinstance(m, ModulatedDeformConv2d):
+            m.register_forward_hook(lambda mod, args, out: dcn_outputs.append(dcn.is_channels_last(out)))
+    with kernels("triton"):
+        got = cl(x.contiguous(memory_format=torch.channels_last))
+        assert dcn_outputs == [True] * 9, dcn_outputs  # the 6 + 3 DCN layers of stages 3 and 4
+        assert all(dcn.is_channels_last(o) for o in got), [o.stride() for o in got]
+        sum((o**2).sum() for o in got).backward()
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, 1e-4 * b.abs().max().item(), "stage output")
+    grads = {n: p.grad for n, p in nchw.named_parameters() if p.grad is not None}
+    assert any("conv_offset" in n for n in grads), sorted(grads)
+    for name, p in cl.named_parameters():
+        if name in grads:
+            _close(p.grad, grads[name], 1e-3 * grads[name].abs().max().item(), f"grad {name}")
+
+
 def check_deform_conv_end_to_end(device: str) -> None:
     """``deform_conv2d_sampled`` (dispatching to the kernel) vs torchvision: output and all gradients."""
     x, offset, mask, _ = make_inputs(device, C=4, G=2)
@@ -217,13 +318,18 @@ def check_dispatch_picks_kernel(device: str) -> None:
         # (choice, backward kernel on, (columns launches: forward [+ weight grad], backward launches));
         # the sampled backward takes the weight grad's columns from its own samples
         runs = (("auto", True, (2, 1)), ("reference", True, (0, 0)), ("triton", False, (1, 0)))
-        for choice, on, want in runs:
-            fwd.clear(), bwd.clear()
-            dcn.BACKWARD_KERNEL = on
-            with kernels(choice):
-                out = dcn.deform_conv2d_sampled(leaves[0], leaves[1], leaves[3], padding=1, mask=leaves[2])
-                out.sum().backward()
-            assert (len(fwd), len(bwd)) == want, (choice, on, len(fwd), len(bwd))
+        for channels_last in (False, True):  # NCHW: channel-major columns; channels-last: pixel-major
+            inputs = [t.detach().contiguous(memory_format=torch.channels_last) for t in leaves]
+            inputs = [t.requires_grad_() for t in inputs] if channels_last else leaves
+            for choice, on, want in runs:
+                fwd.clear(), bwd.clear()
+                dcn.BACKWARD_KERNEL = on
+                with kernels(choice):
+                    x_, offset_, mask_, weight_ = inputs
+                    dcn.deform_conv2d_sampled(x_, offset_, weight_, padding=1, mask=mask_).sum().backward()
+                assert (len(fwd), len(bwd)) == want, (channels_last, choice, on, len(fwd), len(bwd))
+                pixel_major = {args[3].shape[-1] == 3 * 9 for _, args in fwd}  # columns [B, L, K*C]?
+                assert pixel_major <= {channels_last}, (channels_last, choice, pixel_major)
     finally:
         triton_columns._dcn_columns_kernel, triton_backward._dcn_backward_kernel = originals
         dcn.BACKWARD_KERNEL = True
@@ -237,7 +343,7 @@ class _Counting:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.calls.append(grid)
+            self.calls.append((grid, args))
             return self.kernel[grid](*args, **kwargs)
 
         return launch
@@ -250,15 +356,17 @@ def check_opcheck(device: str) -> None:
     x, offset, mask, geo = make_inputs(device, B=1, C=3, H=4, W=5)
     geometry = [list(v) for v in geo]
     grad_cols = _grad_cols(x, offset, geo)
+    pixel_major_grad = dcn.to_pixel_major(grad_cols, x.shape[1], 9)
+    cl = _channels_last(x, offset)
     for m in (mask, None):
         torch.library.opcheck(dcn_columns_op, (x, offset, m, *geometry, torch.float32))
+        torch.library.opcheck(dcn_columns_op, (*cl, m, *geometry, torch.float32, True))
         for need_x in (True, False):
             # atomics: the input gradient's last bits may differ between the opcheck's repeated runs
-            torch.library.opcheck(
-                dcn_backward_op,
-                (grad_cols, x, offset, m, *geometry, need_x),
-                test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
-            )
+            for args in ((grad_cols, x, offset, m, *geometry, need_x),
+                         (pixel_major_grad, *cl, m, *geometry, need_x, True)):  # fmt: skip
+                utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+                torch.library.opcheck(dcn_backward_op, args, test_utils=utils)
 
 
 def check_deterministic_mode_alert(device: str) -> None:
@@ -295,6 +403,10 @@ CASES = {
     "backward_geometries": check_backward_geometries,
     "backward_low_precision_and_layouts": check_backward_low_precision_and_layouts,
     "strided_layouts": check_strided_layouts,
+    "pixel_major_columns": check_pixel_major_columns,
+    "pixel_major_backward": check_pixel_major_backward,
+    "channels_last_end_to_end": check_channels_last_end_to_end,
+    "channels_last_backbone": check_channels_last_backbone,
     "deform_conv_end_to_end": check_deform_conv_end_to_end,
     "dispatch_picks_kernel": check_dispatch_picks_kernel,
     "opcheck": check_opcheck,

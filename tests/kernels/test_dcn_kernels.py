@@ -40,9 +40,11 @@ def test_columns_not_used_for_unsupported_dtypes(monkeypatch):
 test_triton_columns_under_interpreter, test_triton_columns_cuda = case_file_tests("dcn_kernel_cases")
 
 
-def test_dcn_bench_runs_every_variant_under_interpreter():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dcn_bench_runs_every_variant_under_interpreter(channels_last):
     """``python -m bevforge.ops.dcn.bench`` (the GPU check's DCN step) on a tiny layer under the Triton
-    interpreter: all four variants run, forward + backward and forward alone, and agree with torchvision."""
+    interpreter: all four variants run, forward + backward and forward alone, and agree with torchvision;
+    ``--channels-last`` (the pixel-major columns) with its own sweep."""
     import os
     import subprocess
     import sys
@@ -54,6 +56,7 @@ def test_dcn_bench_runs_every_variant_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     env.pop("BEVFORGE_KERNELS", None)
     args = ["--batch", "1", "--channels", "4", "--hw", "5", "6", "--iters", "1", "--warmup", "0", "--sweep"]
+    args += ["--channels-last"] if channels_last else []
     proc = subprocess.run([sys.executable, "-m", "bevforge.ops.dcn.bench", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,5 +65,6 @@ def test_dcn_bench_runs_every_variant_under_interpreter():
     assert all(float(r[-1]) < 1e-4 for r in rows), proc.stdout
     # --sweep: every launch configuration of both kernels, each agreeing with the default's results
     swept = [line.split() for line in proc.stdout.splitlines() if "max |diff|" in line]
-    assert len(swept) == 2 * len(SWEEP), proc.stdout
+    assert len(swept) == 2 * len(SWEEP[channels_last]), proc.stdout
+    assert ("channels-last" in proc.stdout) == channels_last, proc.stdout
     assert all(float(r[-1]) < 1e-5 for r in swept), proc.stdout

@@ -9,9 +9,13 @@ masks). The sampled variants differ only in where the columns and the backward c
 (``BEVFORGE_KERNELS=reference``; ``triton`` with ``sampled.BACKWARD_KERNEL`` off; ``triton``, the default
 ``auto`` path on CUDA); the Triton ones run only on CUDA.
 
+``--channels-last``: the input, offsets, mask and weight channels-last (``train.channels_last``), where
+the Triton variants take the pixel-major columns and write the output channels-last.
+
 ``--sweep`` then times the two Triton kernels at other launch constants (``BLOCK_C`` channels x
-``BLOCK_L`` output pixels per program, warps; :data:`SWEEP`, the default first) and checks each against
-the default's output and input gradient: what to set as the defaults on a new GPU.
+``BLOCK_L`` output pixels per program, warps; :data:`SWEEP` per column layout, the default first) and
+checks each against the default's output and input gradient: what to set as the defaults (``LAUNCH`` in
+``triton_columns.py`` / ``triton_backward.py``) on a new GPU.
 """
 
 from __future__ import annotations
@@ -79,33 +83,40 @@ def time_impl(
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 
-#: (BLOCK_C, BLOCK_L, num_warps) launch constants ``--sweep`` tries, the kernels' default first
-SWEEP = ((16, 64, 4), (8, 128, 4), (16, 128, 4), (32, 64, 4), (16, 128, 8), (32, 128, 8), (8, 256, 8))
+#: column layout (pixel-major?) -> the (BLOCK_C, BLOCK_L, num_warps) launch constants ``--sweep`` tries
+#: (the kernels' ``LAUNCH`` default first): channel-major tiles run along pixels, pixel-major along channels
+SWEEP = {
+    False: ((16, 64, 4), (8, 128, 4), (16, 128, 4), (32, 64, 4), (16, 128, 8), (32, 128, 8), (8, 256, 8)),
+    True: ((64, 16, 4), (32, 32, 4), (64, 32, 4), (128, 16, 4), (128, 32, 8), (256, 8, 8), (32, 64, 4)),
+}
 
 
 def sweep(inputs: tuple[torch.Tensor, ...], amp: str, iters: int, warmup: int) -> None:
     """Time the columns kernel (forward) and the backward kernel (forward + backward) at each of
-    :data:`SWEEP`; print ms, the speed-up on the default and the largest difference to its results."""
+    :data:`SWEEP` of the inputs' column layout; print ms, the speed-up on the default and the largest
+    difference to its results."""
     from bevforge.ops.dcn import triton_backward, triton_columns
 
     x = inputs[0]
+    pixel_major = sampled.is_channels_last(x)
     for label, module, impl, backward in (
         ("columns kernel, forward", triton_columns, "triton-fwd", False),
         ("backward kernel, forward + backward", triton_backward, "triton-fwd+bwd", True),
     ):
-        default = (module.BLOCK_C, module.BLOCK_L, module.NUM_WARPS)
-        print(f"  sweep: {label} (BLOCK_C, BLOCK_L, warps)")
+        default = module.LAUNCH[pixel_major]
+        layout = "pixel-major" if pixel_major else "channel-major"
+        print(f"  sweep: {label}, {layout} columns (BLOCK_C, BLOCK_L, warps)")
         first_ms, first = None, None
         try:
-            for config in SWEEP:
-                module.BLOCK_C, module.BLOCK_L, module.NUM_WARPS = config
+            for config in SWEEP[pixel_major]:
+                module.LAUNCH[pixel_major] = config
                 ms, out = time_impl(impl, inputs, amp, iters, warmup, backward)
                 result = out if not backward else x.grad.detach().float()  # the input gradient
                 first_ms, first = first_ms or ms, first if first is not None else result
                 diff = (result - first).abs().max().item()
                 print(f"    {str(config):16s} {ms:9.2f} ms   ({first_ms / ms:.2f}x)   max |diff| {diff:.3g}")
         finally:
-            module.BLOCK_C, module.BLOCK_L, module.NUM_WARPS = default
+            module.LAUNCH[pixel_major] = default
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true", help="inputs and weight channels-last")
     parser.add_argument("--sweep", action="store_true", help="also time the Triton kernels' launch constants")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -126,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     offset = torch.randn(B, 18, H, W, generator=gen) * 2.0
     mask = torch.rand(B, 9, H, W, generator=gen)
     weight = torch.randn(C, C, 3, 3, generator=gen) * (C * 9) ** -0.5
-    inputs = tuple(t.to(device).requires_grad_() for t in (x, offset, mask, weight))
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    inputs = tuple(t.to(device, memory_format=fmt).requires_grad_() for t in (x, offset, mask, weight))
     triton_ok = device.type == "cuda" or interpreting()  # the interpreter: a CPU check of this script
     impls = [i for i in IMPLS if not i.startswith("triton") or triton_ok]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"DCNv2 [{B}, {C}, {H}, {W}] 3x3, amp {args.amp}, {name}")
+    layout = "channels-last" if args.channels_last else "NCHW"
+    print(f"DCNv2 [{B}, {C}, {H}, {W}] 3x3 {layout}, amp {args.amp}, {name}")
     for backward in (True, False):
         results = {i: time_impl(i, inputs, args.amp, args.iters, args.warmup, backward) for i in impls}
         ms_tv, out_tv = results["torchvision"]

@@ -32,6 +32,12 @@ used. Under the same rule the backward takes the weight gradient's columns from 
 offset and mask gradients from one Triton pass over the columns' gradient
 (:mod:`bevforge.ops.dcn.triton_backward`) instead of sampling again and ``grid_sampler_2d_backward``.
 
+Channels-last inputs (``train.channels_last``; one weight group) take the kernels' pixel-major columns
+``[B, L, K*C]`` when the kernel runs: the forward GEMM ``cols @ W'^T`` (``W' = weight.permute(0, 2, 3, 1)``,
+a view of a channels-last weight) writes the channels-last output directly, and the backward's GEMMs read
+a channels-last output gradient without a copy. The NCHW path's output is NCHW, which made every DCN
+layer a layout switch in a channels-last backbone.
+
 Numerics: the grid round trip (pixels -> [-1, 1] -> pixels) is exact only up to fp32 rounding, so a sample
 exactly on an integer position (zero offsets) may land a rounding error to either side: values and the
 input/mask/weight gradients agree to fp32 precision, but the offset gradient there (the function has a
@@ -169,6 +175,35 @@ def columns_ineligible_reason(
     return None
 
 
+def _columns_kernel(
+    x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor | None, gemm_dtype: torch.dtype, K: int
+):
+    """The Triton columns op when the dispatch allows it, else None."""
+    choice = kernel_choice()
+    if choice == "reference":
+        return None
+    reason = columns_ineligible_reason(x, offset, mask, gemm_dtype, K)
+    return select_kernel(choice, _COLUMNS_OP, reason, "Triton DCN columns kernel")
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """``x [B, C, H, W]`` laid out channels-last (and not also NCHW-contiguous, as when C or H * W is 1)."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def to_pixel_major(cols: torch.Tensor, C: int, K: int) -> torch.Tensor:
+    """Columns ``[B, C*K, L]`` (row ``c * K + k``) -> pixel-major ``[B, L, K*C]`` (a copy)."""
+    B, _, L = cols.shape
+    return cols.view(B, C, K, L).permute(0, 3, 2, 1).reshape(B, L, K * C)  # [B, L, K, C] -> [B, L, K*C]
+
+
+def _pixel_major_weight(weight: torch.Tensor, gemm_dtype: torch.dtype) -> torch.Tensor:
+    """``weight [O, C, kh, kw]`` -> ``[O, K*C]`` (element ``k * C + c``) in the GEMM dtype: a view of a
+    channels-last weight, else a small copy."""
+    O = weight.shape[0]
+    return weight.to(gemm_dtype).permute(0, 2, 3, 1).reshape(O, -1)  # [O, kh, kw, C] -> [O, K*C]
+
+
 def _forward_columns(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -181,13 +216,10 @@ def _forward_columns(
     dispatch allows it, else sampled (fp32 copy of ``x`` -> ``grid_sample`` -> mask product and cast)."""
     B, K = x.shape[0], geo.kernel[0] * geo.kernel[1]
     Ho, Wo = offset.shape[-2:]
-    choice = kernel_choice()
-    if choice != "reference":
-        reason = columns_ineligible_reason(x, offset, mask, gemm_dtype, K)
-        op = select_kernel(choice, _COLUMNS_OP, reason, "Triton DCN columns kernel")
-        if op is not None:
-            geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
-            return op(x, offset, mask, *geometry, gemm_dtype)
+    op = _columns_kernel(x, offset, mask, gemm_dtype, K)
+    if op is not None:
+        geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
+        return op(x, offset, mask, *geometry, gemm_dtype)
     xs = _sampling_input(x)
     sampled = _sample(xs, _grid(offset, geo, xs.shape[-2], xs.shape[-1], xs.dtype), G)
     return _columns(sampled, mask, B, G, K, (Ho, Wo), gemm_dtype)
@@ -215,14 +247,28 @@ class _SampledDeformConv(torch.autograd.Function):
         Gw, K = C // Cg, geo.kernel[0] * geo.kernel[1]
         G = offset.shape[1] // (2 * K)
         Ho, Wo = offset.shape[-2:]
-        cols = _forward_columns(x, offset, mask, geo, G, gemm_dtype)  # [B, C*K, L]
-        cols = cols.view(B, Gw, -1, Ho * Wo)  # [B, Gw, C/Gw*K, L]
-        w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
-        # into a tensor of its own (not a view of the GEMM's output): callers may modify it in place
-        out = cols.new_empty(B, O, Ho, Wo)
-        torch.matmul(w, cols, out=out.view(B, Gw, O // Gw, Ho * Wo))  # [B, Gw, O/Gw, L]
-        if bias is not None:
-            out.add_(bias.to(gemm_dtype).view(1, O, 1, 1))  # the GEMM's fresh output
+        L = Ho * Wo
+        op = _columns_kernel(x, offset, mask, gemm_dtype, K)
+        ctx.pixel_major = op is not None and Gw == 1 and is_channels_last(x)
+        # the output is a tensor of its own (not a view of the GEMM's output): callers may modify it in place
+        if ctx.pixel_major:
+            cols = op(x, offset, mask, *[list(v) for v in geo], gemm_dtype, True)  # [B, L, K*C]
+            w = _pixel_major_weight(weight, gemm_dtype)  # [O, K*C]
+            out = torch.empty_strided(  # [B, O, Ho, Wo] channels-last
+                (B, O, Ho, Wo), (L * O, 1, Wo * O, O), dtype=gemm_dtype, device=x.device
+            )
+            out_rows = out.permute(0, 2, 3, 1).view(B * L, O)  # [B*L, O], the same memory
+            torch.mm(cols.view(B * L, K * C), w.t(), out=out_rows)
+            if bias is not None:
+                out_rows.add_(bias.to(gemm_dtype))  # the GEMM's fresh output
+        else:
+            cols = _forward_columns(x, offset, mask, geo, G, gemm_dtype)  # [B, C*K, L]
+            cols = cols.view(B, Gw, -1, L)  # [B, Gw, C/Gw*K, L]
+            w = weight.to(gemm_dtype).reshape(Gw, O // Gw, -1)  # [Gw, O/Gw, C/Gw*K]
+            out = cols.new_empty(B, O, Ho, Wo)
+            torch.matmul(w, cols, out=out.view(B, Gw, O // Gw, L))  # [B, Gw, O/Gw, L]
+            if bias is not None:
+                out.add_(bias.to(gemm_dtype).view(1, O, 1, 1))  # the GEMM's fresh output
         ctx.save_for_backward(x, offset, mask, weight)
         ctx.geo, ctx.gemm_dtype, ctx.has_bias = geo, gemm_dtype, bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -243,13 +289,16 @@ class _SampledDeformConv(torch.autograd.Function):
             if need_b and ctx.has_bias:
                 acc = torch.promote_types(grad_out.dtype, torch.float32)
                 grad_b = grad_out.sum(dim=(0, 2, 3), dtype=acc).to(ctx.bias_dtype)  # [O]
-            g = grad_out.to(gd).reshape(B, Gw, O // Gw, Ho * Wo)  # [B, Gw, O/Gw, L]
             kernel_op = _backward_kernel(x, offset, mask, gd, K)
-            if kernel_op is not None:
-                needs = ctx.needs_input_grad
-                grads = _backward_with_kernel(kernel_op, g, x, offset, mask, weight, geo, gd, needs)
+            needs = ctx.needs_input_grad
+            if kernel_op is not None and ctx.pixel_major:
+                grads = _backward_pixel_major(kernel_op, grad_out, x, offset, mask, weight, geo, gd, needs)
             else:
-                grads = _backward_sampled(g, x, offset, mask, weight, geo, gd, ctx.needs_input_grad)
+                g = grad_out.to(gd).reshape(B, Gw, O // Gw, Ho * Wo)  # [B, Gw, O/Gw, L]
+                if kernel_op is not None:
+                    grads = _backward_with_kernel(kernel_op, g, x, offset, mask, weight, geo, gd, needs)
+                else:
+                    grads = _backward_sampled(g, x, offset, mask, weight, geo, gd, needs)
         grad_x, grad_off, grad_mask, grad_w = grads
         return grad_x, grad_off, grad_mask, grad_w, grad_b, None, None
 
@@ -300,6 +349,31 @@ def _backward_with_kernel(op, g, x, offset, mask, weight, geo, gd, needs):
     if need_x or need_off or need_mask:
         grad_cols = _grad_columns(g, weight, gd).view(B, C * K, L)  # [B, C*K, L]
         gx, goff, gmask = op(grad_cols, x, offset, mask, *geometry, need_x)
+        grad_x = gx.to(x.dtype) if need_x else None
+        grad_off = goff.to(offset.dtype) if need_off else None
+        grad_mask = gmask.to(mask.dtype) if need_mask else None
+    return grad_x, grad_off, grad_mask, grad_w
+
+
+def _backward_pixel_major(op, grad_out, x, offset, mask, weight, geo, gd, needs):
+    """The channels-last path (one weight group): ``grad_out [B, O, Ho, Wo]`` read as ``[B*L, O]`` rows
+    (a view when it is channels-last), the weight gradient from the pixel-major columns (one GEMM over
+    every image, fp32 accumulation), the input, offset and mask gradients from the backward kernel over
+    the pixel-major columns' gradient ``[B, L, K*C]``. Returns ``(grad_x, grad_off, grad_mask, grad_w)``."""
+    need_x, need_off, need_mask, need_w = needs[:4]
+    B, C = x.shape[:2]
+    O, _, kh, kw = weight.shape
+    L = grad_out.shape[-2] * grad_out.shape[-1]
+    geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
+    g = grad_out.to(gd).permute(0, 2, 3, 1).reshape(B * L, O)  # [B*L, O]
+    grad_x = grad_off = grad_mask = grad_w = None
+    if need_w:
+        cols = _COLUMNS_OP.get()(x, offset, mask, *geometry, gd, True).view(B * L, -1)  # [B*L, K*C]
+        grad_w = torch.mm(g.t(), cols).view(O, kh, kw, C).permute(0, 3, 1, 2)  # [O, C, kh, kw]
+        grad_w = grad_w.to(weight.dtype)
+    if need_x or need_off or need_mask:
+        grad_cols = torch.mm(g, _pixel_major_weight(weight, gd)).view(B, L, -1)  # [B, L, K*C]
+        gx, goff, gmask = op(grad_cols, x, offset, mask, *geometry, need_x, True)
         grad_x = gx.to(x.dtype) if need_x else None
         grad_off = goff.to(offset.dtype) if need_off else None
         grad_mask = gmask.to(mask.dtype) if need_mask else None

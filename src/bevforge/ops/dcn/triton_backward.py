@@ -3,21 +3,24 @@
 Shape letters as :mod:`bevforge.ops.dcn.sampled` (the contract): B images, C input channels, H/W input
 pixels, Ho/Wo output pixels, L = Ho * Wo, K = kh * kw taps, G offset groups.
 
-Given ``grad_cols [B, C * K, L]`` (= weight^T @ grad_out, row ``c * K + k``, in the GEMM dtype) the sampled
-path rebuilds the fp32 samples (an fp32 copy of the input, the [-1, 1] grid, one ``grid_sample``), forms
-the mask gradient (a product and a channel sum), modulates the columns' gradient (a product) and calls
-``grid_sampler_2d_backward``, then rescales and stacks the grid gradient: ~20 operators and several
-fp32 ``[B, C, K, L]`` passes per layer. Here each program owns one tap of ``BLOCK_L`` output pixels of one
-(image, offset group) (``B * G * K * L / BLOCK_L`` programs: enough for an H100 even on R101's stage 4),
-computes the sample positions once and loops over the group's channels in blocks of ``BLOCK_C``, reading
-the four corners and the columns' gradient once:
+Given ``grad_cols [B, C * K, L]`` (= weight^T @ grad_out, row ``c * K + k``, in the GEMM dtype; or
+pixel-major ``[B, L, K * C]``, the channels-last path's layout: :mod:`~bevforge.ops.dcn.triton_columns`)
+the sampled path rebuilds the fp32 samples (an fp32 copy of the input, the [-1, 1] grid, one
+``grid_sample``), forms the mask gradient (a product and a channel sum), modulates the columns' gradient
+(a product) and calls ``grid_sampler_2d_backward``, then rescales and stacks the grid gradient: ~20
+operators and several fp32 ``[B, C, K, L]`` passes per layer. Here each program owns one tap of
+``BLOCK_L`` output pixels of one (image, offset group) (``B * G * K * L / BLOCK_L`` programs: enough for
+an H100 even on R101's stage 4), computes the sample positions once and loops over the group's channels
+in blocks of ``BLOCK_C``, reading the four corners and the columns' gradient once:
 
 - ``grad_mask[b, g*K + k, l] = sum_c grad_cols * sample`` and the offset gradients
   ``d/d(dy, dx) = sum_c grad_cols * mask * d sample / d(y, x)`` are reduced over the channel loop in
   registers (no atomics) and stored once, fp32;
-- ``grad_x`` (fp32, zero-initialised) receives ``grad_cols * mask * bilinear weight`` at the four
-  corners through ``tl.atomic_add`` (as torchvision's col2im and ATen's grid sampler backward do, so the
-  fp32 summation order, and its last bits, vary from run to run).
+- ``grad_x`` (fp32, zero-initialised, in the input's memory format) receives ``grad_cols * mask *
+  bilinear weight`` at the four corners through ``tl.atomic_add`` (relaxed: a sum needs no memory
+  ordering; as torchvision's col2im and ATen's grid sampler backward do, so the fp32 summation order,
+  and its last bits, vary from run to run). Channels-last, the four corners' atomics are vector atomics
+  along channels.
 
 Sample positions come from :func:`bevforge.ops.dcn.triton_columns.tap_position`, as in the forward
 (torchvision's rule: pixel centres at integers, every corner outside the image is zero; a position far
@@ -31,12 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
-from bevforge.ops.dcn.triton_columns import tap_position
+from bevforge.ops.dcn.triton_columns import cols_strides, tap_position
 from bevforge.ops.dispatch import alert_not_deterministic
 
-BLOCK_C = 16
-BLOCK_L = 64
-NUM_WARPS = 4  # launch constants read at each launch: `python -m bevforge.ops.dcn.bench --sweep`
+#: pixel_major -> (BLOCK_C channels per loop step, BLOCK_L output pixels per program, warps), read at each
+#: launch (``python -m bevforge.ops.dcn.bench --sweep [--channels-last]`` times others)
+LAUNCH = {False: (16, 64, 4), True: (64, 16, 4)}
 
 
 @triton.jit
@@ -53,13 +56,15 @@ def _dcn_backward_kernel(
     sxb, sxc, sxh, sxw,  # input strides (elements)
     sob, soc, sol_h, sol_w,  # offset strides
     smb, smc, sml_h, sml_w,  # mask strides
+    sgb, sgc, sgk, sgl,  # columns' gradient strides: image, channel, tap, pixel (either layout)
+    sxgb, sxgc, sxgh, sxgw,  # input gradient strides
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     HAS_MASK: tl.constexpr, NEED_X: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """Grid ``(B * G, cdiv(L, BLOCK_L), K)``: one tap of one (image, offset group) per program, so the
-    offset and mask gradients need no cross-program reduction. Contiguous: ``gcol [B, C*K, L]`` and the
-    fp32 outputs ``gx [B, C, H, W]``, ``goff [B, 2*G*K, L]``, ``gmask [B, G*K, L]``."""
+    offset and mask gradients need no cross-program reduction. Contiguous: the fp32 outputs
+    ``goff [B, 2*G*K, L]``, ``gmask [B, G*K, L]``; ``gcol`` and ``gx [B, C, H, W]`` (fp32) by strides."""
     pid_bg, pid_l, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, g = pid_bg // G, pid_bg % G
     K: tl.constexpr = KH * KW
@@ -91,7 +96,7 @@ def _dcn_backward_kernel(
         c_mask = c_local < Cg
         chan = g * Cg + c_local  # [BC] input channel
         cl_mask = c_mask[:, None] & l_mask[None, :]  # [BC, BL]
-        gc_ptrs = gcol_ptr + (b * C * K + chan[:, None] * K + k) * L + l[None, :]  # [BC, BL]
+        gc_ptrs = gcol_ptr + b * sgb + chan[:, None] * sgc + k * sgk + l[None, :] * sgl  # [BC, BL]
         gc = tl.load(gc_ptrs, mask=cl_mask, other=0.0).to(tl.float32)
         x_row = x_ptr + b * sxb + chan[:, None] * sxc  # [BC, 1]
         v00 = _load_corner(x_row, y0, x0, H, W, sxh, sxw, in00, c_mask)
@@ -106,15 +111,15 @@ def _dcn_backward_kernel(
         acc_dy += tl.sum(gm * (hx[None, :] * (v10 - v00) + lx[None, :] * (v11 - v01)), axis=0)
         acc_dx += tl.sum(gm * (hy[None, :] * (v01 - v00) + ly[None, :] * (v11 - v10)), axis=0)
         if NEED_X:
-            gx_row = gx_ptr + (b * C + chan[:, None]) * (H * W)  # [BC, 1] fp32 planes
-            tl.atomic_add(gx_row + (y0 * W + x0)[None, :], gm * (hy * hx)[None, :],
-                          mask=c_mask[:, None] & in00[None, :])  # fmt: skip
-            tl.atomic_add(gx_row + (y0 * W + x1)[None, :], gm * (hy * lx)[None, :],
-                          mask=c_mask[:, None] & in01[None, :])  # fmt: skip
-            tl.atomic_add(gx_row + (y1 * W + x0)[None, :], gm * (ly * hx)[None, :],
-                          mask=c_mask[:, None] & in10[None, :])  # fmt: skip
-            tl.atomic_add(gx_row + (y1 * W + x1)[None, :], gm * (ly * lx)[None, :],
-                          mask=c_mask[:, None] & in11[None, :])  # fmt: skip
+            gx_row = gx_ptr + b * sxgb + chan[:, None] * sxgc  # [BC, 1] fp32 channels
+            tl.atomic_add(gx_row + (y0 * sxgh + x0 * sxgw)[None, :], gm * (hy * hx)[None, :],
+                          mask=c_mask[:, None] & in00[None, :], sem="relaxed")  # fmt: skip
+            tl.atomic_add(gx_row + (y0 * sxgh + x1 * sxgw)[None, :], gm * (hy * lx)[None, :],
+                          mask=c_mask[:, None] & in01[None, :], sem="relaxed")  # fmt: skip
+            tl.atomic_add(gx_row + (y1 * sxgh + x0 * sxgw)[None, :], gm * (ly * hx)[None, :],
+                          mask=c_mask[:, None] & in10[None, :], sem="relaxed")  # fmt: skip
+            tl.atomic_add(gx_row + (y1 * sxgh + x1 * sxgw)[None, :], gm * (ly * lx)[None, :],
+                          mask=c_mask[:, None] & in11[None, :], sem="relaxed")  # fmt: skip
     goff_row = goff_ptr + (b * 2 * G * K + oc) * L + l  # [BL] dy channel; dx is the next one
     tl.store(goff_row, acc_dy, mask=l_mask)
     tl.store(goff_row + L, acc_dx, mask=l_mask)
@@ -133,10 +138,11 @@ def dcn_backward_op(
     padding: list[int],
     dilation: list[int],
     need_x: bool,
+    pixel_major: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``grad_cols [B, C*K, Ho*Wo]``, ``x [B, C, H, W]``, ``offset [B, 2*G*K, Ho, Wo]``, ``mask
-    [B, G*K, Ho, Wo]`` or None -> fp32 ``(grad_x [B, C, H, W] or [0] without need_x, grad_offset like
-    offset, grad_mask like mask or [0] without a mask)``."""
+    """``grad_cols [B, C*K, Ho*Wo]`` (``pixel_major``: ``[B, Ho*Wo, K*C]``), ``x [B, C, H, W]``, ``offset
+    [B, 2*G*K, Ho, Wo]``, ``mask [B, G*K, Ho, Wo]`` or None -> fp32 ``(grad_x [B, C, H, W] in x's memory
+    format, or [0] without need_x, grad_offset like offset, grad_mask like mask or [0] without a mask)``."""
     if need_x:  # the input gradient is summed with atomics; offset and mask gradients are not
         alert_not_deterministic("The Triton DCN backward (bevforge::dcn_backward)")
     B, C, H, W = x.shape
@@ -144,26 +150,30 @@ def dcn_backward_op(
     K = kernel[0] * kernel[1]
     G = offset.shape[1] // (2 * K)
     Cg, L = C // G, Ho * Wo
-    grad_cols = grad_cols.contiguous()  # [B, C*K, L]
+    grad_cols = grad_cols.contiguous()  # [B, C*K, L] or [B, L, K*C]
     f32 = dict(dtype=torch.float32, device=x.device)
-    grad_x = torch.zeros(B, C, H, W, **f32) if need_x else torch.empty(0, **f32)
+    grad_x = torch.zeros_like(x, dtype=torch.float32) if need_x else torch.empty(0, **f32)  # x's format
+    gx_strides = grad_x.stride() if need_x else (0, 0, 0, 0)
     grad_off = torch.empty(B, 2 * G * K, Ho, Wo, **f32)
     grad_mask = torch.empty(B, G * K, Ho, Wo, **f32) if mask is not None else torch.empty(0, **f32)
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
-    grid = (B * G, triton.cdiv(L, BLOCK_L), K)
+    block_c, block_l, num_warps = LAUNCH[pixel_major]
+    grid = (B * G, triton.cdiv(L, block_l), K)
     _dcn_backward_kernel[grid](
         grad_cols, x, offset, m, grad_x, grad_off, grad_mask,
         C, H, W, Wo, L, Cg, G,
-        *x.stride(), *offset.stride(), *m.stride(),
+        *x.stride(), *offset.stride(), *m.stride(), *cols_strides(grad_cols, C, K, pixel_major), *gx_strides,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         HAS_MASK=mask is not None, NEED_X=need_x, KH=kernel[0], KW=kernel[1],
-        BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_L=block_l, num_warps=num_warps,
     )  # fmt: skip
     return grad_x, grad_off, grad_mask
 
 
 @dcn_backward_op.register_fake
-def _dcn_backward_fake(grad_cols, x, offset, mask, kernel, stride, padding, dilation, need_x):
-    grad_x = x.new_empty(x.shape if need_x else (0,), dtype=torch.float32)
+def _dcn_backward_fake(
+    grad_cols, x, offset, mask, kernel, stride, padding, dilation, need_x, pixel_major=False
+):
+    grad_x = torch.empty_like(x, dtype=torch.float32) if need_x else x.new_empty((0,), dtype=torch.float32)
     grad_mask = x.new_empty(mask.shape if mask is not None else (0,), dtype=torch.float32)
     return grad_x, offset.new_empty(offset.shape, dtype=torch.float32), grad_mask

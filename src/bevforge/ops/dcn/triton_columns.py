@@ -11,10 +11,20 @@ bilinear samples in fp32 (torchvision's rule: pixel centres at integers, every c
 is zero) and stores the modulated columns once, in the GEMM dtype. The sample coordinates are computed in
 input pixels directly (no [-1, 1] round trip), so values agree with the sampled path to fp32 rounding.
 
-Forward only: the backward of :class:`~bevforge.ops.dcn.sampled._SampledDeformConv` stays the sampled
-path's (it needs the fp32 samples for the mask gradient and ``grid_sampler_2d_backward``). Indices are
-int32; the dispatch (:func:`bevforge.ops.dcn.sampled.columns_ineligible_reason`) sends only tensors with
-fewer than 2**31 elements.
+Two column layouts (``pixel_major``), the same kernel through the output strides:
+- ``[B, C * K, L]`` (row ``c * K + k``): for NCHW activations, ``out [B, O, L] = W [O, C*K] @ cols``;
+- ``[B, L, K * C]`` (pixel-major, element ``k * C + c`` of each pixel's row): for channels-last
+  activations, ``out [B*L, O] = cols @ W'^T`` with ``W' = weight.permute(0, 2, 3, 1)`` (a view of a
+  channels-last weight) is the channels-last output itself. Each corner is then one pixel's contiguous
+  channel vector (vector loads and stores along channels, the access pattern of DCNv3/v4's kernels),
+  where the channel-major layout reads one channel plane per row of the tile.
+Launch constants per layout: :data:`LAUNCH`.
+
+The weight gradient of :class:`~bevforge.ops.dcn.sampled._SampledDeformConv` takes its columns from
+here again (they are not kept); the input, offset and mask gradients come from
+:mod:`bevforge.ops.dcn.triton_backward`. Indices are int32; the dispatch
+(:func:`bevforge.ops.dcn.sampled.columns_ineligible_reason`) sends only tensors with fewer than 2**31
+elements.
 """
 
 from __future__ import annotations
@@ -23,9 +33,18 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_C = 16
-BLOCK_L = 64
-NUM_WARPS = 4  # launch constants read at each launch: `python -m bevforge.ops.dcn.bench --sweep`
+#: pixel_major -> (BLOCK_C channels, BLOCK_L output pixels, warps) per program, read at each launch
+#: (``python -m bevforge.ops.dcn.bench --sweep [--channels-last]`` times others)
+LAUNCH = {False: (16, 64, 4), True: (64, 16, 4)}
+
+
+def cols_strides(cols: torch.Tensor, C: int, K: int, pixel_major: bool) -> tuple[int, int, int, int]:
+    """Element strides ``(image, channel, tap, pixel)`` of columns ``[B, C*K, L]`` (channel-major) or
+    ``[B, L, K*C]`` (pixel-major) whose last dimension is contiguous."""
+    assert cols.stride(-1) == 1, cols.stride()
+    if pixel_major:  # [B, L, K*C]: element k * C + c
+        return cols.stride(0), 1, C, cols.stride(1)
+    return cols.stride(0), K * cols.stride(1), cols.stride(1), 1  # [B, C*K, L]: row c * K + k
 
 
 @triton.jit
@@ -65,12 +84,13 @@ def _dcn_columns_kernel(
     sxb, sxc, sxh, sxw,  # input strides (elements)
     sob, soc, sol_h, sol_w,  # offset strides
     smb, smc, sml_h, sml_w,  # mask strides
+    scb, scc, sck, scl,  # column strides: image, channel, tap, pixel (either layout)
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     HAS_MASK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """Grid ``(B * G, cdiv(L, BLOCK_L), cdiv(C / G, BLOCK_C))``: writes ``cols[b, c * K + k, l]`` for the
-    program's channels c (of offset group g) and output pixels l, every tap k."""
+    """Grid ``(B * G, cdiv(L, BLOCK_L), cdiv(C / G, BLOCK_C))``: writes the column of (channel c, tap k,
+    pixel l) for the program's channels c (of offset group g) and output pixels l, every tap k."""
     pid_bg, pid_l, pid_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, g = pid_bg // G, pid_bg % G
     K: tl.constexpr = KH * KW
@@ -81,7 +101,7 @@ def _dcn_columns_kernel(
     c_mask = c_local < Cg
     chan = g * Cg + c_local  # [BC] input channel
     x_row = x_ptr + b * sxb + chan[:, None] * sxc  # [BC, 1] pointer to channel planes
-    out_row = out_ptr + (b * C * K + chan[:, None] * K) * L + l[None, :]  # [BC, BL] at tap 0
+    out_row = out_ptr + b * scb + chan[:, None] * scc + l[None, :] * scl  # [BC, BL] at tap 0
     for k in tl.static_range(K):
         i, j = k // KW, k % KW
         y0, x0, ly, lx = tap_position(
@@ -96,12 +116,14 @@ def _dcn_columns_kernel(
         if HAS_MASK:
             m_ptr = mask_ptr + b * smb + (g * K + k) * smc + ho * sml_h + wo * sml_w  # [BL]
             val *= tl.load(m_ptr, mask=l_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_row + k * L, val.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & l_mask[None, :])
+        tl.store(out_row + k * sck, val.to(out_ptr.dtype.element_ty), mask=c_mask[:, None] & l_mask[None, :])
 
 
-def _out_shape(x: torch.Tensor, offset: torch.Tensor, kernel: list[int]) -> tuple[int, int, int]:
-    K = kernel[0] * kernel[1]
-    return x.shape[0], x.shape[1] * K, offset.shape[-2] * offset.shape[-1]
+def _out_shape(
+    x: torch.Tensor, offset: torch.Tensor, kernel: list[int], pixel_major: bool
+) -> tuple[int, int, int]:
+    CK, L = x.shape[1] * kernel[0] * kernel[1], offset.shape[-2] * offset.shape[-1]
+    return (x.shape[0], L, CK) if pixel_major else (x.shape[0], CK, L)
 
 
 @torch.library.custom_op("bevforge::dcn_columns", mutates_args=())
@@ -114,28 +136,31 @@ def dcn_columns_op(
     padding: list[int],
     dilation: list[int],
     out_dtype: torch.dtype,
+    pixel_major: bool = False,
 ) -> torch.Tensor:
     """``x [B, C, H, W]``, ``offset [B, 2*G*K, Ho, Wo]``, ``mask [B, G*K, Ho, Wo]`` or None ->
-    ``cols [B, C*K, Ho*Wo]`` in ``out_dtype`` (fp32, fp16 or bf16)."""
+    ``cols [B, C*K, Ho*Wo]`` (``pixel_major``: ``[B, Ho*Wo, K*C]``) in ``out_dtype`` (fp32, fp16 or
+    bf16)."""
     B, C, H, W = x.shape
     Ho, Wo = offset.shape[-2:]
     K = kernel[0] * kernel[1]
     G = offset.shape[1] // (2 * K)
     Cg, L = C // G, Ho * Wo
-    out = torch.empty(_out_shape(x, offset, kernel), dtype=out_dtype, device=x.device)
+    out = torch.empty(_out_shape(x, offset, kernel, pixel_major), dtype=out_dtype, device=x.device)
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
-    grid = (B * G, triton.cdiv(L, BLOCK_L), triton.cdiv(Cg, BLOCK_C))
+    block_c, block_l, num_warps = LAUNCH[pixel_major]
+    grid = (B * G, triton.cdiv(L, block_l), triton.cdiv(Cg, block_c))
     _dcn_columns_kernel[grid](
         x, offset, m, out,
         C, H, W, Wo, L, Cg, G,
-        *x.stride(), *offset.stride(), *m.stride(),
+        *x.stride(), *offset.stride(), *m.stride(), *cols_strides(out, C, K, pixel_major),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        HAS_MASK=mask is not None, KH=kernel[0], KW=kernel[1], BLOCK_C=BLOCK_C, BLOCK_L=BLOCK_L,
-        num_warps=NUM_WARPS,
+        HAS_MASK=mask is not None, KH=kernel[0], KW=kernel[1], BLOCK_C=block_c, BLOCK_L=block_l,
+        num_warps=num_warps,
     )  # fmt: skip
     return out
 
 
 @dcn_columns_op.register_fake
-def _dcn_columns_fake(x, offset, mask, kernel, stride, padding, dilation, out_dtype):
-    return x.new_empty(_out_shape(x, offset, kernel), dtype=out_dtype)
+def _dcn_columns_fake(x, offset, mask, kernel, stride, padding, dilation, out_dtype, pixel_major=False):
+    return x.new_empty(_out_shape(x, offset, kernel, pixel_major), dtype=out_dtype)
