@@ -111,15 +111,16 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want base && can_import bevforge.train.step; then
   # the issue-9 targets: BEVFormer-base training in bf16 (>= 5 samples/s, <= 12 GB; random batches of
   # the recipe's shapes: 4-frame queue, 6 x 900 x 1600) and inference (>= 20 FPS), random init
-  # (eager and channels-last rows in one call: the sampled DCN's Triton columns read channels-last input
-  # without a copy; channels-last was 0.74x with the grid_sample columns at 6d03b44)
+  # (eager and channels-last rows in one call: channels-last takes the DCN's pixel-major columns, vector
+  # memory ops, no layout switch per DCN layer; channels-last was 0.96x eager at 308b8c9, before them)
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
     --out "$RESULTS/train.md"
   # the seventh session's memory cuts off (frozen BNs folded into the convs, the SCA's projections
-  # recomputed in backward; both default on): the sixth session's step, for the time and memory they make
+  # and the TSA's recomputed in backward; default on): the sixth session's step, for the time and memory they make
   step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
-    --set model.backbone.pretrained= model.backbone.fold_bn=false model.sca_recompute=off --amp bf16 \
+    --set model.backbone.pretrained= model.backbone.fold_bn=false model.sca_recompute=off \
+    model.tsa_recompute=off --amp bf16 \
     --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
   # more memory if the cuts above fall short of <= 12 GB: each encoder layer's FFN recomputed too
   # (~0.9 GiB in the census); --grad-ckpt checkpoints encoder layers and backbone blocks whole
@@ -131,6 +132,9 @@ elif want base && can_import bevforge.train.step; then
     --out "$RESULTS/train.md"
   step bench-infer-base-bf16 "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --modes eager,cuda-graph,eager-ref --iters 20 \
+    --out "$RESULTS/infer.md"
+  step bench-infer-base-bf16-cl "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
+    --set model.backbone.pretrained= --amp bf16 --modes eager,cuda-graph --iters 20 --channels-last \
     --out "$RESULTS/infer.md"
 fi
 

@@ -17,7 +17,9 @@ BEVFormer-base at ``img_scale=0.25`` (sixth session): 5.8 GiB, of which the BEV 
 layers ~0.77 each: spatial cross-attention 0.32, temporal self-attention 0.23, FFN 0.16), the decoder 0.65,
 the image backbone 0.63 (x ~14 at full size: ~8-9 GiB, the largest part; ``model.backbone.with_cp``).
 Seventh session, frozen BNs folded (``model.backbone.fold_bn``) and the SCA's projections recomputed
-(``model.sca_recompute``): 4.39 GiB (encoder 3.33, decoder 0.68, backbone 0.38).
+(``model.sca_recompute``): 4.39 GiB (encoder 3.33, decoder 0.68, backbone 0.38). Eighth session, the TSA's
+too (``model.tsa_recompute``): 4.14 GiB (encoder 3.07; per layer the TSA keeps its fp32 MSDA output, the
+output projection's input and the dropout mask, 137 MiB, was 191).
 """
 
 from __future__ import annotations

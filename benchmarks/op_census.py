@@ -12,7 +12,10 @@ operators too); ``--amp off`` leaves them out.
     python benchmarks/op_census.py configs/bevformer_tiny.py --set data.img_scale=0.1 --top 40
     python benchmarks/op_census.py configs/bevformer_tiny.py --set data.img_scale=0.1 data.batch_size=4
 
-Prints the total, the split forward / backward / optimizer, the top lines and the top operators.
+Prints the total, the split forward / backward / optimizer, the top lines, the host reads, the layout
+switches (4-d operators whose output is in the other memory format than their inputs: NCHW <->
+channels-last conversions, ``train.channels_last=true`` shows them; the speed options apply as in
+training) and the top operators.
 
 ``--paths cuda`` (default) takes the GPU's kernel paths: the MSDA and DCNv2 custom ops dispatch and count
 as one operator each (their references compute them inside), and the SCA's recompute regions are active.
@@ -71,19 +74,41 @@ class Census(TorchDispatchMode):
         self.by_op: collections.Counter[str] = collections.Counter()
         self.by_phase: collections.Counter[str] = collections.Counter()
         self.host_reads: collections.Counter[tuple[str, str]] = collections.Counter()  # syncs on a GPU
+        #: (phase, operator + source line) of 4-d operators switching between NCHW and channels-last
+        self.layout_switches: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         if not func.is_view:
-            phase = self.phase
+            phase, name = self.phase, func.overloadpacket.__name__
             frames = _forward_frames_of_backward_node() if phase == "backward" else None
             if frames is None:
                 frames = [(f.filename, f.lineno or 0, f.name) for f in traceback.extract_stack()]
-            self.by_site[(phase, _site_of(frames))] += 1
-            if func.overloadpacket.__name__ in ("_local_scalar_dense", "nonzero", "masked_select"):
-                self.host_reads[(phase, f"{func.overloadpacket.__name__} {_site_of(frames)}")] += 1
-            self.by_op[str(func.overloadpacket.__name__)] += 1
+            site = _site_of(frames)
+            self.by_site[(phase, site)] += 1
+            if name in ("_local_scalar_dense", "nonzero", "masked_select"):
+                self.host_reads[(phase, f"{name} {site}")] += 1
+            if _switches_layout(args, out):
+                self.layout_switches[(phase, f"{name} {site}")] += 1
+            self.by_op[name] += 1
             self.by_phase[phase] += 1
-        return func(*args, **(kwargs or {}))
+        return out
+
+
+def _layout(t) -> str | None:
+    """``nchw`` / ``nhwc``: a 4-d tensor in one format and not the other (C or H*W of 1: both), else None."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 4:
+        return None
+    nchw, nhwc = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    return "nchw" if nchw and not nhwc else "nhwc" if nhwc and not nchw else None
+
+
+def _switches_layout(args, out) -> bool:
+    """A 4-d output in the other memory format than every 4-d input that has one: a layout conversion (on
+    CUDA a transpose kernel, or cuDNN's nchwToNhwc inside a convolution of mixed formats)."""
+    ins = {_layout(a) for a in args} - {None}
+    outs = {_layout(o) for o in (out if isinstance(out, (tuple, list)) else (out,))} - {None}
+    return len(ins) == 1 and bool(outs) and not outs & ins
 
 
 def _kernel_paths_as_on_cuda() -> None:
@@ -116,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     from bevforge.data.device_images import finish_images
     from bevforge.train.distributed import init_distributed
     from bevforge.train.optim import build_optimizer, build_scheduler
-    from bevforge.train.setup import build_parts, seed_everything
+    from bevforge.train.setup import build_parts, seed_everything, wrap_model
     from bevforge.train.step import Stepper
 
     cfg = load_config(args.config, ["model.backbone.pretrained=", *args.overrides])
     info = init_distributed()
     seed_everything(cfg.train.seed, False)
     model, criterion, loader = build_parts(cfg, info, None, None, FakeLoader(cfg, num=1))
+    model = wrap_model(model, cfg, info, print)  # train.channels_last / train.compile as in training
     optimizer = build_optimizer(model, cfg.train, info.device, cfg.train.lr)
     scheduler = build_scheduler(optimizer, cfg.train, 10)
     stepper = Stepper(model, criterion, optimizer, scheduler, device=info.device, amp=args.amp,
@@ -161,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     reads = [(k, n) for k, n in census.host_reads.most_common() if k[0] != "optimizer"]
     print("\nhost reads in forward/backward (device syncs on a GPU; the CPU optimizer's are not CUDA's):")
     for (phase, site), n in reads or [(("-", "none"), 0)]:
+        print(f"{n:7d}  {phase:9s} {site}")
+    switches = census.layout_switches.most_common(args.top)
+    print(f"\nlayout switches (4-d NCHW <-> channels-last), {sum(census.layout_switches.values())} in all:")
+    for (phase, site), n in switches or [(("-", "none"), 0)]:
         print(f"{n:7d}  {phase:9s} {site}")
     print(f"\ntop {args.top} operators:")
     for name, n in census.by_op.most_common(args.top):

@@ -263,6 +263,51 @@ def check_sca_recompute(device: str) -> None:
         triton_msda.msda_forward = real
 
 
+def check_tsa_recompute(device: str) -> None:
+    """TSA with its projections recomputed in backward ("auto" where the kernel runs): the kernel's forward
+    runs once per call and the outputs and gradients equal those of the kept TSA (a batch mixing a
+    previous BEV and a scene start)."""
+    from bevforge.nn.recompute import recompute_active
+    from bevforge.nn.temporal_self_attn import TemporalSelfAttention
+    from bevforge.ops.msda import triton_msda
+
+    torch.manual_seed(0)
+    B, H, W, C = 2, 3, 4, 8
+    tsa = TemporalSelfAttention(C, num_heads=2, num_levels=1, num_points=2, dropout=0.0).to(device)
+    with torch.no_grad():
+        tsa.sampling_offsets.weight.normal_(0, 0.1)
+        tsa.attention_weights.weight.normal_(0, 0.1)
+    query, pos, prev = (torch.randn(B, H * W, C, device=device) for _ in range(3))
+    ref = torch.rand(2 * B, H * W, 1, 2, device=device)
+    has_prev = torch.tensor([True, False], device=device)
+    start = torch.zeros(1, dtype=torch.long, device=device)
+    assert recompute_active("auto", query), "the kernel runs here: auto must recompute"
+    real, calls = triton_msda.msda_forward, [0]
+
+    def counting(*args):
+        calls[0] += 1
+        return real(*args)
+
+    triton_msda.msda_forward = counting
+    try:
+        results = {}
+        for mode in ("off", "auto"):
+            tsa.recompute = mode
+            tsa.zero_grad()
+            q, pv = query.clone().requires_grad_(), prev.clone().requires_grad_()
+            calls[0] = 0
+            out = tsa(q, pos, pv, has_prev, ref, ((H, W),), start)
+            out.square().sum().backward()
+            results[mode] = (out.detach(), [q.grad, pv.grad] + [p.grad for p in tsa.parameters()], calls[0])
+        (want, want_grads, n_off), (got, grads, n_auto) = results["off"], results["auto"]
+        assert n_off == n_auto == 1, f"kernel forwards kept {n_off}, recomputed {n_auto}"
+        _close(got, want, 1e-6, "output")
+        for i, (g, w) in enumerate(zip(grads, want_grads, strict=True)):
+            _close(g, w, 1e-5, f"grad {i}")
+    finally:
+        triton_msda.msda_forward = real
+
+
 def check_deterministic_mode_alert(device: str) -> None:
     """Under torch.use_deterministic_algorithms(True) the backward (value gradients by atomics) raises, and
     warns with warn_only (what --deterministic sets), as PyTorch's own atomics-based backwards do."""
@@ -303,6 +348,7 @@ CASES = {
     "compile_graph": check_compile_graph,
     "torch_export": check_torch_export,
     "sca_recompute": check_sca_recompute,
+    "tsa_recompute": check_tsa_recompute,
     "deterministic_mode_alert": check_deterministic_mode_alert,
 }
 

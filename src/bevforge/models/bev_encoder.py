@@ -43,10 +43,13 @@ class BEVFormerLayer(nn.Module):
         sca_points: int,
         sca_recompute: str = "auto",
         ffn_recompute: bool = False,
+        tsa_recompute: str = "auto",
     ) -> None:
         super().__init__()
         self.ffn_recompute = ffn_recompute  # the FFN recomputed in backward (nn/recompute.py)
-        self.temporal_attn = TemporalSelfAttention(embed_dims, tsa_heads, 1, tsa_points, 2, dropout)
+        self.temporal_attn = TemporalSelfAttention(
+            embed_dims, tsa_heads, 1, tsa_points, 2, dropout, recompute=tsa_recompute
+        )
         self.spatial_attn = SpatialCrossAttention(
             embed_dims, num_cams, sca_heads, num_levels, sca_points, dropout, recompute=sca_recompute
         )
@@ -114,6 +117,7 @@ class BEVEncoder(nn.Module):
         grad_ckpt: bool = False,
         sca_recompute: str = "auto",
         ffn_recompute: bool = False,
+        tsa_recompute: str = "auto",
     ) -> None:
         super().__init__()
         if len(pc_range) != 6:
@@ -156,6 +160,7 @@ class BEVEncoder(nn.Module):
                 sca_points,
                 "off" if grad_ckpt else sca_recompute,  # a checkpointed layer is recomputed whole
                 ffn_recompute and not grad_ckpt,
+                "off" if grad_ckpt else tsa_recompute,
             )
             for _ in range(num_layers)
         )

@@ -45,6 +45,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
     if m.num_classes != len(d.classes):
         raise ConfigError(f"model.num_classes={m.num_classes} but data.classes has {len(d.classes)} names")
     check_recompute_mode(m.sca_recompute, "model.sca_recompute", ConfigError)
+    check_recompute_mode(m.tsa_recompute, "model.tsa_recompute", ConfigError)
     b = m.backbone
     backbone = ResNetBackbone(
         depth=b.depth,
@@ -85,6 +86,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         official_compat=m.official_compat,
         grad_ckpt=cfg.train.grad_ckpt,
         sca_recompute=m.sca_recompute,
+        tsa_recompute=m.tsa_recompute,
         ffn_recompute=m.ffn_recompute,
     )
     det_head = None

@@ -11,6 +11,10 @@ outputs, everything else is recomputed in backward (three GEMMs and some element
 and the MSDA kernel is never run twice. The same numbers as without it (a test checks the gradients). The
 region casts afresh under autocast (no cast cache: the replay must dispatch what the forward did).
 
+The temporal self-attention does the same (``model.tsa_recompute``, default auto): its region starts from
+the layer's input, the positional encoding and the frame's BEVs (alive anyway) and keeps only the MSDA
+output.
+
 The encoder layers' FFN can run the same way (``model.ffn_recompute``, off by default): it has no custom
 op, so only its input is kept and both GEMMs run again in backward (dropout replays its masks: the
 checkpoint restores the RNG state).

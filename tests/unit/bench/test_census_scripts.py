@@ -71,3 +71,15 @@ def test_op_census_takes_the_cuda_kernel_paths():
     assert cuda_ops.get("dcn_columns", 0) >= 1 and cuda_ops.get("dcn_backward", 0) >= 1, cuda_ops
     assert "msda" not in cpu_ops and "dcn_columns" not in cpu_ops, cpu_ops
     assert cuda_total < cpu_total, (cuda_total, cpu_total)
+
+
+def test_op_census_sees_layout_switches_and_the_dcn_keeps_channels_last():
+    """train.channels_last=true with a DCN stage (CUDA paths: the DCN's pixel-major columns): the only layout
+    switches of a step are the images' conversion in the backbone's pre-hook (history and current frame);
+    the DCN layers write and take channels-last tensors, forward and backward."""
+    dcn = "model.backbone.dcn_stages=[false,false,true,false]"
+    out = _run("op_census.py", "--top", "20", "--set", "data.img_scale=0.2", dcn, "train.channels_last=true")
+    header = next(ln for ln in out.splitlines() if ln.startswith("layout switches"))
+    lines = out.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    assert header.endswith(" 2 in all:") and len(lines) == 1, out
+    assert "train/setup.py" in lines[0] and "forward" in lines[0], lines
