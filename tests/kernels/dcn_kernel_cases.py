@@ -282,6 +282,27 @@ def check_channels_last_backbone(device: str) -> None:
             _close(p.grad, grads[name], 1e-3 * grads[name].abs().max().item(), f"grad {name}")
 
 
+def check_channels_last_compiles(device: str) -> None:
+    """``torch.compile`` (``aot_eager``: dynamo + AOTAutograd, no code generation) traces the pixel-major
+    path in one graph, the custom ops opaque; output and every gradient equal eager's."""
+    x, offset, mask, _ = make_inputs(device, C=4)
+    weight = torch.randn(5, 4, 3, 3, generator=torch.Generator().manual_seed(3)).to(device)
+
+    def fn(x, offset, mask, weight):
+        return dcn.deform_conv2d_sampled(x, offset, weight, padding=1, mask=mask)
+
+    results = []
+    with kernels("triton"):
+        for run in (fn, torch.compile(fn, backend="aot_eager", fullgraph=True)):
+            leaves = [t.clone().requires_grad_() for t in _channels_last(x, offset, mask, weight)]
+            out = run(*leaves)
+            assert dcn.is_channels_last(out), out.stride()
+            results.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
+        torch._dynamo.reset()
+    for name, got, want in zip(("output", "x", "offset", "mask", "weight"), results[1], results[0]):
+        _close(got, want, 1e-5, f"compiled {name}")
+
+
 def check_deform_conv_end_to_end(device: str) -> None:
     """``deform_conv2d_sampled`` (dispatching to the kernel) vs torchvision: output and all gradients."""
     x, offset, mask, _ = make_inputs(device, C=4, G=2)
@@ -407,6 +428,7 @@ CASES = {
     "pixel_major_backward": check_pixel_major_backward,
     "channels_last_end_to_end": check_channels_last_end_to_end,
     "channels_last_backbone": check_channels_last_backbone,
+    "channels_last_compiles": check_channels_last_compiles,
     "deform_conv_end_to_end": check_deform_conv_end_to_end,
     "dispatch_picks_kernel": check_dispatch_picks_kernel,
     "opcheck": check_opcheck,
