@@ -234,12 +234,14 @@ def explain_graph_breaks(model: nn.Module, batch: Any, max_reasons: int = 4) -> 
     model.train()
     parts = {name: child for name, child in model.named_children() if any(True for _ in child.parameters())}
     calls: dict[str, tuple[tuple, dict]] = {}
-    hooks = [
-        child.register_forward_pre_hook(
-            lambda _m, args, kwargs, name=name: calls.setdefault(name, (args, kwargs)), with_kwargs=True
-        )
-        for name, child in parts.items()
-    ]
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:  # None: the inputs unchanged
+            calls.setdefault(name, (args, kwargs))
+
+        return hook
+
+    hooks = [child.register_forward_pre_hook(record(name), with_kwargs=True) for name, child in parts.items()]
     try:
         model(batch, None)  # eager: record each part's first inputs
     finally:
@@ -304,11 +306,12 @@ def run(args: argparse.Namespace) -> int:
     if args.grad_ckpt:
         cfg.train.grad_ckpt = True
     if args.explain:
+        from bevforge.data.device_images import finish_images
         from bevforge.models.build import build_model
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the MSDA path differs
         torch.manual_seed(cfg.train.seed)
-        batch = next(iter(FakeLoader(cfg, num=1))).to(device)
+        batch = finish_images(next(iter(FakeLoader(cfg, num=1))).to(device), cfg.data)  # uint8 recipes
         print(f"torch._dynamo.explain on {device} (training mode, fp32, one random batch):")
         for row in explain_graph_breaks(build_model(cfg).to(device), batch):
             print(f"{row['part']}: {row['graphs']} graphs, {row['breaks']} breaks")
