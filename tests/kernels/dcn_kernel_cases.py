@@ -241,6 +241,21 @@ def check_channels_last_end_to_end(device: str) -> None:
     for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads, ref_grads):
         _close(a, b, 1e-3, f"channels-last grad {name}")
     assert dcn.is_channels_last(grads[0]), grads[0].stride()
+    # under bf16 autocast (bf16 columns and GEMMs): the channel-major path's result, to bf16 rounding
+    results = []
+    for inputs in ((x, offset, mask, weight, bias), (*_channels_last(x, offset, mask, weight), bias)):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        with kernels("triton"), torch.autocast(device, dtype=torch.bfloat16):
+            out = dcn.deform_conv2d_sampled(
+                leaves[0], leaves[1], leaves[3], leaves[4], padding=1, mask=leaves[2]
+            )
+        assert out.dtype == torch.bfloat16, out.dtype
+        results.append([out, *torch.autograd.grad(out.float().square().sum(), leaves)])
+    for name, a, b in zip(("output", "x", "offset", "mask", "weight", "bias"), results[1], results[0]):
+        atol = 2e-2 * b.float().abs().max().item()
+        torch.testing.assert_close(
+            a.float(), b.float(), atol=atol, rtol=2e-2, msg=lambda m, name=name: f"bf16 {name}: {m}"
+        )
 
 
 def check_channels_last_backbone(device: str) -> None:
