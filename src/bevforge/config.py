@@ -251,7 +251,9 @@ class TrainConfig:
     ckpt_iter_interval: int = 0  # >0: also write latest.pth every this many iterations (mid-epoch resume)
     auto_scale_lr: bool = False  # scale lr by global batch / base_batch_size
     find_unused_parameters: bool = False  # DDP; only for models with parameters unused in some steps
-    channels_last: bool = False  # image backbone + neck (and their input) in channels-last memory format
+    # image backbone + neck (and their input) in channels-last memory format, in training and in
+    # `bevforge test` (the DCN then takes its pixel-major columns: ops/dcn/sampled.py)
+    channels_last: bool = False
     compile: str = ""  # torch.compile of each model part: "" (off) | default | reduce-overhead | max-autotune
     tf32: bool = True  # TF32 for fp32 matmuls/convs on CUDA (what autocast leaves in fp32: DCN, losses)
 

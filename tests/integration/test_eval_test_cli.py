@@ -119,3 +119,26 @@ def test_eval_runner_history_changes_predictions(setup, tmp_path):
     # the trainer's periodic-evaluation entry point writes the same kind of files
     summary = evaluate_model(model, cfg, tmp_path, split="train", metrics=("det",))
     assert 0.0 <= summary["det"]["nd_score"] <= 1.0 and (tmp_path / "metrics_det.json").is_file()
+
+
+def test_eval_test_cli_channels_last(setup, tmp_path, monkeypatch):
+    """``bevforge test`` with ``train.channels_last=true`` runs the backbone and neck channels-last (as
+    the recipe trains) and predicts what the NCHW model predicts."""
+    import bevforge.train.setup as setup_module
+
+    root, data, sets, ckpt = setup
+    calls = []
+    real = setup_module.channels_last_
+    monkeypatch.setattr(setup_module, "channels_last_", lambda model: calls.append(1) or real(model))
+    outs = {}
+    for layout, extra in (("nchw", []), ("nhwc", ["train.channels_last=true"])):
+        outs[layout] = tmp_path / layout / "results_nusc.json"
+        argv = ["test", "bevformer_debug", str(ckpt), "--out", str(outs[layout]), "--split", "val"]
+        assert cli_main([*argv, "--set", *sets, *extra]) == 0
+    assert calls == [1]
+    r1, r2 = _results(outs["nchw"]), _results(outs["nhwc"])
+    assert list(r1) == list(r2) and r1
+    for tok in r1:
+        for a, b in zip(r1[tok], r2[tok], strict=True):
+            np.testing.assert_allclose(a["translation"], b["translation"], atol=1e-3)
+            assert a["detection_score"] == pytest.approx(b["detection_score"], abs=1e-4)

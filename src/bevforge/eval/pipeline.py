@@ -174,7 +174,7 @@ def test_checkpoint(
     from bevforge.eval.runner import run_inference
     from bevforge.models.build import build_model
     from bevforge.train.distributed import init_distributed
-    from bevforge.train.setup import set_tf32
+    from bevforge.train.setup import channels_last_, set_tf32
 
     owns_group = not torch.distributed.is_initialized()
     info = init_distributed()
@@ -184,6 +184,8 @@ def test_checkpoint(
         model = build_model(cfg)
         load_checkpoint(model, ckpt_path)
         model.to(info.device)
+        if cfg.train.channels_last:  # the backbone + neck layout the recipe trains in, for inference too
+            channels_last_(model)
         loader = build_dataloader(cfg, split, train=False, distributed=info.distributed)
         results = run_inference(model, loader, cfg)
     finally:
