@@ -203,6 +203,11 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want profile; then  # where the base step's time goes (per part, top CUDA ops)
   step profile-base-bf16 "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 --top 25 \
     --out "$RESULTS/profile.md"
+  step profile-base-bf16-cl "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 --top 25 \
+    --channels-last --out "$RESULTS/profile-cl.md"
+  # tiny at 8 samples per GPU (the 50 samples/s target; 28.3 at 9651359): where its step goes
+  step profile-tiny-b8-bf16 "$PY" benchmarks/profile_parts.py configs/bevformer_tiny.py --amp bf16 --top 25 \
+    --set data.batch_size=8 --out "$RESULTS/profile-tiny.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

@@ -1,6 +1,7 @@
 """Where does a recipe's GPU time go? Per-part forward times and the hottest CUDA ops.
 
     PYTHONPATH=src python3 benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 [--out FILE]
+        [--channels-last] [--set data.batch_size=8]
 
 1. Inference (eval mode, no grad): forward time of each model part (backbone, neck, encoder, heads) and
    of each attention/FFN module class inside them, from CUDA events in forward pre/post hooks, averaged
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--no-train", action="store_true")
+    p.add_argument(
+        "--channels-last", action="store_true", help="backbone + neck channels-last (train.channels_last)"
+    )
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
@@ -105,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'})"]  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
+    if args.channels_last:
+        from bevforge.train.setup import channels_last_
+
+        channels_last_(model)
+        lines[0] += ", channels-last backbone + neck"
     batch = finish_images(next(iter(FakeLoader(cfg, num=1))).to(device), cfg.data)  # images_on_device
     # inference: the current frame only (what one FPS frame costs), no temporal state
     t_last = batch.images.shape[1] - 1
