@@ -12,6 +12,7 @@ inputs 2e-3; bf16 2e-2 (one output rounding to 8 mantissa bits, accumulation is 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -213,13 +214,30 @@ def check_torch_export(device: str) -> None:
     torch.testing.assert_close(program.module()(*args), msda_reference(*args), atol=1e-5, rtol=1e-5)
 
 
+@contextlib.contextmanager
+def _counting_kernel_forwards():
+    """``calls[0]``: how many times the Triton MSDA forward ran inside the block."""
+    from bevforge.ops.msda import triton_msda
+
+    real, calls = triton_msda.msda_forward, [0]
+
+    def counting(*args):
+        calls[0] += 1
+        return real(*args)
+
+    triton_msda.msda_forward = counting
+    try:
+        yield calls
+    finally:
+        triton_msda.msda_forward = real
+
+
 def check_sca_recompute(device: str) -> None:
     """SCA with its projections recomputed in backward (nn/recompute.py, "auto" where the kernel runs):
     the kernel's forward runs once per call (its output kept, not recomputed) and the outputs and
     gradients equal those of the kept SCA, on the hit gather and on the all-queries path."""
     from bevforge.nn.recompute import recompute_active
     from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
-    from bevforge.ops.msda import triton_msda
 
     torch.manual_seed(0)
     B, N, Q, Z, C = 2, 3, 10, 2, 8
@@ -235,14 +253,7 @@ def check_sca_recompute(device: str) -> None:
     ref_cam = torch.rand(B, N, Q, Z, 2, device=device) * 1.2 - 0.1
     mask = torch.rand(B, N, Q, Z, device=device) > 0.5
     assert recompute_active("auto", value), "the kernel runs here: auto must recompute"
-    real, calls = triton_msda.msda_forward, [0]
-
-    def counting(*args):
-        calls[0] += 1
-        return real(*args)
-
-    triton_msda.msda_forward = counting
-    try:
+    with _counting_kernel_forwards() as calls:
         for bound in ("exact", "all"):
             results = {}
             for mode in ("off", "auto"):
@@ -259,8 +270,6 @@ def check_sca_recompute(device: str) -> None:
             _close(got, want, 1e-6, f"{bound} output")
             for i, (g, w) in enumerate(zip(grads, want_grads, strict=True)):
                 _close(g, w, 1e-5, f"{bound} grad {i}")
-    finally:
-        triton_msda.msda_forward = real
 
 
 def check_tsa_recompute(device: str) -> None:
@@ -269,7 +278,6 @@ def check_tsa_recompute(device: str) -> None:
     previous BEV and a scene start)."""
     from bevforge.nn.recompute import recompute_active
     from bevforge.nn.temporal_self_attn import TemporalSelfAttention
-    from bevforge.ops.msda import triton_msda
 
     torch.manual_seed(0)
     B, H, W, C = 2, 3, 4, 8
@@ -282,14 +290,7 @@ def check_tsa_recompute(device: str) -> None:
     has_prev = torch.tensor([True, False], device=device)
     start = torch.zeros(1, dtype=torch.long, device=device)
     assert recompute_active("auto", query), "the kernel runs here: auto must recompute"
-    real, calls = triton_msda.msda_forward, [0]
-
-    def counting(*args):
-        calls[0] += 1
-        return real(*args)
-
-    triton_msda.msda_forward = counting
-    try:
+    with _counting_kernel_forwards() as calls:
         results = {}
         for mode in ("off", "auto"):
             tsa.recompute = mode
@@ -304,8 +305,6 @@ def check_tsa_recompute(device: str) -> None:
         _close(got, want, 1e-6, "output")
         for i, (g, w) in enumerate(zip(grads, want_grads, strict=True)):
             _close(g, w, 1e-5, f"grad {i}")
-    finally:
-        triton_msda.msda_forward = real
 
 
 def check_deterministic_mode_alert(device: str) -> None:
