@@ -189,6 +189,9 @@ elif want data && can_import bevforge.data.synthetic.generate; then
   step bench-train-tiny-real-b8 "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
     --set model.backbone.pretrained= "${SYN_SET[@]}" data.batch_size=8 --warmup 3 --iters 12 \
     --out "$RESULTS/train.md"
+  # base decodes 24 full-size JPEGs per sample (4 frames x 6 cameras, no scale-on-decode)
+  step bench-train-base-real "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= "${SYN_SET[@]}" --amp bf16 --warmup 3 --iters 10 --out "$RESULTS/train.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then
