@@ -150,11 +150,11 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want dcn; then  # the DCNv2 op alone at R101 stage 3/4 shapes: torchvision vs grid_sample vs Triton columns
   # --sweep: the two Triton kernels' launch constants (BLOCK_C, BLOCK_L, warps), to set the defaults from;
   # --channels-last: the pixel-major columns (vector loads/stores along channels) of train.channels_last
-  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench --sweep
-  step bench-dcn-stage3-cl "$PY" -m bevforge.ops.dcn.bench --channels-last --sweep
+  step bench-dcn-stage3 "$PY" -m bevforge.ops.dcn.bench --sweep --out "$RESULTS/kernel.md"
+  step bench-dcn-stage3-cl "$PY" -m bevforge.ops.dcn.bench --channels-last --sweep --out "$RESULTS/kernel.md"
   # stage 4 (3 of R101's 26 DCN layers) without the sweeps: the call's time goes to stage 3's
-  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50
-  step bench-dcn-stage4-cl "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50 --channels-last
+  step bench-dcn-stage4 "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50 --out "$RESULTS/kernel.md"
+  step bench-dcn-stage4-cl "$PY" -m bevforge.ops.dcn.bench --channels 512 --hw 29 50 --channels-last --out "$RESULTS/kernel.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

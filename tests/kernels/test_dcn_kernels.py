@@ -41,7 +41,7 @@ test_triton_columns_under_interpreter, test_triton_columns_cuda = case_file_test
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_dcn_bench_runs_every_variant_under_interpreter(channels_last):
+def test_dcn_bench_runs_every_variant_under_interpreter(channels_last, tmp_path):
     """``python -m bevforge.ops.dcn.bench`` (the GPU check's DCN step) on a tiny layer under the Triton
     interpreter: all four variants run, forward + backward and forward alone, and agree with torchvision;
     ``--channels-last`` (the pixel-major columns) with its own sweep."""
@@ -56,7 +56,7 @@ def test_dcn_bench_runs_every_variant_under_interpreter(channels_last):
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     env.pop("BEVFORGE_KERNELS", None)
     args = ["--batch", "1", "--channels", "4", "--hw", "5", "6", "--iters", "1", "--warmup", "0", "--sweep"]
-    args += ["--channels-last"] if channels_last else []
+    args += (["--channels-last"] if channels_last else []) + ["--out", str(tmp_path / "kernel.md")]
     proc = subprocess.run([sys.executable, "-m", "bevforge.ops.dcn.bench", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -67,4 +67,8 @@ def test_dcn_bench_runs_every_variant_under_interpreter(channels_last):
     swept = [line.split() for line in proc.stdout.splitlines() if "max |diff|" in line]
     assert len(swept) == 2 * len(SWEEP[channels_last]), proc.stdout
     assert ("channels-last" in proc.stdout) == channels_last, proc.stdout
+    # --out: the printed table (sweep included) appended as a results section with device and commit
+    section = (tmp_path / "kernel.md").read_text()
+    assert "## DCNv2 op, " in section and "- commit: " in section and "triton-fwd+bwd" in section, section
+    assert section.count("max |diff|") == 2 * len(SWEEP[channels_last]), section
     assert all(float(r[-1]) < 1e-5 for r in swept), proc.stdout

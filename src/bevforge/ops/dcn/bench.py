@@ -12,10 +12,11 @@ masks). The sampled variants differ only in where the columns and the backward c
 ``--channels-last``: the input, offsets, mask and weight channels-last (``train.channels_last``), where
 the Triton variants take the pixel-major columns and write the output channels-last.
 
-``--sweep`` then times the two Triton kernels at other launch constants (``BLOCK_C`` channels x
-``BLOCK_L`` output pixels per program, warps; :data:`SWEEP` per column layout, the default first) and
-checks each against the default's output and input gradient: what to set as the defaults (``LAUNCH`` in
-``triton_columns.py`` / ``triton_backward.py``) on a new GPU.
+``--out FILE`` appends the printed table to a results file (``benchmarks/results/kernel.md``: device,
+commit, command). ``--sweep`` then times the two Triton kernels at other launch constants (``BLOCK_C``
+channels x ``BLOCK_L`` output pixels per program, warps; :data:`SWEEP` per column layout, the default
+first) and checks each against the default's output and input gradient: what to set as the defaults
+(``LAUNCH`` in ``triton_columns.py`` / ``triton_backward.py``) on a new GPU.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ SWEEP = {
 }
 
 
-def sweep(inputs: tuple[torch.Tensor, ...], amp: str, iters: int, warmup: int) -> None:
+def sweep(inputs: tuple[torch.Tensor, ...], amp: str, iters: int, warmup: int, emit=print) -> None:
     """Time the columns kernel (forward) and the backward kernel (forward + backward) at each of
-    :data:`SWEEP` of the inputs' column layout; print ms, the speed-up on the default and the largest
+    :data:`SWEEP` of the inputs' column layout; ``emit`` ms, the speed-up on the default and the largest
     difference to its results."""
     from bevforge.ops.dcn import triton_backward, triton_columns
 
@@ -105,7 +106,7 @@ def sweep(inputs: tuple[torch.Tensor, ...], amp: str, iters: int, warmup: int) -
     ):
         default = module.LAUNCH[pixel_major]
         layout = "pixel-major" if pixel_major else "channel-major"
-        print(f"  sweep: {label}, {layout} columns (BLOCK_C, BLOCK_L, warps)")
+        emit(f"  sweep: {label}, {layout} columns (BLOCK_C, BLOCK_L, warps)")
         first_ms, first = None, None
         try:
             for config in SWEEP[pixel_major]:
@@ -114,7 +115,7 @@ def sweep(inputs: tuple[torch.Tensor, ...], amp: str, iters: int, warmup: int) -
                 result = out if not backward else x.grad.detach().float()  # the input gradient
                 first_ms, first = first_ms or ms, first if first is not None else result
                 diff = (result - first).abs().max().item()
-                print(f"    {str(config):16s} {ms:9.2f} ms   ({first_ms / ms:.2f}x)   max |diff| {diff:.3g}")
+                emit(f"    {str(config):16s} {ms:9.2f} ms   ({first_ms / ms:.2f}x)   max |diff| {diff:.3g}")
         finally:
             module.LAUNCH[pixel_major] = default
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true", help="inputs and weight channels-last")
     parser.add_argument("--sweep", action="store_true", help="also time the Triton kernels' launch constants")
+    parser.add_argument("--out", default="", help="append the table to this results file (markdown)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
@@ -144,17 +146,28 @@ def main(argv: list[str] | None = None) -> int:
     impls = [i for i in IMPLS if not i.startswith("triton") or triton_ok]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     layout = "channels-last" if args.channels_last else "NCHW"
-    print(f"DCNv2 [{B}, {C}, {H}, {W}] 3x3 {layout}, amp {args.amp}, {name}")
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    emit(f"DCNv2 [{B}, {C}, {H}, {W}] 3x3 {layout}, amp {args.amp}, {name}")
     for backward in (True, False):
         results = {i: time_impl(i, inputs, args.amp, args.iters, args.warmup, backward) for i in impls}
         ms_tv, out_tv = results["torchvision"]
-        print(f"  {'forward + backward' if backward else 'forward (no grad)'}")
+        emit(f"  {'forward + backward' if backward else 'forward (no grad)'}")
         for impl, (ms, out) in results.items():
             diff = (out - out_tv).abs().max().item()
-            print(f"    {impl:16s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
-    print(f"  (max |out| {out_tv.abs().max().item():.3g})")
+            emit(f"    {impl:16s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
+    emit(f"  (max |out| {out_tv.abs().max().item():.3g})")
     if args.sweep and triton_ok:
-        sweep(inputs, args.amp, args.iters, args.warmup)
+        sweep(inputs, args.amp, args.iters, args.warmup, emit)
+    if args.out:
+        from bevforge.bench.results import append_result
+
+        body = "```\n" + "\n".join(lines) + f"\n```\n\nmean of {args.iters} runs after {args.warmup} warm-up"
+        print(f"appended to {append_result(args.out, f'DCNv2 op, {layout}', str(device), body)}")
     return 0
 
 
