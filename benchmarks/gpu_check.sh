@@ -163,9 +163,13 @@ elif want batch && can_import bevforge.train.step; then
   # throughput vs batch size (batch 1 is launch-bound: ~100 ms of CPU per tiny step at bd6703a, 34 ms of
   # GPU): tiny at 4, 8 and 16 samples per GPU (16: b8 took 11.5 GiB before the seventh session's memory
   # cuts), base at 2 with gradient checkpointing
+  # (b8 with a channels-last row: GPU-bound there, where channels-last should pay; at b1, CPU-bound, it
+  # was 0.91x at bd6703a)
   for B in 4 8 16; do
+    CL=(); [ "$B" = 8 ] && CL=(--channels-last)
     step bench-train-tiny-b$B "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
-      --set model.backbone.pretrained= data.batch_size=$B --fake-data --warmup 3 --iters 10 --out "$RESULTS/train.md"
+      --set model.backbone.pretrained= data.batch_size=$B --fake-data --warmup 3 --iters 10 "${CL[@]}" \
+      --out "$RESULTS/train.md"
   done
   step bench-train-base-b2-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= data.batch_size=2 --amp bf16 --grad-ckpt --fake-data --warmup 2 --iters 6 \
