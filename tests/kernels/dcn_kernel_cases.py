@@ -258,6 +258,42 @@ def check_channels_last_end_to_end(device: str) -> None:
         )
 
 
+def check_nchw_pixel_major(device: str) -> None:
+    """``NCHW_PIXEL_MAJOR``: NCHW inputs through the pixel-major kernels (a channels-last copy of the
+    input): the output and the input gradient stay NCHW, the columns are pixel-major, and output and
+    every gradient match torchvision."""
+    from bevforge.ops.dcn import triton_columns
+
+    x, offset, mask, _ = make_inputs(device, C=5, H=6, W=7)
+    gen = torch.Generator().manual_seed(4)
+    weight = (torch.randn(4, 5, 3, 3, generator=gen) * 0.3).to(device)
+    bias = torch.randn(4, generator=gen).to(device)
+    leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
+    ref_leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
+    launches, real = [], triton_columns._dcn_columns_kernel
+    try:
+        dcn.NCHW_PIXEL_MAJOR = True
+        triton_columns._dcn_columns_kernel = _Counting(real, launches)
+        with kernels("triton"):
+            got = dcn.deform_conv2d_sampled(
+                leaves[0], leaves[1], leaves[3], leaves[4], padding=1, mask=leaves[2]
+            )
+            grad_out = torch.randn_like(got)
+            grads = torch.autograd.grad(got.relu_(), leaves, grad_out)
+    finally:
+        dcn.NCHW_PIXEL_MAJOR = False
+        triton_columns._dcn_columns_kernel = real
+    assert got.is_contiguous() and grads[0].is_contiguous(), (got.stride(), grads[0].stride())
+    assert [args[3].shape[-1] for _, args in launches] == [5 * 9] * 2, "pixel-major columns [B, L, K*C]"
+    want = torchvision.ops.deform_conv2d(
+        ref_leaves[0], ref_leaves[1], ref_leaves[3], ref_leaves[4], padding=1, mask=ref_leaves[2]
+    )
+    _close(got, want.relu(), 1e-4, "NCHW pixel-major output")
+    ref_grads = torch.autograd.grad(want.relu(), ref_leaves, grad_out)
+    for name, a, b in zip(("x", "offset", "mask", "weight", "bias"), grads, ref_grads):
+        _close(a, b, 1e-3, f"NCHW pixel-major grad {name}")
+
+
 def check_channels_last_backbone(device: str) -> None:
     """An R50 (caffe, DCN in stages 3-4, frozen BNs folded) in channels-last as ``train.channels_last``
     runs it: every stage's output stays channels-last through the DCN layers (the pixel-major path, no
@@ -442,6 +478,7 @@ CASES = {
     "pixel_major_columns": check_pixel_major_columns,
     "pixel_major_backward": check_pixel_major_backward,
     "channels_last_end_to_end": check_channels_last_end_to_end,
+    "nchw_pixel_major": check_nchw_pixel_major,
     "channels_last_backbone": check_channels_last_backbone,
     "channels_last_compiles": check_channels_last_compiles,
     "deform_conv_end_to_end": check_deform_conv_end_to_end,

@@ -1,6 +1,6 @@
 """Time one DCNv2 layer: torchvision vs sampled (grid_sample columns) vs the Triton columns kernel with the
-sampled backward vs both Triton kernels, forward + backward and forward alone (inference):
-``python -m bevforge.ops.dcn.bench``.
+sampled backward vs both Triton kernels (vs, for NCHW inputs, both through the pixel-major columns:
+``triton-pm``), forward + backward and forward alone (inference): ``python -m bevforge.ops.dcn.bench``.
 
 Defaults: an R101 stage-3 DCN of BEVFormer-base (256 -> 256 channels, 3x3, stride 1, the 58 x 100
 stride-16 map of a 928 x 1600 image, 6 cameras). Prints ms per forward+backward and per forward, the ratios
@@ -40,12 +40,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: variant -> (function, BEVFORGE_KERNELS while it runs, Triton backward kernel on)
+#: variant -> (function, BEVFORGE_KERNELS while it runs, Triton backward kernel on, NCHW input through the
+#: pixel-major kernels: ``sampled.NCHW_PIXEL_MAJOR``; ``triton-pm`` is timed for NCHW inputs only, as
+#: channels-last inputs take that path anyway)
 IMPLS = {
-    "torchvision": (torchvision.ops.deform_conv2d, None, True),
-    "sampled-grid": (deform_conv2d_sampled, "reference", True),
-    "triton-fwd": (deform_conv2d_sampled, "triton", False),
-    "triton-fwd+bwd": (deform_conv2d_sampled, "triton", True),
+    "torchvision": (torchvision.ops.deform_conv2d, None, True, False),
+    "sampled-grid": (deform_conv2d_sampled, "reference", True, False),
+    "triton-fwd": (deform_conv2d_sampled, "triton", False, False),
+    "triton-fwd+bwd": (deform_conv2d_sampled, "triton", True, False),
+    "triton-pm": (deform_conv2d_sampled, "triton", True, True),
 }
 
 
@@ -59,12 +62,12 @@ def time_impl(
 ) -> tuple[float, torch.Tensor]:
     """Mean ms of forward (+ backward) over ``iters`` runs (after ``warmup``) and the last output."""
     x, offset, mask, weight = inputs
-    fn, choice, backward_kernel = IMPLS[impl]
+    fn, choice, backward_kernel, nchw_pixel_major = IMPLS[impl]
     device = x.device
     ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
     out = x
     elapsed = 0.0
-    sampled.BACKWARD_KERNEL = backward_kernel
+    sampled.BACKWARD_KERNEL, sampled.NCHW_PIXEL_MAJOR = backward_kernel, nchw_pixel_major
     try:
         with kernels(choice):
             for i in range(warmup + iters):
@@ -80,7 +83,7 @@ def time_impl(
                 if i >= warmup:
                     elapsed += time.perf_counter() - start
     finally:
-        sampled.BACKWARD_KERNEL = True
+        sampled.BACKWARD_KERNEL, sampled.NCHW_PIXEL_MAJOR = True, False
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = tuple(t.to(device, memory_format=fmt).requires_grad_() for t in (x, offset, mask, weight))
     triton_ok = device.type == "cuda" or interpreting()  # the interpreter: a CPU check of this script
     impls = [i for i in IMPLS if not i.startswith("triton") or triton_ok]
+    impls = [i for i in impls if i != "triton-pm" or not args.channels_last]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     layout = "channels-last" if args.channels_last else "NCHW"
     lines: list[str] = []

@@ -36,7 +36,9 @@ Channels-last inputs (``train.channels_last``; one weight group) take the kernel
 ``[B, L, K*C]`` when the kernel runs: the forward GEMM ``cols @ W'^T`` (``W' = weight.permute(0, 2, 3, 1)``,
 a view of a channels-last weight) writes the channels-last output directly, and the backward's GEMMs read
 a channels-last output gradient without a copy. The NCHW path's output is NCHW, which made every DCN
-layer a layout switch in a channels-last backbone.
+layer a layout switch in a channels-last backbone. :data:`NCHW_PIXEL_MAJOR` sends NCHW inputs the same way
+(a channels-last copy of the input for the kernels' vector loads, the output and the input gradient NCHW):
+off until a GPU shows the copies pay (``python -m bevforge.ops.dcn.bench``, variant ``triton-pm``).
 
 Numerics: the grid round trip (pixels -> [-1, 1] -> pixels) is exact only up to fp32 rounding, so a sample
 exactly on an integer position (zero offsets) may land a rounding error to either side: values and the
@@ -197,6 +199,15 @@ def to_pixel_major(cols: torch.Tensor, C: int, K: int) -> torch.Tensor:
     return cols.view(B, C, K, L).permute(0, 3, 2, 1).reshape(B, L, K * C)  # [B, L, K, C] -> [B, L, K*C]
 
 
+#: NCHW inputs take the pixel-major columns too, through a channels-last copy of the input (module doc)
+NCHW_PIXEL_MAJOR = False
+
+
+def _kernel_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the pixel-major kernels read it best: channels-last (a copy of an NCHW ``x``)."""
+    return x if is_channels_last(x) else x.contiguous(memory_format=torch.channels_last)
+
+
 def _pixel_major_weight(weight: torch.Tensor, gemm_dtype: torch.dtype) -> torch.Tensor:
     """``weight [O, C, kh, kw]`` -> ``[O, K*C]`` (element ``k * C + c``) in the GEMM dtype: a view of a
     channels-last weight, else a small copy."""
@@ -249,18 +260,26 @@ class _SampledDeformConv(torch.autograd.Function):
         Ho, Wo = offset.shape[-2:]
         L = Ho * Wo
         op = _columns_kernel(x, offset, mask, gemm_dtype, K)
-        ctx.pixel_major = op is not None and Gw == 1 and is_channels_last(x)
+        channels_last = is_channels_last(x)
+        ctx.pixel_major = op is not None and Gw == 1 and (channels_last or NCHW_PIXEL_MAJOR)
         # the output is a tensor of its own (not a view of the GEMM's output): callers may modify it in place
         if ctx.pixel_major:
-            cols = op(x, offset, mask, *[list(v) for v in geo], gemm_dtype, True)  # [B, L, K*C]
+            geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
+            cols = op(_kernel_input(x), offset, mask, *geometry, gemm_dtype, True)  # [B, L, K*C]
             w = _pixel_major_weight(weight, gemm_dtype)  # [O, K*C]
-            out = torch.empty_strided(  # [B, O, Ho, Wo] channels-last
-                (B, O, Ho, Wo), (L * O, 1, Wo * O, O), dtype=gemm_dtype, device=x.device
-            )
-            out_rows = out.permute(0, 2, 3, 1).view(B * L, O)  # [B*L, O], the same memory
-            torch.mm(cols.view(B * L, K * C), w.t(), out=out_rows)
-            if bias is not None:
-                out_rows.add_(bias.to(gemm_dtype))  # the GEMM's fresh output
+            if channels_last:
+                out = torch.empty_strided(  # [B, O, Ho, Wo] channels-last
+                    (B, O, Ho, Wo), (L * O, 1, Wo * O, O), dtype=gemm_dtype, device=x.device
+                )
+                out_rows = out.permute(0, 2, 3, 1).view(B * L, O)  # [B*L, O], the same memory
+                torch.mm(cols.view(B * L, K * C), w.t(), out=out_rows)
+                if bias is not None:
+                    out_rows.add_(bias.to(gemm_dtype))  # the GEMM's fresh output
+            else:  # NCHW output: [O, K*C] @ [B, K*C, L] (the columns transposed, a view)
+                out = cols.new_empty(B, O, Ho, Wo)
+                torch.matmul(w, cols.transpose(1, 2), out=out.view(B, O, L))
+                if bias is not None:
+                    out.add_(bias.to(gemm_dtype).view(1, O, 1, 1))
         else:
             cols = _forward_columns(x, offset, mask, geo, G, gemm_dtype)  # [B, C*K, L]
             cols = cols.view(B, Gw, -1, L)  # [B, Gw, C/Gw*K, L]
@@ -356,25 +375,28 @@ def _backward_with_kernel(op, g, x, offset, mask, weight, geo, gd, needs):
 
 
 def _backward_pixel_major(op, grad_out, x, offset, mask, weight, geo, gd, needs):
-    """The channels-last path (one weight group): ``grad_out [B, O, Ho, Wo]`` read as ``[B*L, O]`` rows
+    """The pixel-major path (one weight group): ``grad_out [B, O, Ho, Wo]`` read as ``[B*L, O]`` rows
     (a view when it is channels-last), the weight gradient from the pixel-major columns (one GEMM over
     every image, fp32 accumulation), the input, offset and mask gradients from the backward kernel over
-    the pixel-major columns' gradient ``[B, L, K*C]``. Returns ``(grad_x, grad_off, grad_mask, grad_w)``."""
+    the pixel-major columns' gradient ``[B, L, K*C]``; the input gradient in ``x``'s memory format.
+    Returns ``(grad_x, grad_off, grad_mask, grad_w)``."""
     need_x, need_off, need_mask, need_w = needs[:4]
     B, C = x.shape[:2]
     O, _, kh, kw = weight.shape
     L = grad_out.shape[-2] * grad_out.shape[-1]
     geometry = [list(v) for v in geo]  # kernel, stride, padding, dilation
     g = grad_out.to(gd).permute(0, 2, 3, 1).reshape(B * L, O)  # [B*L, O]
+    xk = _kernel_input(x)  # channels-last
     grad_x = grad_off = grad_mask = grad_w = None
     if need_w:
-        cols = _COLUMNS_OP.get()(x, offset, mask, *geometry, gd, True).view(B * L, -1)  # [B*L, K*C]
+        cols = _COLUMNS_OP.get()(xk, offset, mask, *geometry, gd, True).view(B * L, -1)  # [B*L, K*C]
         grad_w = torch.mm(g.t(), cols).view(O, kh, kw, C).permute(0, 3, 1, 2)  # [O, C, kh, kw]
         grad_w = grad_w.to(weight.dtype)
     if need_x or need_off or need_mask:
         grad_cols = torch.mm(g, _pixel_major_weight(weight, gd)).view(B, L, -1)  # [B, L, K*C]
-        gx, goff, gmask = op(grad_cols, x, offset, mask, *geometry, need_x, True)
-        grad_x = gx.to(x.dtype) if need_x else None
+        gx, goff, gmask = op(grad_cols, xk, offset, mask, *geometry, need_x, True)
+        fmt = torch.channels_last if xk is x else torch.contiguous_format  # x's own layout
+        grad_x = gx.to(x.dtype, memory_format=fmt) if need_x else None  # one pass: cast (+ layout)
         grad_off = goff.to(offset.dtype) if need_off else None
         grad_mask = gmask.to(mask.dtype) if need_mask else None
     return grad_x, grad_off, grad_mask, grad_w
