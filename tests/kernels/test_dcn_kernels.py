@@ -70,6 +70,7 @@ def test_dcn_bench_runs_every_variant_under_interpreter(channels_last, tmp_path)
     swept = [line.split() for line in proc.stdout.splitlines() if "max |diff|" in line]
     assert len(swept) == 2 * len(SWEEP[channels_last]), proc.stdout
     assert ("channels-last" in proc.stdout) == channels_last, proc.stdout
+    assert "offset conv 3x3 4 -> 27 channels" in proc.stdout, proc.stdout
     # --out: the printed table (sweep included) appended as a results section with device and commit
     section = (tmp_path / "kernel.md").read_text()
     assert "## DCNv2 op, " in section and "- commit: " in section and "triton-fwd+bwd" in section, section

@@ -87,6 +87,33 @@ def time_impl(
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 
+def time_offset_conv(x: torch.Tensor, amp: str, iters: int, warmup: int, emit=print) -> None:
+    """The DCN's offset/mask predictor is a 3x3 conv to 27 channels (2 x 9 offsets + 9 masks), a count
+    tensor cores do not tile (multiples of 8): ``emit`` its forward + backward time against the same conv
+    to 32 channels (what zero-padding its weight would run), in ``x``'s layout."""
+    device, C = x.device, x.shape[1]
+    ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
+    xi = x.detach().requires_grad_()
+    times = {}
+    for channels in (27, 32):
+        conv = torch.nn.Conv2d(C, channels, 3, padding=1).to(device)
+        if sampled.is_channels_last(x):
+            conv = conv.to(memory_format=torch.channels_last)
+        elapsed = 0.0
+        for i in range(warmup + iters):
+            _sync(device)
+            start = time.perf_counter()
+            with ctx:
+                out = conv(xi)
+            out.float().square().mean().backward()
+            _sync(device)
+            if i >= warmup:
+                elapsed += time.perf_counter() - start
+        times[channels] = 1000.0 * elapsed / max(iters, 1)
+    emit(f"  offset conv 3x3 {C} -> 27 channels (forward + backward): {times[27]:.2f} ms; -> 32: "
+         f"{times[32]:.2f} ms ({times[27] / times[32]:.2f}x)")  # fmt: skip
+
+
 #: column layout (pixel-major?) -> the (BLOCK_C, BLOCK_L, num_warps) launch constants ``--sweep`` tries
 #: (the kernels' ``LAUNCH`` default first): channel-major tiles run along pixels, pixel-major along channels
 SWEEP = {
@@ -165,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             diff = (out - out_tv).abs().max().item()
             emit(f"    {impl:16s} {ms:9.2f} ms   ({ms_tv / ms:.2f}x)   max |out - torchvision| {diff:.3g}")
     emit(f"  (max |out| {out_tv.abs().max().item():.3g})")
+    time_offset_conv(inputs[0], args.amp, args.iters, args.warmup, emit)
     if args.sweep and triton_ok:
         sweep(inputs, args.amp, args.iters, args.warmup, emit)
     if args.out:
