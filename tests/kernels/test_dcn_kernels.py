@@ -76,3 +76,15 @@ def test_dcn_bench_runs_every_variant_under_interpreter(channels_last, tmp_path)
     assert "## DCNv2 op, " in section and "- commit: " in section and "triton-fwd+bwd" in section, section
     assert section.count("max |diff|") == 2 * len(SWEEP[channels_last]), section
     assert all(float(r[-1]) < 1e-5 for r in swept), proc.stdout
+
+
+def test_bench_kernel_cli_runs_the_dcn_shapes(tmp_path):
+    """``bevforge bench kernel --shape dcn-tiny`` runs the DCNv2 op bench (CPU: torchvision and the sampled
+    path) and appends its section to the results file."""
+    from bevforge.cli.main import main
+
+    out = tmp_path / "kernel.md"
+    argv = ["bench", "kernel", "--shape", "dcn-tiny", "--device", "cpu", "--iters", "1", "--warmup", "0"]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## DCNv2 op, NCHW" in text and "sampled-grid" in text and "offset conv" in text, text

@@ -20,6 +20,13 @@ kernel, with letters B batch, N cameras, D depth bins, fH x fW feature map, C ch
 - ``bevpool-tiny``: a small smoke shape of the same rig.
   Only ``--shape bevdet-pool`` / ``bevpool-tiny`` run it (``all`` stays the MSDA shapes).
 
+DCNv2 (the R101 backbone's deformable convs, :mod:`bevforge.ops.dcn.bench`): torchvision vs the sampled
+path vs its Triton kernels, forward + backward and forward, ``--channels-last`` for the pixel-major path:
+
+- ``dcn-stage3`` / ``dcn-stage4``: BEVFormer-base's stage-3 (256 channels, 58x100) and stage-4 (512,
+  29x50) DCN on 6 cameras; ``dcn-tiny``: a small smoke shape. ``--dtype`` is the autocast dtype (fp32:
+  none); means over the runs.
+
 Medians over ``--iters`` timed runs after ``--warmup`` runs (CUDA events on GPU). The table is appended
 to ``benchmarks/results/kernel.md`` with the device, commit and command.
 """
@@ -73,6 +80,13 @@ class BevPoolShape:
     W: int
 
 
+#: DCNv2 layer shapes (images, channels in = out, H, W)
+DCN_SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "dcn-stage3": (6, 256, 58, 100),
+    "dcn-stage4": (6, 512, 29, 50),
+    "dcn-tiny": (1, 8, 6, 7),
+}
+
 BEV_POOL_SHAPES: dict[str, BevPoolShape] = {
     "bevdet-pool": BevPoolShape("bevdet-pool", B=1, N=6, D=59, fH=16, fW=44, C=64, H=128, W=128),
     "bevpool-tiny": BevPoolShape("bevpool-tiny", B=1, N=6, D=8, fH=4, fW=11, C=16, H=32, W=32),
@@ -82,9 +96,14 @@ BEV_POOL_SHAPES: dict[str, BevPoolShape] = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shape",
-        choices=[*SHAPES, "all", *BEV_POOL_SHAPES],
+        choices=[*SHAPES, "all", *BEV_POOL_SHAPES, *DCN_SHAPES],
         default="all",
-        help="which MSDA shape (default all = every MSDA shape), or a BEV pooling shape",
+        help="which MSDA shape (default all = every MSDA shape), or a BEV pooling or DCNv2 shape",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="DCNv2 shapes: channels-last inputs (pixel-major columns)",
     )
     p.add_argument("--dtype", choices=[*DTYPES, "all"], default="fp32", help="input dtype (default fp32)")
     p.add_argument("--iters", type=int, default=20, help="timed iterations (median reported)")
@@ -289,12 +308,29 @@ def run_bev_pool(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dcn(args: argparse.Namespace) -> int:
+    """The DCNv2 op bench (:mod:`bevforge.ops.dcn.bench`) at a named shape, once per dtype."""
+    from bevforge.ops.dcn import bench as dcn_bench
+
+    B, C, H, W = DCN_SHAPES[args.shape]
+    amps = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
+    argv = ["--batch", str(B), "--channels", str(C), "--hw", str(H), str(W), "--device", args.device]
+    argv += ["--iters", str(args.iters), "--warmup", str(args.warmup), "--out", args.out]
+    argv += ["--channels-last"] if args.channels_last else []
+    for dtype in DTYPES if args.dtype == "all" else [args.dtype]:
+        if dcn_bench.main([*argv, "--amp", amps[dtype]]):
+            return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available; use --device cpu (reference only)")
         return 2
     if args.shape in BEV_POOL_SHAPES:
         return run_bev_pool(args)
+    if args.shape in DCN_SHAPES:
+        return run_dcn(args)
     shapes = list(SHAPES.values()) if args.shape == "all" else [SHAPES[args.shape]]
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
     rows = []
