@@ -4,10 +4,12 @@ The peak of a training step is mostly what autograd keeps for backward. This run
 forward on the CPU under bf16 autocast (as on the GPU) on a random batch of the recipe's shapes (images
 scaled by ``--set data.img_scale=...``: the backbone's share grows with the image area, the encoder's
 does not) and adds up the distinct storages autograd saves, attributed to the innermost module (down to
-``--depth``) that was running. The MSDA is counted as the CUDA path saves it (the ``bevforge::msda``
-custom op keeps its value, locations and weights; the op runs the reference here), not as the CPU
-reference's grid_sample would. Not counted: parameters, gradients and optimizer state (``bevforge info``),
-and transient buffers (the history frames' no-grad forward among them).
+``--depth``) that was running. The MSDA and the DCN are counted as their CUDA paths save (the
+``bevforge::msda`` custom op keeps its value, locations and weights; the DCN its inputs; the ops run the
+references here), not as the CPU references' grid_sample would; ``train.channels_last`` applies as in
+training (the same 4.14 GiB at base, ``img_scale=0.25``). Not counted: parameters, gradients and
+optimizer state (``bevforge info``), and transient buffers (the history frames' no-grad forward among
+them).
 
     python benchmarks/memory_census.py configs/bevformer_base.py --set data.img_scale=0.25
     python benchmarks/memory_census.py configs/bevformer_base.py --set data.img_scale=0.25 \\
@@ -42,11 +44,15 @@ def census(cfg, depth: int) -> collections.Counter[str]:
     from bevforge.bench.train import FakeLoader
     from bevforge.data.device_images import finish_images
     from bevforge.models.build import build_model
+    from bevforge.train.setup import channels_last_
 
     cuda_paths.msda_as_on_cuda()  # the MSDA saves what its CUDA custom op saves
     cuda_paths.recompute_as_on_cuda()
+    cuda_paths.dcn_as_on_cuda()  # the DCN saves what its CUDA path saves (its inputs)
     torch.manual_seed(0)
     model = build_model(cfg).train()
+    if cfg.train.channels_last:  # as training runs it (train/setup.py)
+        channels_last_(model)
     batch = finish_images(next(iter(FakeLoader(cfg, num=1))), cfg.data)
     stack = ["(model)"]
 
