@@ -312,18 +312,23 @@ def check_channels_last_backbone(device: str) -> None:
     cl.load_state_dict(nchw.state_dict())
     cl.to(memory_format=torch.channels_last)
     x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(1)).to(device)
-    with kernels("reference"):
-        want = nchw(x)
-        sum((o**2).sum() for o in want).backward()
     dcn_outputs = []
     for m in cl.modules():
         if isinstance(m, ModulatedDeformConv2d):
             m.register_forward_hook(lambda mod, args, out: dcn_outputs.append(dcn.is_channels_last(out)))
-    with kernels("triton"):
-        got = cl(x.contiguous(memory_format=torch.channels_last))
-        assert dcn_outputs == [True] * 9, dcn_outputs  # the 6 + 3 DCN layers of stages 3 and 4
-        assert all(dcn.is_channels_last(o) for o in got), [o.stride() for o in got]
-        sum((o**2).sum() for o in got).backward()
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:  # fp32 convolutions and GEMMs on CUDA too: 50 layers of TF32 would differ by more than the kernel
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        with kernels("reference"):
+            want = nchw(x)
+            sum((o**2).sum() for o in want).backward()
+        with kernels("triton"):
+            got = cl(x.contiguous(memory_format=torch.channels_last))
+            assert dcn_outputs == [True] * 9, dcn_outputs  # the 6 + 3 DCN layers of stages 3 and 4
+            assert all(dcn.is_channels_last(o) for o in got), [o.stride() for o in got]
+            sum((o**2).sum() for o in got).backward()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     for a, b in zip(got, want, strict=True):
         _close(a, b, 1e-4 * b.abs().max().item(), "stage output")
     grads = {n: p.grad for n, p in nchw.named_parameters() if p.grad is not None}
