@@ -116,8 +116,8 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
     --out "$RESULTS/train.md"
-  # the seventh session's memory cuts off (frozen BNs folded into the convs, the SCA's projections
-  # and the TSA's recomputed in backward; default on): the sixth session's step, for the time and memory they make
+  # the memory cuts off (frozen BNs folded into the convs; the SCA's and the TSA's projections recomputed
+  # in backward; all default on): the sixth session's step, for the time and memory they make
   step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.fold_bn=false model.sca_recompute=off \
     model.tsa_recompute=off --amp bf16 \
