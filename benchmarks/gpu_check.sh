@@ -127,6 +127,10 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16-ffn-recompute "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.ffn_recompute=true --amp bf16 --fake-data --warmup 3 \
     --iters 10 --out "$RESULTS/train.md"
+  # the DCN's 27-channel offset/mask conv zero-padded to 32 (tensor cores tile channels by 8), channels-last
+  step bench-train-base-bf16-offset-pad "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= model.backbone.dcn_offset_pad=true train.channels_last=true --amp bf16 \
+    --fake-data --warmup 3 --iters 10 --no-baseline --out "$RESULTS/train.md"
   step bench-train-base-bf16-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --grad-ckpt --fake-data --warmup 3 --iters 10 \
     --out "$RESULTS/train.md"

@@ -106,6 +106,10 @@ class BackboneConfig:
     # (models/frozen_bn.py): the same function and state dict, one activation fewer kept per conv in training
     # and no BN backward
     fold_bn: bool = True
+    # the DCN's offset/mask conv (27 output channels) run zero-padded to 32 (tensor cores tile channels by
+    # 8): the same function and state dict; off until a GPU shows it pays (`bevforge bench kernel --shape
+    # dcn-stage3` times the two convs)
+    dcn_offset_pad: bool = False
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -45,6 +46,9 @@ class ModulatedDeformConv2d(nn.Module):
     tap (interleaved, as mmcv and ``torchvision.ops.deform_conv2d``), the last ``k k`` the mask logits.
     ``conv_offset`` starts at zero (as mmcv): zero offsets and masks sigmoid(0) = 0.5, i.e. half the
     plain conv. ``impl`` picks the op (:data:`DCN_IMPLS`); both take the same parameters and state dict.
+    ``pad_offset_channels``: ``conv_offset`` runs with its weight zero-padded to a multiple of 8 output
+    channels (27 -> 32 for 3x3; tensor cores tile channels by 8) and the padding sliced off: the same
+    function, parameters and state dict (``model.backbone.dcn_offset_pad``).
     """
 
     def __init__(
@@ -57,10 +61,12 @@ class ModulatedDeformConv2d(nn.Module):
         dilation: int = 1,
         bias: bool = False,
         impl: str = "torchvision",
+        pad_offset_channels: bool = False,
     ) -> None:
         super().__init__()
         _check_dcn_impl(impl)
         self.impl = impl
+        self.offset_pad = (-3 * kernel_size * kernel_size) % 8 if pad_offset_channels else 0
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -73,7 +79,9 @@ class ModulatedDeformConv2d(nn.Module):
         nn.init.zeros_(self.conv_offset.bias)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, impl: str = "torchvision") -> ModulatedDeformConv2d:
+    def from_conv(
+        cls, conv: nn.Conv2d, impl: str = "torchvision", pad_offset_channels: bool = False
+    ) -> ModulatedDeformConv2d:
         assert conv.groups == 1, "grouped convs are not supported by the DCN replacement"
         dcn = cls(
             conv.in_channels,
@@ -84,6 +92,7 @@ class ModulatedDeformConv2d(nn.Module):
             dilation=conv.dilation[0],
             bias=conv.bias is not None,
             impl=impl,
+            pad_offset_channels=pad_offset_channels,
         )
         with torch.no_grad():
             dcn.weight.copy_(conv.weight)
@@ -93,12 +102,22 @@ class ModulatedDeformConv2d(nn.Module):
         o, c, k, _ = self.weight.shape
         return f"{c}, {o}, kernel_size={k}, stride={self.stride}, padding={self.padding}, impl={self.impl!r}"
 
+    def _offsets_and_mask_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv_offset(x)``: ``[B*, 3*k*k, H', W']``, through a zero-padded weight with ``offset_pad``."""
+        conv = self.conv_offset
+        if not self.offset_pad:
+            return conv(x)
+        weight = F.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, self.offset_pad))  # [3kk + pad, C, k, k]
+        bias = F.pad(conv.bias, (0, self.offset_pad))
+        out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation)  # [B*, 3kk + pad, H', W']
+        return out[:, : conv.out_channels]
+
     def forward(
         self, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``[B*, C, H, W]`` -> ``[B*, O, H', W']``; ``weight``/``bias`` replace the module's own (a frozen BN
         folded in, ``models/frozen_bn.py``)."""
-        out = self.conv_offset(x)  # [B*, 3*k*k, H', W']
+        out = self._offsets_and_mask_logits(x)  # [B*, 3*k*k, H', W']
         taps = out.shape[1] // 3
         offset, mask = out[:, : 2 * taps], out[:, 2 * taps :].sigmoid()
         deform_conv2d = deform_conv2d_sampled if self.impl == "sampled" else torchvision.ops.deform_conv2d
@@ -137,6 +156,7 @@ class ResNetBackbone(nn.Module):
         style: str = "pytorch",
         dcn_impl: str = "torchvision",
         fold_bn: bool = True,
+        dcn_offset_pad: bool = False,
     ) -> None:
         super().__init__()
         if depth not in _BUILDERS:
@@ -166,7 +186,9 @@ class ResNetBackbone(nn.Module):
                 if style == "caffe" and isinstance(block, Bottleneck):
                     block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
                 if dcn_stages[stage]:
-                    block.conv2 = ModulatedDeformConv2d.from_conv(block.conv2, impl=dcn_impl)
+                    block.conv2 = ModulatedDeformConv2d.from_conv(
+                        block.conv2, impl=dcn_impl, pad_offset_channels=dcn_offset_pad
+                    )
         if pretrained:
             self.load_pretrained(pretrained)
         for i in range(max(self.out_indices) + 1, 4):  # stages past the last output never run: drop them

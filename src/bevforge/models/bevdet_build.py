@@ -59,6 +59,7 @@ def build_bevdet(cfg: Config) -> BEVDet:
         style=bk.style,
         dcn_impl=bk.dcn_impl,
         fold_bn=bk.fold_bn,
+        dcn_offset_pad=bk.dcn_offset_pad,
     )
     stride = 2 ** (min(bk.out_indices) + 2)  # C2..C5 = stride 4..32; the neck output is the finest level
     if stride != b.feat_downsample:

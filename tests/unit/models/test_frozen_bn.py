@@ -225,3 +225,44 @@ def test_cache_follows_data_swapped_under_the_same_parameter():
         plain.conv1.weight.copy_(new)
         want = plain.eval()(x)[0]
         torch.testing.assert_close(folded(x)[0], want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("impl", ["torchvision", "sampled"])
+def test_padded_offset_conv_is_the_same_function_and_state_dict(impl):
+    """model.backbone.dcn_offset_pad: the DCN's 27-channel offset/mask conv runs zero-padded to 32 output
+    channels and sliced; outputs, every gradient and the state dict equal the unpadded module's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bevforge.models.backbone import ModulatedDeformConv2d
+
+    torch.manual_seed(0)
+    plain = ModulatedDeformConv2d(6, 5, impl=impl)
+    padded = ModulatedDeformConv2d(6, 5, impl=impl, pad_offset_channels=True)
+    with torch.no_grad():  # offsets and masks away from their zero init, so the taps move
+        plain.conv_offset.weight.normal_(0.0, 0.3)
+        plain.conv_offset.bias.normal_(0.0, 0.3)
+    padded.load_state_dict(plain.state_dict())
+    assert padded.offset_pad == 5 and plain.offset_pad == 0
+    assert {k: v.shape for k, v in padded.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
+    x = torch.randn(2, 6, 7, 9)
+    outs, grads, conv_out_channels = [], [], []
+
+    class ConvShapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "convolution":
+                conv_out_channels.append(args[1].shape[0])
+            return func(*args, **(kwargs or {}))
+
+    for m in (plain, padded):
+        xi = x.clone().requires_grad_()
+        with ConvShapes():
+            out = m(xi)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    assert conv_out_channels == [27, 32], conv_out_channels  # the offset convs (the DCN is not a conv op)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
