@@ -190,7 +190,7 @@ class ModelConfig:
     # "auto" where the MSDA runs as the kernel (CUDA; ~1.4 GiB less at base), "on", "off"; off for a layer
     # that train.grad_ckpt recomputes whole
     sca_recompute: str = "auto"
-    # the same for the TSA (its value projection, offsets, weights, locations; ~0.1 GiB less per layer)
+    # the same for the TSA (its value projection, offsets, weights, locations; ~54 MiB less per layer)
     tsa_recompute: str = "auto"
     # each encoder layer's FFN recomputed in backward (its input kept): ~0.15 GiB less per layer at base for
     # its two GEMMs again; off for a layer that train.grad_ckpt recomputes whole

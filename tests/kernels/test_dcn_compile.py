@@ -102,7 +102,7 @@ def test_pixel_major_kernels_use_vector_memory_ops():
 
     C, H, W, K = 256, 58, 100, 9
     L = H * W
-    values = dict(C=C, H=H, W=W, Wo=W, L=L, Cg=C, G=1, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dil_h=1,
+    values = dict(H=H, W=W, Wo=W, L=L, Cg=C, G=1, stride_h=1, stride_w=1, pad_h=1, pad_w=1, dil_h=1,
                   dil_w=1)  # fmt: skip
     for prefix, channels in (("sx", C), ("so", 2 * K), ("sm", K), ("sxg", C)):  # channels-last strides
         names = ("b", "c", "h", "w") if prefix in ("sx", "sxg") else ("b", "c", "l_h", "l_w")

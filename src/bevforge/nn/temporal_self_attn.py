@@ -10,7 +10,7 @@ that is done here per sample (``has_prev``), so a batch may mix scene starts and
 
 ``recompute`` (``nn/recompute.py``: auto / on / off): the deformable attention's value projection,
 offsets, weights and sampling locations are recomputed in backward instead of kept (the MSDA kernel's
-output is kept): at BEVFormer-base ~0.1 GiB less per encoder layer (the memory census).
+output is kept): at BEVFormer-base 191 -> 137 MiB kept per encoder layer (the memory census).
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ def time_impl(
     ctx = torch.autocast(device.type, dtype=_AMP[amp]) if _AMP[amp] else nullcontext()
     out = x
     elapsed = 0.0
+    saved = sampled.BACKWARD_KERNEL, sampled.NCHW_PIXEL_MAJOR
     sampled.BACKWARD_KERNEL, sampled.NCHW_PIXEL_MAJOR = backward_kernel, nchw_pixel_major
     try:
         with kernels(choice):
@@ -83,7 +84,7 @@ def time_impl(
                 if i >= warmup:
                     elapsed += time.perf_counter() - start
     finally:
-        sampled.BACKWARD_KERNEL, sampled.NCHW_PIXEL_MAJOR = True, False
+        sampled.BACKWARD_KERNEL, sampled.NCHW_PIXEL_MAJOR = saved
     return 1000.0 * elapsed / max(iters, 1), out.detach().float()
 
 

@@ -52,7 +52,7 @@ def _load_corner(x_row, y, x, H, W, sxh, sxw, inside, c_mask):
 @triton.jit
 def _dcn_backward_kernel(
     gcol_ptr, x_ptr, off_ptr, mask_ptr, gx_ptr, goff_ptr, gmask_ptr,
-    C, H, W, Wo, L, Cg, G,
+    H, W, Wo, L, Cg, G,
     sxb, sxc, sxh, sxw,  # input strides (elements)
     sob, soc, sol_h, sol_w,  # offset strides
     smb, smc, sml_h, sml_w,  # mask strides
@@ -161,7 +161,7 @@ def dcn_backward_op(
     grid = (B * G, triton.cdiv(L, block_l), K)
     _dcn_backward_kernel[grid](
         grad_cols, x, offset, m, grad_x, grad_off, grad_mask,
-        C, H, W, Wo, L, Cg, G,
+        H, W, Wo, L, Cg, G,
         *x.stride(), *offset.stride(), *m.stride(), *cols_strides(grad_cols, C, K, pixel_major), *gx_strides,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         HAS_MASK=mask is not None, NEED_X=need_x, KH=kernel[0], KW=kernel[1],

@@ -80,7 +80,7 @@ def tap_position(
 @triton.jit
 def _dcn_columns_kernel(
     x_ptr, off_ptr, mask_ptr, out_ptr,
-    C, H, W, Wo, L, Cg, G,
+    H, W, Wo, L, Cg, G,
     sxb, sxc, sxh, sxw,  # input strides (elements)
     sob, soc, sol_h, sol_w,  # offset strides
     smb, smc, sml_h, sml_w,  # mask strides
@@ -152,7 +152,7 @@ def dcn_columns_op(
     grid = (B * G, triton.cdiv(L, block_l), triton.cdiv(Cg, block_c))
     _dcn_columns_kernel[grid](
         x, offset, m, out,
-        C, H, W, Wo, L, Cg, G,
+        H, W, Wo, L, Cg, G,
         *x.stride(), *offset.stride(), *m.stride(), *cols_strides(out, C, K, pixel_major),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         HAS_MASK=mask is not None, KH=kernel[0], KW=kernel[1], BLOCK_C=block_c, BLOCK_L=block_l,
