@@ -10,6 +10,7 @@
 #   benchmarks/gpu_check.sh [RESULTS_DIR]
 #   BEVFORGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_check.sh   # where .git is absent
 #   GPU_CHECK_STEPS=kernels,bench-kernel,base benchmarks/gpu_check.sh       # only these groups
+#   GPU_CHECK_SKIP=bench-train-base-bf16-ckpt,... benchmarks/gpu_check.sh  # minus these steps (by name)
 #
 # Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), dcn (the DCNv2
 # op: torchvision vs grid_sample vs Triton columns, forward+backward and forward), syncs (device
@@ -49,6 +50,10 @@ write_summary() {  # after every step: a call cut off by its time limit still le
 step() {  # step NAME CMD... : run with a timeout, log, record ok/FAIL and seconds
   local name=$1
   shift
+  if [[ ",${GPU_CHECK_SKIP:-}," == *",$name,"* ]]; then
+    skip "$name" "GPU_CHECK_SKIP"
+    return
+  fi
   echo "== $name: $*" | tee -a "$LOG"
   local t0=$SECONDS
   if timeout "$STEP_TIMEOUT" "$@" 2>&1 | tee -a "$LOG"; then
