@@ -40,6 +40,7 @@ def config() -> Config:
     m.use_grid_mask = False
     d.point_cloud_range = (-25.6, -25.6, -5.0, 25.6, 25.6, 3.0)  # 1 m BEV cells at 50 x 50
     cfg.eval.post_center_range = (-35.0, -35.0, -10.0, 35.0, 35.0, 10.0)
+    t.channels_last = False  # the CPU recipe: its overfit and golden-loss tests follow the NCHW trajectory
     t.epochs = 4
     t.lr = 1e-3
     t.warmup_iters = 20

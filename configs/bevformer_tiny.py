@@ -40,4 +40,8 @@ def config() -> Config:
     t.epochs, t.lr, t.weight_decay, t.backbone_lr_mult, t.grad_clip = 24, 2e-4, 0.01, 0.1, 35.0
     t.warmup_iters, t.warmup_ratio, t.min_lr_ratio = 500, 1.0 / 3, 1e-3
     t.base_batch_size = 8  # 8 GPUs x 1 sample
+    # backbone + neck channels-last (training and `bevforge test`): on an H200 at 9cdd050 base trained
+    # 1.11x faster (465 vs 517 ms/step, same 9.2 GiB) and its CUDA-graph inference 1.36x (52 vs 71 ms);
+    # tiny's NCHW profile spent 21 of 207 ms of GPU time in cuDNN's own NCHW <-> NHWC conversions
+    t.channels_last = True
     return cfg

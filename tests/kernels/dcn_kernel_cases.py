@@ -271,6 +271,7 @@ def check_nchw_pixel_major(device: str) -> None:
     leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
     ref_leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight, bias)]
     launches, real = [], triton_columns._dcn_columns_kernel
+    saved = dcn.NCHW_PIXEL_MAJOR
     try:
         dcn.NCHW_PIXEL_MAJOR = True
         triton_columns._dcn_columns_kernel = _Counting(real, launches)
@@ -281,7 +282,7 @@ def check_nchw_pixel_major(device: str) -> None:
             grad_out = torch.randn_like(got)
             grads = torch.autograd.grad(got.relu_(), leaves, grad_out)
     finally:
-        dcn.NCHW_PIXEL_MAJOR = False
+        dcn.NCHW_PIXEL_MAJOR = saved
         triton_columns._dcn_columns_kernel = real
     assert got.is_contiguous() and grads[0].is_contiguous(), (got.stride(), grads[0].stride())
     assert [args[3].shape[-1] for _, args in launches] == [5 * 9] * 2, "pixel-major columns [B, L, K*C]"
@@ -389,13 +390,16 @@ def check_dispatch_picks_kernel(device: str) -> None:
     leaves = [t.clone().requires_grad_() for t in (x, offset, mask, weight)]
     fwd, bwd = [], []
     originals = triton_columns._dcn_columns_kernel, triton_backward._dcn_backward_kernel
+    saved = dcn.NCHW_PIXEL_MAJOR
     try:
         triton_columns._dcn_columns_kernel = _Counting(originals[0], fwd)
         triton_backward._dcn_backward_kernel = _Counting(originals[1], bwd)
         # (choice, backward kernel on, (columns launches: forward [+ weight grad], backward launches));
         # the sampled backward takes the weight grad's columns from its own samples
         runs = (("auto", True, (2, 1)), ("reference", True, (0, 0)), ("triton", False, (1, 0)))
-        for channels_last in (False, True):  # NCHW: channel-major columns; channels-last: pixel-major
+        # NCHW: channel-major columns, or pixel-major ones with NCHW_PIXEL_MAJOR; channels-last: pixel-major
+        for channels_last, nchw_pixel_major in ((False, False), (False, True), (True, False)):
+            dcn.NCHW_PIXEL_MAJOR = nchw_pixel_major
             inputs = [t.detach().contiguous(memory_format=torch.channels_last) for t in leaves]
             inputs = [t.requires_grad_() for t in inputs] if channels_last else leaves
             for choice, on, want in runs:
@@ -406,10 +410,11 @@ def check_dispatch_picks_kernel(device: str) -> None:
                     dcn.deform_conv2d_sampled(x_, offset_, weight_, padding=1, mask=mask_).sum().backward()
                 assert (len(fwd), len(bwd)) == want, (channels_last, choice, on, len(fwd), len(bwd))
                 pixel_major = {args[3].shape[-1] == 3 * 9 for _, args in fwd}  # columns [B, L, K*C]?
-                assert pixel_major <= {channels_last}, (channels_last, choice, pixel_major)
+                layout = channels_last or nchw_pixel_major
+                assert pixel_major <= {layout}, (channels_last, nchw_pixel_major, choice, pixel_major)
     finally:
         triton_columns._dcn_columns_kernel, triton_backward._dcn_backward_kernel = originals
-        dcn.BACKWARD_KERNEL = True
+        dcn.BACKWARD_KERNEL, dcn.NCHW_PIXEL_MAJOR = True, saved
 
 
 class _Counting:

@@ -2,8 +2,9 @@
 ``data/device_images.finish_images`` (its reference). Run on CPU under TRITON_INTERPRET=1, or
 ``--device cuda``; ``tests/kernels/test_finish_images_kernel.py`` runs them both ways.
 
-Tolerance: 1e-4 after normalisation (std ~58: ~6e-3 of a pixel value); the HSV floor-modulo is
-``a - floor(a / b) * b`` in the kernel and from ``fmod`` in torch.
+Tolerance: 6e-3 of a pixel value (1e-4 after the ImageNet normalisation, std ~58; the mean-only recipes'
+std is 1, their outputs pixel-sized: the H200 showed 2.4e-4 there, ~16 fp32 ulps of a value ~200 after the
+HSV round trip); the HSV floor-modulo is ``a - floor(a / b) * b`` in the kernel and from ``fmod`` in torch.
 """
 
 from __future__ import annotations
@@ -59,11 +60,15 @@ def _both(batch, data):
     return got, want
 
 
+PIXEL_TOL = 6e-3  # in pixel values (0..255), before the division by the std
+
+
 def _check(batch, data, label):
     got, want = _both(batch, data)
     assert got.dtype == torch.float32 and got.shape == want.shape, (got.dtype, got.shape)
     err = (got - want).abs().max().item()
-    assert err <= 1e-4, f"{label}: max |kernel - torch path| {err:.3g}"
+    tol = PIXEL_TOL / min(data.img_std)  # ImageNet std ~58: 1e-4; mean only: 6e-3
+    assert err <= tol, f"{label}: max |kernel - torch path| {err:.3g} > {tol:.3g}"
 
 
 def check_photometric_rgb(device: str) -> None:

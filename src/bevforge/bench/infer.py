@@ -15,7 +15,8 @@ rig is fixed, as in deployment), in up to five modes:
 - ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU); BEVDet's
   graph has the rig's pooling plan baked in (:mod:`bevforge.export.bevdet_onnx`).
 
-``--channels-last`` puts backbone + neck (and the images) in channels-last format for every mode.
+``--channels-last`` puts backbone + neck (and the images) in channels-last format for every mode, as a
+recipe with ``train.channels_last`` does (``--set train.channels_last=false`` times it in NCHW).
 
 Latency percentiles (p50/p90/p99 ms) over ``--iters`` timed frames after ``--warmup``; FPS = 1000 / mean;
 peak memory = ``torch.cuda.max_memory_allocated`` during the timed frames (CUDA, PyTorch modes only).
@@ -191,7 +192,7 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
         from bevforge.eval.pipeline import load_checkpoint
 
         load_checkpoint(model, ckpt)
-    if args.channels_last:
+    if args.channels_last or cfg.train.channels_last:  # as `bevforge test` runs the recipe
         from bevforge.train.setup import channels_last_
 
         channels_last_(model)
@@ -273,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         shape += f", input {h}x{w}, context {m.bevdet.context_channels}"
     else:
         shape += f", embed {m.embed_dims}"
-    shape += ", channels-last backbone + neck" if args.channels_last else ""
+    shape += ", channels-last backbone + neck" if args.channels_last or cfg.train.channels_last else ""
     body = f"recipe `{cfg.name}` ({shape}), checkpoint {args.ckpt or 'random init'}\n\n{table}"
     path = append_result(args.out, f"inference {cfg.name}", args.device, body)
     print(f"appended to {path}")

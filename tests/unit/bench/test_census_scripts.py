@@ -83,3 +83,28 @@ def test_op_census_sees_layout_switches_and_the_dcn_keeps_channels_last():
     lines = out.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()
     assert header.endswith(" 2 in all:") and len(lines) == 1, out
     assert "train/setup.py" in lines[0] and "forward" in lines[0], lines
+
+
+def test_strided_pointwise_detects_what_cuda_runs_with_its_generic_kernel():
+    """The op census's strided-pointwise check: a broadcast operand or an operand in another layout than the
+    output makes CUDA's TensorIterator take its generic strided kernel; equal dense layouts (NCHW or
+    channels-last) and scalar / one-element operands do not."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from op_census import _strided_pointwise
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import torch
+
+    x = torch.randn(2, 3, 4, 5)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert _strided_pointwise((x, x), x + x) == 0
+    assert _strided_pointwise((cl, cl), cl + cl) == 0
+    assert _strided_pointwise((x, torch.tensor(2.0)), x * 2) == 0  # a 0-d operand is a scalar
+    scale = torch.randn(1, 3, 1, 1)
+    assert _strided_pointwise((x, scale), x * scale) == x.numel()  # broadcast
+    assert _strided_pointwise((x, cl), x + cl) == x.numel()  # mixed layouts
+    t = x.transpose(2, 3)
+    assert _strided_pointwise((t, t), t + t) == 0  # a permuted dense view: still one flat range
+    s = x[..., ::2]
+    assert _strided_pointwise((s, s), s + s) == s.numel()  # a strided slice: not dense

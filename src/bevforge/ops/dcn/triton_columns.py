@@ -34,8 +34,10 @@ import triton
 import triton.language as tl
 
 #: pixel_major -> (BLOCK_C channels, BLOCK_L output pixels, warps) per program, read at each launch
-#: (``python -m bevforge.ops.dcn.bench --sweep [--channels-last]`` times others)
-LAUNCH = {False: (16, 64, 4), True: (64, 16, 4)}
+#: (``python -m bevforge.ops.dcn.bench --sweep [--channels-last]`` times others). Set from the H200 sweep
+#: at 9cdd050 (R101 stage 3, bf16 forward): channel-major 0.81 ms against 1.30 ms for (16, 64, 4),
+#: pixel-major 0.35 ms against 0.49 ms for (64, 16, 4) (benchmarks/results/kernel.md)
+LAUNCH = {False: (16, 128, 4), True: (128, 32, 8)}
 
 
 def cols_strides(cols: torch.Tensor, C: int, K: int, pixel_major: bool) -> tuple[int, int, int, int]:
