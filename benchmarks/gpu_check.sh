@@ -90,7 +90,8 @@ elif [ $HAVE_CUDA = 0 ]; then
 elif can_import pytest; then
   # ~150 s on the H200 at 9cdd050 (the DCN cases compile many kernel variants): its own limit
   STEP_TIMEOUT=${KERNELS_TIMEOUT:-240} step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels \
-    tests/unit/ops/test_dcn_sampled_cuda.py tests/unit/export/test_export_bench_infer.py
+    tests/unit/ops/test_dcn_sampled_cuda.py tests/unit/export/test_export_bench_infer.py \
+    tests/unit/models/test_history_graph.py tests/unit/losses/test_losses_matcher_blocks.py
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
@@ -122,6 +123,11 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
     --out "$RESULTS/train.md"
+  # the history pass (3 frames, no grad: a quarter of the step's operators) replayed as one CUDA graph:
+  # the base step is host-bound (455 ms CPU vs 236 ms GPU at 9cdd050); channels-last from the recipe
+  step bench-train-base-bf16-history-graph "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= train.history_graph=true --amp bf16 --fake-data --warmup 3 --iters 10 \
+    --no-baseline --out "$RESULTS/train.md"
   # the memory cuts off (frozen BNs folded into the convs; the SCA's and the TSA's projections recomputed
   # in backward; all default on): the sixth session's step, for the time and memory they make
   step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
@@ -181,6 +187,9 @@ elif want batch && can_import bevforge.train.step; then
       --set model.backbone.pretrained= data.batch_size=$B --fake-data --warmup 3 --iters 10 "${CL[@]}" \
       --out "$RESULTS/train.md"
   done
+  step bench-train-tiny-b8-history-graph "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
+    --set model.backbone.pretrained= data.batch_size=8 train.history_graph=true --amp bf16 --fake-data \
+    --warmup 3 --iters 10 --no-baseline --out "$RESULTS/train.md"
   step bench-train-base-b2-ckpt "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= data.batch_size=2 --amp bf16 --grad-ckpt --fake-data --warmup 2 --iters 6 \
     --out "$RESULTS/train.md"
@@ -264,6 +273,11 @@ elif [ -f configs/bevformer_tiny.py ] && can_import bevforge.train.step; then
     --channels-last
   want compile && STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step bench-train-tiny-compile "$PY" -m bevforge.cli.main bench train \
     "${TRAIN_ARGS[@]}" --channels-last --compile default --no-baseline
+  # base with every part compiled and CUDA-graphed (reduce-overhead): never timed yet; against the
+  # base group's rows (eager 2.15 samples/s channels-last, history graph)
+  want compile && STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step bench-train-base-compile "$PY" -m bevforge.cli.main \
+    bench train configs/bevformer_base.py --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 \
+    --iters 10 --compile reduce-overhead --no-baseline --out "$RESULTS/train.md"
   # graph breaks of the whole model and of each compiled part on CUDA (Triton MSDA op instead of the
   # reference's spatial_shapes.tolist())
   want compile && STEP_TIMEOUT=${COMPILE_TIMEOUT:-300} step explain-tiny "$PY" -m bevforge.cli.main bench train \

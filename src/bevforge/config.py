@@ -259,6 +259,9 @@ class TrainConfig:
     # `bevforge test` (the DCN then takes its pixel-major columns: ops/dcn/sampled.py)
     channels_last: bool = False
     compile: str = ""  # torch.compile of each model part: "" (off) | default | reduce-overhead | max-autotune
+    # BEVFormer's history pass (eval, no grad) captured as a CUDA graph and replayed: no launch cost for a
+    # quarter of a base step's operators (models/history_graph.py); CUDA only, not with compile
+    history_graph: bool = False
     tf32: bool = True  # TF32 for fp32 matmuls/convs on CUDA (what autocast leaves in fp32: DCN, losses)
 
 

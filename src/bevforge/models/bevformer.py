@@ -17,6 +17,7 @@ from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.models.bev_encoder import BEVEncoder
+from bevforge.models.history_graph import HistoryGraph
 from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState
 
@@ -44,6 +45,8 @@ class BEVFormer(nn.Module):
         # optional training-only dense head on the BEV (CenterPoint heatmaps, ``model.aux_heatmap``): its
         # outputs go to the loss as ``aux.*`` and are never computed in evaluation or export
         self.aux_head = aux_head
+        # train.history_graph: the training history pass as a replayed CUDA graph (models/history_graph.py)
+        self.history_graph: HistoryGraph | None = None
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``images [B', N, 3, H, W]`` -> L x ``[B', N, C, H_l, W_l]`` (one backbone call for all)."""
@@ -109,6 +112,8 @@ class BEVFormer(nn.Module):
 
     def _history_state(self, batch: Batch, state: TemporalState | None) -> TemporalState | None:
         """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``)."""
+        if self.history_graph is not None and state is None:
+            return self.history_graph(self, batch)  # the same pass, captured and replayed on CUDA
         num_b, num_t = batch.images.shape[:2]
         was_training = self.training
         self.eval()

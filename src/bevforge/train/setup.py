@@ -202,11 +202,14 @@ def channels_last_(model: nn.Module) -> nn.Module:
 
 
 def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
-    """``train.channels_last`` and ``train.compile``, in place (parameter names and state dict unchanged).
+    """``train.channels_last``, ``train.history_graph`` and ``train.compile``, in place (parameter names and
+    state dict unchanged).
 
     channels_last: the model's ``backbone`` and ``neck`` weights (and the backbone's input, by a forward
     pre-hook) in channels-last format; the neck outputs stay channels-last, which the encoder's
     ``flatten(3).transpose(2, 3)`` reads without a copy.
+
+    history_graph: BEVFormer's history pass replayed as a CUDA graph (:mod:`bevforge.models.history_graph`).
 
     compile: ``nn.Module.compile(mode=...)`` of every direct child with parameters (backbone, neck,
     encoder, heads; BEVDet's view transformer, BEV backbone, head), not of the whole model: the model's
@@ -221,6 +224,17 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
         )
     if tc.channels_last:
         channels_last_(model)
+    if tc.history_graph:
+        if tc.compile:
+            raise ConfigError(
+                "train.history_graph and train.compile both capture graphs: set one (compile mode "
+                "reduce-overhead graphs every part, the history pass included)"
+            )
+        if not hasattr(model, "history_graph"):
+            raise ConfigError(f"train.history_graph is for BEVFormer models, not {type(model).__name__}")
+        from bevforge.models.history_graph import HistoryGraph
+
+        model.history_graph = HistoryGraph()
     if tc.compile:
         for child in model.children():
             if any(True for _ in child.parameters()):

@@ -78,12 +78,12 @@ class HostTraffic(TorchDispatchMode):
         self.events.append(f"{what} at {where.filename}:{where.lineno}" if where else what)
 
 
-@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base", "bevformer_tiny_seg"])
-def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
-    monkeypatch.setattr(sca_module, "capturing_cuda_graph", lambda: True)  # the SCA's capture path
+def _meta_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SCA on its capture path, and autocast off on the meta device (it knows no such device type)."""
+    monkeypatch.setattr(sca_module, "capturing_cuda_graph", lambda: True)
     real_enabled, real_autocast = torch.is_autocast_enabled, torch.autocast
 
-    def autocast(dev, *a, **k):  # autocast knows no meta device type: off there
+    def autocast(dev, *a, **k):
         return nullcontext() if dev == "meta" else real_autocast(dev, *a, **k)
 
     def is_autocast_enabled(*a):
@@ -91,6 +91,11 @@ def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
 
     monkeypatch.setattr(torch, "is_autocast_enabled", is_autocast_enabled)
     monkeypatch.setattr(torch, "autocast", autocast)
+
+
+@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base", "bevformer_tiny_seg"])
+def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
+    _meta_device(monkeypatch)
     cfg = load_config(recipe, ["model.backbone.pretrained="])
     torch.manual_seed(0)
     model = build_model(cfg).eval().to("meta")
@@ -103,6 +108,33 @@ def test_inference_frame_has_no_host_traffic_after_warmup(recipe, monkeypatch):
         with traffic:
             out = frame(*inputs)
     assert all(t.device.type == "meta" for t in out)
+    assert traffic.events == [], "\n".join(traffic.events)
+
+
+@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base"])
+def test_history_pass_has_no_host_traffic_after_warmup(recipe, monkeypatch):
+    """train.history_graph captures models/history_graph.history_bev: capturable the same way (two history
+    frames, the first without a previous BEV)."""
+    from bevforge.models.history_graph import history_bev
+
+    _meta_device(monkeypatch)
+    cfg = load_config(recipe, ["model.backbone.pretrained="])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval().to("meta")
+    _, (images, _, _, can_bus, lidar2img) = infer.frame_and_inputs(cfg, model, None)
+    images = torch.stack([images, images], 1).to("meta")  # [1, 2, N, 3, H, W]
+    lidar2img = torch.stack([lidar2img, lidar2img], 1).to("meta")  # [1, 2, N, 4, 4]
+    can_bus = torch.stack([can_bus, can_bus], 1).to("meta")  # [1, 2, 18]
+    exists = torch.tensor([[False, True]], device="meta")
+    pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
+    traffic = HostTraffic()
+    traffic.watch_constructors(monkeypatch)
+    with torch.no_grad():
+        history_bev(model, images, lidar2img, can_bus, exists, pad_hw)  # warm-up
+        with traffic:
+            bev = history_bev(model, images, lidar2img, can_bus, exists, pad_hw)
+    m = cfg.model
+    assert bev.device.type == "meta" and bev.shape == (1, m.bev_h * m.bev_w, m.embed_dims)
     assert traffic.events == [], "\n".join(traffic.events)
 
 

@@ -1,0 +1,195 @@
+"""BEVFormer's history pass captured as a CUDA graph and replayed (``train.history_graph``).
+
+The history pass (frames ``0..T-2``: backbone over every history frame, then the encoder frame by frame,
+in eval mode and without gradients; official ``obtain_history_bev``) is a quarter of a base training
+step's dispatched operators, and a base step is host-bound on an H200 (455 ms of CPU against 236 ms of
+GPU work at 9cdd050, ``benchmarks/results/profile.md``). Captured once per input shape, each later step
+copies its inputs into the captured buffers and replays the pass with one launch.
+
+What makes that the same computation as the eager pass (:meth:`BEVFormer._history_state`):
+
+- the host part, which sample has a previous BEV at each history frame (scene tokens, padding frames),
+  is computed before the graph (:func:`history_prev_exists`) and fed to it as a ``[B, T-1]`` bool tensor;
+  the graph itself is :func:`history_bev`, a function of tensors only (the eager pass's loop, unrolled);
+- the weights are read at replay from their own storage (the optimizer updates them in place); a trained
+  conv's BN fold is recomputed in the graph, a frozen one's cached fold and the device constants
+  (``ops/constants.py``) are kept alive by the graph holder, so no captured pointer dangles;
+- autocast runs with its cast cache off during warm-up and capture (a cached cast would not outlive the
+  step), in the dtype the step runs in; the SCA takes its static all-queries path under capture (no host
+  read of the hit bound), the same values as its hit gather;
+- the output is cloned before it leaves (the next replay overwrites the captured buffer).
+
+Only training with ``state=None`` (each sample's queue starts fresh, as in the official training) and
+CUDA inputs take the graph; anything else, or a third input shape, runs the eager pass. On the CPU,
+:class:`HistoryGraph` runs :func:`history_bev` eagerly (what the tests compare with the eager pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from bevforge.geometry.ego_motion import can_bus_deltas
+from bevforge.structures.batch import Batch
+from bevforge.structures.temporal import TemporalState
+
+
+def history_prev_exists(batch: Batch) -> tuple[torch.Tensor, list[str]]:
+    """Host side of the history pass from no state: ``[B, T-1]`` bool (frame t of sample b has a previous
+    BEV: frame t-1 of the same scene, both real frames) and the scene tokens the state carries after frame
+    T-2 (``""`` for a padding frame), exactly as :meth:`TemporalState.prev_exists` frame by frame."""
+    num_b, num_t = batch.images.shape[:2]
+    valid = batch.frame_valid.cpu()  # [B, T] host field (structures/batch.py HOST_FIELDS)
+    prev = [""] * num_b
+    rows = []
+    for t in range(num_t - 1):
+        scenes = [tokens[t] for tokens in batch.scene_tokens]
+        ok = [bool(v) for v in valid[:, t]]
+        rows.append([bool(p) and p == s and k for p, s, k in zip(prev, scenes, ok, strict=True)])
+        prev = [s if k else "" for s, k in zip(scenes, ok, strict=True)]
+    return torch.tensor(rows, dtype=torch.bool).T.contiguous(), prev  # [T-1, B] -> [B, T-1]
+
+
+def history_bev(
+    model: nn.Module,
+    images: torch.Tensor,
+    lidar2img: torch.Tensor,
+    can_bus: torch.Tensor,
+    prev_exists: torch.Tensor,
+    pad_hw: tuple[int, int],
+) -> torch.Tensor:
+    """The history pass as a function of tensors: ``images [B, T', N, 3, H, W]`` (T' = T-1 history
+    frames, finished), ``lidar2img [B, T', N, 4, 4]``, absolute ``can_bus [B, T', 18]``, ``prev_exists
+    [B, T']`` bool (:func:`history_prev_exists`) -> the BEV of the last history frame ``[B, Q, C]``.
+    Call it in eval mode without gradients (as :class:`HistoryGraph` does)."""
+    num_b, num_h = images.shape[:2]
+    feats = model.extract_features(images.flatten(0, 1))  # L x [B*T', N, C, h, w]
+    feats = [f.view(num_b, num_h, *f.shape[1:]) for f in feats]  # L x [B, T', N, C, h, w]
+    bev, prev_bev, prev_can_bus = None, None, None
+    for t in range(num_h):
+        exists = prev_exists[:, t]  # [B]
+        delta = can_bus_deltas(can_bus[:, t], prev_can_bus, exists)  # [B, 18]
+        bev = model.encoder([f[:, t] for f in feats], lidar2img[:, t], pad_hw, delta, prev_bev, exists)
+        prev_bev, prev_can_bus = bev, can_bus[:, t]
+    assert bev is not None, "history_bev needs at least one history frame"
+    return bev
+
+
+class _Captured:
+    """One captured history pass: its input buffers, its output, and what it reads that must stay alive."""
+
+    def __init__(self, graph: Any, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, kept: list) -> None:
+        self.graph, self.inputs, self.out, self.kept = graph, inputs, out, kept
+
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        for buf, t in zip(self.inputs, inputs, strict=True):
+            buf.copy_(t, non_blocking=True)
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites self.out
+
+
+def _kept_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Tensors a captured pass may read that live in caches, not in the model: the device constants and
+    every BN fold cached by the model's backbones (a cache rebuilt later would free them under the graph)."""
+    from bevforge.models.frozen_bn import FoldCache
+    from bevforge.ops import constants
+
+    kept = list(constants._CACHE.values())
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, FoldCache):
+                for entry in list(value._entries.values()):
+                    kept += [t for t in (entry.scale, entry.bias, entry.weight) if t is not None]
+    return kept
+
+
+class HistoryGraph:
+    """The history pass of a BEVFormer, captured per input signature (at most ``max_graphs``) and replayed.
+
+    ``warmup`` eager passes run on a side stream before the capture (Triton compiles, cuDNN picks its
+    algorithms, caches fill). Not a module: nothing of it is in the state dict; a copy starts empty.
+    """
+
+    def __init__(self, max_graphs: int = 2, warmup: int = 2) -> None:
+        self.max_graphs, self.warmup = max_graphs, warmup
+        self._graphs: dict[tuple, _Captured] = {}
+        self.replays = 0  # for tests and logs
+
+    def __deepcopy__(self, memo: dict) -> HistoryGraph:
+        return HistoryGraph(self.max_graphs, self.warmup)
+
+    def __getstate__(self) -> dict:
+        return {"max_graphs": self.max_graphs, "warmup": self.warmup}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> TemporalState:
+        """The state after frame T-2 (``batch.images [B, T, N, 3, H, W]``, T >= 2), as the eager pass."""
+        exists, scenes = history_prev_exists(batch)  # [B, T-1] host, list of B
+        images = batch.images[:, :-1]  # [B, T-1, N, 3, H, W]
+        inputs = (
+            images,
+            batch.lidar2img[:, :-1],
+            batch.can_bus[:, :-1],
+            exists.to(images.device, non_blocking=True),
+        )
+        pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        was_training = model.training
+        model.eval()
+        try:
+            bev = self._run(model, inputs, pad_hw)
+        finally:
+            model.train(was_training)
+        return TemporalState(bev, batch.can_bus[:, -2].detach().clone(), scenes)
+
+    def _run(
+        self, model: nn.Module, inputs: tuple[torch.Tensor, ...], pad_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        def step(*tensors: torch.Tensor) -> torch.Tensor:
+            return history_bev(model, *tensors, pad_hw)
+
+        if not inputs[0].is_cuda:
+            with torch.no_grad():
+                return step(*inputs)
+        amp = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda")
+        key = (pad_hw, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in inputs))
+        captured = self._graphs.get(key)
+        if captured is None:
+            if len(self._graphs) >= self.max_graphs:
+                with torch.no_grad():
+                    return step(*inputs)  # a rare shape (an epoch's last batch): eager
+            captured = self._graphs[key] = self._capture(model, step, inputs, amp, dtype)
+        self.replays += 1
+        return captured(inputs)
+
+    def _capture(
+        self,
+        model: nn.Module,
+        step: Callable[..., torch.Tensor],
+        inputs: tuple[torch.Tensor, ...],
+        amp: bool,
+        dtype: torch.dtype,
+    ) -> _Captured:
+        static = tuple(t.clone() for t in inputs)
+
+        def run() -> torch.Tensor:
+            autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
+            with torch.no_grad(), autocast:
+                return step(*static)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream
+            for _ in range(self.warmup):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run()
+        return _Captured(graph, static, out, _kept_tensors(model))

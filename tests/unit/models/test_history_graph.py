@@ -1,0 +1,138 @@
+"""train.history_graph: the history pass as a function of tensors (captured as a CUDA graph on a GPU) is
+the eager pass: the same previous-BEV flags from scene tokens and padding frames, the same state, the
+same predictions; it refuses what it cannot do (compile, non-BEVFormer models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_bevformer_forward import debug_model, random_batch
+
+from bevforge.config import ConfigError, load_config
+from bevforge.models.build import build_model
+from bevforge.models.history_graph import HistoryGraph, history_prev_exists
+from bevforge.structures.temporal import TemporalState
+from bevforge.train.setup import apply_speed_options
+
+SCENES = [["a", "a", "a", "a"], ["x", "y", "y", "y"], ["p", "p", "p", "q"]]
+VALID = torch.tensor([[True, True, True, True], [True, True, False, True], [False, True, True, True]])
+
+
+def _eager_flags(batch) -> tuple[list[list[bool]], list[str]]:
+    """The eager pass's flags, frame by frame through TemporalState (as BEVFormer.encode_frame does)."""
+    num_b, num_t = batch.images.shape[:2]
+    state, rows = None, []
+    for t in range(num_t - 1):
+        scenes = [s[t] for s in batch.scene_tokens]
+        if state is None:
+            rows.append([False] * num_b)
+        else:
+            rows.append(state.prev_exists(scenes, batch.frame_valid[:, t]).tolist())
+        kept = [s if ok else "" for s, ok in zip(scenes, batch.frame_valid[:, t].tolist(), strict=True)]
+        state = TemporalState(torch.zeros(num_b, 1, 1), torch.zeros(num_b, 18), kept)
+    return [list(r) for r in zip(*rows, strict=True)], state.scene_tokens
+
+
+def test_prev_exists_flags_are_the_temporal_states():
+    batch = random_batch(SCENES, VALID)
+    flags, scenes = history_prev_exists(batch)
+    want_flags, want_scenes = _eager_flags(batch)
+    assert flags.dtype == torch.bool and flags.shape == (3, 3)
+    assert flags.tolist() == want_flags and scenes == want_scenes
+    # the cases are all there: a previous BEV, a scene change, a padding frame before and at t
+    assert want_flags == [[False, True, True], [False, False, False], [False, False, True]]
+    assert want_scenes == ["a", "", "p"]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_history_graph_path_is_the_eager_history_pass(training, monkeypatch):
+    import bevforge.models.history_graph as hg
+
+    torch.manual_seed(0)
+    model = debug_model().train(training)
+    batch = random_batch(SCENES, VALID)
+    calls = []
+    real = hg.history_bev
+    monkeypatch.setattr(hg, "history_bev", lambda *a: calls.append(a[1].shape) or real(*a))
+    with torch.no_grad():
+        want = model._history_state(batch, None)
+        model.history_graph = HistoryGraph()
+        got = model._history_state(batch, None)
+    assert calls == [(3, 3, 6, 3, 64, 96)], "the graph's function ran once, on the 3 history frames"
+    assert model.training == training, "the mode is restored"
+    torch.testing.assert_close(got.prev_bev, want.prev_bev, rtol=0, atol=0)
+    torch.testing.assert_close(got.prev_can_bus, want.prev_can_bus, rtol=0, atol=0)
+    assert got.scene_tokens == want.scene_tokens
+    assert model.history_graph.replays == 0, "no CUDA: run eagerly, nothing captured"
+
+
+def test_training_forward_with_the_history_graph_gives_the_same_predictions():
+    import copy
+
+    torch.manual_seed(0)
+    model = debug_model().train()  # its BNs train: each forward moves their statistics, so two models
+    other = copy.deepcopy(model)
+    other.history_graph = HistoryGraph()
+    batch = random_batch(SCENES, VALID)
+    torch.manual_seed(1)
+    want, want_state = model(batch)
+    torch.manual_seed(1)  # GridMask and dropout draw the same in the current frame
+    got, got_state = other(batch)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(got_state.prev_bev, want_state.prev_bev, rtol=0, atol=0)
+
+
+def test_a_given_state_takes_the_eager_pass(monkeypatch):
+    model = debug_model().train()
+    graph = model.history_graph = HistoryGraph()
+    calls = []
+    monkeypatch.setattr(HistoryGraph, "__call__", lambda self, *a: calls.append(a))
+    batch = random_batch([["a", "a"]])
+    state = TemporalState(torch.zeros(1, 12 * 12, 64), torch.zeros(1, 18), ["a"])
+    with torch.no_grad():
+        model._history_state(batch, state)
+    assert calls == [] and graph is model.history_graph
+
+
+def test_history_graph_config():
+    cfg = load_config("bevformer_debug", ["train.history_graph=true"])
+    model = apply_speed_options(build_model(cfg), cfg.train)
+    assert isinstance(model.history_graph, HistoryGraph)
+    cfg.train.compile = "reduce-overhead"
+    with pytest.raises(ConfigError, match="history_graph and train.compile"):
+        apply_speed_options(build_model(cfg), cfg.train)
+    bevdet = load_config("bevdet_debug", ["train.history_graph=true", "model.backbone.pretrained="])
+    with pytest.raises(ConfigError, match="for BEVFormer models"):
+        apply_speed_options(build_model(bevdet), bevdet.train)
+
+
+def test_copies_start_without_graphs():
+    import copy
+    import pickle
+
+    graph = HistoryGraph(max_graphs=3, warmup=1)
+    graph._graphs[("k",)] = object()
+    for clone in (copy.deepcopy(graph), pickle.loads(pickle.dumps(graph))):
+        assert clone._graphs == {} and (clone.max_graphs, clone.warmup) == (3, 1)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_the_eager_history_pass():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    model = debug_model().cuda().train()
+    graph = HistoryGraph()
+    for seed in (1, 2, 3):  # capture once, then replay on new images, rigs and flags
+        torch.manual_seed(seed)
+        batch = random_batch(SCENES, VALID if seed != 2 else torch.ones(3, 4, dtype=torch.bool)).to("cuda")
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            want = model._history_state(batch, None)
+            model.history_graph = graph
+            got = model._history_state(batch, None)
+            model.history_graph = None
+        torch.testing.assert_close(got.prev_bev, want.prev_bev, rtol=2e-2, atol=2e-2)
+        assert got.scene_tokens == want.scene_tokens
+    assert graph.replays == 3 and len(graph._graphs) == 1
