@@ -231,6 +231,9 @@ elif want profile; then  # where the base step's time goes (per part, top CUDA o
     --out "$RESULTS/profile.md"
   step profile-base-bf16-cl "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 --top 25 \
     --channels-last --out "$RESULTS/profile-cl.md"
+  # the op census on the GPU: CUDA's own layouts (cuDNN's conv outputs) decide which pointwise ops take the
+  # generic strided kernel (307 launches, 33 ms of a base step at 9cdd050): their source lines and sizes
+  step op-census-base-cuda "$PY" benchmarks/op_census.py configs/bevformer_base.py --top 25
   # tiny at 8 samples per GPU (the 50 samples/s target; 28.3 at 9651359): where its step goes
   step profile-tiny-b8-bf16 "$PY" benchmarks/profile_parts.py configs/bevformer_tiny.py --amp bf16 --top 25 \
     --set data.batch_size=8 --out "$RESULTS/profile-tiny.md"

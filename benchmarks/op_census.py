@@ -23,6 +23,10 @@ as one operator each (their references compute them inside), and the SCA's recom
 Still CPU-specific: AdamW and the gradient clipping run per tensor (fused / foreach on CUDA: read the
 forward and backward counts), and dropout is three operators (one fused kernel on CUDA).
 ``--paths cpu``: the CPU's own paths (the references, each many operators).
+
+On a CUDA machine it runs there (gpu_check's ``op-census-base-cuda``, full size): the counts are the same,
+and the strided-pointwise list then reflects CUDA's own output layouts (cuDNN's), which the CPU's oneDNN
+may not share.
 """
 
 from __future__ import annotations

@@ -163,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=key, row_limit=args.top, max_name_column_width=60)
         lines += ["", "## one training step (queue of the recipe), top ops", "", "```", table, "```"]
+        # which tensors: the same step again with input shapes recorded (their overhead kept out of the
+        # table above); which lines: benchmarks/op_census.py run on the GPU (its strided-pointwise list)
+        with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+            stepper.forward_backward(batch)
+            stepper.optimizer_step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        by_shape = prof.key_averages(group_by_input_shape=True).table(
+            sort_by=key, row_limit=args.top, max_name_column_width=40, max_shapes_column_width=80
+        )
+        lines += ["", "## the same, by input shapes", "", "```", by_shape, "```"]
     text = "\n".join(lines)
     print(text)
     if args.out:
