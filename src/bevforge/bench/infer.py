@@ -11,7 +11,8 @@ rig is fixed, as in deployment), in up to five modes:
 - ``compile``: ``torch.compile`` of the frame (inductor);
 - ``cuda-graph``: the eager frame captured once as a CUDA graph and replayed (each frame copies its inputs
   into the captured buffers): no per-kernel launch cost, which dominates small batches (the spatial
-  cross-attention takes its static all-queries path under capture: no host read). CUDA only;
+  cross-attention gathers a static number of hit queries under capture, learnt in the eager warm-up: no
+  host read; the note says if a frame hit more). CUDA only;
 - ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU); BEVDet's
   graph has the rig's pooling plan baked in (:mod:`bevforge.export.bevdet_onnx`).
 
@@ -224,6 +225,11 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
             row["note"] = f"amp {args.amp}"
             if cfg.model.arch == "bevdet":
                 row["note"] += ", pooling plan cached"
+            if mode == "cuda-graph" and cfg.model.arch == "bevformer":
+                from bevforge.models.history_graph import sca_hit_overflow
+
+                # the SCA gathers a static number of hit queries under capture (learnt in the warm-up)
+                row["note"] += ", SCA hit bound OVERFLOWED" if sca_hit_overflow(model) else ", SCA hit bound"
         except Exception as e:  # a mode that cannot run here is reported, the others still run
             row["note"] = f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         finally:

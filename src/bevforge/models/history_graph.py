@@ -15,8 +15,11 @@ What makes that the same computation as the eager pass (:meth:`BEVFormer._histor
   conv's BN fold is recomputed in the graph, a frozen one's cached fold and the device constants
   (``ops/constants.py``) are kept alive by the graph holder, so no captured pointer dangles;
 - autocast runs with its cast cache off during warm-up and capture (a cached cast would not outlive the
-  step), in the dtype the step runs in; the SCA takes its static all-queries path under capture (no host
-  read of the hit bound), the same values as its hit gather;
+  step), in the dtype the step runs in;
+- the SCA cannot read its hit count back under capture: it gathers a static number of queries per camera
+  learnt from eager frames (the hits depend on the rig's calibration, not on the images; 10% margin) and
+  flags a frame that hits more; every ``CHECK_EVERY`` replays the flags are read (one sync) and an
+  overflow drops the graphs (recaptured with the grown bound, a warning says so);
 - the output is cloned before it leaves (the next replay overwrites the captured buffer).
 
 Only training with ``state=None`` (each sample's queue starts fresh, as in the official training) and
@@ -26,6 +29,7 @@ CUDA inputs take the graph; anything else, or a third input shape, runs the eage
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -77,6 +81,18 @@ def history_bev(
         prev_bev, prev_can_bus = bev, can_bus[:, t]
     assert bev is not None, "history_bev needs at least one history frame"
     return bev
+
+
+#: replays between two reads of the SCA's hit-bound overflow flags (a device sync each)
+CHECK_EVERY = 25
+
+
+def sca_hit_overflow(model: nn.Module) -> bool:
+    """Whether a captured SCA plan dropped hit queries since the last check (reads and clears the flags)."""
+    from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+
+    flags = [m.hit_overflow() for m in model.modules() if isinstance(m, SpatialCrossAttention)]
+    return any(flags)
 
 
 class _Captured:
@@ -166,7 +182,16 @@ class HistoryGraph:
                     return step(*inputs)  # a rare shape (an epoch's last batch): eager
             captured = self._graphs[key] = self._capture(model, step, inputs, amp, dtype)
         self.replays += 1
-        return captured(inputs)
+        out = captured(inputs)
+        if self.replays % CHECK_EVERY == 0 and sca_hit_overflow(model):
+            warnings.warn(
+                "train.history_graph: a history frame hit more BEV queries in a camera than the captured "
+                "SCA bound (learnt from earlier frames + 10%); the extra queries were left out of its "
+                "history BEV since the last check. Recapturing with the grown bound.",
+                stacklevel=2,
+            )
+            self._graphs.clear()
+        return out
 
     def _capture(
         self,

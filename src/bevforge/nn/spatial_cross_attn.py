@@ -127,8 +127,15 @@ class MSDeformableAttention3D(nn.Module):
 
 #: how many queries each (sample, camera) gathers: "exact" = the most any of them hits (read back to the
 #: host: a device sync and, under ``torch.compile``, a graph break), "all" = every query (static shapes,
-#: no sync, misses masked; more attention work), "auto" = "exact" in eager mode, "all" while compiling
+#: no sync, misses masked; more attention work), "auto" = "exact" in eager mode, "all" while compiling;
+#: while a CUDA graph is captured "auto" takes a static bound instead where it has one (:meth:`plan`)
 QUERY_BOUNDS = ("auto", "exact", "all")
+
+
+def hit_bound(max_len: int, num_q: int) -> int:
+    """The static gather size a CUDA graph is captured with, from an eager frame's exact ``max_len``: 10%
+    more, rounded up to 64 queries, at most ``num_q`` (rigs of one fleet differ a little in calibration)."""
+    return min(num_q, -(-int(max_len * 1.1) // 64) * 64)
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,9 @@ class SCAPlan:
     ``hit [B, N, Q]`` bool (any pillar point inside the image), ``num_hits [B, Q]`` cameras per query
     (clamped >= 1). On the hit-gather path (``all_queries`` False) also ``order [B*N, K]`` (hit queries
     first, in query order), ``valid [B*N, K]``, ``sample_of_group [B*N]``, ``flat_index [B*N*K]`` (into
-    ``B*Q``) and the gathered reference points ``refs [B*N, K, Z, 2]``.
+    ``B*Q``) and the gathered reference points ``refs [B*N, K, Z, 2]``. ``bounded``: ``K`` was a static
+    bound, not read back (CUDA-graph capture); a (sample, camera) hitting more than ``K`` queries drops the
+    rest and sets the 0-d bool ``overflow`` (a device tensor the caller owns and reads later).
     """
 
     all_queries: bool
@@ -149,15 +158,22 @@ class SCAPlan:
     sample_of_group: torch.Tensor | None = None
     flat_index: torch.Tensor | None = None
     refs: torch.Tensor | None = None
+    bounded: bool = False
 
 
 def plan_spatial_cross_attention(
-    reference_points_cam: torch.Tensor, bev_mask: torch.Tensor, all_queries: bool
+    reference_points_cam: torch.Tensor,
+    bev_mask: torch.Tensor,
+    all_queries: bool,
+    max_len: int | None = None,
+    overflow: torch.Tensor | None = None,
 ) -> SCAPlan:
     """``reference_points_cam [B, N, Q, Z, 2]``, ``bev_mask [B, N, Q, Z]`` -> :class:`SCAPlan`.
 
     The hit-gather path reads ``K`` (the most queries any (sample, camera) hits) back to the host: one
-    device sync per plan, so build it once per frame, not once per layer.
+    device sync per plan, so build it once per frame, not once per layer. ``max_len``: ``K`` given (no
+    host read; a bounded plan); ``overflow`` (0-d bool, with ``max_len``) is or-ed in place with "some
+    (sample, camera) hits more than ``K``".
     """
     assert reference_points_cam.dim() == 5 and bev_mask.dim() == 4, "ref [B, N, Q, Z, 2], mask [B, N, Q, Z]"
     hit = bev_mask.any(dim=-1)  # [B, N, Q]
@@ -168,7 +184,13 @@ def plan_spatial_cross_attention(
     groups = batch * num_cams
     hit_g = hit.reshape(groups, num_q)  # [B*N, Q]
     counts = hit_g.sum(dim=1)  # [B*N]
-    max_len = max(int(counts.max()), 1)  # a host read (sync)
+    bounded = max_len is not None
+    if max_len is None:
+        max_len = max(int(counts.max()), 1)  # a host read (sync)
+    else:
+        max_len = max(1, min(int(max_len), num_q))
+        if overflow is not None:
+            overflow.logical_or_(counts.max() > max_len)  # in place: a captured graph updates it
     # hit queries first, in query order (stable sort of the "missed" flag)
     order = torch.sort((~hit_g).to(torch.uint8), dim=1, stable=True).indices[:, :max_len]  # [B*N, K]
     valid = torch.arange(max_len, device=hit.device)[None, :] < counts[:, None]  # [B*N, K]
@@ -176,7 +198,7 @@ def plan_spatial_cross_attention(
     refs = reference_points_cam.reshape(groups, num_q, *reference_points_cam.shape[-2:])  # [B*N, Q, Z, 2]
     refs = torch.gather(refs, 1, order[:, :, None, None].expand(-1, -1, *refs.shape[-2:]))  # [B*N, K, Z, 2]
     flat_index = (sample_of_group[:, None] * num_q + order).reshape(-1)  # [B*N*K] into B*Q
-    return SCAPlan(False, hit, num_hits, order, valid, sample_of_group, flat_index, refs)
+    return SCAPlan(False, hit, num_hits, order, valid, sample_of_group, flat_index, refs, bounded)
 
 
 class SpatialCrossAttention(nn.Module):
@@ -212,18 +234,52 @@ class SpatialCrossAttention(nn.Module):
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
         init_xavier_linear(self.output_proj)
+        #: (B, N, Q) -> (static gather size, 0-d bool overflow flag on the device): learnt from the exact
+        #: plans of eager frames, used by :meth:`plan` while a CUDA graph is captured (not state)
+        self.hit_bounds: dict[tuple[int, int, int], tuple[int, torch.Tensor]] = {}
 
     def all_queries(self) -> bool:
         """True when this call takes the static path (every camera attends every query): always with
         ``"all"``; with ``"auto"`` under ``torch.compile`` and while a CUDA graph is being captured (the
-        hit gather's host read is not allowed there)."""
+        hit gather's host read is not allowed there; :meth:`plan` then takes a bounded gather where it
+        learnt a bound)."""
         if self.query_bound == "auto":
             return torch.compiler.is_compiling() or capturing_cuda_graph()
         return self.query_bound == "all"
 
     def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> SCAPlan:
-        """The :class:`SCAPlan` of this module's path (build it once per frame, pass it to every layer)."""
-        return plan_spatial_cross_attention(reference_points_cam, bev_mask, self.all_queries())
+        """The :class:`SCAPlan` of this module's path (build it once per frame, pass it to every layer).
+
+        ``"auto"`` while a CUDA graph is captured: the hit gather with a static ``K`` (:func:`hit_bound` of
+        the largest exact ``K`` an eager frame of these sizes had: the hits depend on the rig's
+        calibration only, not on the images) where an eager frame came first, else every query. A frame
+        that then hits more sets the bound's overflow flag (:meth:`hit_overflow`)."""
+        all_queries = self.all_queries()
+        key = (bev_mask.shape[0], bev_mask.shape[1], bev_mask.shape[2])  # (B, N, Q)
+        if all_queries and self.query_bound == "auto" and capturing_cuda_graph() and key in self.hit_bounds:
+            bound, overflow = self.hit_bounds[key]
+            return plan_spatial_cross_attention(reference_points_cam, bev_mask, False, bound, overflow)
+        plan = plan_spatial_cross_attention(reference_points_cam, bev_mask, all_queries)
+        if not plan.all_queries and plan.order is not None and not torch.compiler.is_compiling():
+            bound = hit_bound(plan.order.shape[1], key[2])
+            old = self.hit_bounds.get(key)
+            if old is None or old[0] < bound:
+                flag = (
+                    old[1] if old is not None else torch.zeros((), dtype=torch.bool, device=bev_mask.device)
+                )
+                self.hit_bounds[key] = (bound, flag)
+        return plan
+
+    def hit_overflow(self) -> bool:
+        """Whether a bounded plan (CUDA-graph capture) dropped hit queries since the last call: a host
+        read of the flags (a sync); clears them. The learnt bounds grow to every query after an overflow."""
+        over = False
+        for key, (_, flag) in list(self.hit_bounds.items()):
+            if bool(flag):
+                over = True
+                flag.zero_()
+                self.hit_bounds[key] = (key[2], flag)
+        return over
 
     def forward(
         self,
@@ -252,7 +308,9 @@ class SpatialCrossAttention(nn.Module):
             raise ValueError(f"got {num_cams} cameras, the model was built for {self.num_cams}")
         if plan is None:
             plan = self.plan(reference_points_cam, bev_mask)
-        elif plan.all_queries != self.all_queries() or tuple(plan.hit.shape) != (batch, num_cams, num_q):
+        elif (plan.all_queries != self.all_queries() and not plan.bounded) or plan.hit.shape != (
+            batch, num_cams, num_q
+        ):  # fmt: skip
             raise ValueError(
                 f"SCAPlan (all_queries={plan.all_queries}, hit {tuple(plan.hit.shape)}) does not fit this "
                 f"call (all_queries={self.all_queries()}, [B, N, Q] = {(batch, num_cams, num_q)}): build it "
