@@ -215,6 +215,7 @@ class HistoryGraph:
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = run()
         return _Captured(graph, static, out, _kept_tensors(model))
