@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bevforge.ops.msda import multi_scale_deformable_attention
-from bevforge.ops.msda.shapes import SpatialShapes, num_levels, wh_normaliser
+from bevforge.ops.msda.shapes import SpatialShapes, num_levels, sampling_locations, wh_normaliser
 
 
 def init_xavier_linear(linear: nn.Linear) -> None:
@@ -135,7 +135,7 @@ class MSDeformAttn(nn.Module):
         # fp32 locations even under autocast: bf16 (8-bit mantissa) would misplace samples by up to
         # ~0.4-0.8 cells on a 200-cell map. [B, Q, 1, L, 1, 2] + [B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2]
         ref = reference_points.float()[:, :, None, :, None, :]
-        locations = ref + offsets.float() / normalizer[None, None, None, :, None]
+        locations = sampling_locations(ref, offsets, normalizer[None, None, None, :, None])
         if not torch.is_autocast_enabled(v.device.type):
             # a model cast to half precision (export): the reference's grid_sample needs one dtype
             locations, weights = locations.to(v.dtype), weights.to(v.dtype)

@@ -23,7 +23,7 @@ from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_lin
 from bevforge.nn.recompute import check_recompute_mode, recomputed
 from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.msda import multi_scale_deformable_attention
-from bevforge.ops.msda.shapes import SpatialShapes, wh_normaliser
+from bevforge.ops.msda.shapes import SpatialShapes, sampling_locations, wh_normaliser
 
 
 class MSDeformableAttention3D(nn.Module):
@@ -61,8 +61,9 @@ class MSDeformableAttention3D(nn.Module):
     def sampling(
         self, query: torch.Tensor, spatial_shapes: SpatialShapes, num_z: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``query [G, K, C]`` -> normalised offsets ``[G, K, M, L, P/Z, Z, 2]`` (add the ``[G, K, Z, 2]``
-        reference points broadcast as ``[G, K, 1, 1, 1, Z, 2]``) and weights ``[G, K, M, L, P]``.
+        """``query [G, K, C]`` -> offsets in cells ``[G, K, M, L, P/Z, Z, 2]`` and weights
+        ``[G, K, M, L, P]``; :meth:`locations` turns the offsets into sampling locations around the
+        ``[G, K, Z, 2]`` reference points.
 
         A query's offsets and weights do not depend on the camera: :class:`SpatialCrossAttention` computes
         them once per BEV query on its static path.
@@ -79,10 +80,16 @@ class MSDeformableAttention3D(nn.Module):
             .softmax(-1)
             .view(groups, num_q, m, lv, p)
         )
-        normaliser = wh_normaliser(spatial_shapes, offsets.dtype, offsets.device)  # [L, 2] (W, H)
-        offsets = offsets / normaliser[None, None, None, :, None, :]
         # point index = outer * Z + z (official): [G, K, M, L, P, 2] -> [G, K, M, L, P/Z, Z, 2]
         return offsets.view(groups, num_q, m, lv, p // num_z, num_z, 2), weights
+
+    @staticmethod
+    def locations(ref: torch.Tensor, offsets: torch.Tensor, spatial_shapes: SpatialShapes) -> torch.Tensor:
+        """fp32 ``ref + offsets / (W, H)`` of each level (:func:`sampling_locations`, one pass): ``ref``
+        broadcast as ``[..., 1, 1, 1, Z, 2]`` against ``offsets [..., M, L, P/Z, Z, 2]``
+        (:meth:`sampling`)."""
+        normaliser = wh_normaliser(spatial_shapes, torch.float32, offsets.device)  # [L, 2] (W, H)
+        return sampling_locations(ref.float(), offsets, normaliser[:, None, None, :])  # [L, 1, 1, 2]
 
     def attend(
         self,
@@ -121,7 +128,7 @@ class MSDeformableAttention3D(nn.Module):
         offsets, weights = self.sampling(query, spatial_shapes, reference_points.shape[2])
         # [G, K, Z, 2] -> [G, K, 1, 1, 1, Z, 2]
         ref = reference_points[:, :, None, None, None, :, :]
-        locations = (ref + offsets).view(groups, num_q, m, lv, p, 2)  # [G, K, M, L, P, 2]
+        locations = self.locations(ref, offsets, spatial_shapes).view(groups, num_q, m, lv, p, 2)
         return self.attend(value, locations, weights, spatial_shapes, level_start_index).to(query.dtype)
 
 
@@ -392,7 +399,7 @@ class SpatialCrossAttention(nn.Module):
         offsets, weights = attn.sampling(query, spatial_shapes, reference_points_cam.shape[-2])
         # [B, N, Q, Z, 2] -> [B, N, Q, 1, 1, 1, Z, 2] + [B, 1, Q, M, L, P/Z, Z, 2] -> [B*N, Q, M, L, P, 2]
         ref = reference_points_cam[:, :, :, None, None, None, :, :]
-        locations = (ref + offsets[:, None]).reshape(groups, num_q, m, lv, p, 2)
+        locations = attn.locations(ref, offsets[:, None], spatial_shapes).reshape(groups, num_q, m, lv, p, 2)
         # a miss samples far outside every level: all its bilinear corners are out of range (no value
         # reads, no gradient atomics in the kernel); its result is dropped below either way
         hit_g = hit.reshape(groups, num_q)[:, :, None, None, None, None]  # [B*N, Q, 1, 1, 1, 1]

@@ -75,6 +75,19 @@ def wh_normaliser(spatial_shapes: SpatialShapes, dtype: torch.dtype, device: tor
     return device_constant([(w, h) for h, w in static], dtype, device)  # [L, 2] (W, H)
 
 
+def sampling_locations(
+    reference: torch.Tensor, offsets: torch.Tensor, normaliser: torch.Tensor
+) -> torch.Tensor:
+    """``reference + offsets / normaliser`` in fp32, broadcast, as one ``torch.addcdiv``: offsets in the
+    dtype their projection left them (bf16 under autocast) are divided in fp32, with no fp32 copy of them
+    and no quotient tensor (one pass over the locations instead of two or three, forward and backward).
+    ``reference`` fp32; ``normaliser`` (:func:`wh_normaliser`, fp32) viewed to broadcast. An ONNX export
+    takes the plain form (the exporter has no ``addcdiv``)."""
+    if torch.onnx.is_in_onnx_export():
+        return reference + offsets.to(reference.dtype) / normaliser
+    return torch.addcdiv(reference, offsets, normaliser)
+
+
 def check_num_tokens(spatial_shapes: SpatialShapes, num_tokens: int, name: str) -> None:
     """``sum_l H_l * W_l == num_tokens`` without a host sync: a Python check for static shapes, a
     device-side assert (``torch._assert_async``, no graph break) for a tensor."""
