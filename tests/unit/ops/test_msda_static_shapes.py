@@ -77,3 +77,23 @@ def test_static_shapes_trace_without_graph_break():
     dynamo.reset()
     assert static.graph_break_count == 0, static.break_reasons
     assert read_back.graph_break_count >= 1  # the tensor form reads the shapes back (tolist)
+
+
+def test_sampling_locations_is_the_plain_formula_in_fp32(monkeypatch):
+    """One ``addcdiv``: bitwise ``ref + offsets / n`` in fp32; bf16 offsets are divided in fp32 (not rounded
+    to bf16 first) and get bf16 gradients; an ONNX export takes the plain form."""
+    from bevforge.ops.msda.shapes import sampling_locations
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(2, 5, 1, 3, 1, 2, generator=g)  # [B, Q, 1, L, 1, 2]
+    offsets = torch.randn(2, 5, 4, 3, 6, 2, generator=g) * 7  # [B, Q, M, L, P, 2] in cells
+    n = torch.tensor([[100.0, 50.0], [50.0, 25.0], [13.0, 7.0]])[None, None, None, :, None, :]
+    assert torch.equal(sampling_locations(ref, offsets, n), ref + offsets / n)
+    low = offsets.bfloat16().requires_grad_()
+    got = sampling_locations(ref, low, n)
+    assert got.dtype == torch.float32 and torch.equal(got, ref + low.detach().float() / n)
+    got.sum().backward()
+    assert low.grad.dtype == torch.bfloat16
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    monkeypatch.setattr(torch, "addcdiv", None)  # the exporter has no addcdiv: never called there
+    assert torch.equal(sampling_locations(ref, offsets, n), ref + offsets / n)
