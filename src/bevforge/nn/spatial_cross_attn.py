@@ -152,9 +152,10 @@ class SCAPlan:
     ``hit [B, N, Q]`` bool (any pillar point inside the image), ``num_hits [B, Q]`` cameras per query
     (clamped >= 1). On the hit-gather path (``all_queries`` False) also ``order [B*N, K]`` (hit queries
     first, in query order), ``valid [B*N, K]``, ``sample_of_group [B*N]``, ``flat_index [B*N*K]`` (into
-    ``B*Q``) and the gathered reference points ``refs [B*N, K, Z, 2]``. ``bounded``: ``K`` was a static
-    bound, not read back (CUDA-graph capture); a (sample, camera) hitting more than ``K`` queries drops the
-    rest and sets the 0-d bool ``overflow`` (a device tensor the caller owns and reads later).
+    ``B*Q + 1``: a padding slot points at the extra row ``B*Q``, which the scatter drops) and the gathered
+    reference points ``refs [B*N, K, Z, 2]``. ``bounded``: ``K`` was a static bound, not read back
+    (CUDA-graph capture); a (sample, camera) hitting more than ``K`` queries drops the rest and sets the
+    0-d bool ``overflow`` (a device tensor the caller owns and reads later).
     """
 
     all_queries: bool
@@ -204,7 +205,9 @@ def plan_spatial_cross_attention(
     sample_of_group = torch.arange(batch, device=hit.device).repeat_interleave(num_cams)  # [B*N]
     refs = reference_points_cam.reshape(groups, num_q, *reference_points_cam.shape[-2:])  # [B*N, Q, Z, 2]
     refs = torch.gather(refs, 1, order[:, :, None, None].expand(-1, -1, *refs.shape[-2:]))  # [B*N, K, Z, 2]
-    flat_index = (sample_of_group[:, None] * num_q + order).reshape(-1)  # [B*N*K] into B*Q
+    # padding slots scatter into a spare row B*Q instead of being multiplied by 0 (an activation-sized
+    # strided pass each way, forward and backward)
+    flat_index = torch.where(valid, sample_of_group[:, None] * num_q + order, batch * num_q).reshape(-1)
     return SCAPlan(False, hit, num_hits, order, valid, sample_of_group, flat_index, refs, bounded)
 
 
@@ -355,11 +358,11 @@ class SpatialCrossAttention(nn.Module):
             level_start_index,
         )
         out = recomputed(self.recompute, self.deformable_attention, *args)  # [B*N, K, C]
-        out = out * plan.valid[..., None].to(out.dtype)
-        slots = out.new_zeros(batch * num_q, channels).index_add(
+        # [B*N*K, C] into B*Q rows + a spare one for the padding slots, dropped
+        slots = out.new_zeros(batch * num_q + 1, channels).index_add(
             0, plan.flat_index, out.reshape(-1, channels)
         )
-        return slots.view(batch, num_q, channels)  # [B, Q, C]
+        return slots[:-1].view(batch, num_q, channels)  # [B, Q, C]
 
     def _attend_all(
         self,

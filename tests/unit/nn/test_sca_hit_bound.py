@@ -86,3 +86,24 @@ def test_the_bound_only_grows_and_an_overflow_widens_it_to_every_query():
     assert sca.hit_overflow() and not bool(flag)
     assert sca.hit_bounds[key] == (mask.shape[2], flag)
     assert not sca.hit_overflow()
+
+
+def test_padding_slots_scatter_into_a_spare_row_and_never_reach_a_query(monkeypatch):
+    """The hit gather's padding slots (a (sample, camera) hitting fewer than K queries) point at the row
+    B*Q that the scatter drops: whatever the attention returns there (NaN here) never reaches a query."""
+    sca, query, value, ref_cam, mask = make_case()
+    plan = sca.plan(ref_cam, mask)
+    num_bq = query.shape[0] * query.shape[1]
+    pad = ~plan.valid.reshape(-1)
+    assert pad.any() and (plan.flat_index[pad] == num_bq).all() and (plan.flat_index[~pad] < num_bq).all()
+    want = sca(query, value, ref_cam, mask, SHAPES, START, plan)
+    real = type(sca.deformable_attention).forward
+
+    def poisoned(module, *args):
+        out = real(module, *args).clone()  # [B*N, K, C]
+        out[~plan.valid] = float("nan")
+        return out
+
+    monkeypatch.setattr(type(sca.deformable_attention), "forward", poisoned)
+    got = sca(query, value, ref_cam, mask, SHAPES, START, plan)
+    assert torch.equal(got, want)
