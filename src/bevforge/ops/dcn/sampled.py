@@ -275,9 +275,10 @@ class _SampledDeformConv(torch.autograd.Function):
                     (B, O, Ho, Wo), (L * O, 1, Wo * O, O), dtype=gemm_dtype, device=x.device
                 )
                 out_rows = out.permute(0, 2, 3, 1).view(B * L, O)  # [B*L, O], the same memory
-                torch.mm(cols.view(B * L, K * C), w.t(), out=out_rows)
-                if bias is not None:
-                    out_rows.add_(bias.to(gemm_dtype))  # the GEMM's fresh output
+                if bias is None:
+                    torch.mm(cols.view(B * L, K * C), w.t(), out=out_rows)
+                else:  # the bias in the GEMM (cuBLASLt's epilogue), not a broadcast pass over the output
+                    torch.addmm(bias.to(gemm_dtype), cols.view(B * L, K * C), w.t(), out=out_rows)
             else:  # NCHW output: [O, K*C] @ [B, K*C, L] (the columns transposed, a view)
                 out = cols.new_empty(B, O, Ho, Wo)
                 torch.matmul(w, cols.transpose(1, 2), out=out.view(B, O, L))
