@@ -244,9 +244,9 @@ class SpatialCrossAttention(nn.Module):
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
         init_xavier_linear(self.output_proj)
-        #: (B, N, Q) -> (static gather size, 0-d bool overflow flag on the device): learnt from the exact
-        #: plans of eager frames, used by :meth:`plan` while a CUDA graph is captured (not state)
-        self.hit_bounds: dict[tuple[int, int, int], tuple[int, torch.Tensor]] = {}
+        #: (B, N, Q, device) -> (static gather size, 0-d bool overflow flag on that device): learnt from the
+        #: exact plans of eager frames, used by :meth:`plan` while a CUDA graph is captured (not state)
+        self.hit_bounds: dict[tuple[int, int, int, torch.device], tuple[int, torch.Tensor]] = {}
 
     def all_queries(self) -> bool:
         """True when this call takes the static path (every camera attends every query): always with
@@ -265,7 +265,7 @@ class SpatialCrossAttention(nn.Module):
         calibration only, not on the images) where an eager frame came first, else every query. A frame
         that then hits more sets the bound's overflow flag (:meth:`hit_overflow`)."""
         all_queries = self.all_queries()
-        key = (bev_mask.shape[0], bev_mask.shape[1], bev_mask.shape[2])  # (B, N, Q)
+        key = (bev_mask.shape[0], bev_mask.shape[1], bev_mask.shape[2], bev_mask.device)  # (B, N, Q, device)
         if all_queries and self.query_bound == "auto" and capturing_cuda_graph() and key in self.hit_bounds:
             bound, overflow = self.hit_bounds[key]
             return plan_spatial_cross_attention(reference_points_cam, bev_mask, False, bound, overflow)

@@ -98,7 +98,7 @@ def _seed_hit_bound(model, cfg, monkeypatch: pytest.MonkeyPatch) -> list:
     hit bound for batch 1, so the probe takes the bounded gather a capture takes. Returns the list of the
     plans' ``max_len`` arguments, filled as they are built."""
     m = cfg.model
-    key = (1, len(cfg.data.cameras), m.bev_h * m.bev_w)
+    key = (1, len(cfg.data.cameras), m.bev_h * m.bev_w, torch.device("meta"))
     flag = torch.zeros((), dtype=torch.bool, device="meta")
     model.encoder.layers[0].spatial_attn.hit_bounds[key] = (key[2] // 2, flag)
     bounds, real = [], sca_module.plan_spatial_cross_attention

@@ -52,7 +52,7 @@ def test_bounded_plan_below_the_exact_size_sets_the_flag_and_keeps_it():
 
 def test_plan_learns_the_bound_eagerly_and_takes_it_under_capture(monkeypatch):
     sca, query, value, ref_cam, mask = make_case()
-    key = tuple(mask.shape[:3])
+    key = (*mask.shape[:3], mask.device)
     eager = sca.plan(ref_cam, mask)  # exact, recorded
     want = sca(query, value, ref_cam, mask, SHAPES, START, eager)
     bound, flag = sca.hit_bounds[key]
@@ -76,7 +76,7 @@ def test_plan_learns_the_bound_eagerly_and_takes_it_under_capture(monkeypatch):
 
 def test_the_bound_only_grows_and_an_overflow_widens_it_to_every_query():
     sca, _, _, ref_cam, mask = make_case()
-    key = tuple(mask.shape[:3])
+    key = (*mask.shape[:3], mask.device)
     sca.plan(ref_cam, mask)
     bound, flag = sca.hit_bounds[key]
     sca.plan(ref_cam[:, :, :, :, :], mask & False)  # a frame with no hits: the bound stays
