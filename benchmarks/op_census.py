@@ -139,9 +139,15 @@ def _strided_pointwise(args, out) -> int:
     for t in tensors:
         if t.numel() <= 1:
             continue
-        if not dense or t.shape != ref.shape or t.stride() != ref.stride():
+        if not dense or t.shape != ref.shape or _strides(t) != _strides(ref):
             return ref.numel()
     return 0
+
+
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
+    """The strides that matter to TensorIterator: those of dims longer than 1 (a size-1 dim's stride, 0
+    after an ``expand`` of a batch of one, is never used)."""
+    return tuple(st for size, st in zip(t.shape, t.stride(), strict=True) if size > 1)
 
 
 def _kernel_paths_as_on_cuda() -> None:

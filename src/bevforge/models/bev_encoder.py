@@ -234,8 +234,9 @@ class BEVEncoder(nn.Module):
         dtype, device = value.dtype, value.device
 
         query = self.bev_embedding.weight.to(dtype).unsqueeze(0).expand(batch, -1, -1)  # [B, Q, C]
-        # [B, C, H, W] -> [B, C, Q] -> [B, Q, C]
-        bev_pos = self.positional_encoding(batch).to(dtype).flatten(2).transpose(1, 2)
+        # [B, C, H, W] -> [B, C, Q] -> [B, Q, C], made contiguous once: every layer's TSA adds it to its
+        # query, which a transposed view would turn into CUDA's generic strided kernel each time
+        bev_pos = self.positional_encoding(batch).to(dtype).flatten(2).transpose(1, 2).contiguous()
         if self.use_can_bus:
             query = query + self.can_bus_mlp(can_bus_delta.to(dtype))[:, None, :]  # + [B, 1, C]
 

@@ -108,3 +108,6 @@ def test_strided_pointwise_detects_what_cuda_runs_with_its_generic_kernel():
     assert _strided_pointwise((t, t), t + t) == 0  # a permuted dense view: still one flat range
     s = x[..., ::2]
     assert _strided_pointwise((s, s), s + s) == s.numel()  # a strided slice: not dense
+    one = torch.randn(1, 4, 5)
+    size_one = torch.randn(1, 4, 5).as_strided((1, 4, 5), (0, 5, 1))  # a size-1 dim's stride is never used
+    assert _strided_pointwise((one, size_one), one + size_one) == 0
