@@ -17,9 +17,9 @@ from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.models.bev_encoder import BEVEncoder
-from bevforge.models.history_graph import HistoryGraph
+from bevforge.models.history_graph import HistoryGraph, history_bev, history_prev_exists
 from bevforge.structures.batch import Batch, require_finished_images
-from bevforge.structures.temporal import TemporalState
+from bevforge.structures.temporal import TemporalState, carried_tokens
 
 
 class BEVFormer(nn.Module):
@@ -72,18 +72,13 @@ class BEVFormer(nn.Module):
             prev_exists = torch.zeros(num_b, dtype=torch.bool, device=can_bus.device)
             prev_bev, prev_can_bus = None, None
         else:
-            if state.prev_bev.shape[0] != num_b or len(state.scene_tokens) != num_b:
-                raise ValueError(
-                    f"TemporalState holds {state.prev_bev.shape[0]} samples but the batch has {num_b}; "
-                    "pass state=None at a batch-size change (the state is per sample)"
-                )
+            _check_state(state, num_b)
             prev_exists = state.prev_exists(scenes, valid).to(can_bus.device)
             prev_bev, prev_can_bus = state.prev_bev, state.prev_can_bus
         can_bus_delta = can_bus_deltas(can_bus, prev_can_bus, prev_exists)  # [B, 18]
         pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         bev = self.encoder(feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists)
-        new_scenes = [s if ok else "" for s, ok in zip(scenes, valid.tolist(), strict=True)]
-        return bev, TemporalState(bev.detach(), can_bus.detach().clone(), new_scenes)
+        return bev, TemporalState(bev.detach(), can_bus.detach().clone(), carried_tokens(scenes, valid))
 
     def forward(
         self, batch: Batch, state: TemporalState | None = None
@@ -110,23 +105,33 @@ class BEVFormer(nn.Module):
             bev, state = self.encode_frame(batch, num_t - 1, feats, state)
         return self._heads(bev), state
 
-    def _history_state(self, batch: Batch, state: TemporalState | None) -> TemporalState | None:
-        """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``)."""
-        if self.history_graph is not None and state is None:
-            return self.history_graph(self, batch)  # the same pass, captured and replayed on CUDA
-        num_b, num_t = batch.images.shape[:2]
+    def _history_state(self, batch: Batch, state: TemporalState | None) -> TemporalState:
+        """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``):
+        :func:`history_bev` after the host's previous-BEV flags; with ``train.history_graph`` and no given
+        state, the same function captured and replayed on CUDA (:class:`HistoryGraph`)."""
+        if state is not None:
+            _check_state(state, batch.batch_size)
+        exists, scenes = history_prev_exists(batch, None if state is None else state.scene_tokens)
+        images = batch.images[:, :-1]  # [B, T-1, N, 3, H, W]
+        inputs = (
+            images,
+            batch.lidar2img[:, :-1],
+            batch.can_bus[:, :-1],
+            exists.to(images.device, non_blocking=True),
+        )
+        pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():
-                history = batch.images[:, :-1].flatten(0, 1)  # [B*(T-1), N, 3, H, W]
-                feats = self.extract_features(history)  # L x [B*(T-1), N, C, h, w]
-                feats = [f.view(num_b, num_t - 1, *f.shape[1:]) for f in feats]  # L x [B, T-1, N, C, h, w]
-                for t in range(num_t - 1):
-                    _, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state)
+            if self.history_graph is not None and state is None:
+                bev = self.history_graph.run(self, inputs, pad_hw)
+            else:
+                prev = (None, None) if state is None else (state.prev_bev, state.prev_can_bus)
+                with torch.no_grad():
+                    bev = history_bev(self, *inputs, pad_hw, *prev)
         finally:
             self.train(was_training)
-        return state
+        return TemporalState(bev, batch.can_bus[:, -2].detach().clone(), scenes)
 
     def _heads(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
         preds: dict[str, torch.Tensor] = {"bev": bev}
@@ -156,3 +161,11 @@ class BEVFormer(nn.Module):
         from bevforge.eval.postprocess import decode_predictions  # pure function of the head outputs
 
         return decode_predictions(preds, max_boxes, post_center_range, score_threshold)
+
+
+def _check_state(state: TemporalState, num_b: int) -> None:
+    if state.prev_bev.shape[0] != num_b or len(state.scene_tokens) != num_b:
+        raise ValueError(
+            f"TemporalState holds {state.prev_bev.shape[0]} samples but the batch has {num_b}; "
+            "pass state=None at a batch-size change (the state is per sample)"
+        )

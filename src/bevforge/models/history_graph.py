@@ -23,8 +23,8 @@ What makes that the same computation as the eager pass (:meth:`BEVFormer._histor
 - the output is cloned before it leaves (the next replay overwrites the captured buffer).
 
 Only training with ``state=None`` (each sample's queue starts fresh, as in the official training) and
-CUDA inputs take the graph; anything else, or a third input shape, runs the eager pass. On the CPU,
-:class:`HistoryGraph` runs :func:`history_bev` eagerly (what the tests compare with the eager pass).
+CUDA inputs take the graph; anything else, or a third input shape, runs :func:`history_bev` eagerly, which
+is also what the eager pass (``BEVFormer._history_state``) runs.
 """
 
 from __future__ import annotations
@@ -39,23 +39,22 @@ from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.structures.batch import Batch
-from bevforge.structures.temporal import TemporalState
+from bevforge.structures.temporal import carried_tokens, continues_scene
 
 
-def history_prev_exists(batch: Batch) -> tuple[torch.Tensor, list[str]]:
-    """Host side of the history pass from no state: ``[B, T-1]`` bool (frame t of sample b has a previous
-    BEV: frame t-1 of the same scene, both real frames) and the scene tokens the state carries after frame
-    T-2 (``""`` for a padding frame), exactly as :meth:`TemporalState.prev_exists` frame by frame."""
+def history_prev_exists(batch: Batch, prev_tokens: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Host side of the history pass: ``[B, T-1]`` bool (frame t of sample b has a previous BEV) and the
+    scene tokens the state carries after frame T-2, frame by frame as the state's rules say
+    (:func:`continues_scene`, :func:`carried_tokens`); ``prev_tokens``: those of a given state (None:
+    no previous frame)."""
     num_b, num_t = batch.images.shape[:2]
-    valid = batch.frame_valid.cpu()  # [B, T] host field (structures/batch.py HOST_FIELDS)
-    prev = [""] * num_b
+    prev = [""] * num_b if prev_tokens is None else list(prev_tokens)
     rows = []
     for t in range(num_t - 1):
-        scenes = [tokens[t] for tokens in batch.scene_tokens]
-        ok = [bool(v) for v in valid[:, t]]
-        rows.append([bool(p) and p == s and k for p, s, k in zip(prev, scenes, ok, strict=True)])
-        prev = [s if k else "" for s, k in zip(scenes, ok, strict=True)]
-    return torch.tensor(rows, dtype=torch.bool).T.contiguous(), prev  # [T-1, B] -> [B, T-1]
+        scenes, valid = [tokens[t] for tokens in batch.scene_tokens], batch.frame_valid[:, t]  # host fields
+        rows.append(continues_scene(prev, scenes, valid))
+        prev = carried_tokens(scenes, valid)
+    return torch.stack(rows, dim=1), prev  # T-1 x [B] -> [B, T-1]
 
 
 def history_bev(
@@ -65,15 +64,18 @@ def history_bev(
     can_bus: torch.Tensor,
     prev_exists: torch.Tensor,
     pad_hw: tuple[int, int],
+    prev_bev: torch.Tensor | None = None,
+    prev_can_bus: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The history pass as a function of tensors: ``images [B, T', N, 3, H, W]`` (T' = T-1 history
     frames, finished), ``lidar2img [B, T', N, 4, 4]``, absolute ``can_bus [B, T', 18]``, ``prev_exists
-    [B, T']`` bool (:func:`history_prev_exists`) -> the BEV of the last history frame ``[B, Q, C]``.
-    Call it in eval mode without gradients (as :class:`HistoryGraph` does)."""
+    [B, T']`` bool (:func:`history_prev_exists`), a given state's ``prev_bev [B, Q, C]`` and
+    ``prev_can_bus [B, 18]`` (None: none) -> the BEV of the last history frame ``[B, Q, C]``. Call it in
+    eval mode without gradients (``BEVFormer._history_state`` and :class:`HistoryGraph` do)."""
     num_b, num_h = images.shape[:2]
     feats = model.extract_features(images.flatten(0, 1))  # L x [B*T', N, C, h, w]
     feats = [f.view(num_b, num_h, *f.shape[1:]) for f in feats]  # L x [B, T', N, C, h, w]
-    bev, prev_bev, prev_can_bus = None, None, None
+    bev = None
     for t in range(num_h):
         exists = prev_exists[:, t]  # [B]
         delta = can_bus_deltas(can_bus[:, t], prev_can_bus, exists)  # [B, 18]
@@ -144,28 +146,13 @@ class HistoryGraph:
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
 
-    def __call__(self, model: nn.Module, batch: Batch) -> TemporalState:
-        """The state after frame T-2 (``batch.images [B, T, N, 3, H, W]``, T >= 2), as the eager pass."""
-        exists, scenes = history_prev_exists(batch)  # [B, T-1] host, list of B
-        images = batch.images[:, :-1]  # [B, T-1, N, 3, H, W]
-        inputs = (
-            images,
-            batch.lidar2img[:, :-1],
-            batch.can_bus[:, :-1],
-            exists.to(images.device, non_blocking=True),
-        )
-        pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
-        was_training = model.training
-        model.eval()
-        try:
-            bev = self._run(model, inputs, pad_hw)
-        finally:
-            model.train(was_training)
-        return TemporalState(bev, batch.can_bus[:, -2].detach().clone(), scenes)
-
-    def _run(
+    def run(
         self, model: nn.Module, inputs: tuple[torch.Tensor, ...], pad_hw: tuple[int, int]
     ) -> torch.Tensor:
+        """:func:`history_bev` of ``inputs`` (``images``, ``lidar2img``, ``can_bus``, ``prev_exists``, no
+        given state) with ``model`` in eval mode: replayed on CUDA (captured at a new signature), eager
+        on the CPU."""
+
         def step(*tensors: torch.Tensor) -> torch.Tensor:
             return history_bev(model, *tensors, pad_hw)
 

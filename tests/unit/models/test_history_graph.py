@@ -88,7 +88,7 @@ def test_a_given_state_takes_the_eager_pass(monkeypatch):
     model = debug_model().train()
     graph = model.history_graph = HistoryGraph()
     calls = []
-    monkeypatch.setattr(HistoryGraph, "__call__", lambda self, *a: calls.append(a))
+    monkeypatch.setattr(HistoryGraph, "run", lambda self, *a: calls.append(a))
     batch = random_batch([["a", "a"]])
     state = TemporalState(torch.zeros(1, 12 * 12, 64), torch.zeros(1, 18), ["a"])
     with torch.no_grad():
