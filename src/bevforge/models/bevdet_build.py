@@ -60,6 +60,7 @@ def build_bevdet(cfg: Config) -> BEVDet:
         dcn_impl=bk.dcn_impl,
         fold_bn=bk.fold_bn,
         dcn_offset_pad=bk.dcn_offset_pad,
+        fuse_conv_relu=bk.fuse_conv_relu,
     )
     stride = 2 ** (min(bk.out_indices) + 2)  # C2..C5 = stride 4..32; the neck output is the finest level
     if stride != b.feat_downsample:

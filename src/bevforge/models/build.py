@@ -59,6 +59,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         dcn_impl=b.dcn_impl,
         fold_bn=b.fold_bn,
         dcn_offset_pad=b.dcn_offset_pad,
+        fuse_conv_relu=b.fuse_conv_relu,
     )
     neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
     if m.neck.out_channels != m.embed_dims:
