@@ -30,7 +30,13 @@ class DenseSpatialCrossAttention(nn.Module):
         super().__init__()
         self.sca = sca
 
-    def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> None:
+    def all_queries(self) -> bool:
+        """Every query, always (no gather size to read: ``BEVEncoder.sca_hit_lengths`` reads none)."""
+        return True
+
+    def plan(
+        self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor, max_len: int | None = None
+    ) -> None:
         """No hit gather plan (the encoder asks once per frame): every query is attended."""
         return None
 

@@ -11,6 +11,8 @@ recurrence lives in :mod:`bevforge.models.bevformer`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -25,6 +27,11 @@ from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
 from bevforge.ops.constants import device_constant
 from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes
+
+
+def read_costs_a_wait(device: torch.device) -> bool:
+    """A host read of a tensor on ``device`` waits for the work queued before it (CUDA; not a CPU)."""
+    return device.type == "cuda"
 
 
 class BEVFormerLayer(nn.Module):
@@ -206,6 +213,37 @@ class BEVEncoder(nn.Module):
         start = device_constant(starts, torch.long, value.device)  # [L] (copied to the device once)
         return value, spatial_shapes, start
 
+    def _project(self, lidar2img: torch.Tensor, img_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pillar points in the cameras of ``lidar2img [B, N, 4, 4]``: ``ref_cam [B, N, Q, Z, 2]``,
+        ``bev_mask [B, N, Q, Z]``."""
+        height_m = self.pc_range[5] - self.pc_range[2]
+        ref_3d = pillar_reference_points_3d(
+            self.bev_h, self.bev_w, self.num_points_in_pillar, height_m, lidar2img.device
+        )  # [Z, Q, 3]
+        return project_to_cameras(ref_3d, self.pc_range, lidar2img, img_hw)
+
+    def sca_hit_lengths(
+        self, lidar2img: torch.Tensor, img_hw: tuple[int, int], frames: Sequence[int]
+    ) -> dict[int, int] | None:
+        """``{t: K}``: the SCA gather size of each frame ``t`` in ``frames`` of ``lidar2img [B, T, N, 4,
+        4]`` (the most BEV queries a (sample, camera) hits: what :meth:`SpatialCrossAttention.plan` reads
+        back), for :meth:`forward`'s ``sca_max_len``. Every frame's is read back at once, at the start of
+        a forward: one device sync while little is queued, where each frame's own read would wait for the
+        backbone's kernels queued ahead of it (a base training step: the history backbone, 18 images, then the
+        current one). The same computation on the same tensors as :meth:`forward`'s, so the same numbers.
+        None where nothing would be read back: a CPU (a read costs no wait there), the static paths
+        (this encoder compiled, ``nn.Module.compile``; a capture; ``query_bound="all"``), no SCA."""
+        if not self.layers or not read_costs_a_wait(lidar2img.device) or not frames:
+            return None
+        compiled = getattr(self, "_compiled_call_impl", None) is not None  # an int argument would recompile
+        if compiled or self.layers[0].spatial_attn.all_queries():
+            return None
+        maxima = []
+        for t in frames:
+            _, bev_mask = self._project(lidar2img[:, t], img_hw)  # [B, N, Q, Z], as forward's
+            maxima.append(bev_mask.any(dim=-1).sum(dim=-1).amax())  # [B, N, Q] -> [B, N] -> 0-d
+        return dict(zip(frames, torch.stack(maxima).tolist(), strict=True))  # one host read for all
+
     def forward(
         self,
         mlvl_feats: list[torch.Tensor],
@@ -214,6 +252,7 @@ class BEVEncoder(nn.Module):
         can_bus_delta: torch.Tensor,
         prev_bev: torch.Tensor | None = None,
         has_prev: torch.Tensor | None = None,
+        sca_max_len: int | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -224,6 +263,7 @@ class BEVEncoder(nn.Module):
                 (:func:`bevforge.geometry.ego_motion.can_bus_deltas`).
             prev_bev: ``[B, Q, C]`` previous BEV (not yet aligned), or None.
             has_prev: ``[B]`` bool, which samples have a previous BEV (None: all when ``prev_bev`` given).
+            sca_max_len: this frame's SCA gather size from :meth:`sca_hit_lengths` (None: read here).
 
         Returns ``[B, Q, C]`` BEV features, query ``row * bev_w + col`` (row = lidar y, col = lidar x).
         """
@@ -259,17 +299,15 @@ class BEVEncoder(nn.Module):
         current = shifted if self.official_compat else ref_2d
         hybrid_ref = torch.cat((shifted, current), dim=0).unsqueeze(2)  # [V*B, Q, 1, 2] queue-major
 
-        ref_3d = pillar_reference_points_3d(
-            self.bev_h, self.bev_w, self.num_points_in_pillar, self.pc_range[5] - self.pc_range[2], device
-        )  # [Z, Q, 3]
-        ref_cam, bev_mask = project_to_cameras(
-            ref_3d, self.pc_range, lidar2img, img_hw
-        )  # [B,N,Q,Z,2], [B,N,Q,Z]
+        ref_cam, bev_mask = self._project(lidar2img, img_hw)  # [B, N, Q, Z, 2], [B, N, Q, Z]
         bev_shapes = ((self.bev_h, self.bev_w),)  # static (H, W) of the 1-level BEV value map
         bev_start = torch.zeros(1, dtype=torch.long, device=device)
 
-        # which queries each camera attends: the same in every layer (one max_len host read per frame)
-        sca_plan = self.layers[0].spatial_attn.plan(ref_cam, bev_mask) if len(self.layers) else None
+        # which queries each camera attends: the same in every layer (one max_len host read per frame
+        # unless given)
+        sca_plan = None
+        if len(self.layers):
+            sca_plan = self.layers[0].spatial_attn.plan(ref_cam, bev_mask, max_len=sca_max_len)
         bev_query_init = query  # TSA's current-queue value in every layer (official)
         for layer in self.layers:
             args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)

@@ -61,9 +61,15 @@ class BEVFormer(nn.Module):
         return [f.view(groups, num_cams, *f.shape[1:]) for f in feats]
 
     def encode_frame(
-        self, batch: Batch, t: int, feats: list[torch.Tensor], state: TemporalState | None
+        self,
+        batch: Batch,
+        t: int,
+        feats: list[torch.Tensor],
+        state: TemporalState | None,
+        sca_max_len: int | None = None,
     ) -> tuple[torch.Tensor, TemporalState]:
-        """BEV of frame ``t`` given L x ``[B, N, C, H_l, W_l]`` features and the previous state."""
+        """BEV of frame ``t`` given L x ``[B, N, C, H_l, W_l]`` features and the previous state
+        (``sca_max_len``: the frame's SCA gather size, ``BEVEncoder.sca_hit_lengths``)."""
         num_b = batch.batch_size
         scenes = [tokens[t] for tokens in batch.scene_tokens]
         valid = batch.frame_valid[:, t]  # [B]
@@ -77,7 +83,9 @@ class BEVFormer(nn.Module):
             prev_bev, prev_can_bus = state.prev_bev, state.prev_can_bus
         can_bus_delta = can_bus_deltas(can_bus, prev_can_bus, prev_exists)  # [B, 18]
         pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
-        bev = self.encoder(feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists)
+        bev = self.encoder(
+            feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists, sca_max_len
+        )
         return bev, TemporalState(bev.detach(), can_bus.detach().clone(), carried_tokens(scenes, valid))
 
     def forward(
@@ -91,24 +99,32 @@ class BEVFormer(nn.Module):
         """
         assert batch.images.dim() == 6, f"images must be [B, T, N, 3, H, W], got {tuple(batch.images.shape)}"
         num_b, num_t = batch.images.shape[:2]
+        pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         if not (self.training and torch.is_grad_enabled()):
             # inference: no mode switch needed, one backbone call for every frame
+            lens = self.encoder.sca_hit_lengths(batch.lidar2img, pad_hw, range(num_t)) or {}
             feats = self.extract_features(batch.images.flatten(0, 1))  # L x [B*T, N, C, h, w]
             feats = [f.view(num_b, num_t, *f.shape[1:]) for f in feats]  # L x [B, T, N, C, h, w]
-            for t in range(num_t - 1):
-                _, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state)
-            bev, state = self.encode_frame(batch, num_t - 1, [f[:, -1] for f in feats], state)
+            for t in range(num_t):
+                bev, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state, lens.get(t))
         else:
+            # the frames that run eagerly read their SCA sizes first (a captured history pass reads none)
+            graphed = num_t > 1 and self.history_graph is not None and state is None
+            eager = range(num_t - 1 if graphed else 0, num_t)
+            lens = self.encoder.sca_hit_lengths(batch.lidar2img, pad_hw, eager) or {}
             if num_t > 1:
-                state = self._history_state(batch, state)
+                state = self._history_state(batch, state, lens)
             feats = self.extract_features(batch.images[:, -1])  # L x [B, N, C, h, w]
-            bev, state = self.encode_frame(batch, num_t - 1, feats, state)
+            bev, state = self.encode_frame(batch, num_t - 1, feats, state, lens.get(num_t - 1))
         return self._heads(bev), state
 
-    def _history_state(self, batch: Batch, state: TemporalState | None) -> TemporalState:
+    def _history_state(
+        self, batch: Batch, state: TemporalState | None, sca_max_lens: dict[int, int] | None = None
+    ) -> TemporalState:
         """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``):
         :func:`history_bev` after the host's previous-BEV flags; with ``train.history_graph`` and no given
-        state, the same function captured and replayed on CUDA (:class:`HistoryGraph`)."""
+        state, the same function captured and replayed on CUDA (:class:`HistoryGraph`). ``sca_max_lens``:
+        ``{t: K}`` SCA gather sizes read beforehand (``BEVEncoder.sca_hit_lengths``; the eager pass)."""
         if state is not None:
             _check_state(state, batch.batch_size)
         exists, scenes = history_prev_exists(batch, None if state is None else state.scene_tokens)
@@ -128,7 +144,7 @@ class BEVFormer(nn.Module):
             else:
                 prev = (None, None) if state is None else (state.prev_bev, state.prev_can_bus)
                 with torch.no_grad():
-                    bev = history_bev(self, *inputs, pad_hw, *prev)
+                    bev = history_bev(self, *inputs, pad_hw, *prev, sca_max_lens)
         finally:
             self.train(was_training)
         return TemporalState(bev, batch.can_bus[:, -2].detach().clone(), scenes)

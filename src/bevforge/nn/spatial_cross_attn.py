@@ -257,19 +257,25 @@ class SpatialCrossAttention(nn.Module):
             return torch.compiler.is_compiling() or capturing_cuda_graph()
         return self.query_bound == "all"
 
-    def plan(self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor) -> SCAPlan:
+    def plan(
+        self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor, max_len: int | None = None
+    ) -> SCAPlan:
         """The :class:`SCAPlan` of this module's path (build it once per frame, pass it to every layer).
 
-        ``"auto"`` while a CUDA graph is captured: the hit gather with a static ``K`` (:func:`hit_bound` of
-        the largest exact ``K`` an eager frame of these sizes had: the hits depend on the rig's
-        calibration only, not on the images) where an eager frame came first, else every query. A frame
-        that then hits more sets the bound's overflow flag (:meth:`hit_overflow`)."""
+        The hit gather reads its size ``K`` back (a sync) unless ``max_len`` gives it: the exact ``K`` of
+        these points read earlier (``BEVEncoder.sca_hit_lengths``: every frame's at once, before the
+        backbone's kernels are queued ahead of the read). ``"auto"`` while a CUDA graph is captured: the
+        hit gather with a static ``K`` (:func:`hit_bound` of the largest exact ``K`` an eager frame of
+        these sizes had: the hits depend on the rig's calibration only, not on the images) where an eager
+        frame came first, else every query. A frame that then hits more sets the bound's overflow flag
+        (:meth:`hit_overflow`)."""
         all_queries = self.all_queries()
         key = (bev_mask.shape[0], bev_mask.shape[1], bev_mask.shape[2], bev_mask.device)  # (B, N, Q, device)
         if all_queries and self.query_bound == "auto" and capturing_cuda_graph() and key in self.hit_bounds:
             bound, overflow = self.hit_bounds[key]
             return plan_spatial_cross_attention(reference_points_cam, bev_mask, False, bound, overflow)
-        plan = plan_spatial_cross_attention(reference_points_cam, bev_mask, all_queries)
+        given = None if all_queries else max_len
+        plan = plan_spatial_cross_attention(reference_points_cam, bev_mask, all_queries, given)
         if not plan.all_queries and plan.order is not None and not torch.compiler.is_compiling():
             bound = hit_bound(plan.order.shape[1], key[2])
             old = self.hit_bounds.get(key)
