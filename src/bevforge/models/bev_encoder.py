@@ -34,6 +34,32 @@ def read_costs_a_wait(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+class SCALengths:
+    """``{t: K}`` SCA gather sizes (:meth:`BEVEncoder.sca_hit_lengths`), copied to the host without
+    waiting: the first :meth:`get` waits for an event recorded right after the copy, i.e. for the work
+    queued before it only, not for what was queued since (the backbone)."""
+
+    def __init__(self, frames: Sequence[int], maxima: torch.Tensor) -> None:
+        self._frames = list(frames)
+        self._values: dict[int, int] | None = None
+        self._event = None
+        if maxima.is_cuda:
+            self._host = torch.empty(maxima.shape, dtype=maxima.dtype, pin_memory=True)  # [T']
+            self._host.copy_(maxima, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = maxima
+
+    def get(self, t: int) -> int | None:
+        """Frame ``t``'s size (None: not one of the frames)."""
+        if self._values is None:
+            if self._event is not None:
+                self._event.synchronize()
+            self._values = dict(zip(self._frames, self._host.tolist(), strict=True))
+        return self._values.get(t)
+
+
 class BEVFormerLayer(nn.Module):
     """One encoder layer: TSA -> LayerNorm -> SCA -> LayerNorm -> FFN -> LayerNorm (post-norm)."""
 
@@ -224,13 +250,14 @@ class BEVEncoder(nn.Module):
 
     def sca_hit_lengths(
         self, lidar2img: torch.Tensor, img_hw: tuple[int, int], frames: Sequence[int]
-    ) -> dict[int, int] | None:
+    ) -> SCALengths | None:
         """``{t: K}``: the SCA gather size of each frame ``t`` in ``frames`` of ``lidar2img [B, T, N, 4,
         4]`` (the most BEV queries a (sample, camera) hits: what :meth:`SpatialCrossAttention.plan` reads
-        back), for :meth:`forward`'s ``sca_max_len``. Every frame's is read back at once, at the start of
-        a forward: one device sync while little is queued, where each frame's own read would wait for the
-        backbone's kernels queued ahead of it (a base training step: the history backbone, 18 images, then the
-        current one). The same computation on the same tensors as :meth:`forward`'s, so the same numbers.
+        back), for :meth:`forward`'s ``sca_max_len``. Call it at the start of a forward: every frame's is
+        computed before the backbone is queued and copied back without waiting (:class:`SCALengths`),
+        where each frame's own read would wait for the kernels queued ahead of it (a base training step:
+        the history backbone, 18 images, then the current one). The same computation on the same tensors
+        as :meth:`forward`'s, so the same numbers.
         None where nothing would be read back: a CPU (a read costs no wait there), the static paths
         (this encoder compiled, ``nn.Module.compile``; a capture; ``query_bound="all"``), no SCA."""
         if not self.layers or not read_costs_a_wait(lidar2img.device) or not frames:
@@ -242,7 +269,7 @@ class BEVEncoder(nn.Module):
         for t in frames:
             _, bev_mask = self._project(lidar2img[:, t], img_hw)  # [B, N, Q, Z], as forward's
             maxima.append(bev_mask.any(dim=-1).sum(dim=-1).amax())  # [B, N, Q] -> [B, N] -> 0-d
-        return dict(zip(frames, torch.stack(maxima).tolist(), strict=True))  # one host read for all
+        return SCALengths(frames, torch.stack(maxima))  # [T'], one copy for every frame
 
     def forward(
         self,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
-from bevforge.models.bev_encoder import BEVEncoder
+from bevforge.models.bev_encoder import BEVEncoder, SCALengths
 from bevforge.models.history_graph import HistoryGraph, history_bev, history_prev_exists
 from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState, carried_tokens
@@ -119,7 +119,10 @@ class BEVFormer(nn.Module):
         return self._heads(bev), state
 
     def _history_state(
-        self, batch: Batch, state: TemporalState | None, sca_max_lens: dict[int, int] | None = None
+        self,
+        batch: Batch,
+        state: TemporalState | None,
+        sca_max_lens: SCALengths | dict[int, int] | None = None,
     ) -> TemporalState:
         """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``):
         :func:`history_bev` after the host's previous-BEV flags; with ``train.history_graph`` and no given

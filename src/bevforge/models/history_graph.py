@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
+from bevforge.models.bev_encoder import SCALengths
 from bevforge.structures.batch import Batch
 from bevforge.structures.temporal import carried_tokens, continues_scene
 
@@ -66,7 +67,7 @@ def history_bev(
     pad_hw: tuple[int, int],
     prev_bev: torch.Tensor | None = None,
     prev_can_bus: torch.Tensor | None = None,
-    sca_max_lens: dict[int, int] | None = None,
+    sca_max_lens: SCALengths | dict[int, int] | None = None,
 ) -> torch.Tensor:
     """The history pass as a function of tensors: ``images [B, T', N, 3, H, W]`` (T' = T-1 history
     frames, finished), ``lidar2img [B, T', N, 4, 4]``, absolute ``can_bus [B, T', 18]``, ``prev_exists

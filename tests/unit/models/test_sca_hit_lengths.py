@@ -79,7 +79,7 @@ def test_lengths_read_first_are_the_plans_and_change_nothing(training, monkeypat
 
     monkeypatch.setattr(enc, "read_costs_a_wait", lambda device: True)
     lens = model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4))
-    assert lens == dict(enumerate(per_frame))
+    assert [lens.get(t) for t in range(4)] == per_frame and lens.get(4) is None
     assert len(set(per_frame)) > 1, "the rig differs per frame (a test that could not tell frames apart)"
     sizes.clear()
     got, reads = forward(model)
@@ -141,3 +141,25 @@ def test_static_paths_read_nothing(monkeypatch):
     other = debug_model().eval()
     other.encoder.compile()  # train.compile: an int argument would recompile it per size
     assert other.encoder.sca_hit_lengths(lidar2img, (64, 96), range(4)) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_lengths_arrive_without_a_sync_and_change_nothing(monkeypatch):
+    torch.manual_seed(0)
+    model = debug_model().cuda().eval()
+    batch = _batch().to("cuda")
+    with torch.no_grad():
+        lens = model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4))
+        torch.cuda.set_sync_debug_mode("error")  # the copy and the event: no synchronising call
+        try:
+            lens = model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        got, _ = model(batch)
+        monkeypatch.setattr(enc, "read_costs_a_wait", lambda device: False)  # each plan reads its own
+        sizes = _plans(model, monkeypatch)
+        want, _ = model(batch)
+    assert [lens.get(t) for t in range(4)] == sizes
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
