@@ -119,11 +119,12 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want base && can_import bevforge.train.step; then
   # the issue-9 targets: BEVFormer-base training in bf16 (>= 5 samples/s, <= 12 GB; random batches of
   # the recipe's shapes: 4-frame queue, 6 x 900 x 1600) and inference (>= 20 FPS), random init
-  # (eager and channels-last rows in one call: channels-last takes the DCN's pixel-major columns, vector
-  # memory ops, no layout switch per DCN layer; channels-last was 0.96x eager at 308b8c9, before them)
+  # (the recipe's channels-last row only: the NCHW eager row was 1.94 samples/s against 2.15 at 9cdd050;
+  # GPU_CHECK_BASE_NCHW=1 adds it back)
+  BASELINE=(--no-baseline); [ "${GPU_CHECK_BASE_NCHW:-0}" = 1 ] && BASELINE=()
   step bench-train-base-bf16 "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --fake-data --warmup 3 --iters 10 --channels-last \
-    --out "$RESULTS/train.md"
+    "${BASELINE[@]}" --out "$RESULTS/train.md"
   # the history pass (3 frames, no grad: a quarter of the step's operators) replayed as one CUDA graph:
   # the base step is host-bound (455 ms CPU vs 236 ms GPU at 9cdd050); channels-last from the recipe
   step bench-train-base-bf16-history-graph "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
@@ -137,6 +138,10 @@ elif want base && can_import bevforge.train.step; then
   step bench-train-base-bf16-fused "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.fuse_conv_relu=true --amp bf16 --fake-data --warmup 3 \
     --iters 10 --no-baseline --out "$RESULTS/train.md"
+  step bench-train-base-bf16-history-graph-fused "$PY" -m bevforge.cli.main bench train \
+    configs/bevformer_base.py --set model.backbone.pretrained= train.history_graph=true \
+    model.backbone.fuse_conv_relu=true --amp bf16 --fake-data --warmup 3 --iters 10 --no-baseline \
+    --out "$RESULTS/train.md"
   step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.fold_bn=false model.sca_recompute=off \
     model.tsa_recompute=off --amp bf16 \
@@ -245,6 +250,9 @@ elif want profile; then  # where the base step's time goes (per part, top CUDA o
     --out "$RESULTS/profile.md"
   step profile-base-bf16-cl "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 --top 25 \
     --channels-last --out "$RESULTS/profile-cl.md"
+  # the same with the fused convs: which kernels they remove, and the host-side line (syncs, launches)
+  step profile-base-bf16-cl-fused "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 \
+    --top 25 --channels-last --set model.backbone.fuse_conv_relu=true --out "$RESULTS/profile-cl-fused.md"
   # the op census on the GPU: CUDA's own layouts (cuDNN's conv outputs) decide which pointwise ops take the
   # generic strided kernel (307 launches, 33 ms of a base step at 9cdd050): their source lines and sizes
   step op-census-base-cuda "$PY" benchmarks/op_census.py configs/bevformer_base.py --top 25

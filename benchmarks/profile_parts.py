@@ -79,6 +79,38 @@ class PartTimer:
             h.remove()
 
 
+#: CUDA runtime / driver calls in which the host can wait for the GPU (a copy to or from pageable memory,
+#: a sync), and those that launch work
+_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+          "cudaMemcpyAsync")  # fmt: skip
+_LAUNCHES = (
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaGraphLaunch",
+)
+
+
+def host_side_summary(averages, step_ms: float) -> str:
+    """Where the profiled step's host time went, from the CUDA runtime rows of the profile: the calls that
+    wait for the GPU (syncs, blocking copies: a step that waits there is sync-bound) and the launches
+    (count and host time: a step whose host time is mostly launches and the Python between them is
+    launch-bound). Empty without CUDA rows."""
+    rows = {e.key: e for e in averages if e.key in _WAITS + _LAUNCHES}
+    if not rows:
+        return ""
+    waits = ", ".join(
+        f"{k} {rows[k].count} x = {rows[k].cpu_time_total / 1e3:.1f} ms" for k in _WAITS if k in rows
+    )
+    launches = sum(rows[k].count for k in _LAUNCHES if k in rows)
+    launch_ms = sum(rows[k].cpu_time_total for k in _LAUNCHES if k in rows) / 1e3
+    return (
+        f"step wall under the profiler {step_ms:.1f} ms; host waits on the GPU: {waits or 'none'}; "
+        f"launches: {launches} calls, {launch_ms:.1f} ms of host time"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
@@ -156,13 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             acts.append(torch.profiler.ProfilerActivity.CUDA)
             torch.cuda.synchronize()
         with torch.profiler.profile(activities=acts) as prof:
+            t0 = time.perf_counter()
             stepper.forward_backward(batch)
             stepper.optimizer_step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            step_ms = 1000.0 * (time.perf_counter() - t0)
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=key, row_limit=args.top, max_name_column_width=60)
         lines += ["", "## one training step (queue of the recipe), top ops", "", "```", table, "```"]
+        lines += ["", host_side_summary(prof.key_averages(), step_ms)]
         # which tensors: the same step again with input shapes recorded (their overhead kept out of the
         # table above); which lines: benchmarks/op_census.py run on the GPU (its strided-pointwise list)
         with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
