@@ -132,8 +132,8 @@ elif want base && can_import bevforge.train.step; then
     --no-baseline --out "$RESULTS/train.md"
   # the memory cuts off (frozen BNs folded into the convs; the SCA's and the TSA's projections recomputed
   # in backward; all default on): the sixth session's step, for the time and memory they make
-  # model.backbone.fuse_conv_relu: conv + bias + ReLU (+ residual) as one cuDNN call where no graph is
-  # needed (history pass, frozen stages): the conv bias otherwise costs a broadcast pass in CUDA's generic
+  # model.backbone.fuse_conv_relu: each frozen conv -> BN -> ReLU (+ residual) as one cuDNN call (in
+  # training with the plain ops' backward): the conv bias otherwise costs a broadcast pass in CUDA's generic
   # strided kernel (222 per base step: the 307 launches / 33 ms of it at 9cdd050), ReLU and add passes more
   step bench-train-base-bf16-fused "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= model.backbone.fuse_conv_relu=true --amp bf16 --fake-data --warmup 3 \

@@ -110,10 +110,9 @@ class BackboneConfig:
     # 8): the same function and state dict; off until a GPU shows it pays (`bevforge bench kernel --shape
     # dcn-stage3` times the two convs)
     dcn_offset_pad: bool = False
-    # with fold_bn, on CUDA where no autograd graph is needed (the history pass, inference, the frozen stages
-    # of a training step): conv -> bias -> ReLU (-> residual add) as one cuDNN call each, not a conv plus
-    # broadcast bias, ReLU and add passes (models/frozen_bn.py); the same function to rounding. Off until a
-    # GPU shows it pays (gpu_check's fuse-conv-relu rows)
+    # with fold_bn, on CUDA: each frozen conv -> BN -> ReLU (-> residual add) as one cuDNN call, not a conv
+    # plus a broadcast bias pass, a ReLU and an add (models/fused_conv.py; in training with the plain ops'
+    # backward); the same function to rounding. Off until a GPU shows it pays (gpu_check's fused rows)
     fuse_conv_relu: bool = False
 
 

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models.resnet import Bottleneck
 
-from bevforge.models.frozen_bn import FoldCache, block_fn, conv_bn_relu
+from bevforge.models.frozen_bn import FoldCache, block_fn, conv_bn
+from bevforge.models.fused_conv import conv_bn_relu, fused_block_fn
 from bevforge.ops.dcn import deform_conv2d_sampled
 
 _BUILDERS = {
@@ -141,8 +142,8 @@ class ResNetBackbone(nn.Module):
     ``dcn_impl`` picks the op of the ``dcn_stages`` convs (:data:`DCN_IMPLS`). ``fold_bn``: each frozen BN
     (eval mode, affine not training: ``norm_eval``, frozen stages) runs folded into the conv before it
     (``models/frozen_bn.py``: same function and state dict, less activation memory and no BN backward);
-    ``False`` runs torchvision's blocks. ``fuse_conv_relu`` (with ``fold_bn``): on CUDA, where no autograd
-    graph is needed, each conv -> bias -> ReLU (-> residual) is one cuDNN call (``models/frozen_bn.py``).
+    ``False`` runs torchvision's blocks. ``fuse_conv_relu`` (with ``fold_bn``): on CUDA each frozen conv ->
+    BN -> ReLU (-> residual) is one cuDNN call (``models/fused_conv.py``).
     """
 
     def __init__(
@@ -262,8 +263,10 @@ class ResNetBackbone(nn.Module):
         """``[B*, 3, H, W]`` -> the selected stages; stage i is ``[B*, C_i, H/2^(i+2), W/2^(i+2)]``."""
         assert x.dim() == 4 and x.shape[1] == 3, x.shape
         if self.fold_bn:  # frozen (eval-mode) BNs folded into their convs: models/frozen_bn.py
-            fuse = self.fuse_conv_relu
-            x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache, fuse)  # [B*, 64, H/2, W/2]
+            if self.fuse_conv_relu:  # one cuDNN call where it may run: models/fused_conv.py
+                x = conv_bn_relu(self.conv1, self.bn1, x, self._fold_cache)  # [B*, 64, H/2, W/2]
+            else:
+                x = torch.relu_(conv_bn(self.conv1, self.bn1, x, self._fold_cache))  # [B*, 64, H/2, W/2]
             x = self.maxpool(x)  # [B*, 64, H/4, W/4]
         else:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B*, 64, H/4, W/4]
@@ -272,7 +275,10 @@ class ResNetBackbone(nn.Module):
             # checkpoint only blocks that train (frozen stages keep no activations for backward anyway)
             use_cp = self.with_cp and self.training and torch.is_grad_enabled() and i >= self.frozen_stages
             for block in layer:
-                run = block_fn(block, self._fold_cache, self.fuse_conv_relu) if self.fold_bn else block
+                if not self.fold_bn:
+                    run = block
+                else:
+                    run = (fused_block_fn if self.fuse_conv_relu else block_fn)(block, self._fold_cache)
                 x = checkpoint(run, x, use_reentrant=False) if use_cp else run(x)
             if i in self.out_indices:
                 outs.append(x)

@@ -14,21 +14,12 @@ Launches: the folded bias (and a frozen conv's folded weight) is cached in the d
 (autocast's or the weight's), so a frozen conv dispatches only the conv and a trainable one its weight
 product and autocast's cast of it, where the BN cost one activation-sized pass.
 
-``fuse`` (``model.backbone.fuse_conv_relu``): where no autograd graph is needed (the history pass,
-inference, the frozen stages of a training step) on CUDA, each conv -> bias -> ReLU is one cuDNN call
-(``aten::cudnn_convolution_relu``) and a bottleneck's last conv -> bias -> residual add -> ReLU another
-(``cudnn_convolution_add_relu``, the downsample's bias merged into it). cuDNN convolutions take no bias:
-``F.conv2d`` adds it in a second pass over the output, a broadcast CUDA runs with its generic strided kernel
-(222 of them per BEVFormer-base step, the largest share of its 33 ms in that kernel on an H200), then the
-ReLU and the residual add are passes of their own.
-
 Shape letters: B* images, C channels, H/W pixels; O output channels.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
 import weakref
 
 import torch
@@ -152,7 +143,7 @@ def is_frozen(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
     return not bn.training and not any(t.requires_grad for t in affine)
 
 
-def _autocast_dtype(x: torch.Tensor, conv: nn.Module) -> torch.dtype:
+def autocast_dtype(x: torch.Tensor, conv: nn.Module) -> torch.dtype:
     """The dtype ``conv`` runs in on ``x``: autocast's, else its weight's."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else conv.weight.dtype
@@ -162,7 +153,7 @@ def conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, cache: FoldCac
     """``bn(conv(x))`` (``[B*, O, H', W']``); a frozen BN folded into the conv's weight and bias."""
     if not is_frozen(conv, bn):
         return bn(conv(x))
-    scale, bias, weight = cache.folded(conv, bn, _autocast_dtype(x, conv))
+    scale, bias, weight = cache.folded(conv, bn, autocast_dtype(x, conv))
     if weight is None:  # the conv weight trains: the product stays in the graph
         weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)  # [O, C, k, k]
     if isinstance(conv, nn.Conv2d):
@@ -171,103 +162,8 @@ def conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, cache: FoldCac
     return conv(x, weight=weight, bias=bias)  # ModulatedDeformConv2d
 
 
-#: why the fused cuDNN calls are off for this process (set by their first failure), else None
-FUSED_DISABLED: str | None = None
-
-
-def _cudnn_conv_relu(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    """``relu(conv(x) + bias)``, one cuDNN call (output in the input's memory format)."""
-    return torch.ops.aten.cudnn_convolution_relu(x, weight, bias, stride, padding, dilation, groups)
-
-
-def _cudnn_conv_add_relu(x, weight, z, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    """``relu(conv(x) + z + bias)``, one cuDNN call."""
-    alpha = 1.0  # z's weight
-    return torch.ops.aten.cudnn_convolution_add_relu(
-        x, weight, z, alpha, bias, stride, padding, dilation, groups
-    )
-
-
-def _cudnn_usable(x: torch.Tensor) -> bool:
-    """cuDNN runs ``x``'s convs, and nothing needs the plain ops: no ``torch.compile`` (inductor fuses the
-    bias and ReLU itself), no export or trace, no deterministic mode (the fused calls pick any algorithm)."""
-    return (
-        x.is_cuda
-        and torch.version.hip is None
-        and torch.backends.cudnn.enabled
-        and torch.backends.cudnn.is_available()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch.onnx.is_in_onnx_export()
-        and not torch.are_deterministic_algorithms_enabled()
-    )
-
-
-def _fusable(
-    modules: list[nn.Module], pairs: list[tuple[nn.Module, nn.BatchNorm2d]], x: torch.Tensor
-) -> bool:
-    """The fused calls may run ``pairs`` on ``x``: cuDNN usable, every BN frozen (folded), and no autograd
-    graph needed (no grad mode, or neither ``x`` nor a parameter of ``modules`` requires grad: the
-    fused calls have no backward)."""
-    if FUSED_DISABLED is not None or not _cudnn_usable(x):
-        return False
-    if not all(is_frozen(conv, bn) for conv, bn in pairs):
-        return False
-    return not torch.is_grad_enabled() or not (
-        x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
-    )
-
-
-def _disable_fused(error: RuntimeError) -> None:
-    global FUSED_DISABLED
-    FUSED_DISABLED = f"{type(error).__name__}: {error}".splitlines()[0]
-    warnings.warn(
-        f"model.backbone.fuse_conv_relu: cuDNN's fused conv + bias + ReLU failed ({FUSED_DISABLED}); "
-        "running the plain convs for the rest of this process (set model.backbone.fuse_conv_relu=false "
-        "to silence this)",
-        stacklevel=3,
-    )
-
-
-def _folded_conv(conv: nn.Module, bn: nn.BatchNorm2d, cache: FoldCache, dtype: torch.dtype):
-    """``(weight, bias)`` of a frozen conv -> BN in ``dtype`` (the cache's; no autograd graph here)."""
-    _, bias, weight = cache.folded(conv, bn, dtype)
-    if weight is None:  # grad mode with a weight that requires grad: _fusable ruled it out
-        raise AssertionError("a fused conv needs a folded weight without gradient")
-    return weight, bias
-
-
-def _fused_conv_relu(conv, bn, x, cache, dtype, z=None, z_bias=None) -> torch.Tensor:
-    """``relu(bn(conv(x)) [+ z + z_bias])`` (``[B*, O, H', W']``) through the fused cuDNN calls; a DCN (not
-    an ``nn.Conv2d``) runs as :func:`conv_bn`, then the add and ReLU."""
-    if not isinstance(conv, nn.Conv2d):
-        out = conv_bn(conv, bn, x, cache)
-        if z is not None:
-            out += z if z_bias is None else z + z_bias.view(1, -1, 1, 1)
-        return torch.relu_(out)
-    assert conv.padding_mode == "zeros" and isinstance(conv.padding, tuple), conv.padding
-    weight, bias = _folded_conv(conv, bn, cache, dtype)
-    geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
-    if z is None:
-        return _cudnn_conv_relu(x.to(dtype), weight, bias, *geometry)
-    if z_bias is not None:
-        bias = bias + z_bias  # [O]: the downsample's bias, added in the same epilogue
-    return _cudnn_conv_add_relu(x.to(dtype), weight, z.to(dtype), bias, *geometry)
-
-
-def conv_bn_relu(
-    conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, cache: FoldCache, fuse: bool = False
-) -> torch.Tensor:
-    """``relu(bn(conv(x)))``: one fused cuDNN call with ``fuse`` where it may run (:func:`_fusable`)."""
-    if fuse and _fusable([conv, bn], [(conv, bn)], x):
-        try:
-            return _fused_conv_relu(conv, bn, x, cache, _autocast_dtype(x, conv))
-        except RuntimeError as e:  # an unsupported configuration: plain ops from now on
-            _disable_fused(e)
-    return torch.relu_(conv_bn(conv, bn, x, cache))
-
-
-def _block_pairs(block: nn.Module) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
+def block_pairs(block: nn.Module) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
+    """The (conv, BN) pairs of a torchvision ``Bottleneck`` / ``BasicBlock`` in order (no downsample)."""
     if isinstance(block, Bottleneck):
         return [(block.conv1, block.bn1), (block.conv2, block.bn2), (block.conv3, block.bn3)]
     if isinstance(block, BasicBlock):
@@ -275,33 +171,9 @@ def _block_pairs(block: nn.Module) -> list[tuple[nn.Module, nn.BatchNorm2d]]:
     raise TypeError(f"run_block takes torchvision ResNet blocks, not {type(block).__name__}")
 
 
-def _run_block_fused(block: nn.Module, pairs, x: torch.Tensor, cache: FoldCache) -> torch.Tensor:
-    """:func:`run_block` as fused cuDNN calls: conv -> bias -> ReLU each, the last conv with the residual
-    (the downsample conv's output without its bias, which joins the last conv's)."""
-    dtype = _autocast_dtype(x, pairs[0][0])
-    out = x
-    for conv, bn in pairs[:-1]:
-        out = _fused_conv_relu(conv, bn, out, cache, dtype)
-    identity, identity_bias = x, None
-    if block.downsample is not None:
-        ds_conv, ds_bn = block.downsample
-        weight, identity_bias = _folded_conv(ds_conv, ds_bn, cache, dtype)
-        identity = F.conv2d(x.to(dtype), weight, None, ds_conv.stride, ds_conv.padding, ds_conv.dilation)
-    conv, bn = pairs[-1]
-    return _fused_conv_relu(conv, bn, out, cache, dtype, z=identity, z_bias=identity_bias)
-
-
-def run_block(block: nn.Module, x: torch.Tensor, cache: FoldCache, fuse: bool = False) -> torch.Tensor:
-    """torchvision's ``Bottleneck`` / ``BasicBlock`` forward with :func:`conv_bn` for each conv -> BN;
-    with ``fuse``, as fused cuDNN calls where they may run (:func:`_fusable`)."""
-    pairs = _block_pairs(block)
-    if fuse:
-        all_pairs = pairs if block.downsample is None else [*pairs, tuple(block.downsample)]
-        if _fusable([block], all_pairs, x):
-            try:
-                return _run_block_fused(block, pairs, x, cache)
-            except RuntimeError as e:  # an unsupported configuration: plain ops from now on
-                _disable_fused(e)
+def run_block(block: nn.Module, x: torch.Tensor, cache: FoldCache) -> torch.Tensor:
+    """torchvision's ``Bottleneck`` / ``BasicBlock`` forward with :func:`conv_bn` for each conv -> BN."""
+    pairs = block_pairs(block)
     out = x
     for i, (conv, bn) in enumerate(pairs):
         out = conv_bn(conv, bn, out, cache)
@@ -316,17 +188,18 @@ def run_block(block: nn.Module, x: torch.Tensor, cache: FoldCache, fuse: bool = 
     return torch.relu_(out)
 
 
-def block_fn(block: nn.Module, cache: FoldCache, fuse: bool = False) -> functools.partial:
+def block_fn(block: nn.Module, cache: FoldCache) -> functools.partial:
     """``run_block`` bound to one block: what the backbone calls (or checkpoints)."""
-    return functools.partial(run_block, block, cache=cache, fuse=fuse)
+    return functools.partial(run_block, block, cache=cache)
 
 
 __all__ = [
     "FoldCache",
+    "autocast_dtype",
     "block_fn",
+    "block_pairs",
     "bn_scale_shift",
     "conv_bn",
-    "conv_bn_relu",
     "fold",
     "is_frozen",
     "run_block",

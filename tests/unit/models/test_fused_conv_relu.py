@@ -1,7 +1,8 @@
-"""model.backbone.fuse_conv_relu (models/frozen_bn.py): where no autograd graph is needed, each frozen
-conv -> bias -> ReLU (-> residual) is one cuDNN call. On the CPU the two cuDNN ops are emulated by plain
-ops (counting their calls), which checks the composition: which convs fuse, the downsample's bias moved
-into the last conv, no gradient cut, the fallback. The ``gpu`` test runs cuDNN's own calls."""
+"""model.backbone.fuse_conv_relu (models/fused_conv.py): each frozen conv -> BN -> ReLU (-> residual) is
+one cuDNN call, in training with the plain ops' backward. On the CPU the two cuDNN ops are emulated by
+plain ops (counting their calls), which checks the composition (which convs fuse, the downsample's bias
+moved into the last conv), the backward (the same gradients) and the fallback. The ``gpu`` tests run
+cuDNN's own calls."""
 
 import warnings
 
@@ -10,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bevforge.models.frozen_bn as fb
+import bevforge.models.fused_conv as fb
 from bevforge.models.backbone import ResNetBackbone
+from bevforge.models.frozen_bn import FoldCache
 
 R50_DCN = dict(
     depth=50, out_indices=(1, 2, 3), frozen_stages=1, dcn_stages=(False, False, True, True), style="caffe",
@@ -88,8 +90,9 @@ def test_fused_inference_is_the_plain_backbone(kwargs, amp, monkeypatch):
     assert cudnn.relu == 1 + per_block_relu * len(blocks) - dcn_blocks  # the stem; a DCN runs as before
 
 
-def test_training_fuses_only_the_frozen_stages_and_keeps_every_gradient(monkeypatch):
-    fused, plain = _pair(**R50_DCN)
+@pytest.mark.parametrize("with_cp", [False, True], ids=["plain", "checkpointed"])
+def test_training_fuses_every_frozen_bn_conv_with_the_plain_backward(with_cp, monkeypatch):
+    fused, plain = _pair(**R50_DCN, with_cp=with_cp)
     x = torch.randn(2, 3, 64, 96)
 
     def run(net):
@@ -100,8 +103,12 @@ def test_training_fuses_only_the_frozen_stages_and_keeps_every_gradient(monkeypa
     outs_p, grads_p = run(plain)
     cudnn = _EmulatedCudnn(monkeypatch)
     outs_f, grads_f = run(fused)
-    # the stem and stage 1 (frozen_stages=1: three bottlenecks) need no graph: fused; the rest trains
-    assert (cudnn.relu, cudnn.add_relu) == (1 + 2 * 3, 3)
+    # every block (the frozen stem and stage 1 without a graph, the rest through _FusedConvReLU); the
+    # DCN convs of stages 3-4 (6 + 3 blocks) as before
+    relu, add_relu = 1 + 2 * 16 - 9, 16
+    if with_cp:  # stages 2-4 (4 + 6 + 3 blocks; 6 + 3 with a DCN conv2) run again in backward
+        relu, add_relu = relu + 2 * 4 + 6 + 3, add_relu + 4 + 6 + 3
+    assert (cudnn.relu, cudnn.add_relu) == (relu, add_relu)
     for a, b in zip(outs_f, outs_p, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
     assert grads_f.keys() == grads_p.keys() and any(k.startswith("layer2.") for k in grads_f)
@@ -117,7 +124,7 @@ def test_fusion_is_off_by_default_and_without_cuda():
     with torch.no_grad():
         conv, bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4).eval()
         plain = torch.relu(bn(conv(x)))
-        torch.testing.assert_close(fb.conv_bn_relu(conv, bn, x, fb.FoldCache(), fuse=True), plain)
+        torch.testing.assert_close(fb.conv_bn_relu(conv, bn, x, FoldCache()), plain)
 
 
 def test_a_failing_fused_call_falls_back_once_with_a_warning(monkeypatch):
@@ -164,3 +171,27 @@ def test_cudnn_fused_calls_match_the_plain_backbone(amp, channels_last, monkeypa
         scale = b.abs().max().item()
         tol = dict(rtol=3e-2, atol=3e-2 * scale) if amp else dict(rtol=1e-4, atol=1e-4 * scale)
         torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_cudnn_fused_training_has_the_plain_gradients(amp, monkeypatch):
+    monkeypatch.setattr(fb, "FUSED_DISABLED", None)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    fused, plain = (m.cuda().to(memory_format=torch.channels_last).train() for m in _pair(**R50_DCN))
+    x = torch.randn(2, 3, 128, 192, device="cuda").contiguous(memory_format=torch.channels_last)
+
+    def run(net):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            outs = net(x)
+        sum(((o.float() ** 2).mean() * (i + 1) for i, o in enumerate(outs))).backward()
+        return {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+
+    want, got = run(plain), run(fused)
+    assert fb.FUSED_DISABLED is None, fb.FUSED_DISABLED
+    assert want.keys() == got.keys() and want
+    for name in want:
+        scale = want[name].abs().max().item()
+        tol = dict(rtol=5e-2, atol=5e-2 * scale) if amp else dict(rtol=1e-3, atol=1e-3 * scale)
+        torch.testing.assert_close(got[name], want[name], **tol, msg=name)
