@@ -222,6 +222,18 @@ def benchmark(
     }
 
 
+def option_labels(cfg: Config) -> list[str]:
+    """The speed options a result row ran with beyond its variant (read after the run: a fused conv call
+    that failed and fell back is reported as such)."""
+    labels = ["history graph"] if cfg.train.history_graph else []
+    if cfg.model.backbone.fuse_conv_relu:
+        from bevforge.models import fused_conv
+
+        failed = fused_conv.FUSED_DISABLED
+        labels.append("fused convs" if failed is None else f"fused convs FELL BACK ({failed[:80]})")
+    return labels
+
+
 def explain_graph_breaks(model: nn.Module, batch: Any, max_reasons: int = 4) -> list[dict[str, Any]]:
     """``torch._dynamo.explain`` of ``model(batch, None)`` (training mode) and of each direct child with
     parameters (the parts ``train.compile`` compiles) on the inputs it gets in that forward.
@@ -328,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         vcfg.train.channels_last, vcfg.train.compile = channels_last, mode
         loader = FakeLoader(vcfg) if args.fake_data else None
         res = benchmark(vcfg, warmup=args.warmup, iters=args.iters, loader=loader)  # type: ignore[arg-type]
-        res["variant"] = label + (" (fake data)" if args.fake_data else "")
+        res["variant"] = ", ".join([label, *option_labels(vcfg)]) + (" (fake data)" if args.fake_data else "")
         results.append(res)
         if not res["is_main"]:
             continue

@@ -171,6 +171,11 @@ class ResNetBackbone(nn.Module):
         if style not in ("pytorch", "caffe"):
             raise ValueError(f"style {style!r}: use 'pytorch' or 'caffe'")
         _check_dcn_impl(dcn_impl)
+        if fuse_conv_relu and not fold_bn:
+            raise ValueError(
+                "model.backbone.fuse_conv_relu needs model.backbone.fold_bn=true (it fuses the folded BN's "
+                "bias into the conv): set fold_bn=true or fuse_conv_relu=false"
+            )
         builder, _ = _BUILDERS[depth]
         net = builder(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool

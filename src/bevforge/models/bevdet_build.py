@@ -9,9 +9,9 @@ from __future__ import annotations
 from torch import nn
 
 from bevforge.config import Config, ConfigError
-from bevforge.models.backbone import ResNetBackbone
 from bevforge.models.bev_backbone import FPNLSS, BEVResNet
 from bevforge.models.bevdet import BEVDet
+from bevforge.models.build import build_backbone
 from bevforge.models.neck import FPN
 from bevforge.nn.lss import LSSViewTransformer
 
@@ -48,20 +48,7 @@ def build_bevdet(cfg: Config) -> BEVDet:
             "out_ids=[0]); set 1"
         )
     bk = m.backbone
-    backbone = ResNetBackbone(
-        depth=bk.depth,
-        out_indices=tuple(bk.out_indices),
-        frozen_stages=bk.frozen_stages,
-        norm_eval=bk.norm_eval,
-        dcn_stages=tuple(bk.dcn_stages),
-        pretrained=bk.pretrained,
-        with_cp=bk.with_cp or cfg.train.grad_ckpt,
-        style=bk.style,
-        dcn_impl=bk.dcn_impl,
-        fold_bn=bk.fold_bn,
-        dcn_offset_pad=bk.dcn_offset_pad,
-        fuse_conv_relu=bk.fuse_conv_relu,
-    )
+    backbone = build_backbone(cfg)
     stride = 2 ** (min(bk.out_indices) + 2)  # C2..C5 = stride 4..32; the neck output is the finest level
     if stride != b.feat_downsample:
         raise ConfigError(

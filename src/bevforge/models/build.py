@@ -30,6 +30,28 @@ def build_model(cfg: Config) -> nn.Module:
     raise ConfigError(f"model.arch={arch!r} is not a model family; choose one of {MODEL_ARCHS}")
 
 
+def build_backbone(cfg: Config) -> ResNetBackbone:
+    """The image backbone of ``model.backbone`` (every family's); what it refuses is a config error."""
+    b = cfg.model.backbone
+    try:
+        return ResNetBackbone(
+            depth=b.depth,
+            out_indices=tuple(b.out_indices),
+            frozen_stages=b.frozen_stages,
+            norm_eval=b.norm_eval,
+            dcn_stages=tuple(b.dcn_stages),
+            pretrained=b.pretrained,
+            with_cp=b.with_cp or cfg.train.grad_ckpt,  # --grad-ckpt: the backbone too (its largest share)
+            style=b.style,
+            dcn_impl=b.dcn_impl,
+            fold_bn=b.fold_bn,
+            dcn_offset_pad=b.dcn_offset_pad,
+            fuse_conv_relu=b.fuse_conv_relu,
+        )
+    except ValueError as e:  # a depth, stage list, style, DCN op or option it does not take
+        raise ConfigError(str(e) if str(e).startswith("model.backbone") else f"model.backbone: {e}") from e
+
+
 def build_bevformer(cfg: Config) -> BEVFormer:
     """BEVFormer from ``cfg.model``, ``cfg.data`` (range, cameras, classes) and ``cfg.train.grad_ckpt``."""
     m, d = cfg.model, cfg.data
@@ -46,21 +68,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         raise ConfigError(f"model.num_classes={m.num_classes} but data.classes has {len(d.classes)} names")
     check_recompute_mode(m.sca_recompute, "model.sca_recompute", ConfigError)
     check_recompute_mode(m.tsa_recompute, "model.tsa_recompute", ConfigError)
-    b = m.backbone
-    backbone = ResNetBackbone(
-        depth=b.depth,
-        out_indices=tuple(b.out_indices),
-        frozen_stages=b.frozen_stages,
-        norm_eval=b.norm_eval,
-        dcn_stages=tuple(b.dcn_stages),
-        pretrained=b.pretrained,
-        with_cp=b.with_cp or cfg.train.grad_ckpt,  # --grad-ckpt: the backbone too (its largest share)
-        style=b.style,
-        dcn_impl=b.dcn_impl,
-        fold_bn=b.fold_bn,
-        dcn_offset_pad=b.dcn_offset_pad,
-        fuse_conv_relu=b.fuse_conv_relu,
-    )
+    backbone = build_backbone(cfg)
     neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
     if m.neck.out_channels != m.embed_dims:
         raise ConfigError(

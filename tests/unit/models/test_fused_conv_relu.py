@@ -195,3 +195,15 @@ def test_cudnn_fused_training_has_the_plain_gradients(amp, monkeypatch):
         scale = want[name].abs().max().item()
         tol = dict(rtol=5e-2, atol=5e-2 * scale) if amp else dict(rtol=1e-3, atol=1e-3 * scale)
         torch.testing.assert_close(got[name], want[name], **tol, msg=name)
+
+
+def test_fusion_needs_the_folded_bns():
+    with pytest.raises(ValueError, match="fuse_conv_relu needs model.backbone.fold_bn=true"):
+        ResNetBackbone(depth=18, fold_bn=False, fuse_conv_relu=True)
+    from bevforge.config import ConfigError, load_config
+    from bevforge.models.build import build_model
+
+    options = ["model.backbone.fold_bn=false", "model.backbone.fuse_conv_relu=true"]
+    cfg = load_config("bevformer_debug", options)
+    with pytest.raises(ConfigError, match="set fold_bn=true or fuse_conv_relu=false"):
+        build_model(cfg)  # bevforge train/bench report a ConfigError as one line

@@ -29,3 +29,17 @@ def test_benchmark_numbers_and_results_section(tmp_path) -> None:
     # on CUDA the memory column shows the allocator's peak reserved bytes beside the allocated peak
     cuda_row = result_body({**res, "peak_mem_gib": 10.0, "peak_reserved_gib": 11.5}, "standin")
     assert "| 10.00 (11.50) |" in cuda_row and "peak mem GiB (reserved)" in cuda_row
+
+
+def test_rows_name_the_speed_options_and_a_fallback(monkeypatch) -> None:
+    from bevforge.bench.train import option_labels
+    from bevforge.config import load_config
+    from bevforge.models import fused_conv
+
+    cfg = load_config("bevformer_base")
+    assert option_labels(cfg) == []
+    cfg.train.history_graph, cfg.model.backbone.fuse_conv_relu = True, True
+    monkeypatch.setattr(fused_conv, "FUSED_DISABLED", None)
+    assert option_labels(cfg) == ["history graph", "fused convs"]
+    monkeypatch.setattr(fused_conv, "FUSED_DISABLED", "RuntimeError: no engine")
+    assert option_labels(cfg) == ["history graph", "fused convs FELL BACK (RuntimeError: no engine)"]
