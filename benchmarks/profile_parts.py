@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     set_tf32(cfg.train.tf32)  # as the trainer and the benches do
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": torch.float32}[args.amp]
     lines: list[str] = [f"# profile {args.config} amp {args.amp} on {device} "
-                        f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'})"]  # fmt: skip
+                        f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'})"
+                        + (f", --set {' '.join(args.overrides)}" if args.overrides else "")]  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
     if args.channels_last:

@@ -223,6 +223,10 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 fn = make_fn(frame, inputs, amp, args.device)
                 row.update(time_frames(fn, args.warmup, args.iters, args.device))
             row["note"] = f"amp {args.amp}"
+            if cfg.model.backbone.fuse_conv_relu:
+                from bevforge.bench.train import fused_convs_label
+
+                row["note"] += f", {fused_convs_label()}"
             if cfg.model.arch == "bevdet":
                 row["note"] += ", pooling plan cached"
             if mode == "cuda-graph" and cfg.model.arch == "bevformer":

@@ -222,15 +222,20 @@ def benchmark(
     }
 
 
+def fused_convs_label() -> str:
+    """``model.backbone.fuse_conv_relu`` in a result row, read after the run: a fused call that failed
+    and fell back to the plain convs says so."""
+    from bevforge.models import fused_conv
+
+    failed = fused_conv.FUSED_DISABLED
+    return "fused convs" if failed is None else f"fused convs FELL BACK ({failed[:80]})"
+
+
 def option_labels(cfg: Config) -> list[str]:
-    """The speed options a result row ran with beyond its variant (read after the run: a fused conv call
-    that failed and fell back is reported as such)."""
+    """The speed options a result row ran with beyond its variant."""
     labels = ["history graph"] if cfg.train.history_graph else []
     if cfg.model.backbone.fuse_conv_relu:
-        from bevforge.models import fused_conv
-
-        failed = fused_conv.FUSED_DISABLED
-        labels.append("fused convs" if failed is None else f"fused convs FELL BACK ({failed[:80]})")
+        labels.append(fused_convs_label())
     return labels
 
 
