@@ -226,7 +226,7 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
             if cfg.model.backbone.fuse_conv_relu:
                 from bevforge.bench.train import fused_convs_label
 
-                row["note"] += f", {fused_convs_label()}"
+                row["note"] += f", {fused_convs_label(str(args.device))}"
             if cfg.model.arch == "bevdet":
                 row["note"] += ", pooling plan cached"
             if mode == "cuda-graph" and cfg.model.arch == "bevformer":

@@ -222,20 +222,22 @@ def benchmark(
     }
 
 
-def fused_convs_label() -> str:
-    """``model.backbone.fuse_conv_relu`` in a result row, read after the run: a fused call that failed
-    and fell back to the plain convs says so."""
+def fused_convs_label(device: str) -> str:
+    """``model.backbone.fuse_conv_relu`` in a result row, read after the run: cuDNN's calls run on CUDA
+    only, and a fused call that failed and fell back to the plain convs says so."""
     from bevforge.models import fused_conv
 
+    if not device.startswith("cuda"):
+        return f"fused convs (CUDA only: plain on {device})"
     failed = fused_conv.FUSED_DISABLED
     return "fused convs" if failed is None else f"fused convs FELL BACK ({failed[:80]})"
 
 
-def option_labels(cfg: Config) -> list[str]:
+def option_labels(cfg: Config, device: str) -> list[str]:
     """The speed options a result row ran with beyond its variant."""
     labels = ["history graph"] if cfg.train.history_graph else []
     if cfg.model.backbone.fuse_conv_relu:
-        labels.append(fused_convs_label())
+        labels.append(fused_convs_label(device))
     return labels
 
 
@@ -345,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
         vcfg.train.channels_last, vcfg.train.compile = channels_last, mode
         loader = FakeLoader(vcfg) if args.fake_data else None
         res = benchmark(vcfg, warmup=args.warmup, iters=args.iters, loader=loader)  # type: ignore[arg-type]
-        res["variant"] = ", ".join([label, *option_labels(vcfg)]) + (" (fake data)" if args.fake_data else "")
+        labels = [label, *option_labels(vcfg, res["device"])]
+        res["variant"] = ", ".join(labels) + (" (fake data)" if args.fake_data else "")
         results.append(res)
         if not res["is_main"]:
             continue

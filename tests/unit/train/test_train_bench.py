@@ -37,9 +37,10 @@ def test_rows_name_the_speed_options_and_a_fallback(monkeypatch) -> None:
     from bevforge.models import fused_conv
 
     cfg = load_config("bevformer_base")
-    assert option_labels(cfg) == []
+    assert option_labels(cfg, "cuda") == []
     cfg.train.history_graph, cfg.model.backbone.fuse_conv_relu = True, True
     monkeypatch.setattr(fused_conv, "FUSED_DISABLED", None)
-    assert option_labels(cfg) == ["history graph", "fused convs"]
+    assert option_labels(cfg, "cuda:0") == ["history graph", "fused convs"]
+    assert option_labels(cfg, "cpu") == ["history graph", "fused convs (CUDA only: plain on cpu)"]
     monkeypatch.setattr(fused_conv, "FUSED_DISABLED", "RuntimeError: no engine")
-    assert option_labels(cfg) == ["history graph", "fused convs FELL BACK (RuntimeError: no engine)"]
+    assert option_labels(cfg, "cuda") == ["history graph", "fused convs FELL BACK (RuntimeError: no engine)"]
