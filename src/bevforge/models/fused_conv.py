@@ -87,12 +87,13 @@ class _FusedConvReLU(torch.autograd.Function):
 def _cudnn_usable(x: torch.Tensor) -> bool:
     """cuDNN runs ``x``'s convs, and nothing needs the plain ops: no ``torch.compile`` (inductor fuses the
     bias and ReLU itself), no export or trace, no deterministic mode (the fused calls pick any algorithm)."""
+    if torch.compiler.is_compiling():  # first: under dynamo nothing else here is traced
+        return False
     return (
         x.is_cuda
         and torch.version.hip is None
         and torch.backends.cudnn.enabled
         and torch.backends.cudnn.is_available()
-        and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
         and not torch.onnx.is_in_onnx_export()
         and not torch.are_deterministic_algorithms_enabled()

@@ -207,3 +207,9 @@ def test_fusion_needs_the_folded_bns():
     cfg = load_config("bevformer_debug", options)
     with pytest.raises(ConfigError, match="set fold_bn=true or fuse_conv_relu=false"):
         build_model(cfg)  # bevforge train/bench report a ConfigError as one line
+
+
+def test_compiled_backbone_takes_the_plain_blocks_without_a_graph_break():
+    net = ResNetBackbone(depth=18, out_indices=(3,), fuse_conv_relu=True).eval()
+    explained = torch._dynamo.explain(net)(torch.randn(1, 3, 64, 64))
+    assert explained.graph_break_count == 0, explained.break_reasons
