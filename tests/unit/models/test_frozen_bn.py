@@ -5,31 +5,15 @@ import copy
 
 import pytest
 import torch
+from backbone_pairs import backbone_pair, randomise_bn
 from torch import nn
 
 from bevforge.models.backbone import ResNetBackbone
 from bevforge.models.frozen_bn import FoldCache, conv_bn
 
 
-def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
-    """BN statistics and affine far from identity, so a wrong fold cannot pass."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.2)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-
-
 def _pair(**kwargs) -> tuple[ResNetBackbone, ResNetBackbone]:
-    torch.manual_seed(0)
-    folded = ResNetBackbone(fold_bn=True, **kwargs)
-    _randomise_bn(folded)
-    plain = ResNetBackbone(fold_bn=False, **kwargs)
-    plain.load_state_dict(folded.state_dict())
+    folded, plain = backbone_pair("fold_bn", **kwargs)
     return folded.train(), plain.train()
 
 
@@ -97,7 +81,7 @@ def test_eval_bn_with_trainable_affine_gets_gradients():
     """A BN in eval mode whose weight/bias train (not a recipe, but legal) runs as a BN: grads reach it."""
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 5, 3, padding=1, bias=True), nn.BatchNorm2d(5)
-    _randomise_bn(bn)
+    randomise_bn(bn)
     bn.eval()
     x = torch.randn(2, 3, 8, 8)
     ref = bn(conv(x))
@@ -124,10 +108,10 @@ def test_cache_follows_bn_changes():
     with torch.no_grad():
         conv.weight.mul_(2.0)  # a frozen conv's weight is part of the fold
     check()
-    _randomise_bn(bn, seed=1)  # in place: versions move
+    randomise_bn(bn, seed=1)  # in place: versions move
     check()
     other = nn.BatchNorm2d(4)
-    _randomise_bn(other, seed=2)
+    randomise_bn(other, seed=2)
     bn.load_state_dict(other.state_dict())
     check()
     bn.running_var = torch.full((4,), 3.0)  # replaced, not modified in place

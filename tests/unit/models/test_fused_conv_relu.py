@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_pairs import backbone_pair
 from torch import nn
 
 import bevforge.models.fused_conv as fb
@@ -22,25 +23,8 @@ R50_DCN = dict(
 R18 = dict(depth=18, out_indices=(2, 3), frozen_stages=2)
 
 
-def _randomise_bn(net: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.2)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.3)
-
-
 def _pair(**kwargs) -> tuple[ResNetBackbone, ResNetBackbone]:
-    torch.manual_seed(0)
-    fused = ResNetBackbone(fuse_conv_relu=True, **kwargs)
-    _randomise_bn(fused)
-    plain = ResNetBackbone(fuse_conv_relu=False, **kwargs)
-    plain.load_state_dict(fused.state_dict())
-    return fused, plain
+    return backbone_pair("fuse_conv_relu", **kwargs)
 
 
 class _EmulatedCudnn:
