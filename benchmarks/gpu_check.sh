@@ -92,7 +92,7 @@ elif can_import pytest; then
   STEP_TIMEOUT=${KERNELS_TIMEOUT:-240} step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels \
     tests/unit/ops/test_dcn_sampled_cuda.py tests/unit/export/test_export_bench_infer.py \
     tests/unit/models/test_history_graph.py tests/unit/losses/test_losses_matcher_blocks.py \
-    tests/unit/models/test_fused_conv_relu.py tests/unit/models/test_sca_hit_lengths.py
+    tests/unit/models/test_fused_conv_relu.py tests/unit/models/test_frame_projections.py
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda

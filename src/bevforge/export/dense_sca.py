@@ -31,7 +31,7 @@ class DenseSpatialCrossAttention(nn.Module):
         self.sca = sca
 
     def all_queries(self) -> bool:
-        """Every query, always (no gather size to read: ``BEVEncoder.sca_hit_lengths`` reads none)."""
+        """Every query, always (no gather size to read: ``BEVEncoder.project_frames`` reads none)."""
         return True
 
     def plan(

@@ -58,11 +58,13 @@ class BEVFormerFrame(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert images.dim() == 5 and prev_bev.dim() == 3 and lidar2img.dim() == 4, "see the module docstring"
         pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
-        # the SCA's gather size read before the backbone is queued (eager CUDA; None when traced/captured)
-        lens = self.model.encoder.sca_hit_lengths(lidar2img[:, None], pad_hw, [0]) or {}  # [1, 1, N, 4, 4]
+        # projected (and the SCA's gather size read) before the backbone is queued (eager CUDA; None when
+        # traced or captured)
+        projections = self.model.encoder.project_frames(lidar2img[:, None], pad_hw, [0])  # [1, 1, N, 4, 4]
+        projected = None if projections is None else projections.get(0)
         feats = self.model.extract_features(images)  # L x [1, N, C, h, w]
         exists = prev_bev_exists.bool()
-        bev = self.model.encoder(feats, lidar2img, pad_hw, can_bus, prev_bev, exists, lens.get(0))
+        bev = self.model.encoder(feats, lidar2img, pad_hw, can_bus, prev_bev, exists, projected)
         preds = self.model._heads(bev)  # the same heads as BEVFormer.forward
         return preds["cls_logits"], preds["box_code"], preds["bev"]
 

@@ -34,30 +34,36 @@ def read_costs_a_wait(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-class SCALengths:
-    """``{t: K}`` SCA gather sizes (:meth:`BEVEncoder.sca_hit_lengths`), copied to the host without
-    waiting: the first :meth:`get` waits for an event recorded right after the copy, i.e. for the work
-    queued before it only, not for what was queued since (the backbone)."""
+class FrameProjections:
+    """Per frame ``t``: the pillar points in its cameras (``ref_cam [B, N, Q, Z, 2]``, ``bev_mask [B, N,
+    Q, Z]``) and its SCA gather size ``K``, made by :meth:`BEVEncoder.project_frames` at the start of a
+    forward. The sizes are copied to the host without waiting: the first :meth:`get` waits for an event
+    recorded right after the copy, i.e. for the work queued before it only, not for what was queued
+    since (the backbone)."""
 
-    def __init__(self, frames: Sequence[int], maxima: torch.Tensor) -> None:
-        self._frames = list(frames)
-        self._values: dict[int, int] | None = None
+    def __init__(
+        self, frames: Sequence[int], projections: list[tuple[torch.Tensor, torch.Tensor]], sizes: torch.Tensor
+    ) -> None:
+        self._projections = dict(zip(frames, projections, strict=True))
+        self._sizes: dict[int, int] | None = None
         self._event = None
-        if maxima.is_cuda:
-            self._host = torch.empty(maxima.shape, dtype=maxima.dtype, pin_memory=True)  # [T']
-            self._host.copy_(maxima, non_blocking=True)
+        if sizes.is_cuda:
+            self._host = torch.empty(sizes.shape, dtype=sizes.dtype, pin_memory=True)  # [T']
+            self._host.copy_(sizes, non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
         else:
-            self._host = maxima
+            self._host = sizes
 
-    def get(self, t: int) -> int | None:
-        """Frame ``t``'s size (None: not one of the frames)."""
-        if self._values is None:
+    def get(self, t: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """Frame ``t``'s ``(ref_cam, bev_mask, K)`` (None: not one of the frames)."""
+        if t not in self._projections:
+            return None
+        if self._sizes is None:
             if self._event is not None:
                 self._event.synchronize()
-            self._values = dict(zip(self._frames, self._host.tolist(), strict=True))
-        return self._values.get(t)
+            self._sizes = dict(zip(self._projections, self._host.tolist(), strict=True))
+        return (*self._projections[t], self._sizes[t])
 
 
 class BEVFormerLayer(nn.Module):
@@ -248,16 +254,17 @@ class BEVEncoder(nn.Module):
         )  # [Z, Q, 3]
         return project_to_cameras(ref_3d, self.pc_range, lidar2img, img_hw)
 
-    def sca_hit_lengths(
+    def project_frames(
         self, lidar2img: torch.Tensor, img_hw: tuple[int, int], frames: Sequence[int]
-    ) -> SCALengths | None:
-        """``{t: K}``: the SCA gather size of each frame ``t`` in ``frames`` of ``lidar2img [B, T, N, 4,
-        4]`` (the most BEV queries a (sample, camera) hits: what :meth:`SpatialCrossAttention.plan` reads
-        back), for :meth:`forward`'s ``sca_max_len``. Call it at the start of a forward: every frame's is
-        computed before the backbone is queued and copied back without waiting (:class:`SCALengths`),
-        where each frame's own read would wait for the kernels queued ahead of it (a base training step:
-        the history backbone, 18 images, then the current one). The same computation on the same tensors
-        as :meth:`forward`'s, so the same numbers.
+    ) -> FrameProjections | None:
+        """Each frame ``t`` in ``frames`` of ``lidar2img [B, T, N, 4, 4]`` projected into its cameras, with
+        its SCA gather size (the most BEV queries a (sample, camera) hits: what
+        :meth:`SpatialCrossAttention.plan` reads back), for :meth:`forward`'s ``projected``. Call it at
+        the start of a forward: every frame's size is computed before the backbone is queued and copied
+        back without waiting (:class:`FrameProjections`), where each frame's own read would wait for the
+        kernels queued ahead of it (a base training step: the history backbone, 18 images, then the
+        current one). :meth:`forward` then uses these very projections, so the sizes are its own.
+
         None where nothing would be read back: a CPU (a read costs no wait there), the static paths
         (this encoder compiled, ``nn.Module.compile``; a capture; ``query_bound="all"``), no SCA."""
         if not self.layers or not read_costs_a_wait(lidar2img.device) or not frames:
@@ -265,11 +272,12 @@ class BEVEncoder(nn.Module):
         compiled = getattr(self, "_compiled_call_impl", None) is not None  # an int argument would recompile
         if compiled or self.layers[0].spatial_attn.all_queries():
             return None
-        maxima = []
+        projections, sizes = [], []
         for t in frames:
-            _, bev_mask = self._project(lidar2img[:, t], img_hw)  # [B, N, Q, Z], as forward's
-            maxima.append(bev_mask.any(dim=-1).sum(dim=-1).amax())  # [B, N, Q] -> [B, N] -> 0-d
-        return SCALengths(frames, torch.stack(maxima))  # [T'], one copy for every frame
+            ref_cam, bev_mask = self._project(lidar2img[:, t], img_hw)  # [B, N, Q, Z, 2], [B, N, Q, Z]
+            projections.append((ref_cam, bev_mask))
+            sizes.append(bev_mask.any(dim=-1).sum(dim=-1).amax())  # [B, N, Q] -> [B, N] -> 0-d
+        return FrameProjections(frames, projections, torch.stack(sizes))  # sizes [T']: one copy for all
 
     def forward(
         self,
@@ -279,7 +287,7 @@ class BEVEncoder(nn.Module):
         can_bus_delta: torch.Tensor,
         prev_bev: torch.Tensor | None = None,
         has_prev: torch.Tensor | None = None,
-        sca_max_len: int | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -290,7 +298,8 @@ class BEVEncoder(nn.Module):
                 (:func:`bevforge.geometry.ego_motion.can_bus_deltas`).
             prev_bev: ``[B, Q, C]`` previous BEV (not yet aligned), or None.
             has_prev: ``[B]`` bool, which samples have a previous BEV (None: all when ``prev_bev`` given).
-            sca_max_len: this frame's SCA gather size from :meth:`sca_hit_lengths` (None: read here).
+            projected: this frame's ``(ref_cam, bev_mask, K)`` from :meth:`project_frames` (None: projected
+                here, ``K`` read back by the SCA's plan).
 
         Returns ``[B, Q, C]`` BEV features, query ``row * bev_w + col`` (row = lidar y, col = lidar x).
         """
@@ -326,7 +335,12 @@ class BEVEncoder(nn.Module):
         current = shifted if self.official_compat else ref_2d
         hybrid_ref = torch.cat((shifted, current), dim=0).unsqueeze(2)  # [V*B, Q, 1, 2] queue-major
 
-        ref_cam, bev_mask = self._project(lidar2img, img_hw)  # [B, N, Q, Z, 2], [B, N, Q, Z]
+        sca_max_len = None
+        if projected is None:
+            ref_cam, bev_mask = self._project(lidar2img, img_hw)  # [B, N, Q, Z, 2], [B, N, Q, Z]
+        else:
+            ref_cam, bev_mask, sca_max_len = projected
+            assert bev_mask.shape[:2] == lidar2img.shape[:2], "projected: another frame's cameras"
         bev_shapes = ((self.bev_h, self.bev_w),)  # static (H, W) of the 1-level BEV value map
         bev_start = torch.zeros(1, dtype=torch.long, device=device)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
-from bevforge.models.bev_encoder import BEVEncoder, SCALengths
+from bevforge.models.bev_encoder import BEVEncoder, FrameProjections
 from bevforge.models.history_graph import HistoryGraph, history_bev, history_prev_exists
 from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState, carried_tokens
@@ -66,10 +66,10 @@ class BEVFormer(nn.Module):
         t: int,
         feats: list[torch.Tensor],
         state: TemporalState | None,
-        sca_max_len: int | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> tuple[torch.Tensor, TemporalState]:
         """BEV of frame ``t`` given L x ``[B, N, C, H_l, W_l]`` features and the previous state
-        (``sca_max_len``: the frame's SCA gather size, ``BEVEncoder.sca_hit_lengths``)."""
+        (``projected``: the frame's projection and SCA gather size, ``BEVEncoder.project_frames``)."""
         num_b = batch.batch_size
         scenes = [tokens[t] for tokens in batch.scene_tokens]
         valid = batch.frame_valid[:, t]  # [B]
@@ -84,7 +84,7 @@ class BEVFormer(nn.Module):
         can_bus_delta = can_bus_deltas(can_bus, prev_can_bus, prev_exists)  # [B, 18]
         pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         bev = self.encoder(
-            feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists, sca_max_len
+            feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists, projected
         )
         return bev, TemporalState(bev.detach(), can_bus.detach().clone(), carried_tokens(scenes, valid))
 
@@ -102,32 +102,34 @@ class BEVFormer(nn.Module):
         pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         if not (self.training and torch.is_grad_enabled()):
             # inference: no mode switch needed, one backbone call for every frame
-            lens = self.encoder.sca_hit_lengths(batch.lidar2img, pad_hw, range(num_t)) or {}
+            projections = self.encoder.project_frames(batch.lidar2img, pad_hw, range(num_t))
             feats = self.extract_features(batch.images.flatten(0, 1))  # L x [B*T, N, C, h, w]
             feats = [f.view(num_b, num_t, *f.shape[1:]) for f in feats]  # L x [B, T, N, C, h, w]
             for t in range(num_t):
-                bev, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state, lens.get(t))
+                projected = None if projections is None else projections.get(t)
+                bev, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state, projected)
         else:
-            # the frames that run eagerly read their SCA sizes first (a captured history pass reads none)
+            # the frames that run eagerly are projected first (a captured history pass reads nothing)
             graphed = num_t > 1 and self.history_graph is not None and state is None
             eager = range(num_t - 1 if graphed else 0, num_t)
-            lens = self.encoder.sca_hit_lengths(batch.lidar2img, pad_hw, eager) or {}
+            projections = self.encoder.project_frames(batch.lidar2img, pad_hw, eager)
             if num_t > 1:
-                state = self._history_state(batch, state, lens)
+                state = self._history_state(batch, state, projections)
             feats = self.extract_features(batch.images[:, -1])  # L x [B, N, C, h, w]
-            bev, state = self.encode_frame(batch, num_t - 1, feats, state, lens.get(num_t - 1))
+            projected = None if projections is None else projections.get(num_t - 1)
+            bev, state = self.encode_frame(batch, num_t - 1, feats, state, projected)
         return self._heads(bev), state
 
     def _history_state(
         self,
         batch: Batch,
         state: TemporalState | None,
-        sca_max_lens: SCALengths | dict[int, int] | None = None,
+        projections: FrameProjections | None = None,
     ) -> TemporalState:
         """Frames ``0..T-2`` in eval mode without gradients (official ``obtain_history_bev``):
         :func:`history_bev` after the host's previous-BEV flags; with ``train.history_graph`` and no given
-        state, the same function captured and replayed on CUDA (:class:`HistoryGraph`). ``sca_max_lens``:
-        ``{t: K}`` SCA gather sizes read beforehand (``BEVEncoder.sca_hit_lengths``; the eager pass)."""
+        state, the same function captured and replayed on CUDA (:class:`HistoryGraph`). ``projections``:
+        the frames' projections made beforehand (``BEVEncoder.project_frames``; the eager pass)."""
         if state is not None:
             _check_state(state, batch.batch_size)
         exists, scenes = history_prev_exists(batch, None if state is None else state.scene_tokens)
@@ -147,7 +149,7 @@ class BEVFormer(nn.Module):
             else:
                 prev = (None, None) if state is None else (state.prev_bev, state.prev_can_bus)
                 with torch.no_grad():
-                    bev = history_bev(self, *inputs, pad_hw, *prev, sca_max_lens)
+                    bev = history_bev(self, *inputs, pad_hw, *prev, projections)
         finally:
             self.train(was_training)
         return TemporalState(bev, batch.can_bus[:, -2].detach().clone(), scenes)

@@ -194,4 +194,4 @@ def fused_block_fn(block: nn.Module, cache: FoldCache) -> functools.partial:
     return functools.partial(run_block_fused, block, cache=cache)
 
 
-__all__ = ["FUSED_DISABLED", "conv_bn_relu", "fused_block_fn", "run_block_fused"]
+__all__ = ["conv_bn_relu", "fused_block_fn", "run_block_fused"]

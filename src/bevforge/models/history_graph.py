@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
-from bevforge.models.bev_encoder import SCALengths
+from bevforge.models.bev_encoder import FrameProjections
 from bevforge.structures.batch import Batch
 from bevforge.structures.temporal import carried_tokens, continues_scene
 
@@ -67,15 +67,15 @@ def history_bev(
     pad_hw: tuple[int, int],
     prev_bev: torch.Tensor | None = None,
     prev_can_bus: torch.Tensor | None = None,
-    sca_max_lens: SCALengths | dict[int, int] | None = None,
+    projections: FrameProjections | None = None,
 ) -> torch.Tensor:
     """The history pass as a function of tensors: ``images [B, T', N, 3, H, W]`` (T' = T-1 history
     frames, finished), ``lidar2img [B, T', N, 4, 4]``, absolute ``can_bus [B, T', 18]``, ``prev_exists
     [B, T']`` bool (:func:`history_prev_exists`), a given state's ``prev_bev [B, Q, C]`` and
     ``prev_can_bus [B, 18]`` (None: none) -> the BEV of the last history frame ``[B, Q, C]``. Call it in
     eval mode without gradients (``BEVFormer._history_state`` and :class:`HistoryGraph` do).
-    ``sca_max_lens``: ``{t: K}`` the frames' SCA gather sizes read beforehand (eager only; a captured pass
-    takes the learnt bounds)."""
+    ``projections``: the frames' projections and SCA gather sizes made beforehand
+    (``BEVEncoder.project_frames``; eager only: a captured pass takes the learnt bounds)."""
     num_b, num_h = images.shape[:2]
     feats = model.extract_features(images.flatten(0, 1))  # L x [B*T', N, C, h, w]
     feats = [f.view(num_b, num_h, *f.shape[1:]) for f in feats]  # L x [B, T', N, C, h, w]
@@ -83,9 +83,9 @@ def history_bev(
     for t in range(num_h):
         exists = prev_exists[:, t]  # [B]
         delta = can_bus_deltas(can_bus[:, t], prev_can_bus, exists)  # [B, 18]
-        sca_len = None if sca_max_lens is None else sca_max_lens.get(t)
+        projected = None if projections is None else projections.get(t)
         frame = [f[:, t] for f in feats]  # L x [B, N, C, h, w]
-        bev = model.encoder(frame, lidar2img[:, t], pad_hw, delta, prev_bev, exists, sca_len)
+        bev = model.encoder(frame, lidar2img[:, t], pad_hw, delta, prev_bev, exists, projected)
         prev_bev, prev_can_bus = bev, can_bus[:, t]
     assert bev is not None, "history_bev needs at least one history frame"
     return bev

@@ -263,7 +263,7 @@ class SpatialCrossAttention(nn.Module):
         """The :class:`SCAPlan` of this module's path (build it once per frame, pass it to every layer).
 
         The hit gather reads its size ``K`` back (a sync) unless ``max_len`` gives it: the exact ``K`` of
-        these points read earlier (``BEVEncoder.sca_hit_lengths``: every frame's at once, before the
+        these points read earlier (``BEVEncoder.project_frames``: every frame's at once, before the
         backbone's kernels are queued ahead of the read). ``"auto"`` while a CUDA graph is captured: the
         hit gather with a static ``K`` (:func:`hit_bound` of the largest exact ``K`` an eager frame of
         these sizes had: the hits depend on the rig's calibration only, not on the images) where an eager

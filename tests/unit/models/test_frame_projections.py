@@ -1,7 +1,8 @@
-"""BEVEncoder.sca_hit_lengths: every frame's SCA gather size read back once at the start of a forward (on a
-GPU each frame's own read waits for the backbone's queued kernels). The sizes are the ones the plans
-would read, the forward is unchanged with them, and the plans then read nothing back. On the CPU, where a
-read costs no wait, the forward reads as before; the tests take the GPU's path by patching that check."""
+"""BEVEncoder.project_frames: every eager frame projected into its cameras at the start of a forward, its
+SCA gather size copied back without waiting (on a GPU each frame's own read waits for the backbone's
+queued kernels). The sizes are the ones the plans would read, the forward is unchanged with them, and the
+plans then read nothing back. On the CPU, where a read costs no wait, the forward reads as before; the
+tests take the GPU's path by patching that check."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def _plans(model, monkeypatch) -> list[int]:
 def test_cpu_reads_per_frame_as_before():
     model = debug_model().eval()
     batch = _batch()
-    assert model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4)) is None
+    assert model.encoder.project_frames(batch.lidar2img, (64, 96), range(4)) is None
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -78,8 +79,8 @@ def test_lengths_read_first_are_the_plans_and_change_nothing(training, monkeypat
     per_frame = list(sizes)
 
     monkeypatch.setattr(enc, "read_costs_a_wait", lambda device: True)
-    lens = model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4))
-    assert [lens.get(t) for t in range(4)] == per_frame and lens.get(4) is None
+    projections = model.encoder.project_frames(batch.lidar2img, (64, 96), range(4))
+    assert [projections.get(t)[2] for t in range(4)] == per_frame and projections.get(4) is None
     assert len(set(per_frame)) > 1, "the rig differs per frame (a test that could not tell frames apart)"
     sizes.clear()
     got, reads = forward(model)
@@ -130,17 +131,17 @@ def test_static_paths_read_nothing(monkeypatch):
     monkeypatch.setattr(enc, "read_costs_a_wait", lambda device: True)
     model = debug_model().eval()
     lidar2img = _batch().lidar2img
-    assert model.encoder.sca_hit_lengths(lidar2img, (64, 96), range(4)) is not None
-    assert model.encoder.sca_hit_lengths(lidar2img, (64, 96), []) is None
+    assert model.encoder.project_frames(lidar2img, (64, 96), range(4)) is not None
+    assert model.encoder.project_frames(lidar2img, (64, 96), []) is None
     dense = with_dense_sca(model)  # the ONNX export's SCA: every query
-    assert dense.encoder.sca_hit_lengths(lidar2img, (64, 96), range(4)) is None
+    assert dense.encoder.project_frames(lidar2img, (64, 96), range(4)) is None
     for m in model.modules():
         if isinstance(m, SpatialCrossAttention):
             m.query_bound = "all"
-    assert model.encoder.sca_hit_lengths(lidar2img, (64, 96), range(4)) is None
+    assert model.encoder.project_frames(lidar2img, (64, 96), range(4)) is None
     other = debug_model().eval()
     other.encoder.compile()  # train.compile: an int argument would recompile it per size
-    assert other.encoder.sca_hit_lengths(lidar2img, (64, 96), range(4)) is None
+    assert other.encoder.project_frames(lidar2img, (64, 96), range(4)) is None
 
 
 @pytest.mark.gpu
@@ -150,16 +151,16 @@ def test_cuda_lengths_arrive_without_a_sync_and_change_nothing(monkeypatch):
     model = debug_model().cuda().eval()
     batch = _batch().to("cuda")
     with torch.no_grad():
-        lens = model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4))
+        model.encoder.project_frames(batch.lidar2img, (64, 96), range(4))  # warm-up: cached constants
         torch.cuda.set_sync_debug_mode("error")  # the copy and the event: no synchronising call
         try:
-            lens = model.encoder.sca_hit_lengths(batch.lidar2img, (64, 96), range(4))
+            projections = model.encoder.project_frames(batch.lidar2img, (64, 96), range(4))
         finally:
             torch.cuda.set_sync_debug_mode("default")
         got, _ = model(batch)
         monkeypatch.setattr(enc, "read_costs_a_wait", lambda device: False)  # each plan reads its own
         sizes = _plans(model, monkeypatch)
         want, _ = model(batch)
-    assert [lens.get(t) for t in range(4)] == sizes
+    assert [projections.get(t)[2] for t in range(4)] == sizes
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
