@@ -92,7 +92,8 @@ elif can_import pytest; then
   STEP_TIMEOUT=${KERNELS_TIMEOUT:-240} step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels \
     tests/unit/ops/test_dcn_sampled_cuda.py tests/unit/export/test_export_bench_infer.py \
     tests/unit/models/test_history_graph.py tests/unit/losses/test_losses_matcher_blocks.py \
-    tests/unit/models/test_fused_conv_relu.py tests/unit/models/test_frame_projections.py
+    tests/unit/models/test_fused_conv_relu.py tests/unit/models/test_frame_projections.py \
+    tests/unit/models/test_frame_graph.py
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
@@ -140,6 +141,15 @@ elif want base && can_import bevforge.train.step; then
     --iters 10 --no-baseline --out "$RESULTS/train.md"
   step bench-train-base-bf16-history-graph-fused "$PY" -m bevforge.cli.main bench train \
     configs/bevformer_base.py --set model.backbone.pretrained= train.history_graph=true \
+    model.backbone.fuse_conv_relu=true --amp bf16 --fake-data --warmup 3 --iters 10 --no-baseline \
+    --out "$RESULTS/train.md"
+  # train.frame_graph: the current frame's forward and backward replayed as two CUDA graphs; with the
+  # history graph the whole model replays (the step's host work: grid mask, criterion, optimizer)
+  step bench-train-base-bf16-graphs "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= train.history_graph=true train.frame_graph=true --amp bf16 --fake-data \
+    --warmup 3 --iters 10 --no-baseline --out "$RESULTS/train.md"
+  step bench-train-base-bf16-graphs-fused "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= train.history_graph=true train.frame_graph=true \
     model.backbone.fuse_conv_relu=true --amp bf16 --fake-data --warmup 3 --iters 10 --no-baseline \
     --out "$RESULTS/train.md"
   step bench-train-base-bf16-kept "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
@@ -206,6 +216,10 @@ elif want batch && can_import bevforge.train.step; then
   step bench-train-tiny-b8-fused "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
     --set model.backbone.pretrained= data.batch_size=8 model.backbone.fuse_conv_relu=true --amp bf16 \
     --fake-data --warmup 3 --iters 10 --no-baseline --out "$RESULTS/train.md"
+  step bench-train-tiny-b8-graphs-fused "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
+    --set model.backbone.pretrained= data.batch_size=8 train.history_graph=true train.frame_graph=true \
+    model.backbone.fuse_conv_relu=true --amp bf16 --fake-data --warmup 3 --iters 10 --no-baseline \
+    --out "$RESULTS/train.md"
   step bench-train-tiny-b8-history-graph "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
     --set model.backbone.pretrained= data.batch_size=8 train.history_graph=true --amp bf16 --fake-data \
     --warmup 3 --iters 10 --no-baseline --out "$RESULTS/train.md"

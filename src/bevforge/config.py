@@ -266,6 +266,10 @@ class TrainConfig:
     # BEVFormer's history pass (eval, no grad) captured as a CUDA graph and replayed: no launch cost for a
     # quarter of a base step's operators (models/history_graph.py); CUDA only, not with compile
     history_graph: bool = False
+    # the current frame of a BEVFormer training step (backbone, neck, encoder, heads; forward and backward)
+    # captured as two CUDA graphs and replayed (models/frame_graph.py): most of the rest of a base step's
+    # operators; CUDA, one process, not with compile; off until a GPU shows it pays
+    frame_graph: bool = False
     tf32: bool = True  # TF32 for fp32 matmuls/convs on CUDA (what autocast leaves in fp32: DCN, losses)
 
 

@@ -236,6 +236,8 @@ def fused_convs_label(device: str) -> str:
 def option_labels(cfg: Config, device: str) -> list[str]:
     """The speed options a result row ran with beyond its variant."""
     labels = ["history graph"] if cfg.train.history_graph else []
+    if cfg.train.frame_graph:
+        labels.append("frame graph")
     if cfg.model.backbone.fuse_conv_relu:
         labels.append(fused_convs_label(device))
     return labels

@@ -17,6 +17,7 @@ from torch import nn
 
 from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.models.bev_encoder import BEVEncoder, FrameProjections
+from bevforge.models.frame_graph import FrameGraph
 from bevforge.models.history_graph import HistoryGraph, history_bev, history_prev_exists
 from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState, carried_tokens
@@ -47,6 +48,8 @@ class BEVFormer(nn.Module):
         self.aux_head = aux_head
         # train.history_graph: the training history pass as a replayed CUDA graph (models/history_graph.py)
         self.history_graph: HistoryGraph | None = None
+        # train.frame_graph: the training step's current frame as replayed CUDA graphs (models/frame_graph.py)
+        self.frame_graph: FrameGraph | None = None
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``images [B', N, 3, H, W]`` -> L x ``[B', N, C, H_l, W_l]`` (one backbone call for all)."""
@@ -70,23 +73,52 @@ class BEVFormer(nn.Module):
     ) -> tuple[torch.Tensor, TemporalState]:
         """BEV of frame ``t`` given L x ``[B, N, C, H_l, W_l]`` features and the previous state
         (``projected``: the frame's projection and SCA gather size, ``BEVEncoder.project_frames``)."""
-        num_b = batch.batch_size
-        scenes = [tokens[t] for tokens in batch.scene_tokens]
-        valid = batch.frame_valid[:, t]  # [B]
-        can_bus = batch.can_bus[:, t]  # [B, 18] absolute
-        if state is None:
-            prev_exists = torch.zeros(num_b, dtype=torch.bool, device=can_bus.device)
-            prev_bev, prev_can_bus = None, None
-        else:
-            _check_state(state, num_b)
-            prev_exists = state.prev_exists(scenes, valid).to(can_bus.device)
-            prev_bev, prev_can_bus = state.prev_bev, state.prev_can_bus
-        can_bus_delta = can_bus_deltas(can_bus, prev_can_bus, prev_exists)  # [B, 18]
+        can_bus_delta, prev_bev, prev_exists = self._temporal_inputs(batch, t, state)
         pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         bev = self.encoder(
             feats, batch.lidar2img[:, t], pad_hw, can_bus_delta, prev_bev, prev_exists, projected
         )
-        return bev, TemporalState(bev.detach(), can_bus.detach().clone(), carried_tokens(scenes, valid))
+        return bev, self._next_state(batch, t, bev.detach())
+
+    def _temporal_inputs(
+        self, batch: Batch, t: int, state: TemporalState | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Frame ``t``'s ego-motion deltas ``[B, 18]``, previous BEV ``[B, Q, C]`` (None: no state) and
+        previous-BEV flags ``[B]`` bool, from the state and the batch's scene tokens (host side)."""
+        scenes = [tokens[t] for tokens in batch.scene_tokens]
+        can_bus = batch.can_bus[:, t]  # [B, 18] absolute
+        if state is None:
+            prev_exists = torch.zeros(batch.batch_size, dtype=torch.bool, device=can_bus.device)
+            prev_bev, prev_can_bus = None, None
+        else:
+            _check_state(state, batch.batch_size)
+            prev_exists = state.prev_exists(scenes, batch.frame_valid[:, t]).to(can_bus.device)
+            prev_bev, prev_can_bus = state.prev_bev, state.prev_can_bus
+        return can_bus_deltas(can_bus, prev_can_bus, prev_exists), prev_bev, prev_exists  # deltas [B, 18]
+
+    def _next_state(self, batch: Batch, t: int, bev: torch.Tensor) -> TemporalState:
+        """The state after frame ``t`` with its (detached) ``bev [B, Q, C]``."""
+        scenes, valid = [tokens[t] for tokens in batch.scene_tokens], batch.frame_valid[:, t]
+        return TemporalState(bev, batch.can_bus[:, t].detach().clone(), carried_tokens(scenes, valid))
+
+    def _graphed_frame(
+        self, batch: Batch, state: TemporalState
+    ) -> tuple[dict[str, torch.Tensor], TemporalState]:
+        """The current frame through ``train.frame_graph`` (:class:`FrameGraph`): the grid mask and the
+        temporal inputs here, :func:`frame_preds` replayed."""
+        assert self.frame_graph is not None
+        images = batch.images[:, -1]  # [B, N, 3, H, W]
+        require_finished_images(images)
+        x = images.flatten(0, 1)  # [B*N, 3, H, W]
+        if self.grid_mask is not None and self.training:
+            x = self.grid_mask(x)
+        t = batch.images.shape[1] - 1  # the current frame
+        can_bus_delta, prev_bev, prev_exists = self._temporal_inputs(batch, t, state)
+        assert prev_bev is not None
+        pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        tensors = (x, batch.lidar2img[:, t], can_bus_delta, prev_bev, prev_exists)
+        preds = self.frame_graph.run(self, tensors, pad_hw, images.shape[1])
+        return preds, self._next_state(batch, t, preds["bev"].detach().clone())  # a replay reuses bev
 
     def forward(
         self, batch: Batch, state: TemporalState | None = None
@@ -115,6 +147,8 @@ class BEVFormer(nn.Module):
             projections = self.encoder.project_frames(batch.lidar2img, pad_hw, eager)
             if num_t > 1:
                 state = self._history_state(batch, state, projections)
+            if self.frame_graph is not None and state is not None:
+                return self._graphed_frame(batch, state)
             feats = self.extract_features(batch.images[:, -1])  # L x [B, N, C, h, w]
             projected = None if projections is None else projections.get(num_t - 1)
             bev, state = self.encode_frame(batch, num_t - 1, feats, state, projected)

@@ -103,6 +103,14 @@ def sca_hit_overflow(model: nn.Module) -> bool:
     return any(flags)
 
 
+def sca_bound_epoch(model: nn.Module) -> int:
+    """How many SCA bound overflows were found so far, by any reader of the flags: a graph captured at
+    another count may hold a bound that overflowed (every graph holder of one model reads the same flags)."""
+    from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+
+    return sum(m.bound_epoch for m in model.modules() if isinstance(m, SpatialCrossAttention))
+
+
 class _Captured:
     """One captured history pass: its input buffers, its output, and what it reads that must stay alive."""
 
@@ -142,6 +150,11 @@ class HistoryGraph:
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: dict[tuple, _Captured] = {}
         self.replays = 0  # for tests and logs
+        self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
+        #: the memory pool of every capture (``train.frame_graph`` captures into it too): each replay's
+        #: temporaries are dead when it returns (its output is cloned), so graphs that replay one after
+        #: the other may share the memory
+        self.pool: Any = None
 
     def __deepcopy__(self, memo: dict) -> HistoryGraph:
         return HistoryGraph(self.max_graphs, self.warmup)
@@ -173,17 +186,23 @@ class HistoryGraph:
             if len(self._graphs) >= self.max_graphs:
                 with torch.no_grad():
                     return step(*inputs)  # a rare shape (an epoch's last batch): eager
+            if not self._graphs:
+                self._epoch = sca_bound_epoch(model)
             captured = self._graphs[key] = self._capture(model, step, inputs, amp, dtype)
         self.replays += 1
         out = captured(inputs)
-        if self.replays % CHECK_EVERY == 0 and sca_hit_overflow(model):
-            warnings.warn(
-                "train.history_graph: a history frame hit more BEV queries in a camera than the captured "
-                "SCA bound (learnt from earlier frames + 10%); the extra queries were left out of its "
-                "history BEV since the last check. Recapturing with the grown bound.",
-                stacklevel=2,
-            )
-            self._graphs.clear()
+        if self.replays % CHECK_EVERY == 0:
+            sca_hit_overflow(model)  # one sync: reads the flags; an overflow moves the bound epoch
+            epoch = sca_bound_epoch(model)
+            if epoch != self._epoch:
+                warnings.warn(
+                    "train.history_graph: a frame hit more BEV queries in a camera than the captured SCA "
+                    "bound (learnt from earlier frames + 10%); the extra queries were left out of its BEV "
+                    "since the last check. Recapturing with the grown bound.",
+                    stacklevel=2,
+                )
+                self._graphs.clear()
+                self._epoch = epoch
         return out
 
     def _capture(
@@ -209,6 +228,8 @@ class HistoryGraph:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             out = run()
+        if self.pool is None:
+            self.pool = graph.pool()
         return _Captured(graph, static, out, _kept_tensors(model))

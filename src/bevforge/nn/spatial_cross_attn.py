@@ -247,6 +247,9 @@ class SpatialCrossAttention(nn.Module):
         #: (B, N, Q, device) -> (static gather size, 0-d bool overflow flag on that device): learnt from the
         #: exact plans of eager frames, used by :meth:`plan` while a CUDA graph is captured (not state)
         self.hit_bounds: dict[tuple[int, int, int, torch.device], tuple[int, torch.Tensor]] = {}
+        #: overflows found so far (:meth:`hit_overflow`): a graph captured at another count holds a bound
+        #: that overflowed and is recaptured (whoever read the flags)
+        self.bound_epoch = 0
 
     def all_queries(self) -> bool:
         """True when this call takes the static path (every camera attends every query): always with
@@ -295,6 +298,7 @@ class SpatialCrossAttention(nn.Module):
                 over = True
                 flag.zero_()
                 self.hit_bounds[key] = (key[2], flag)
+        self.bound_epoch += over
         return over
 
     def forward(

@@ -145,6 +145,11 @@ def wrap_model(
     model = apply_speed_options(model.to(dist_info.device), cfg.train)
     if not dist_info.distributed:
         return model
+    if cfg.train.frame_graph:
+        raise ConfigError(
+            "train.frame_graph runs in one process for now (DDP's gradient hooks with a graphed backward are "
+            "untested): set train.frame_graph=false for multi-GPU training (train.history_graph works there)"
+        )
     find_unused = cfg.train.find_unused_parameters
     if not find_unused and probe is not None:
         unused = probe(model)
@@ -211,6 +216,9 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
 
     history_graph: BEVFormer's history pass replayed as a CUDA graph (:mod:`bevforge.models.history_graph`).
 
+    frame_graph: BEVFormer's current frame, forward and backward, replayed as CUDA graphs
+    (:mod:`bevforge.models.frame_graph`).
+
     compile: ``nn.Module.compile(mode=...)`` of every direct child with parameters (backbone, neck,
     encoder, heads; BEVDet's view transformer, BEV backbone, head), not of the whole model: the model's
     ``forward`` handles ``Batch`` / ``TemporalState`` objects and scene-token strings (a recompile per
@@ -235,6 +243,17 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
         from bevforge.models.history_graph import HistoryGraph
 
         model.history_graph = HistoryGraph()
+    if tc.frame_graph:
+        if tc.compile:
+            raise ConfigError(
+                "train.frame_graph and train.compile both capture graphs: set one (compile mode "
+                "reduce-overhead graphs every part)"
+            )
+        if not hasattr(model, "frame_graph"):
+            raise ConfigError(f"train.frame_graph is for BEVFormer models, not {type(model).__name__}")
+        from bevforge.models.frame_graph import FrameGraph
+
+        model.frame_graph = FrameGraph()
     if tc.compile:
         for child in model.children():
             if any(True for _ in child.parameters()):

@@ -44,3 +44,5 @@ def test_rows_name_the_speed_options_and_a_fallback(monkeypatch) -> None:
     assert option_labels(cfg, "cpu") == ["history graph", "fused convs (CUDA only: plain on cpu)"]
     monkeypatch.setattr(fused_conv, "FUSED_DISABLED", "RuntimeError: no engine")
     assert option_labels(cfg, "cuda") == ["history graph", "fused convs FELL BACK (RuntimeError: no engine)"]
+    cfg.train.frame_graph = True
+    assert option_labels(cfg, "cuda")[:2] == ["history graph", "frame graph"]

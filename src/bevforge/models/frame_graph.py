@@ -1,0 +1,179 @@
+"""The current frame of a BEVFormer training step as two CUDA graphs, forward and backward
+(``train.frame_graph``).
+
+A base training step is host-bound on an H200 (455 ms of CPU against 236 ms of GPU work at 9cdd050,
+``benchmarks/results/profile.md``): some 13 700 dispatched operators. The history pass (a quarter of them)
+replays as one graph with ``train.history_graph``; the current frame (backbone, neck, encoder and heads,
+forward and backward: most of the rest) replays as two with this option, through
+``torch.cuda.make_graphed_callables``: each step copies its inputs into the captured buffers and launches
+the forward graph; the backward graph runs as one autograd node and hands the parameters their gradients.
+Left eager: the grid mask and the temporal bookkeeping before, the criterion (its Hungarian matching is
+on the host) and the optimizer after.
+
+What makes the replay the eager step's computation:
+
+- the graph is :func:`frame_preds`, a function of tensors (the host parts, which sample has a previous
+  BEV and the ego-motion deltas, are computed before); the eager path of :class:`FrameGraph` runs the same
+  function;
+- weights are read from their own storage at replay (the optimizer updates them in place); cached BN folds
+  and device constants are kept alive by the holder (as the history graph's);
+- autocast runs with its cast cache off during warm-up and capture (``make_graphed_callables`` refuses it
+  on), in the step's dtype;
+- dropout draws new numbers at each replay (the CUDA generator's offsets advance in the graph);
+- the SCA gathers a static number of hit queries learnt from the first, eager step (+10%) and flags a
+  frame that hits more; every ``CHECK_EVERY`` replays the flags are read and an overflow (found by this or
+  the history graph) recaptures;
+- the outputs are the captured buffers: the criterion reads them before the next replay, the temporal
+  state gets a copy.
+
+The first step of an input signature runs eagerly (its plans learn the SCA bound and the prediction
+keys), the second captures (``warmup`` eager forward+backward passes on a side stream first, as
+``make_graphed_callables`` does), later ones replay. CPU inputs, no grad mode, a previous BEV missing
+(a one-frame queue) or more signatures than ``max_graphs`` run :func:`frame_preds` eagerly. One process
+only: DDP's gradient hooks are untested with a graphed backward (``wrap_model`` refuses it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from bevforge.models.history_graph import CHECK_EVERY, _kept_tensors, sca_bound_epoch, sca_hit_overflow
+
+
+def frame_preds(
+    model: nn.Module,
+    images: torch.Tensor,
+    lidar2img: torch.Tensor,
+    can_bus_delta: torch.Tensor,
+    prev_bev: torch.Tensor,
+    prev_exists: torch.Tensor,
+    pad_hw: tuple[int, int],
+    num_cams: int,
+) -> dict[str, torch.Tensor]:
+    """The current frame as a function of tensors: ``images [B*N, 3, H, W]`` (finished, grid-masked),
+    ``lidar2img [B, N, 4, 4]``, ``can_bus_delta [B, 18]``, ``prev_bev [B, Q, C]``, ``prev_exists [B]``
+    bool -> the model's predictions (``BEVFormer._heads``: ``bev``, the heads' outputs)."""
+    feats = model.neck(model.backbone(images))  # L x [B*N, C, H_l, W_l]
+    feats = [f.view(-1, num_cams, *f.shape[1:]) for f in feats]  # L x [B, N, C, H_l, W_l]
+    bev = model.encoder(feats, lidar2img, pad_hw, can_bus_delta, prev_bev, prev_exists)  # [B, Q, C]
+    return model._heads(bev)
+
+
+class _Frame(nn.Module):
+    """What ``make_graphed_callables`` captures: :func:`frame_preds` as a module whose parameters are the
+    model's parts' (shared; this module is never part of the model, so nothing of it is in a state dict)."""
+
+    def __init__(self, model: nn.Module, pad_hw: tuple[int, int], num_cams: int, keys: tuple[str, ...]):
+        super().__init__()
+        parts = [model.backbone, model.neck, model.encoder, model.det_head, model.seg_head, model.aux_head]
+        self.parts = nn.ModuleList(p for p in parts if p is not None)
+        self.__dict__["_model"] = model  # a plain reference: not a submodule (no second owner of its hooks)
+        self.pad_hw, self.num_cams, self.keys = pad_hw, num_cams, keys
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        preds = frame_preds(self._model, *tensors, self.pad_hw, self.num_cams)
+        return tuple(preds[k] for k in self.keys)
+
+
+class _Graphed:
+    """One captured frame: the graphed module, its prediction keys, what it reads that must stay alive."""
+
+    def __init__(self, module: nn.Module, keys: tuple[str, ...], kept: list[torch.Tensor]) -> None:
+        self.module, self.keys, self.kept = module, keys, kept
+
+
+class FrameGraph:
+    """The current frame of BEVFormer training steps, captured per input signature and replayed.
+
+    Not a module: nothing of it is in the state dict; a copy starts empty."""
+
+    def __init__(self, max_graphs: int = 1, warmup: int = 2) -> None:
+        self.max_graphs, self.warmup = max_graphs, warmup
+        self._graphs: dict[tuple, _Graphed] = {}
+        self._seen: dict[tuple, tuple[str, ...]] = {}  # signature -> prediction keys of its eager step
+        self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
+        self.replays = 0  # for tests and logs
+
+    def __deepcopy__(self, memo: dict) -> FrameGraph:
+        return FrameGraph(self.max_graphs, self.warmup)
+
+    def __getstate__(self) -> dict:
+        return {"max_graphs": self.max_graphs, "warmup": self.warmup}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def run(
+        self,
+        model: nn.Module,
+        tensors: tuple[torch.Tensor, ...],
+        pad_hw: tuple[int, int],
+        num_cams: int,
+    ) -> dict[str, torch.Tensor]:
+        """:func:`frame_preds` of ``tensors`` (``images``, ``lidar2img``, ``can_bus_delta``, ``prev_bev``,
+        ``prev_exists``): replayed on CUDA in grad mode, else eager."""
+        if not tensors[0].is_cuda or not torch.is_grad_enabled() or not model.training:
+            return frame_preds(model, *tensors, pad_hw, num_cams)
+        amp = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda")
+        key = (pad_hw, num_cams, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in tensors))
+        graphed = self._graphs.get(key)
+        if graphed is None:
+            if key not in self._seen or len(self._graphs) >= self.max_graphs:
+                preds = frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound, the keys
+                self._seen.setdefault(key, tuple(sorted(preds)))
+                return preds
+            if not self._graphs:
+                self._epoch = sca_bound_epoch(model)
+            graphed = self._graphs[key] = self._capture(model, tensors, pad_hw, num_cams, self._seen[key])
+        self.replays += 1
+        outs = graphed.module(*tensors)  # the captured buffers: read them before the next replay
+        if self.replays % CHECK_EVERY == 0:
+            sca_hit_overflow(model)  # one sync: reads the flags; an overflow moves the bound epoch
+            epoch = sca_bound_epoch(model)
+            if epoch != self._epoch:
+                warnings.warn(
+                    "train.frame_graph: a frame hit more BEV queries in a camera than the captured SCA "
+                    "bound (learnt from earlier frames + 10%); the extra queries were left out of its BEV "
+                    "since the last check. Recapturing with the grown bound.",
+                    stacklevel=2,
+                )
+                self._graphs.clear()
+                self._epoch = epoch
+        return dict(zip(graphed.keys, outs, strict=True))
+
+    def _capture(
+        self,
+        model: nn.Module,
+        tensors: tuple[torch.Tensor, ...],
+        pad_hw: tuple[int, int],
+        num_cams: int,
+        keys: tuple[str, ...],
+    ) -> _Graphed:
+        frame = _Frame(model, pad_hw, num_cams, keys)
+        sample = tuple(t.detach().clone() for t in tensors)  # no input requires grad, as in the step
+        amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        autocast: Any = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
+        # the history graph's pool: it replays before this forward and its output is cloned, and this
+        # frame's activations are dead from the backward replay until the next step's forward
+        history = getattr(model, "history_graph", None)
+        pool = None if history is None else history.pool
+        with autocast:
+            # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
+            graphed = torch.cuda.make_graphed_callables(
+                frame,
+                sample,
+                num_warmup_iters=self.warmup,
+                allow_unused_input=True,  # a parameter the frame does not reach gets no gradient, as eager
+                pool=pool,
+                capture_error_mode="thread_local",
+            )
+        return _Graphed(graphed, keys, _kept_tensors(model))
+
+
+__all__ = ["FrameGraph", "frame_preds"]

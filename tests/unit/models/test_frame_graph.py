@@ -1,0 +1,134 @@
+"""train.frame_graph: the current frame of a training step as a function of tensors (captured as CUDA graphs
+on a GPU) is the eager frame: the same predictions, state and gradients; it refuses what it cannot do
+(compile, non-BEVFormer models, several processes). The ``gpu`` test replays the captured graphs."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from test_bevformer_forward import debug_model, random_batch
+
+from bevforge.config import ConfigError, load_config
+from bevforge.models.build import build_model
+from bevforge.models.frame_graph import FrameGraph
+from bevforge.train.setup import apply_speed_options
+
+SCENES = [["a", "a", "a", "a"], ["x", "y", "y", "y"], ["p", "p", "p", "q"]]
+VALID = torch.tensor([[True, True, True, True], [True, True, False, True], [False, True, True, True]])
+
+
+def _step(model, batch, seed: int):
+    """Predictions, state and parameter gradients of one training forward + backward."""
+    torch.manual_seed(seed)  # GridMask and dropout draw the same in both models
+    preds, state = model(batch)
+    sum(v.float().square().mean() for v in preds.values()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return preds, state, grads
+
+
+def test_frame_graph_path_is_the_eager_frame(monkeypatch):
+    import bevforge.models.frame_graph as fg
+
+    torch.manual_seed(0)
+    model = debug_model().train()  # its BNs train: each forward moves their statistics, so two models
+    other = copy.deepcopy(model)
+    other.frame_graph = FrameGraph()
+    calls = []
+    real = fg.frame_preds
+    monkeypatch.setattr(fg, "frame_preds", lambda *a: calls.append(a[1].shape) or real(*a))
+    batch = random_batch(SCENES, VALID)
+    want, want_state, want_grads = _step(model, batch, 1)
+    got, got_state, got_grads = _step(other, batch, 1)
+    assert calls == [(3 * 6, 3, 64, 96)], "the graph's function ran once, on the current frame's images"
+    assert got.keys() == want.keys() and {"bev", "cls_logits", "box_code"} <= got.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    torch.testing.assert_close(got_state.prev_bev, want_state.prev_bev, rtol=0, atol=0)
+    torch.testing.assert_close(got_state.prev_can_bus, want_state.prev_can_bus, rtol=0, atol=0)
+    assert got_state.scene_tokens == want_state.scene_tokens
+    assert got_grads.keys() == want_grads.keys() and want_grads
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=0, atol=0, msg=name)
+    assert other.frame_graph.replays == 0, "no CUDA: run eagerly, nothing captured"
+
+
+def test_one_frame_queues_and_evaluation_take_the_eager_path(monkeypatch):
+    model = debug_model()
+    model.frame_graph = FrameGraph()
+    calls = []
+    monkeypatch.setattr(FrameGraph, "run", lambda self, *a: calls.append(a))
+    one_frame = random_batch([["a"], ["b"], ["c"]])  # no history: no previous BEV to feed a graph
+    model.train()(one_frame)
+    with torch.no_grad():
+        model.eval()(random_batch(SCENES, VALID))
+    assert calls == []
+
+
+def test_frame_graph_config():
+    cfg = load_config("bevformer_debug", ["train.frame_graph=true", "train.history_graph=true"])
+    model = apply_speed_options(build_model(cfg), cfg.train)
+    assert isinstance(model.frame_graph, FrameGraph)
+    assert "frame_graph" not in dict(model.named_modules()) and not any(
+        "frame_graph" in k for k in model.state_dict()
+    )
+    cfg.train.compile = "default"
+    cfg.train.history_graph = False
+    with pytest.raises(ConfigError, match="frame_graph and train.compile"):
+        apply_speed_options(build_model(cfg), cfg.train)
+    bevdet = load_config("bevdet_debug", ["train.frame_graph=true", "model.backbone.pretrained="])
+    with pytest.raises(ConfigError, match="for BEVFormer models"):
+        apply_speed_options(build_model(bevdet), bevdet.train)
+
+
+def test_copies_start_without_graphs():
+    graph = FrameGraph(max_graphs=3, warmup=1)
+    graph._graphs[("k",)] = object()
+    graph._seen[("k",)] = ("bev",)
+    for clone in (copy.deepcopy(graph), pickle.loads(pickle.dumps(graph))):
+        assert clone._graphs == {} and clone._seen == {} and (clone.max_graphs, clone.warmup) == (3, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
+def test_cuda_graphs_replay_the_eager_frame(amp, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    cfg = load_config("bevformer_debug", ["model.bev_h=12", "model.bev_w=12", "model.num_queries=20",
+                                          "model.dropout=0.0", "model.use_grid_mask=false"])  # fmt: skip
+    model = build_model(cfg).cuda().train()
+    graphed = copy.deepcopy(model)
+    graphed.frame_graph = FrameGraph()
+    for seed in (1, 2, 3, 4):  # eager (learns), capture, replay, replay: new images and rigs each time
+        torch.manual_seed(seed)
+        batch = random_batch(SCENES, VALID if seed != 3 else torch.ones(3, 4, dtype=torch.bool)).to("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            want, _, want_grads = _step(model, batch, seed)
+            got, _, got_grads = _step(graphed, batch, seed)
+        tol = dict(rtol=3e-2, atol=3e-2) if amp else dict(rtol=1e-4, atol=1e-4)
+        for key in want:
+            torch.testing.assert_close(got[key].float(), want[key].float(), **tol, msg=key)
+        for name in want_grads:
+            scale = want_grads[name].abs().max().item()
+            torch.testing.assert_close(got_grads[name], want_grads[name], rtol=tol["rtol"],
+                                       atol=tol["atol"] * max(scale, 1e-6), msg=name)  # fmt: skip
+        model.zero_grad(set_to_none=True)
+        graphed.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the debug BNs train: keep the two models' statistics equal
+            for a, b in zip(model.buffers(), graphed.buffers(), strict=True):
+                b.copy_(a)
+    assert graphed.frame_graph.replays == 3 and len(graphed.frame_graph._graphs) == 1
+
+
+def test_several_processes_are_refused():
+    from bevforge.train.distributed import DistInfo
+    from bevforge.train.setup import wrap_model
+
+    cfg = load_config("bevformer_debug", ["train.frame_graph=true"])
+    two = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="train.frame_graph runs in one process"):
+        wrap_model(build_model(cfg), cfg, two, print)
