@@ -20,6 +20,7 @@ from torchvision.models.resnet import Bottleneck
 
 from bevforge.models.frozen_bn import FoldCache, block_fn, conv_bn
 from bevforge.models.fused_conv import conv_bn_relu, fused_block_fn
+from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.dcn import deform_conv2d_sampled
 
 _BUILDERS = {
@@ -277,8 +278,10 @@ class ResNetBackbone(nn.Module):
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B*, 64, H/4, W/4]
         outs: list[torch.Tensor] = []
         for i, layer in enumerate(self.stages):
-            # checkpoint only blocks that train (frozen stages keep no activations for backward anyway)
+            # checkpoint only blocks that train (frozen stages keep no activations for backward anyway);
+            # not under CUDA-graph capture (train.frame_graph: the checkpoint's RNG state is host-side)
             use_cp = self.with_cp and self.training and torch.is_grad_enabled() and i >= self.frozen_stages
+            use_cp = use_cp and not capturing_cuda_graph()
             for block in layer:
                 if not self.fold_bn:
                     run = block

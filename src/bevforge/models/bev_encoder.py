@@ -25,7 +25,7 @@ from bevforge.nn.positional_encoding import LearnedPositionalEncoding
 from bevforge.nn.recompute import recomputed
 from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
-from bevforge.ops.constants import device_constant
+from bevforge.ops.constants import capturing_cuda_graph, device_constant
 from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes
 
 
@@ -353,7 +353,8 @@ class BEVEncoder(nn.Module):
         for layer in self.layers:
             args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)
             args = (*args, value, ref_cam, bev_mask, spatial_shapes, level_start, bev_query_init, sca_plan)
-            if self.grad_ckpt and self.training and torch.is_grad_enabled():
+            # not under CUDA-graph capture (train.frame_graph: the checkpoint's RNG state is host-side)
+            if self.grad_ckpt and self.training and torch.is_grad_enabled() and not capturing_cuda_graph():
                 query = checkpoint(layer, *args, use_reentrant=False)
             else:
                 query = layer(*args)
