@@ -132,3 +132,17 @@ def test_several_processes_are_refused():
     two = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="train.frame_graph runs in one process"):
         wrap_model(build_model(cfg), cfg, two, print)
+
+
+@pytest.mark.parametrize("with_seg", [False, True])
+def test_the_captured_module_owns_every_trained_parameter(with_seg):
+    """make_graphed_callables hands gradients to the captured module's parameters only: a trained
+    parameter outside it would silently stop learning."""
+    from bevforge.models.frame_graph import _Frame
+
+    model = debug_model(with_seg=with_seg).train()
+    frame = _Frame(model, (64, 96), 6, ("bev",))
+    owned = {id(p) for p in frame.parameters()}
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
+    assert not trained, trained
+    assert "_model" not in dict(frame.named_children())  # a reference, not a second parent
