@@ -141,13 +141,15 @@ class BEVFormer(nn.Module):
                 projected = None if projections is None else projections.get(t)
                 bev, state = self.encode_frame(batch, t, [f[:, t] for f in feats], state, projected)
         else:
-            # the frames that run eagerly are projected first (a captured history pass reads nothing)
-            graphed = num_t > 1 and self.history_graph is not None and state is None
-            eager = range(num_t - 1 if graphed else 0, num_t)
+            # the frames that run eagerly are projected first (a captured pass projects its own)
+            history_graphed = num_t > 1 and self.history_graph is not None and state is None
+            frame_graphed = self.frame_graph is not None and (num_t > 1 or state is not None)
+            eager = range(num_t - 1 if history_graphed else 0, num_t - 1 if frame_graphed else num_t)
             projections = self.encoder.project_frames(batch.lidar2img, pad_hw, eager)
             if num_t > 1:
                 state = self._history_state(batch, state, projections)
-            if self.frame_graph is not None and state is not None:
+            if frame_graphed:
+                assert state is not None
                 return self._graphed_frame(batch, state)
             feats = self.extract_features(batch.images[:, -1])  # L x [B, N, C, h, w]
             projected = None if projections is None else projections.get(num_t - 1)

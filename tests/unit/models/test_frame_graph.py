@@ -146,3 +146,20 @@ def test_the_captured_module_owns_every_trained_parameter(with_seg):
     trained = {n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned}
     assert not trained, trained
     assert "_model" not in dict(frame.named_children())  # a reference, not a second parent
+
+
+@pytest.mark.parametrize("history_graph", [False, True])
+def test_graphed_frames_are_not_projected_beforehand(history_graph, monkeypatch):
+    """BEVEncoder.project_frames serves the eager frames only: a captured pass projects its own."""
+    from bevforge.models.bev_encoder import BEVEncoder
+    from bevforge.models.history_graph import HistoryGraph
+
+    asked = []
+    real = BEVEncoder.project_frames
+    monkeypatch.setattr(BEVEncoder, "project_frames", lambda self, l2i, hw, frames: asked.append(list(frames))
+                        or real(self, l2i, hw, frames))  # fmt: skip
+    model = debug_model().train()
+    model.frame_graph = FrameGraph()
+    model.history_graph = HistoryGraph() if history_graph else None
+    model(random_batch(SCENES, VALID))
+    assert asked == [[] if history_graph else [0, 1, 2]]
