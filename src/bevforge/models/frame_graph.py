@@ -30,7 +30,10 @@ The first step of an input signature runs eagerly (its plans learn the SCA bound
 keys), the second captures (``warmup`` eager forward+backward passes on a side stream first, as
 ``make_graphed_callables`` does), later ones replay. CPU inputs, no grad mode, a previous BEV missing
 (a one-frame queue) or more signatures than ``max_graphs`` run :func:`frame_preds` eagerly. One process
-only: DDP's gradient hooks are untested with a graphed backward (``wrap_model`` refuses it).
+only: DDP's gradient hooks are untested with a graphed backward (``wrap_model`` refuses it). No gradient
+accumulation: autograd hands the parameters the backward graph's own gradient buffers (it steals a
+fresh-looking gradient), which the next replay rewrites (``apply_speed_options`` refuses
+``train.accum_steps > 1``).
 """
 
 from __future__ import annotations

@@ -251,6 +251,12 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
             )
         if not hasattr(model, "frame_graph"):
             raise ConfigError(f"train.frame_graph is for BEVFormer models, not {type(model).__name__}")
+        if tc.accum_steps > 1:  # the parameters' .grad alias the graph's gradient buffers
+            raise ConfigError(
+                "train.frame_graph cannot accumulate gradients (train.accum_steps > 1): each backward "
+                "replay rewrites the buffers the parameters' gradients live in; set accum_steps=1 or "
+                "frame_graph=false"
+            )
         from bevforge.models.frame_graph import FrameGraph
 
         model.frame_graph = FrameGraph()

@@ -78,6 +78,9 @@ def test_frame_graph_config():
     cfg.train.history_graph = False
     with pytest.raises(ConfigError, match="frame_graph and train.compile"):
         apply_speed_options(build_model(cfg), cfg.train)
+    cfg.train.compile, cfg.train.accum_steps = "", 2
+    with pytest.raises(ConfigError, match="cannot accumulate gradients"):
+        apply_speed_options(build_model(cfg), cfg.train)
     bevdet = load_config("bevdet_debug", ["train.frame_graph=true", "model.backbone.pretrained="])
     with pytest.raises(ConfigError, match="for BEVFormer models"):
         apply_speed_options(build_model(bevdet), bevdet.train)
