@@ -38,14 +38,13 @@ fresh-looking gradient), which the next replay rewrites (``apply_speed_options``
 
 from __future__ import annotations
 
-import warnings
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from bevforge.models.history_graph import CHECK_EVERY, _kept_tensors, sca_bound_epoch, sca_hit_overflow
+from bevforge.models.history_graph import GraphHolder, _kept_tensors
 
 
 def frame_preds(
@@ -90,26 +89,14 @@ class _Graphed:
         self.module, self.keys, self.kept = module, keys, kept
 
 
-class FrameGraph:
-    """The current frame of BEVFormer training steps, captured per input signature and replayed.
+class FrameGraph(GraphHolder):
+    """The current frame of BEVFormer training steps, captured per input signature and replayed."""
 
-    Not a module: nothing of it is in the state dict; a copy starts empty."""
+    what = "train.frame_graph"
 
     def __init__(self, max_graphs: int = 1, warmup: int = 2) -> None:
-        self.max_graphs, self.warmup = max_graphs, warmup
-        self._graphs: dict[tuple, _Graphed] = {}
+        super().__init__(max_graphs, warmup)
         self._seen: dict[tuple, tuple[str, ...]] = {}  # signature -> prediction keys of its eager step
-        self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
-        self.replays = 0  # for tests and logs
-
-    def __deepcopy__(self, memo: dict) -> FrameGraph:
-        return FrameGraph(self.max_graphs, self.warmup)
-
-    def __getstate__(self) -> dict:
-        return {"max_graphs": self.max_graphs, "warmup": self.warmup}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
 
     def run(
         self,
@@ -131,23 +118,10 @@ class FrameGraph:
                 preds = frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound, the keys
                 self._seen.setdefault(key, tuple(sorted(preds)))
                 return preds
-            if not self._graphs:
-                self._epoch = sca_bound_epoch(model)
+            self._capturing_first(model)
             graphed = self._graphs[key] = self._capture(model, tensors, pad_hw, num_cams, self._seen[key])
-        self.replays += 1
         outs = graphed.module(*tensors)  # the captured buffers: read them before the next replay
-        if self.replays % CHECK_EVERY == 0:
-            sca_hit_overflow(model)  # one sync: reads the flags; an overflow moves the bound epoch
-            epoch = sca_bound_epoch(model)
-            if epoch != self._epoch:
-                warnings.warn(
-                    "train.frame_graph: a frame hit more BEV queries in a camera than the captured SCA "
-                    "bound (learnt from earlier frames + 10%); the extra queries were left out of its BEV "
-                    "since the last check. Recapturing with the grown bound.",
-                    stacklevel=2,
-                )
-                self._graphs.clear()
-                self._epoch = epoch
+        self._replayed(model)
         return dict(zip(graphed.keys, outs, strict=True))
 
     def _capture(

@@ -139,31 +139,66 @@ def _kept_tensors(model: nn.Module) -> list[torch.Tensor]:
     return kept
 
 
-class HistoryGraph:
-    """The history pass of a BEVFormer, captured per input signature (at most ``max_graphs``) and replayed.
+class GraphHolder:
+    """What the two graph holders of a model share (:class:`HistoryGraph`, ``frame_graph.FrameGraph``):
+    the captures per input signature, their limits, and the SCA bound check. Not a module: nothing of it
+    is in the state dict; a copy or an unpickled one starts without graphs."""
 
-    ``warmup`` eager passes run on a side stream before the capture (Triton compiles, cuDNN picks its
-    algorithms, caches fill). Not a module: nothing of it is in the state dict; a copy starts empty.
-    """
+    what = "a graph"  # the option, in warnings
 
     def __init__(self, max_graphs: int = 2, warmup: int = 2) -> None:
         self.max_graphs, self.warmup = max_graphs, warmup
-        self._graphs: dict[tuple, _Captured] = {}
+        self._graphs: dict[tuple, Any] = {}
         self.replays = 0  # for tests and logs
         self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
-        #: the memory pool of every capture (``train.frame_graph`` captures into it too): each replay's
-        #: temporaries are dead when it returns (its output is cloned), so graphs that replay one after
-        #: the other may share the memory
-        self.pool: Any = None
 
-    def __deepcopy__(self, memo: dict) -> HistoryGraph:
-        return HistoryGraph(self.max_graphs, self.warmup)
+    def __deepcopy__(self, memo: dict) -> GraphHolder:
+        return type(self)(self.max_graphs, self.warmup)
 
     def __getstate__(self) -> dict:
         return {"max_graphs": self.max_graphs, "warmup": self.warmup}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
+
+    def _capturing_first(self, model: nn.Module) -> None:
+        """Before a capture: the first of a new set records the SCA bound epoch its bounds belong to."""
+        if not self._graphs:
+            self._epoch = sca_bound_epoch(model)
+
+    def _replayed(self, model: nn.Module) -> None:
+        """After a replay: every ``CHECK_EVERY`` replays the SCA overflow flags are read (one sync); an
+        overflow found by this or another holder of the model drops the graphs (recaptured, warned)."""
+        self.replays += 1
+        if self.replays % CHECK_EVERY:
+            return
+        sca_hit_overflow(model)  # an overflow moves the bound epoch
+        epoch = sca_bound_epoch(model)
+        if epoch != self._epoch:
+            warnings.warn(
+                f"{self.what}: a frame hit more BEV queries in a camera than the captured SCA bound "
+                "(learnt from earlier frames + 10%); the extra queries were left out of its BEV since the "
+                "last check. Recapturing with the grown bound.",
+                stacklevel=3,
+            )
+            self._graphs.clear()
+            self._epoch = epoch
+
+
+class HistoryGraph(GraphHolder):
+    """The history pass of a BEVFormer, captured per input signature (at most ``max_graphs``) and replayed.
+
+    ``warmup`` eager passes run on a side stream before the capture (Triton compiles, cuDNN picks its
+    algorithms, caches fill)."""
+
+    what = "train.history_graph"
+
+    def __init__(self, max_graphs: int = 2, warmup: int = 2) -> None:
+        super().__init__(max_graphs, warmup)
+        #: the memory pool of every capture (``train.frame_graph`` captures into it too): each replay's
+        #: temporaries are dead when it returns (its output is cloned), so graphs that replay one after
+        #: the other may share the memory
+        self.pool: Any = None
 
     def run(
         self, model: nn.Module, inputs: tuple[torch.Tensor, ...], pad_hw: tuple[int, int]
@@ -186,23 +221,10 @@ class HistoryGraph:
             if len(self._graphs) >= self.max_graphs:
                 with torch.no_grad():
                     return step(*inputs)  # a rare shape (an epoch's last batch): eager
-            if not self._graphs:
-                self._epoch = sca_bound_epoch(model)
+            self._capturing_first(model)
             captured = self._graphs[key] = self._capture(model, step, inputs, amp, dtype)
-        self.replays += 1
         out = captured(inputs)
-        if self.replays % CHECK_EVERY == 0:
-            sca_hit_overflow(model)  # one sync: reads the flags; an overflow moves the bound epoch
-            epoch = sca_bound_epoch(model)
-            if epoch != self._epoch:
-                warnings.warn(
-                    "train.history_graph: a frame hit more BEV queries in a camera than the captured SCA "
-                    "bound (learnt from earlier frames + 10%); the extra queries were left out of its BEV "
-                    "since the last check. Recapturing with the grown bound.",
-                    stacklevel=2,
-                )
-                self._graphs.clear()
-                self._epoch = epoch
+        self._replayed(model)
         return out
 
     def _capture(

@@ -206,6 +206,17 @@ def channels_last_(model: nn.Module) -> nn.Module:
     return model
 
 
+def _check_graph_option(model: nn.Module, tc: TrainConfig, option: str) -> None:
+    """``train.<option>`` (a CUDA-graph holder) fits ``model`` and the other options, else a ConfigError."""
+    if tc.compile:
+        raise ConfigError(
+            f"train.{option} and train.compile both capture graphs: set one (compile mode reduce-overhead "
+            "graphs every part)"
+        )
+    if not hasattr(model, option):
+        raise ConfigError(f"train.{option} is for BEVFormer models, not {type(model).__name__}")
+
+
 def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
     """``train.channels_last``, ``train.history_graph`` and ``train.compile``, in place (parameter names and
     state dict unchanged).
@@ -232,31 +243,19 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
         )
     if tc.channels_last:
         channels_last_(model)
+    for option in ("history_graph", "frame_graph"):
+        if getattr(tc, option):
+            _check_graph_option(model, tc, option)
+    if tc.frame_graph and tc.accum_steps > 1:  # the parameters' .grad alias the graph's gradient buffers
+        raise ConfigError(
+            "train.frame_graph cannot accumulate gradients (train.accum_steps > 1): each backward replay "
+            "rewrites the buffers the parameters' gradients live in; set accum_steps=1 or frame_graph=false"
+        )
     if tc.history_graph:
-        if tc.compile:
-            raise ConfigError(
-                "train.history_graph and train.compile both capture graphs: set one (compile mode "
-                "reduce-overhead graphs every part, the history pass included)"
-            )
-        if not hasattr(model, "history_graph"):
-            raise ConfigError(f"train.history_graph is for BEVFormer models, not {type(model).__name__}")
         from bevforge.models.history_graph import HistoryGraph
 
         model.history_graph = HistoryGraph()
     if tc.frame_graph:
-        if tc.compile:
-            raise ConfigError(
-                "train.frame_graph and train.compile both capture graphs: set one (compile mode "
-                "reduce-overhead graphs every part)"
-            )
-        if not hasattr(model, "frame_graph"):
-            raise ConfigError(f"train.frame_graph is for BEVFormer models, not {type(model).__name__}")
-        if tc.accum_steps > 1:  # the parameters' .grad alias the graph's gradient buffers
-            raise ConfigError(
-                "train.frame_graph cannot accumulate gradients (train.accum_steps > 1): each backward "
-                "replay rewrites the buffers the parameters' gradients live in; set accum_steps=1 or "
-                "frame_graph=false"
-            )
         from bevforge.models.frame_graph import FrameGraph
 
         model.frame_graph = FrameGraph()
