@@ -175,3 +175,39 @@ def test_probe_sees_host_copies(monkeypatch):
         with suppress(NotImplementedError):  # recorded, then meta has no data to copy out
             _ = x.cpu()
     assert [e.split()[0] for e in traffic.events] == ["host->device"] * 4 + ["device->host"], traffic.events
+
+
+@pytest.mark.parametrize("bounded", [False, True], ids=["all-queries", "bounded-sca"])
+@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base"])
+def test_training_frame_has_no_host_traffic_after_warmup(recipe, bounded, monkeypatch):
+    """train.frame_graph captures models/frame_graph.frame_preds forward and backward, in training mode:
+    capturable the same way (dropout, the trained convs' weight folds, every backward)."""
+    from bevforge.models.frame_graph import frame_preds
+
+    _meta_device(monkeypatch)
+    cfg = load_config(recipe, ["model.backbone.pretrained="])
+    torch.manual_seed(0)
+    model = build_model(cfg).train().to("meta")
+    bounds = _seed_hit_bound(model, cfg, monkeypatch) if bounded else []
+    _, (images, prev_bev, exists, can_bus, lidar2img) = infer.frame_and_inputs(cfg, model, None)
+    images, prev_bev, exists, can_bus, lidar2img = (
+        t.to("meta") for t in (images, prev_bev, exists, can_bus, lidar2img)
+    )
+    pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
+    args = (images.flatten(0, 1), lidar2img, can_bus, prev_bev, exists, pad_hw, images.shape[1])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> dict:
+        preds = frame_preds(model, *args)
+        loss = sum(v.float().sum() for v in preds.values())
+        torch.autograd.grad(loss, params, allow_unused=True)  # as make_graphed_callables captures it
+        return preds
+
+    traffic = HostTraffic()
+    traffic.watch_constructors(monkeypatch)
+    step()  # warm-up: device constants are copied once here
+    with traffic:
+        preds = step()
+    assert preds["bev"].device.type == "meta" and {"cls_logits", "box_code"} <= preds.keys()
+    assert traffic.events == [], "\n".join(traffic.events)
+    assert not bounded or bounds == [cfg.model.bev_h * cfg.model.bev_w // 2] * 2, bounds
