@@ -242,6 +242,9 @@ elif want data && can_import bevforge.data.synthetic.generate; then
     --out "$SYN/infos"
   step bench-data-tiny "$PY" -m bevforge.cli.main bench data bevformer_tiny --set "${SYN_SET[@]}" \
     --batches 30 --naive-samples 4 --out "$RESULTS/data.md"
+  # the recipe's 4 workers with 3 decode threads each (data.decode_threads): a 16-core box's idle cores
+  step bench-data-tiny-4w-threads "$PY" -m bevforge.cli.main bench data bevformer_tiny --set "${SYN_SET[@]}" \
+    data.num_workers=4 data.decode_threads=3 --batches 30 --naive-samples 1 --out "$RESULTS/data.md"
   step bench-train-tiny-real-b8 "$PY" -m bevforge.cli.main bench train configs/bevformer_tiny.py \
     --set model.backbone.pretrained= "${SYN_SET[@]}" data.batch_size=8 --warmup 3 --iters 12 \
     --out "$RESULTS/train.md"

@@ -70,6 +70,9 @@ class DataConfig:
     images_on_device: bool = False
     batch_size: int = 1  # per process
     num_workers: int = 4
+    # threads per loader worker decoding an item's T x N images at once (data/nuscenes/decode_pool.py;
+    # decoding runs outside the GIL): 0 = one after the other. For a machine with more cores than workers
+    decode_threads: int = 0
     image_cache: str = ""  # optional pre-resized uint8 cache built by `bevforge cache`
     with_seg: bool = False  # produce BEV map-segmentation targets
     seg_classes: tuple[str, ...] = SEG_CLASSES

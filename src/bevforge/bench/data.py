@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     table = (
         "| pipeline | samples/s | images/s | setup |\n|---|---|---|---|\n"
         f"| bevforge loader | {ours:.2f} | {ours * t_frames * n_cams:.1f} | workers={d.num_workers}, "
+        f"decode_threads={d.decode_threads}, "
         f"batch={d.batch_size}, T={t_frames}, N={n_cams}, {geometry}, "
         f"cache={bool(d.image_cache)}, images_on_device={d.images_on_device}{finish_note} |\n"
         f"| naive PIL (1 proc) | {naive:.2f} | {naive * t_frames * n_cams:.1f} | same T x N images, "

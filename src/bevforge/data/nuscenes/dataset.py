@@ -42,6 +42,7 @@ from bevforge.data.augment_image import (
 )
 from bevforge.data.depth_targets import depth_map, load_lidar_points
 from bevforge.data.image_io import ImageDecodeError, MissingImageError, read_image, target_size
+from bevforge.data.nuscenes.decode_pool import DecodePool
 from bevforge.data.nuscenes.image_cache import ImageCache
 from bevforge.data.nuscenes.infos import load_infos
 from bevforge.data.nuscenes.sample_table import SampleTable
@@ -81,6 +82,7 @@ class NuScenesDataset(Dataset):
         bda: BDASpec | None = None,
         depth_stride: int = 0,
         images_on_device: bool = False,
+        decode_threads: int = 0,
     ) -> None:
         info = load_infos(info_path, expect_version=nuscenes_version)
         if not info.samples:
@@ -141,8 +143,9 @@ class NuScenesDataset(Dataset):
                     "supervision needs it: re-run `bevforge prepare` or set model.bevdet.depth_loss_weight=0"
                 )
             self.lidar_paths = np.array([s["lidar_path"] for s in info.samples])
-        self.num_corrupt_images = 0
+        self._corrupt: list[str] = []  # appended from decode threads too (an atomic list append)
         self._reported: set[str] = set()
+        self.decoder = DecodePool(decode_threads)  # data.decode_threads: an item's images in threads
 
     @classmethod
     def from_config(cls, cfg: Config, split: str, train: bool) -> NuScenesDataset:
@@ -180,6 +183,7 @@ class NuScenesDataset(Dataset):
                 else 0
             ),
             images_on_device=d.images_on_device,
+            decode_threads=d.decode_threads,
         )
 
     # ---------------------------------------------------------------------------------- scenes
@@ -209,8 +213,39 @@ class NuScenesDataset(Dataset):
 
     # ---------------------------------------------------------------------------------- frames
 
+    @property
+    def num_corrupt_images(self) -> int:
+        """Images that failed to decode in training (each replaced by a black image)."""
+        return len(self._corrupt)
+
+    def _image(self, index: int, j: int, wh: tuple[int, int], reads: dict | None) -> np.ndarray:
+        """Camera ``j`` of sample ``index`` decoded at ``wh``: from the item's threaded reads when given."""
+        if reads is not None:
+            return reads[(index, j)].result()
+        return self._read(self.data_root / str(self.table.cam_paths[index, j]), wh)
+
+    def _prefetch(self, order: list[int], augs: list[ImageAug] | None) -> dict | None:
+        """Every image of the item's frames, started on the decode threads (None: no threads, a cache)."""
+        if not self.decoder.active or self.cache is not None:
+            return None
+        jobs = {}
+        for i in dict.fromkeys(i for i in order if i >= 0):  # each real frame once, in order
+            for j in range(len(self.cameras)):
+                raw_wh = (int(self.table.cam_wh[i, j, 0]), int(self.table.cam_wh[i, j, 1]))
+                if augs is None:
+                    wh = target_size(*raw_wh, self.img_scale)  # as _images reads it
+                else:
+                    wh = decode_wh(raw_wh, augs[j].resize)  # as _images_aug reads it
+                jobs[(i, j)] = (self.data_root / str(self.table.cam_paths[i, j]), wh)
+        return self.decoder.submit_all(self._read, jobs)
+
     def _images(
-        self, index: int, rng: np.random.Generator | None, out: torch.Tensor, photo: torch.Tensor | None
+        self,
+        index: int,
+        rng: np.random.Generator | None,
+        out: torch.Tensor,
+        photo: torch.Tensor | None,
+        reads: dict | None = None,
     ) -> torch.Tensor:
         """Write normalised images into ``out [N, 3, Hp, Wp]`` (zeros = padding); -> lidar2img [N, 4, 4].
 
@@ -226,11 +261,7 @@ class NuScenesDataset(Dataset):
                     f"sample {tab.tokens[index]} {cam}: {raw_w}x{raw_h} differs from the first "
                     "camera of the split; bevforge batches one resolution (resize images or fix infos)"
                 )
-            img = (
-                cached[j]
-                if cached is not None
-                else self._read(self.data_root / str(tab.cam_paths[index, j]), (w, h))
-            )
+            img = cached[j] if cached is not None else self._image(index, j, (w, h), reads)
             t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)  # [3, H, W] uint8
             self._put_image(out[j, :, :h, :w], t, rng, photo, j)  # a view into the padded frame
         h, w = self.img_hw
@@ -246,6 +277,7 @@ class NuScenesDataset(Dataset):
         rng: np.random.Generator | None,
         out: torch.Tensor,
         photo: torch.Tensor | None,
+        reads: dict | None = None,
     ) -> torch.Tensor:
         """:meth:`_images` through the image augmentation: one warp per camera to ``input_hw`` (rounded to
         uint8 with ``images_on_device``, as PIL's warp in the official BEVDet pipeline)."""
@@ -256,11 +288,8 @@ class NuScenesDataset(Dataset):
         lidar2img = np.empty((len(self.cameras), 4, 4))  # [N, 4, 4]
         for j, aug in enumerate(augs):
             raw_wh = (int(tab.cam_wh[index, j, 0]), int(tab.cam_wh[index, j, 1]))
-            src = (
-                cached[j]
-                if cached is not None
-                else self._read(self.data_root / str(tab.cam_paths[index, j]), decode_wh(raw_wh, aug.resize))
-            )  # [Hs, Ws, 3] uint8
+            wh = decode_wh(raw_wh, aug.resize)
+            src = cached[j] if cached is not None else self._image(index, j, wh, reads)  # [Hs, Ws, 3] uint8
             out_from_raw = image_aug_matrix(aug, hw)  # [3, 3]
             out_from_src = out_from_raw @ np.linalg.inv(source_scale((src.shape[1], src.shape[0]), raw_wh))
             t = torch.from_numpy(np.ascontiguousarray(src)).permute(2, 0, 1)  # [3, Hs, Ws] uint8
@@ -303,7 +332,7 @@ class NuScenesDataset(Dataset):
             if not self.train:
                 raise
             # Policy (docs/INFOS.md): in training a corrupt image becomes black, counted, reported once.
-            self.num_corrupt_images += 1
+            self._corrupt.append(str(path))
             if str(path) not in self._reported:
                 self._reported.add(str(path))
                 warnings.warn(f"{e} (training continues with a black image; reported once)", stacklevel=2)
@@ -316,12 +345,13 @@ class NuScenesDataset(Dataset):
         out: torch.Tensor,
         augs: list[ImageAug] | None,
         photo: torch.Tensor | None,
+        reads: dict | None = None,
     ) -> dict[str, Any]:
         tab = self.table
         if augs is None:
-            lidar2img = self._images(index, rng, out, photo)
+            lidar2img = self._images(index, rng, out, photo, reads)
         else:
-            lidar2img = self._images_aug(index, augs, rng, out, photo)
+            lidar2img = self._images_aug(index, augs, rng, out, photo, reads)
         return {
             "lidar2img": lidar2img,  # [N, 4, 4]
             "can_bus": torch.from_numpy(tab.can_bus[index]).float(),
@@ -361,8 +391,11 @@ class NuScenesDataset(Dataset):
                 sample_image_aug(tuple(int(v) for v in self.table.cam_wh[index, j]), self.image_aug, rng)
                 for j in range(len(self.cameras))
             ]
+        reads = self._prefetch(order, augs)  # data.decode_threads: every image started at once
         frames = [
-            self._frame(i, rng, images[t], augs, photo[t] if photo is not None else None) if i >= 0 else None
+            self._frame(i, rng, images[t], augs, photo[t] if photo is not None else None, reads)
+            if i >= 0
+            else None
             for t, i in enumerate(order)
         ]
         for t, i in enumerate(order):
