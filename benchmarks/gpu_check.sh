@@ -270,6 +270,10 @@ elif want profile; then  # where the base step's time goes (per part, top CUDA o
   # the same with the fused convs: which kernels they remove, and the host-side line (syncs, launches)
   step profile-base-bf16-cl-fused "$PY" benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 \
     --top 25 --channels-last --set model.backbone.fuse_conv_relu=true --out "$RESULTS/profile-cl-fused.md"
+  # the whole model in CUDA graphs with the fused convs: the GPU time left, and whether the host still waits
+  step profile-base-bf16-cl-graphs-fused "$PY" benchmarks/profile_parts.py configs/bevformer_base.py \
+    --amp bf16 --top 25 --channels-last --set model.backbone.fuse_conv_relu=true train.history_graph=true \
+    train.frame_graph=true --out "$RESULTS/profile-cl-graphs-fused.md"
   # the op census on the GPU: CUDA's own layouts (cuDNN's conv outputs) decide which pointwise ops take the
   # generic strided kernel (307 launches, 33 ms of a base step at 9cdd050): their source lines and sizes
   step op-census-base-cuda "$PY" benchmarks/op_census.py configs/bevformer_base.py --top 25

@@ -1,7 +1,10 @@
 """Where does a recipe's GPU time go? Per-part forward times and the hottest CUDA ops.
 
     PYTHONPATH=src python3 benchmarks/profile_parts.py configs/bevformer_base.py --amp bf16 [--out FILE]
-        [--channels-last] [--set data.batch_size=8]
+        [--channels-last] [--set data.batch_size=8 train.history_graph=true train.frame_graph=true]
+
+The speed options given with ``--set`` apply as in training (``apply_speed_options``: the graphs replay in
+the profiled step, after two warm-up steps); channels-last only with ``--channels-last``.
 
 1. Inference (eval mode, no grad): forward time of each model part (backbone, neck, encoder, heads) and
    of each attention/FFN module class inside them, from CUDA events in forward pre/post hooks, averaged
@@ -141,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'})"
                         + (f", --set {' '.join(args.overrides)}" if args.overrides else "")]  # fmt: skip
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).eval()
-    if args.channels_last:
-        from bevforge.train.setup import channels_last_
+    from bevforge.train.setup import apply_speed_options
 
-        channels_last_(model)
+    # the speed options of --set (train.history_graph, train.frame_graph, ...); channels-last by the flag only
+    cfg.train.channels_last = bool(args.channels_last)
+    model = apply_speed_options(build_model(cfg).to(device), cfg.train).eval()
+    if args.channels_last:
         lines[0] += ", channels-last backbone + neck"
     batch = finish_images(next(iter(FakeLoader(cfg, num=1))).to(device), cfg.data)  # images_on_device
     # inference: the current frame only (what one FPS frame costs), no temporal state
