@@ -110,14 +110,20 @@ def _seed_hit_bound(model, cfg, monkeypatch: pytest.MonkeyPatch) -> list:
     return bounds
 
 
-@pytest.mark.parametrize("bounded", [False, True], ids=["all-queries", "bounded-sca"])
-@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base", "bevformer_tiny_seg"])
-def test_inference_frame_has_no_host_traffic_after_warmup(recipe, bounded, monkeypatch):
+def _meta_model(recipe: str, bounded: bool, monkeypatch: pytest.MonkeyPatch, training: bool):
+    """``(cfg, model on the meta device in the mode, the plans' max_len list)`` with the SCA on its capture
+    path (bounded: as after an eager warm-up on a GPU)."""
     _meta_device(monkeypatch)
     cfg = load_config(recipe, ["model.backbone.pretrained="])
     torch.manual_seed(0)
-    model = build_model(cfg).eval().to("meta")
-    bounds = _seed_hit_bound(model, cfg, monkeypatch) if bounded else []
+    model = build_model(cfg).train(training).to("meta")
+    return cfg, model, _seed_hit_bound(model, cfg, monkeypatch) if bounded else []
+
+
+@pytest.mark.parametrize("bounded", [False, True], ids=["all-queries", "bounded-sca"])
+@pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base", "bevformer_tiny_seg"])
+def test_inference_frame_has_no_host_traffic_after_warmup(recipe, bounded, monkeypatch):
+    cfg, model, bounds = _meta_model(recipe, bounded, monkeypatch, training=False)
     frame, inputs = infer.frame_and_inputs(cfg, model, None)
     inputs = tuple(t.to("meta") for t in inputs)
     traffic = HostTraffic()
@@ -138,11 +144,7 @@ def test_history_pass_has_no_host_traffic_after_warmup(recipe, bounded, monkeypa
     frames, the first without a previous BEV)."""
     from bevforge.models.history_graph import history_bev
 
-    _meta_device(monkeypatch)
-    cfg = load_config(recipe, ["model.backbone.pretrained="])
-    torch.manual_seed(0)
-    model = build_model(cfg).eval().to("meta")
-    bounds = _seed_hit_bound(model, cfg, monkeypatch) if bounded else []
+    cfg, model, bounds = _meta_model(recipe, bounded, monkeypatch, training=False)
     _, (images, _, _, can_bus, lidar2img) = infer.frame_and_inputs(cfg, model, None)
     images = torch.stack([images, images], 1).to("meta")  # [1, 2, N, 3, H, W]
     lidar2img = torch.stack([lidar2img, lidar2img], 1).to("meta")  # [1, 2, N, 4, 4]
@@ -184,11 +186,7 @@ def test_training_frame_has_no_host_traffic_after_warmup(recipe, bounded, monkey
     capturable the same way (dropout, the trained convs' weight folds, every backward)."""
     from bevforge.models.frame_graph import frame_preds
 
-    _meta_device(monkeypatch)
-    cfg = load_config(recipe, ["model.backbone.pretrained="])
-    torch.manual_seed(0)
-    model = build_model(cfg).train().to("meta")
-    bounds = _seed_hit_bound(model, cfg, monkeypatch) if bounded else []
+    cfg, model, bounds = _meta_model(recipe, bounded, monkeypatch, training=True)
     _, (images, prev_bev, exists, can_bus, lidar2img) = infer.frame_and_inputs(cfg, model, None)
     images, prev_bev, exists, can_bus, lidar2img = (
         t.to("meta") for t in (images, prev_bev, exists, can_bus, lidar2img)
