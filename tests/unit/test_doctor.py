@@ -110,3 +110,15 @@ def test_cpu_thread_advice_only_when_oversubscribed(monkeypatch) -> None:
     assert cpu_thread_advice(load=20.0, threads=16, cores=64) is None  # big machine, room left
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert cpu_thread_advice(load=3.0, threads=2, cores=2) is None  # the user chose
+
+
+def test_loader_advice_for_idle_or_oversubscribed_cores() -> None:
+    from bevforge.doctor.data import loader_advice
+
+    advice = loader_advice(cores=16, gpus=1, workers=4, threads=0)
+    assert advice is not None and "data.decode_threads=4" in advice  # a GPU node, the recipe's 4 workers
+    assert loader_advice(cores=16, gpus=1, workers=4, threads=3) is None
+    assert loader_advice(cores=128, gpus=8, workers=4, threads=0) is not None  # 16 cores per process
+    assert loader_advice(cores=2, gpus=1, workers=2, threads=0) is None  # this CI machine
+    over = loader_advice(cores=2, gpus=1, workers=4, threads=4)
+    assert over is not None and "lower data.num_workers" in over

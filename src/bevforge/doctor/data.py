@@ -55,6 +55,7 @@ def _check_config(report: DoctorReport, config: str, overrides: list[str] | None
         )
 
     _check_infos(report, cfg)
+    _check_loader(report, cfg)
 
     if cfg.load_from:
         p = Path(cfg.load_from)
@@ -97,6 +98,40 @@ def _check_config(report: DoctorReport, config: str, overrides: list[str] | None
                 else "put the backbone state dict there, or --set model.backbone.pretrained= (random)",
             )
         )
+
+
+def loader_advice(cores: int, gpus: int, workers: int, threads: int) -> str | None:
+    """Advice when a training process's image decoding (``data.num_workers`` workers, each decoding on
+    ``data.decode_threads`` threads) would leave most of its share of the CPU cores idle, or oversubscribe
+    them; ``None`` when it fits."""
+    per_process = max(1, cores // max(1, gpus))
+    decoders = max(1, workers) * max(1, threads)
+    if per_process >= 4 and 2 * decoders <= per_process:
+        suggest = max(2, per_process // max(1, workers))
+        return (
+            f"{per_process} cores per training process but its loader decodes {decoders} image(s) at once: "
+            f"set data.decode_threads={suggest} (threads per worker) or raise data.num_workers, so the data "
+            "share of a step stays small"
+        )
+    if decoders > 2 * per_process:
+        return (
+            f"{decoders} images decoded at once per training process on {per_process} core(s): lower "
+            "data.num_workers or data.decode_threads (threads beyond the cores only add switching)"
+        )
+    return None
+
+
+def _check_loader(report: DoctorReport, cfg: Any) -> None:
+    """The loader's decoding parallelism against this machine's cores and GPUs."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    d = cfg.data
+    advice = loader_advice(cores, gpus, d.num_workers, d.decode_threads)
+    threads = max(1, d.decode_threads)
+    detail = f"{d.num_workers} worker(s) x {threads} decode thread(s), {cores} cores, {gpus} process(es)"
+    report.checks.append(Check("data loader", WARN if advice else OK, detail, advice or ""))
 
 
 def _check_infos(report: DoctorReport, cfg: Any) -> None:
