@@ -91,9 +91,12 @@ elif can_import pytest; then
   # ~150 s on the H200 at 9cdd050 (the DCN cases compile many kernel variants): its own limit
   STEP_TIMEOUT=${KERNELS_TIMEOUT:-240} step kernel-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels \
     tests/unit/ops/test_dcn_sampled_cuda.py tests/unit/export/test_export_bench_infer.py \
-    tests/unit/models/test_history_graph.py tests/unit/losses/test_losses_matcher_blocks.py \
-    tests/unit/models/test_fused_conv_relu.py tests/unit/models/test_frame_projections.py \
-    tests/unit/models/test_frame_graph.py
+    tests/unit/losses/test_losses_matcher_blocks.py
+  # the model-level CUDA tests (graph captures, cuDNN's fused convs, the projected frames): a step of their
+  # own, so a slow kernel step cannot cut them off (cuDNN may compile a fused engine per conv shape)
+  STEP_TIMEOUT=${MODEL_TESTS_TIMEOUT:-150} step model-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu \
+    tests/unit/models/test_history_graph.py tests/unit/models/test_fused_conv_relu.py \
+    tests/unit/models/test_frame_projections.py tests/unit/models/test_frame_graph.py
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
