@@ -149,13 +149,22 @@ def autocast_dtype(x: torch.Tensor, conv: nn.Module) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else conv.weight.dtype
 
 
+def folded_conv(
+    conv: nn.Module, bn: nn.BatchNorm2d, cache: FoldCache, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight [O, C, k, k], bias [O])`` of a frozen conv -> BN: the cached fold in ``dtype``, or, where
+    the conv weight trains, its product with the BN scale in the graph (in the weight's dtype)."""
+    scale, bias, weight = cache.folded(conv, bn, dtype)
+    if weight is None:  # the conv weight trains: the product stays in the graph
+        weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)  # [O, C, k, k]
+    return weight, bias
+
+
 def conv_bn(conv: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, cache: FoldCache) -> torch.Tensor:
     """``bn(conv(x))`` (``[B*, O, H', W']``); a frozen BN folded into the conv's weight and bias."""
     if not is_frozen(conv, bn):
         return bn(conv(x))
-    scale, bias, weight = cache.folded(conv, bn, autocast_dtype(x, conv))
-    if weight is None:  # the conv weight trains: the product stays in the graph
-        weight = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)  # [O, C, k, k]
+    weight, bias = folded_conv(conv, bn, cache, autocast_dtype(x, conv))
     if isinstance(conv, nn.Conv2d):
         assert conv.padding_mode == "zeros", conv.padding_mode
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -201,6 +210,7 @@ __all__ = [
     "bn_scale_shift",
     "conv_bn",
     "fold",
+    "folded_conv",
     "is_frozen",
     "run_block",
 ]

@@ -31,7 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bevforge.models.frozen_bn import FoldCache, autocast_dtype, block_pairs, conv_bn, is_frozen, run_block
+from bevforge.models.frozen_bn import (
+    FoldCache,
+    autocast_dtype,
+    block_pairs,
+    conv_bn,
+    folded_conv,
+    is_frozen,
+    run_block,
+)
 
 #: why the fused cuDNN calls are off for this process (set by their first failure), else None
 FUSED_DISABLED: str | None = None
@@ -119,12 +127,9 @@ def _disable(error: RuntimeError) -> None:
 def _folded(
     conv: nn.Module, bn: nn.BatchNorm2d, cache: FoldCache, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(weight [O, C, k, k], bias [O])`` of a frozen conv -> BN in ``dtype``; a weight that trains is
-    scaled in the graph (as :func:`conv_bn` does), a frozen one comes from the cache."""
-    scale, bias, weight = cache.folded(conv, bn, dtype)
-    if weight is None:
-        weight = (conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)).to(dtype)  # [O, C, k, k]
-    return weight, bias
+    """:func:`folded_conv` with the weight in ``dtype`` (the fused calls take no autocast cast)."""
+    weight, bias = folded_conv(conv, bn, cache, dtype)
+    return weight.to(dtype), bias  # [O, C, k, k], [O]
 
 
 def _plain_conv_relu(conv, bn, x, cache, z=None, z_bias=None) -> torch.Tensor:
