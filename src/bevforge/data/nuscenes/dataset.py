@@ -218,6 +218,16 @@ class NuScenesDataset(Dataset):
         """Images that failed to decode in training (each replaced by a black image)."""
         return len(self._corrupt)
 
+    def _raw_wh(self, index: int, j: int) -> tuple[int, int]:
+        """Camera ``j``'s image size in sample ``index``'s infos."""
+        return int(self.table.cam_wh[index, j, 0]), int(self.table.cam_wh[index, j, 1])
+
+    def _decode_wh(self, index: int, j: int, augs: list[ImageAug] | None) -> tuple[int, int]:
+        """The (W, H) camera ``j`` of sample ``index`` is read at: the ``img_scale`` size, or with the
+        image augmentation the size its resize decodes to (the warp takes it from there)."""
+        raw_wh = self._raw_wh(index, j)
+        return target_size(*raw_wh, self.img_scale) if augs is None else decode_wh(raw_wh, augs[j].resize)
+
     def _image(self, index: int, j: int, wh: tuple[int, int], reads: dict | None) -> np.ndarray:
         """Camera ``j`` of sample ``index`` decoded at ``wh``: from the item's threaded reads when given."""
         if reads is not None:
@@ -231,11 +241,7 @@ class NuScenesDataset(Dataset):
         jobs = {}
         for i in dict.fromkeys(i for i in order if i >= 0):  # each real frame once, in order
             for j in range(len(self.cameras)):
-                raw_wh = (int(self.table.cam_wh[i, j, 0]), int(self.table.cam_wh[i, j, 1]))
-                if augs is None:
-                    wh = target_size(*raw_wh, self.img_scale)  # as _images reads it
-                else:
-                    wh = decode_wh(raw_wh, augs[j].resize)  # as _images_aug reads it
+                wh = self._decode_wh(i, j, augs)  # as _images / _images_aug read it
                 jobs[(i, j)] = (self.data_root / str(self.table.cam_paths[i, j]), wh)
         return self.decoder.submit_all(self._read, jobs)
 
@@ -254,8 +260,8 @@ class NuScenesDataset(Dataset):
         tab = self.table
         cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
         for j, cam in enumerate(self.cameras):
-            raw_w, raw_h = (int(v) for v in tab.cam_wh[index, j])
-            w, h = target_size(raw_w, raw_h, self.img_scale)
+            raw_w, raw_h = self._raw_wh(index, j)
+            w, h = self._decode_wh(index, j, None)
             if (h, w) != self.img_hw:
                 raise ValueError(
                     f"sample {tab.tokens[index]} {cam}: {raw_w}x{raw_h} differs from the first "
@@ -287,8 +293,7 @@ class NuScenesDataset(Dataset):
         cached = self.cache[str(tab.tokens[index])] if self.cache is not None else None  # [N, H, W, 3]
         lidar2img = np.empty((len(self.cameras), 4, 4))  # [N, 4, 4]
         for j, aug in enumerate(augs):
-            raw_wh = (int(tab.cam_wh[index, j, 0]), int(tab.cam_wh[index, j, 1]))
-            wh = decode_wh(raw_wh, aug.resize)
+            raw_wh, wh = self._raw_wh(index, j), self._decode_wh(index, j, augs)
             src = cached[j] if cached is not None else self._image(index, j, wh, reads)  # [Hs, Ws, 3] uint8
             out_from_raw = image_aug_matrix(aug, hw)  # [3, 3]
             out_from_src = out_from_raw @ np.linalg.inv(source_scale((src.shape[1], src.shape[0]), raw_wh))
