@@ -153,9 +153,10 @@ class SCAPlan:
     (clamped >= 1). On the hit-gather path (``all_queries`` False) also ``order [B*N, K]`` (hit queries
     first, in query order), ``valid [B*N, K]``, ``sample_of_group [B*N]``, ``flat_index [B*N*K]`` (into
     ``B*Q + 1``: a padding slot points at the extra row ``B*Q``, which the scatter drops) and the gathered
-    reference points ``refs [B*N, K, Z, 2]``. ``bounded``: ``K`` was a static bound, not read back
-    (CUDA-graph capture); a (sample, camera) hitting more than ``K`` queries drops the rest and sets the
-    0-d bool ``overflow`` (a device tensor the caller owns and reads later).
+    reference points ``refs [B*N, K, Z, 2]``. ``bounded``: ``K`` was given, not read back here (a static
+    bound under CUDA-graph capture, or the exact size ``BEVEncoder.project_frames`` read ahead); with a
+    bound, a (sample, camera) hitting more than ``K`` queries drops the rest and sets the 0-d bool
+    ``overflow`` (a device tensor the caller owns and reads later).
     """
 
     all_queries: bool

@@ -218,8 +218,8 @@ def _check_graph_option(model: nn.Module, tc: TrainConfig, option: str) -> None:
 
 
 def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
-    """``train.channels_last``, ``train.history_graph`` and ``train.compile``, in place (parameter names and
-    state dict unchanged).
+    """``train.channels_last``, ``train.history_graph``, ``train.frame_graph`` and ``train.compile``, in
+    place (parameter names and state dict unchanged).
 
     channels_last: the model's ``backbone`` and ``neck`` weights (and the backbone's input, by a forward
     pre-hook) in channels-last format; the neck outputs stay channels-last, which the encoder's
