@@ -1,10 +1,10 @@
 """What the census scripts share: a CUDA training step's kernel paths, taken on the CPU.
 
-The custom ops (``bevforge::msda`` and, for the op census, ``msda_backward``, ``dcn_columns`` and
-``dcn_backward``) get CPU kernels and the dispatch takes them as it would on CUDA: the forwards are
-computed by the references, the backwards return zeros of the gradients' shapes (they run below autograd,
-where a reference cannot be differentiated; the censuses count operators and saved bytes, not values).
-The recompute regions (``nn/recompute.py``) are active as where the kernel runs.
+The custom ops (``bevforge::msda``, ``msda_offsets`` and, for the op census, their backwards,
+``dcn_columns`` and ``dcn_backward``) get CPU kernels and the dispatch takes them as it would on CUDA: the
+forwards are computed by the references, the backwards return zeros of the gradients' shapes (they run
+below autograd, where a reference cannot be differentiated; the censuses count operators and saved bytes,
+not values). The recompute regions (``nn/recompute.py``) are active as where the kernel runs.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ def _register(name: str, kernel: Callable) -> None:
 
 
 def msda_as_on_cuda(backward: bool = False) -> None:
-    """The MSDA dispatches to ``bevforge::msda`` (its autograd saves what the CUDA path saves); with
-    ``backward`` its backward op runs too."""
+    """The MSDA dispatches to ``bevforge::msda`` / ``bevforge::msda_offsets`` (their autograd saves what
+    the CUDA path saves); with ``backward`` their backward ops run too."""
     import bevforge.ops.msda as msda
     from bevforge.ops.msda.reference import msda_reference
+    from bevforge.ops.msda.shapes import offset_locations
 
     def forward(value, spatial_shapes, level_start_index, locations, weights):
         with torch.no_grad():
@@ -38,14 +39,27 @@ def msda_as_on_cuda(backward: bool = False) -> None:
             hook(out)
         return out
 
-    def backward_zeros(grad_out, value, spatial_shapes, level_start_index, locations, weights):
-        return torch.zeros_like(value), torch.zeros_like(locations), torch.zeros_like(weights)
+    def offsets_forward(value, spatial_shapes, level_start_index, reference, offsets, weights):
+        with torch.no_grad():
+            locations = offset_locations(reference, offsets, spatial_shapes)
+        return forward(value, spatial_shapes, level_start_index, locations, weights)
 
-    if msda._OP.get() is None:
-        raise RuntimeError(f"the MSDA custom op cannot be imported: {msda._OP.error}")
+    def backward_zeros(grad_out, value, spatial_shapes, level_start_index, points, weights):
+        return torch.zeros_like(value), torch.zeros_like(points), torch.zeros_like(weights)
+
+    def offsets_backward_zeros(
+        grad_out, value, spatial_shapes, level_start_index, reference, offsets, weights
+    ):
+        return torch.zeros_like(value), torch.zeros_like(offsets), torch.zeros_like(weights)
+
+    for lazy in (msda._OP, msda._OFFSETS_OP):
+        if lazy.get() is None:
+            raise RuntimeError(f"the MSDA custom ops cannot be imported: {lazy.error}")
     _register("bevforge::msda", forward)
+    _register("bevforge::msda_offsets", offsets_forward)
     if backward:
         _register("bevforge::msda_backward", backward_zeros)
+        _register("bevforge::msda_offsets_backward", offsets_backward_zeros)
     msda.triton_ineligible_reason = lambda *args, **kwargs: None
 
 

@@ -216,20 +216,20 @@ def check_torch_export(device: str) -> None:
 
 @contextlib.contextmanager
 def _counting_kernel_forwards():
-    """``calls[0]``: how many times the Triton MSDA forward ran inside the block."""
+    """``calls[0]``: how many times a Triton MSDA forward (either op) ran inside the block."""
     from bevforge.ops.msda import triton_msda
 
-    real, calls = triton_msda.msda_forward, [0]
+    real, calls = triton_msda._forward, [0]  # both ops' forwards (locations and offsets)
 
     def counting(*args):
         calls[0] += 1
         return real(*args)
 
-    triton_msda.msda_forward = counting
+    triton_msda._forward = counting
     try:
         yield calls
     finally:
-        triton_msda.msda_forward = real
+        triton_msda._forward = real
 
 
 def check_sca_recompute(device: str) -> None:
@@ -334,6 +334,118 @@ def check_deterministic_mode_alert(device: str) -> None:
         torch.use_deterministic_algorithms(False)
 
 
+def make_offsets_inputs(device: str, offsets_dtype: torch.dtype, ref_levels: int, Z: int, seed: int = 5):
+    """(value bf16, spatial, start, reference [B, Q, L_r, Z, 2] fp32, offsets [B, Q, M, L, P, 2] in cells,
+    weights fp32) as autocast leaves the encoder's; some points far outside the map."""
+    value, spatial, start, _, weights = make_inputs(device, B=2, M=2, D=5, Q=9, P=4, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    B, Q, M, L, P = weights.shape
+    reference = (torch.rand(B, Q, ref_levels, Z, 2, generator=g) * 1.2 - 0.1).to(device)
+    offsets = torch.randn(B, Q, M, L, P, 2, generator=g) * 2  # cells
+    offsets[0, 0] = 1e4  # far outside: clamped before the int cast, all corners out
+    offsets[1, 1, 0] = -3e3
+    return value.to(torch.bfloat16), spatial, start, reference, offsets.to(device, offsets_dtype), weights
+
+
+def _offsets_grads(fn, value, spatial, start, reference, offsets, weights, grad_out):
+    leaves = [t.detach().clone().requires_grad_() for t in (value, offsets, weights)]
+    out = fn(leaves[0], spatial, start, reference, leaves[1], leaves[2])
+    return out, torch.autograd.grad(out, leaves, grad_out)
+
+
+def _locations_path(value, spatial, start, reference, offsets, weights):
+    from bevforge.ops.msda.shapes import offset_locations
+
+    return _op()(value, spatial, start, offset_locations(reference, offsets, spatial), weights)
+
+
+def check_offsets_match_locations(device: str) -> None:
+    """``bevforge::msda_offsets`` (locations formed in the kernel) against the kernel on the locations
+    ``offset_locations`` forms (``addcdiv``): the same output bitwise (the IEEE division), the same weight
+    and offset gradients (the offsets' bitwise in fp32; bf16 ones within one bf16 step on the CPU, where
+    the Triton interpreter truncates its fp32 -> bf16 casts instead of rounding them to nearest), for one
+    reference row per level (TSA: Z = 1) and one for all levels (SCA: Z = 2 pillar points)."""
+    from bevforge.ops.msda.op import msda_offsets_op
+
+    combos = ((torch.float32, 3, 1), (torch.float32, 1, 2), (torch.bfloat16, 1, 2), (torch.bfloat16, 3, 4))
+    for offsets_dtype, ref_levels, Z in combos:
+        args = make_offsets_inputs(device, offsets_dtype, ref_levels, Z)
+        label = f"offsets {offsets_dtype}, reference rows {ref_levels} x {Z}"
+        grad_out = torch.randn(2, 9, 10, generator=torch.Generator().manual_seed(7)).to(device)
+        out_k, g_k = _offsets_grads(msda_offsets_op, *args, grad_out)
+        out_c, g_c = _offsets_grads(_locations_path, *args, grad_out)
+        assert out_k.dtype == torch.float32 and g_k[1].dtype == offsets_dtype, (out_k.dtype, g_k[1].dtype)
+        _close(out_k, out_c, 0.0, f"{label} output")
+        _close(g_k[0].float(), g_c[0].float(), 1e-2, f"{label} grad value (atomics order, bf16)")
+        _close(g_k[2], g_c[2], 0.0, f"{label} grad weights")
+        exact = offsets_dtype == torch.float32 or device == "cuda"
+        step = 0.0 if exact else 2.0**-7  # one bf16 step, relative
+        _close(g_k[1].float(), g_c[1].float(), step, f"{label} grad offsets", atol=0.0)
+        assert g_k[1].abs().sum() > 0, f"{label}: no offset gradient"
+
+
+def check_offsets_dispatch(device: str) -> None:
+    """``msda_from_offsets`` takes the offsets op where it can; a reference that needs a gradient (the
+    decoder's) takes the locations path and gets it; the op itself refuses to drop that gradient."""
+    from bevforge.ops.msda import msda_from_offsets
+    from bevforge.ops.msda.op import msda_offsets_op
+
+    value, spatial, start, reference, offsets, weights = make_offsets_inputs(device, torch.bfloat16, 3, 1)
+    with kernels("triton"):
+        torch.testing.assert_close(
+            msda_from_offsets(value, spatial, start, reference, offsets, weights),
+            msda_offsets_op(value, spatial, start, reference, offsets, weights),
+            atol=0,
+            rtol=0,
+        )
+        ref_leaf = reference.clone().requires_grad_()
+        out = msda_from_offsets(value, spatial, start, ref_leaf, offsets, weights)
+        (grad_ref,) = torch.autograd.grad(out.square().sum(), ref_leaf)
+        want = _locations_path(value, spatial, start, reference.clone().requires_grad_(), offsets, weights)
+        torch.testing.assert_close(out, want, atol=0, rtol=0)
+        assert grad_ref.abs().sum() > 0
+    try:
+        msda_offsets_op(
+            value, spatial, start, reference.clone().requires_grad_(), offsets, weights
+        ).sum().backward()
+    except RuntimeError as e:
+        assert "no gradient for its reference points" in str(e), e
+    else:
+        raise AssertionError("bevforge::msda_offsets dropped the reference points' gradient")
+
+
+def check_offsets_opcheck(device: str) -> None:
+    """Both offsets ops pass ``torch.library.opcheck`` (schema, fake, autograd registration)."""
+    value, spatial, start, reference, offsets, weights = make_offsets_inputs(device, torch.float32, 1, 2)
+    value = value.float()
+    args = (
+        value.requires_grad_(),
+        spatial,
+        start,
+        reference,
+        offsets.requires_grad_(),
+        weights.requires_grad_(),
+    )
+    torch.library.opcheck(torch.ops.bevforge.msda_offsets.default, args)
+    grad_out = torch.randn(2, 9, 10, device=device)
+    plain = tuple(a.detach() for a in args)
+    torch.library.opcheck(torch.ops.bevforge.msda_offsets_backward.default, (grad_out, *plain))
+
+
+def check_offsets_bad_shapes(device: str) -> None:
+    from bevforge.ops.msda.op import msda_offsets_op
+
+    value, spatial, start, reference, offsets, weights = make_offsets_inputs(device, torch.float32, 3, 1)
+    bad_refs = (reference[:, :, :2], reference[:1], reference.expand(-1, -1, -1, 3, -1), reference.double())
+    for bad in bad_refs:
+        try:
+            msda_offsets_op(value, spatial, start, bad, offsets, weights)
+        except ValueError as e:
+            assert "msda_offsets: reference" in str(e), e
+        else:
+            raise AssertionError(f"reference {tuple(bad.shape)} {bad.dtype} was accepted")
+
+
 CASES = {
     "forward_fp32": check_forward_fp32,
     "forward_low_precision": check_forward_low_precision,
@@ -349,6 +461,10 @@ CASES = {
     "sca_recompute": check_sca_recompute,
     "tsa_recompute": check_tsa_recompute,
     "deterministic_mode_alert": check_deterministic_mode_alert,
+    "offsets_match_locations": check_offsets_match_locations,
+    "offsets_dispatch": check_offsets_dispatch,
+    "offsets_opcheck": check_offsets_opcheck,
+    "offsets_bad_shapes": check_offsets_bad_shapes,
 }
 
 

@@ -12,6 +12,12 @@ FPN strides 8/16/32/64, 200x200 BEV, 256 channels = 8 heads x 32):
 - ``decoder``: detection decoder cross-attention, 900 queries on the 200x200 BEV, 1 level, 4 points.
 - ``tiny``: a small smoke shape.
 
+Where the model gives the sampling points as offsets around fixed reference points (the SCA: 4 pillar
+points per query for all levels; the TSA: one per level), the table also times the two Triton paths of
+forward+backward at bf16-like offsets: the locations formed by ``addcdiv`` and then the kernel
+(``bevforge::msda``), and the kernel forming them itself (``bevforge::msda_offsets``), the models' path.
+The decoder's reference points train, so it keeps the locations path (no column).
+
 BEV pooling (``ops/bev_pool``, BEVDet's Lift-Splat splat), reference (gather + scatter_add) vs the Triton
 kernel, with letters B batch, N cameras, D depth bins, fH x fW feature map, C channels, H x W BEV cells:
 
@@ -57,12 +63,17 @@ class MsdaShape:
     M: int = 8
     D: int = 32
     P: int = 4
+    #: reference rows (L_r, Z) of the offsets path: (1, Z) one row of Z points for every level (SCA),
+    #: (L, 1) one point per level (TSA); None: the shape's reference points train (locations only)
+    ref_rows: tuple[int, int] | None = None
 
 
 SHAPES: dict[str, MsdaShape] = {
-    "tiny": MsdaShape("tiny", B=1, levels=((16, 16), (8, 8)), Q=256),
-    "base-sca": MsdaShape("base-sca", B=6, levels=((116, 200), (58, 100), (29, 50), (15, 25)), Q=10000, P=8),
-    "base-tsa": MsdaShape("base-tsa", B=2, levels=((200, 200),), Q=40000),
+    "tiny": MsdaShape("tiny", B=1, levels=((16, 16), (8, 8)), Q=256, ref_rows=(1, 2)),
+    "base-sca": MsdaShape(
+        "base-sca", B=6, levels=((116, 200), (58, 100), (29, 50), (15, 25)), Q=10000, P=8, ref_rows=(1, 4)
+    ),
+    "base-tsa": MsdaShape("base-tsa", B=2, levels=((200, 200),), Q=40000, ref_rows=(1, 1)),
     "decoder": MsdaShape("decoder", B=1, levels=((200, 200),), Q=900),
 }
 
@@ -127,6 +138,16 @@ def make_inputs(shape: MsdaShape, device: str, dtype: torch.dtype, seed: int = 0
     return value, spatial, start, locs, weights
 
 
+def make_offsets(shape: MsdaShape, device: str, dtype: torch.dtype, seed: int = 1):
+    """``(reference [B, Q, L_r, Z, 2] fp32 in [0, 1], offsets [B, Q, M, L, P, 2] in cells, N(0, 2))``."""
+    assert shape.ref_rows is not None, shape
+    g = torch.Generator(device=device).manual_seed(seed)
+    L = len(shape.levels)
+    reference = torch.rand(shape.B, shape.Q, *shape.ref_rows, 2, device=device, generator=g)
+    offsets = torch.randn(shape.B, shape.Q, shape.M, L, shape.P, 2, device=device, generator=g) * 2
+    return reference, offsets.to(dtype)
+
+
 def time_median_ms(fn: Callable[[], object], warmup: int, iters: int, device: str) -> float:
     for _ in range(warmup):
         fn()
@@ -177,9 +198,31 @@ def bench_shape(shape: MsdaShape, dtype: torch.dtype, device: str, warmup: int, 
             row["ref_diff"] = (ref_out.float() - ref_fp32).abs().max().item()
         row["tri_fwd"] = time_median_ms(lambda: msda_op(*args), warmup, iters, device)
         row["tri_fb"] = time_median_ms(_fwd_bwd(msda_op, *args, grad_out), warmup, iters, device)
+        if shape.ref_rows is not None:
+            row["loc_fb"], row["off_fb"] = _time_offsets_paths(shape, args, grad_out, warmup, iters, device)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return row
+
+
+def _time_offsets_paths(shape: MsdaShape, args, grad_out, warmup: int, iters: int, device: str):
+    """Median ms of forward+backward from offsets: locations by ``addcdiv`` then the kernel, and the
+    offsets op (``bevforge::msda_offsets``) forming them inside the kernel."""
+    from bevforge.ops.msda.op import msda_offsets_op, msda_op
+    from bevforge.ops.msda.shapes import offset_locations
+
+    value, spatial, start, _, weights = args
+    reference, offsets = make_offsets(shape, device, value.dtype)
+
+    def via_locations(v, sp, st, off, w):
+        return msda_op(v, sp, st, offset_locations(reference, off, shape.levels), w)
+
+    def in_kernel(v, sp, st, off, w):
+        return msda_offsets_op(v, sp, st, reference, off, w)
+
+    inputs = (value, spatial, start, offsets, weights, grad_out)
+    loc_fb = time_median_ms(_fwd_bwd(via_locations, *inputs), warmup, iters, device)
+    return loc_fb, time_median_ms(_fwd_bwd(in_kernel, *inputs), warmup, iters, device)
 
 
 def _fmt(x: float | None) -> str:
@@ -193,8 +236,9 @@ def _ratio(a: float | None, b: float | None) -> str:
 def format_table(rows: list[dict]) -> str:
     lines = [
         "| shape | dtype | B | S | Q | M x D | L | P | ref fwd ms | triton fwd ms | speedup | "
-        "ref fwd+bwd ms | triton fwd+bwd ms | speedup | max abs diff triton / ref vs fp32 ref |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "ref fwd+bwd ms | triton fwd+bwd ms | speedup | from offsets fwd+bwd ms: locations -> in kernel | "
+        "max abs diff triton / ref vs fp32 ref |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s: MsdaShape = r["shape"]
@@ -205,10 +249,12 @@ def format_table(rows: list[dict]) -> str:
             if "max_diff" in r
             else f"triton skipped: {r['triton_note']}"
         )
+        loc, off = r.get("loc_fb"), r.get("off_fb")
+        offsets = "n/a" if loc is None else f"{_fmt(loc)} -> {_fmt(off)} ({_ratio(loc, off)})"
         lines.append(
             f"| {s.name} | {str(r['dtype']).replace('torch.', '')} | {s.B} | {S} | {s.Q} | {s.M} x {s.D} | "
             f"{len(s.levels)} | {s.P} | {_fmt(r['ref_fwd'])} | {_fmt(tf)} | {_ratio(r['ref_fwd'], tf)} | "
-            f"{_fmt(r['ref_fb'])} | {_fmt(tfb)} | {_ratio(r['ref_fb'], tfb)} | {diff} |"
+            f"{_fmt(r['ref_fb'])} | {_fmt(tfb)} | {_ratio(r['ref_fb'], tfb)} | {offsets} | {diff} |"
         )
     return "\n".join(lines)
 

@@ -22,7 +22,7 @@ from torch import nn
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
 from bevforge.nn.recompute import check_recompute_mode, recomputed
 from bevforge.ops.constants import capturing_cuda_graph
-from bevforge.ops.msda import multi_scale_deformable_attention
+from bevforge.ops.msda import msda_from_offsets, multi_scale_deformable_attention
 from bevforge.ops.msda.shapes import SpatialShapes, sampling_locations, wh_normaliser
 
 
@@ -91,6 +91,12 @@ class MSDeformableAttention3D(nn.Module):
         normaliser = wh_normaliser(spatial_shapes, torch.float32, offsets.device)  # [L, 2] (W, H)
         return sampling_locations(ref.float(), offsets, normaliser[:, None, None, :])  # [L, 1, 1, 2]
 
+    def value_heads(self, value: torch.Tensor) -> torch.Tensor:
+        """``value [G, S, C]`` (before ``value_proj``) -> ``[G, S, M, D]``, as ``value_proj`` left it (bf16
+        under autocast: the MSDA samples it in fp32, without an fp32 copy)."""
+        groups, num_value, _ = value.shape
+        return self.value_proj(value).view(groups, num_value, self.num_heads, -1)  # [G, S, M, D]
+
     def attend(
         self,
         value: torch.Tensor,
@@ -101,12 +107,9 @@ class MSDeformableAttention3D(nn.Module):
     ) -> torch.Tensor:
         """``value [G, S, C]`` (before ``value_proj``), ``locations [G, K, M, L, P, 2]``, ``weights
         [G, K, M, L, P]`` -> ``[G, K, C]`` fp32 (the caller casts)."""
-        groups, num_value, channels = value.shape
-        value = self.value_proj(value).view(groups, num_value, self.num_heads, -1)  # [G, S, M, D]
-        # sampling in fp32 as the official code (``force_fp32``): half-precision locations are too coarse;
-        # value as value_proj left it (bf16 under autocast): the op samples it in fp32, without an fp32 copy
+        # sampling in fp32 as the official code (``force_fp32``): half-precision locations are too coarse
         return multi_scale_deformable_attention(
-            value, spatial_shapes, level_start_index, locations.float(), weights.float()
+            self.value_heads(value), spatial_shapes, level_start_index, locations.float(), weights.float()
         )  # [G, K, C] fp32
 
     def forward(
@@ -126,10 +129,16 @@ class MSDeformableAttention3D(nn.Module):
         groups, num_q, _ = query.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         offsets, weights = self.sampling(query, spatial_shapes, reference_points.shape[2])
-        # [G, K, Z, 2] -> [G, K, 1, 1, 1, Z, 2]
-        ref = reference_points[:, :, None, None, None, :, :]
-        locations = self.locations(ref, offsets, spatial_shapes).view(groups, num_q, m, lv, p, 2)
-        return self.attend(value, locations, weights, spatial_shapes, level_start_index).to(query.dtype)
+        # fp32 locations ref + offsets / (W, H) (in the kernel where it runs): [G, K, Z, 2] -> [G, K, 1, Z, 2]
+        # (one row for every level; point p = outer * Z + z around pillar point z, as :meth:`sampling`)
+        return msda_from_offsets(
+            self.value_heads(value),
+            spatial_shapes,
+            level_start_index,
+            reference_points.float()[:, :, None],
+            offsets.view(groups, num_q, m, lv, p, 2),  # [G, K, M, L, P/Z, Z, 2] -> [G, K, M, L, P, 2]
+            weights.float(),
+        ).to(query.dtype)  # [G, K, C]
 
 
 #: how many queries each (sample, camera) gathers: "exact" = the most any of them hits (read back to the

@@ -20,8 +20,8 @@ from torch import nn
 
 from bevforge.nn.msdeform_attn import init_deformable_attention
 from bevforge.nn.recompute import check_recompute_mode, recomputed
-from bevforge.ops.msda import multi_scale_deformable_attention
-from bevforge.ops.msda.shapes import SpatialShapes, check_num_tokens, sampling_locations, wh_normaliser
+from bevforge.ops.msda import msda_from_offsets
+from bevforge.ops.msda.shapes import SpatialShapes, check_num_tokens
 
 
 class TemporalSelfAttention(nn.Module):
@@ -156,12 +156,10 @@ class TemporalSelfAttention(nn.Module):
         )
         # [B, Q, M, V, L, P, 2] -> [V, B, Q, M, L, P, 2] -> [V*B, Q, M, L, P, 2]
         offsets = offsets.permute(3, 0, 1, 2, 4, 5, 6).reshape(v * batch, num_q, m, lv, p, 2)
-        normaliser = wh_normaliser(spatial_shapes, torch.float32, offsets.device)  # [L, 2] (W, H)
-        # [V*B, Q, 1, L, 1, 2] + [V*B, Q, M, L, P, 2] / [1, 1, 1, L, 1, 2], in fp32
-        ref = reference_points[:, :, None, :, None, :].float()  # [V*B, Q, 1, L, 1, 2]
-        locations = sampling_locations(ref, offsets, normaliser[None, None, None, :, None, :])
-        # sampling in fp32 as the official code (bf16 locations would be off by up to a cell at 200 x 200);
-        # value as value_proj left it (bf16 under autocast): the op samples it in fp32, without an fp32 copy
-        return multi_scale_deformable_attention(
-            value, spatial_shapes, level_start_index, locations.float(), weights.float()
+        # sampling at fp32 locations ref + offsets / (W, H) as the official code (bf16 locations would be
+        # off by up to a cell at 200 x 200), formed in the kernel where it runs; value as value_proj left it
+        # (bf16 under autocast): the op samples it in fp32, without an fp32 copy
+        ref = reference_points[:, :, :, None, :].float()  # [V*B, Q, L, 2] -> [V*B, Q, L, 1, 2] (Z = 1)
+        return msda_from_offsets(
+            value, spatial_shapes, level_start_index, ref, offsets, weights.float()
         )  # [V*B, Q, C]

@@ -5,6 +5,9 @@ kernel (``torch.ops.bevforge.msda``, see ``op.py``) when it is eligible (CUDA te
 sizes within the kernel's limits, not inside an ONNX export) and the pure-PyTorch reference otherwise;
 ``triton`` raises a clear error when the kernel is not eligible. Importing this module never fails:
 a kernel whose import fails is simply not eligible (the reason is kept in ``triton_import_error()``).
+:func:`msda_from_offsets` is the same attention with the sampling points given as offsets in cells around
+reference points; on the kernel path the locations are formed inside the kernel
+(``torch.ops.bevforge.msda_offsets``: no fp32 locations tensor written, read or kept for backward).
 ``spatial_shapes`` may be static (H, W) int pairs (:mod:`bevforge.ops.msda.shapes`): the reference then
 never reads a tensor back, and the kernel gets them as a device tensor.
 """
@@ -15,13 +18,14 @@ import torch
 
 from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 from bevforge.ops.msda.reference import msda_reference
-from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes, level_shapes, shapes_tensor
+from bevforge.ops.msda.shapes import LevelShapes, SpatialShapes, level_shapes, offset_locations, shapes_tensor
 
 __all__ = [
     "LevelShapes",
     "SpatialShapes",
     "kernel_choice",
     "level_shapes",
+    "msda_from_offsets",
     "msda_reference",
     "multi_scale_deformable_attention",
     "triton_ineligible_reason",
@@ -36,6 +40,7 @@ MAX_LEVELS = 8
 MAX_POINTS = 32
 MAX_NUMEL = 2**31 - 1
 _OP = LazyOp("bevforge.ops.msda.op", "msda_op")
+_OFFSETS_OP = LazyOp("bevforge.ops.msda.op", "msda_offsets_op")
 
 
 def triton_import_error() -> str | None:
@@ -91,3 +96,36 @@ def multi_scale_deformable_attention(
         shapes = shapes_tensor(spatial_shapes, value.device)  # [L, 2] int64 (the op takes tensors)
         return op(value, shapes, level_start_index, sampling_locations, attention_weights)
     return msda_reference(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+def msda_from_offsets(
+    value: torch.Tensor,
+    spatial_shapes: SpatialShapes,
+    level_start_index: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`multi_scale_deformable_attention` at the fp32 locations
+    :func:`~bevforge.ops.msda.shapes.offset_locations` of ``offsets [B, Q, M, L, P, 2]`` (cells of each
+    level) around ``reference [B, Q, L_r, Z, 2]`` (``L_r`` 1 or L; point p takes reference ``p % Z``).
+
+    Where the kernel is eligible, ``reference`` is fp32 and needs no gradient, one op forms the locations
+    inside the kernel, forward and backward (``bevforge::msda_offsets``: the same numbers, bitwise, as the
+    kernel on the locations); otherwise the locations are formed here and take the dispatch above (a
+    reference point that trains, as the decoder's, takes this path). Returns ``[B, Q, M * D]``."""
+    choice = kernel_choice()
+    if (
+        choice != "reference"
+        and reference.dtype == torch.float32
+        and not (reference.requires_grad and torch.is_grad_enabled())
+        and triton_ineligible_reason(value, offsets, attention_weights) is None
+    ):
+        op = _OFFSETS_OP.get()
+        if op is not None:
+            shapes = shapes_tensor(spatial_shapes, value.device)  # [L, 2] int64 (the op takes tensors)
+            return op(value, shapes, level_start_index, reference, offsets, attention_weights)
+    locations = offset_locations(reference, offsets, spatial_shapes)  # [B, Q, M, L, P, 2] fp32
+    return multi_scale_deformable_attention(
+        value, spatial_shapes, level_start_index, locations, attention_weights
+    )

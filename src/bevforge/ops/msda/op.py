@@ -4,7 +4,10 @@ Registered with a fake (meta) implementation and an autograd formula, so ``torch
 ``torch.export`` and AOTAutograd see one opaque op with known output shapes instead of tracing into
 Triton launches. Shape letters as in :mod:`bevforge.ops.msda.reference` (B, S, M, D, Q, L, P).
 
-The op runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before Triton was
+``bevforge::msda_offsets`` is the same attention with the sampling points given as offsets in cells
+around reference points (:func:`msda_offsets_op`): the locations are formed in the kernel.
+
+The ops run on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before Triton was
 imported (the test path). The dispatch in ``bevforge.ops.msda`` decides when it is used.
 """
 
@@ -16,7 +19,7 @@ from bevforge.ops.dispatch import alert_not_deterministic
 from bevforge.ops.msda import triton_msda
 from bevforge.ops.msda.reference import output_dtype
 
-__all__ = ["check_shapes", "msda_backward_op", "msda_op"]
+__all__ = ["check_offsets_shapes", "check_shapes", "msda_backward_op", "msda_offsets_op", "msda_op"]
 
 
 def check_shapes(
@@ -105,3 +108,95 @@ def _backward(ctx, grad_out: torch.Tensor):
 
 
 msda_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_offsets_shapes(
+    value: torch.Tensor, reference: torch.Tensor, offsets: torch.Tensor, attention_weights: torch.Tensor
+) -> None:
+    """:func:`check_shapes` of the offsets, and ``reference [B, Q, L_r, Z, 2]`` fp32 with ``L_r`` 1 or L
+    and Z dividing P."""
+    check_shapes(value, offsets, attention_weights)
+    B, Q, _, L, P, _ = offsets.shape
+    if (
+        reference.dim() != 5
+        or reference.shape[-1] != 2
+        or tuple(reference.shape[:2]) != (B, Q)
+        or reference.shape[2] not in (1, L)
+        or reference.shape[3] < 1
+        or P % reference.shape[3] != 0
+    ):
+        raise ValueError(
+            f"msda_offsets: reference {tuple(reference.shape)} must be [B, Q, L_r, Z, 2] with (B, Q) = "
+            f"{(B, Q)}, L_r 1 or {L} and Z dividing the {P} points (point p takes reference p % Z)"
+        )
+    if reference.dtype != torch.float32:
+        raise ValueError(f"msda_offsets: reference dtype {reference.dtype}, expected float32")
+
+
+@torch.library.custom_op("bevforge::msda_offsets", mutates_args=())
+def msda_offsets_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """``value [B, S, M, D]``, ``reference [B, Q, L_r, Z, 2]`` fp32, ``offsets [B, Q, M, L, P, 2]`` in
+    cells of each level, ``attention_weights [B, Q, M, L, P]`` -> ``[B, Q, M * D]``: :func:`msda_op` at
+    ``sampling_locations(reference, offsets, (W, H))``, point p of a level around reference ``p % Z``.
+    No gradient for ``reference``."""
+    check_offsets_shapes(value, reference, offsets, attention_weights)
+    return triton_msda.msda_offsets_forward(
+        value, spatial_shapes, level_start_index, reference, offsets, attention_weights
+    )
+
+
+@msda_offsets_op.register_fake
+def _msda_offsets_fake(value, spatial_shapes, level_start_index, reference, offsets, attention_weights):
+    check_offsets_shapes(value, reference, offsets, attention_weights)
+    B, _, M, D = value.shape
+    dtype = output_dtype(value, reference, attention_weights)
+    return value.new_empty(B, offsets.shape[1], M * D, dtype=dtype)
+
+
+@torch.library.custom_op("bevforge::msda_offsets_backward", mutates_args=())
+def msda_offsets_backward_op(
+    grad_out: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (value, offsets, attention_weights); value grads via fp32 atomics."""
+    alert_not_deterministic("The Triton MSDA backward (bevforge::msda_offsets_backward)")
+    return triton_msda.msda_offsets_backward(
+        grad_out, value, spatial_shapes, level_start_index, reference, offsets, attention_weights
+    )
+
+
+@msda_offsets_backward_op.register_fake
+def _msda_offsets_backward_fake(grad_out, value, spatial_shapes, level_start_index, reference, offsets, attn):
+    return torch.empty_like(value), torch.empty_like(offsets), torch.empty_like(attn)
+
+
+def _offsets_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _offsets_backward(ctx, grad_out: torch.Tensor):
+    value, spatial_shapes, level_start_index, reference, offsets, attention_weights = ctx.saved_tensors
+    if ctx.needs_input_grad[3]:
+        raise RuntimeError(
+            "bevforge::msda_offsets has no gradient for its reference points: pass them detached, or use "
+            "bevforge.ops.msda.msda_from_offsets, which takes the locations path when they need one"
+        )
+    grad_value, grad_offsets, grad_attn = msda_offsets_backward_op(
+        grad_out.contiguous(), value, spatial_shapes, level_start_index, reference, offsets, attention_weights
+    )
+    return grad_value, None, None, None, grad_offsets, grad_attn
+
+
+msda_offsets_op.register_autograd(_offsets_backward, setup_context=_offsets_setup_context)

@@ -88,6 +88,22 @@ def sampling_locations(
     return torch.addcdiv(reference, offsets, normaliser)
 
 
+def offset_locations(
+    reference: torch.Tensor, offsets: torch.Tensor, spatial_shapes: SpatialShapes
+) -> torch.Tensor:
+    """fp32 sampling locations ``[B, Q, M, L, P, 2]`` of ``offsets [B, Q, M, L, P, 2]`` (cells of each
+    level) around ``reference [B, Q, L_r, Z, 2]`` fp32 (``L_r``: 1 or L): point ``p = outer * Z + z`` of
+    level l around reference z of level l (or of the one row). :func:`sampling_locations`, one pass; the
+    MSDA kernel forms the same numbers itself (``bevforge.ops.msda.msda_from_offsets``)."""
+    B, Q, M, L, P, _ = offsets.shape
+    Z = reference.shape[3]
+    normaliser = wh_normaliser(spatial_shapes, torch.float32, offsets.device)  # [L, 2] (W, H)
+    # [B, Q, 1, L_r, 1, Z, 2] + [B, Q, M, L, P/Z, Z, 2] / [L, 1, 1, 2]
+    ref = reference[:, :, None, :, None]
+    locations = sampling_locations(ref, offsets.view(B, Q, M, L, P // Z, Z, 2), normaliser[:, None, None, :])
+    return locations.view(B, Q, M, L, P, 2)
+
+
 def check_num_tokens(spatial_shapes: SpatialShapes, num_tokens: int, name: str) -> None:
     """``sum_l H_l * W_l == num_tokens`` without a host sync: a Python check for static shapes, a
     device-side assert (``torch._assert_async``, no graph break) for a tensor."""

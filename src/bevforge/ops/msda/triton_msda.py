@@ -12,6 +12,16 @@ everything is accumulated in fp32. The backward writes the gradients of the samp
 attention weights directly (each (q, m, l, p) belongs to one program) and scatters the value gradient
 with fp32 atomics (many queries sample the same pixel).
 
+The sampling points come either as normalised locations ``[B, Q, M, L, P, 2]`` (``FROM_OFFSETS`` off,
+the contract of the reference) or as offsets in cells of each level ``[B, Q, M, L, P, 2]`` around
+fp32 reference points ``[B, Q, L_r, Z, 2]`` (``FROM_OFFSETS`` on, :func:`msda_offsets_forward`): the
+kernel then forms each location as ``ref + offset / (W, H)`` in fp32, with an IEEE division as
+``torch.addcdiv`` does, so the locations are bitwise those of :func:`bevforge.ops.msda.shapes.
+sampling_locations` and the fp32 locations tensor is never written, read or kept for backward; the
+backward writes the offsets' gradient (the location's gradient times ``1 / (W, H)``, as ``addcdiv``'s
+backward) in the offsets' dtype. Point ``p`` of level ``l`` takes reference ``z = p % Z`` of level
+``l`` (``L_r = L``) or of the one level row (``L_r = 1``).
+
 Indices are int32: the dispatch (``bevforge.ops.msda``) only sends tensors with fewer than 2**31
 elements and D, L, P within ``MAX_HEAD_DIM``, ``MAX_LEVELS``, ``MAX_POINTS`` defined there.
 """
@@ -35,10 +45,15 @@ def _corner_ptrs(v_base, start, yy, xx, h, w, q_mask, d, d_mask, MD: tl.constexp
 
 
 @triton.jit
-def _pixel_coords(loc_ptr, a_idx, q_mask, hf, wf):
-    """Bilinear corner indices and fractions of the sampling points ``a_idx`` ([BQ] flat (q, m, l, p))."""
-    lx = tl.load(loc_ptr + a_idx * 2, mask=q_mask, other=0.0).to(tl.float32)
-    ly = tl.load(loc_ptr + a_idx * 2 + 1, mask=q_mask, other=0.0).to(tl.float32)
+def _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS: tl.constexpr):
+    """Bilinear corner indices and fractions of the sampling points ``a_idx`` ([BQ] flat (q, m, l, p)):
+    their locations, or (``FROM_OFFSETS``) reference ``r_idx`` ([BQ] flat (q, l_r, z)) + offset / (W, H)."""
+    lx = tl.load(pts_ptr + a_idx * 2, mask=q_mask, other=0.0).to(tl.float32)
+    ly = tl.load(pts_ptr + a_idx * 2 + 1, mask=q_mask, other=0.0).to(tl.float32)
+    if FROM_OFFSETS:
+        # fp32, IEEE division: bitwise the locations torch.addcdiv(ref, offsets, (W, H)) gives
+        lx = tl.load(ref_ptr + r_idx * 2, mask=q_mask, other=0.0) + tl.math.div_rn(lx, wf)
+        ly = tl.load(ref_ptr + r_idx * 2 + 1, mask=q_mask, other=0.0) + tl.math.div_rn(ly, hf)
     # align_corners=False: pixel centres at integers; clamp far-away points so the int cast cannot
     # overflow (a point beyond [-1, W] has all four corners outside either way)
     x = tl.minimum(tl.maximum(lx * wf - 0.5, -2.0), wf + 1.0)
@@ -53,7 +68,8 @@ def _msda_fwd_kernel(
     value_ptr,  # [B, S, M, D]
     shapes_ptr,  # [L, 2] int32 (H, W)
     starts_ptr,  # [L] int32
-    loc_ptr,  # [B, Q, M, L, P, 2]
+    pts_ptr,  # [B, Q, M, L, P, 2] locations, or offsets in cells (FROM_OFFSETS)
+    ref_ptr,  # [B, Q, L_r, Z, 2] fp32 reference points (FROM_OFFSETS; else unused)
     attn_ptr,  # [B, Q, M, L, P]
     out_ptr,  # [B, Q, M * D]
     S,
@@ -62,6 +78,10 @@ def _msda_fwd_kernel(
     D: tl.constexpr,
     L,
     P,
+    Z,  # reference points per level row (point p takes z = p % Z)
+    REF_Q,  # L_r * Z: reference entries per query
+    REF_L,  # Z where L_r = L, 0 where L_r = 1
+    FROM_OFFSETS: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -75,6 +95,7 @@ def _msda_fwd_kernel(
     d_mask = d < D
     v_base = value_ptr + b * S * M * D + m * D
     a_row = ((b * Q + q) * M + m) * (L * P)  # [BQ] flat index of (b, q, m, 0, 0)
+    r_row = (b * Q + q) * REF_Q  # [BQ] flat index of reference (b, q, 0, 0)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
         h = tl.load(shapes_ptr + 2 * lvl)
@@ -85,7 +106,8 @@ def _msda_fwd_kernel(
         for p in range(P):
             a_idx = a_row + lvl * P + p
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
-            x0, y0, fx, fy = _pixel_coords(loc_ptr, a_idx, q_mask, hf, wf)
+            r_idx = r_row + lvl * REF_L + p % Z
+            x0, y0, fx, fy = _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS)
             ptr, msk = _corner_ptrs(v_base, start, y0, x0, h, w, q_mask, d, d_mask, M * D)
             acc += (aw * (1.0 - fy) * (1.0 - fx))[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
             ptr, msk = _corner_ptrs(v_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, M * D)
@@ -103,11 +125,12 @@ def _msda_bwd_kernel(
     value_ptr,  # [B, S, M, D]
     shapes_ptr,  # [L, 2] int32
     starts_ptr,  # [L] int32
-    loc_ptr,  # [B, Q, M, L, P, 2]
+    pts_ptr,  # [B, Q, M, L, P, 2] locations, or offsets in cells (FROM_OFFSETS)
+    ref_ptr,  # [B, Q, L_r, Z, 2] fp32 (FROM_OFFSETS; else unused)
     attn_ptr,  # [B, Q, M, L, P]
     gout_ptr,  # [B, Q, M * D]
     gvalue_ptr,  # [B, S, M, D] fp32, zero-initialised (atomics)
-    gloc_ptr,  # [B, Q, M, L, P, 2]
+    gpts_ptr,  # [B, Q, M, L, P, 2] gradient of the locations, or of the offsets (FROM_OFFSETS)
     gattn_ptr,  # [B, Q, M, L, P]
     S,
     Q,
@@ -115,6 +138,10 @@ def _msda_bwd_kernel(
     D: tl.constexpr,
     L,
     P,
+    Z,
+    REF_Q,
+    REF_L,
+    FROM_OFFSETS: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -130,6 +157,7 @@ def _msda_bwd_kernel(
     v_base = value_ptr + b * S * M * D + m * D
     gv_base = gvalue_ptr + b * S * M * D + m * D
     a_row = ((b * Q + q) * M + m) * (L * P)  # [BQ]
+    r_row = (b * Q + q) * REF_Q  # [BQ]
     g_ptrs = gout_ptr + ((b * Q + q) * M + m)[:, None] * D + d[None, :]  # [BQ, BD]
     g = tl.load(g_ptrs, mask=qd_mask, other=0.0).to(tl.float32)
     for lvl in range(L):
@@ -141,7 +169,8 @@ def _msda_bwd_kernel(
         for p in range(P):
             a_idx = a_row + lvl * P + p
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
-            x0, y0, fx, fy = _pixel_coords(loc_ptr, a_idx, q_mask, hf, wf)
+            r_idx = r_row + lvl * REF_L + p % Z
+            x0, y0, fx, fy = _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS)
             hx = 1.0 - fx
             hy = 1.0 - fy
             # corner (y0, x0): weight hy*hx; <grad_out, v> per query; value grad scattered
@@ -166,8 +195,13 @@ def _msda_bwd_kernel(
             g_fx = hy * (gv01 - gv00) + fy * (gv11 - gv10)
             g_fy = hx * (gv10 - gv00) + fx * (gv11 - gv01)
             tl.store(gattn_ptr + a_idx, g_attn.to(gattn_ptr.dtype.element_ty), mask=q_mask)
-            tl.store(gloc_ptr + a_idx * 2, (aw * g_fx * wf).to(gloc_ptr.dtype.element_ty), mask=q_mask)
-            tl.store(gloc_ptr + a_idx * 2 + 1, (aw * g_fy * hf).to(gloc_ptr.dtype.element_ty), mask=q_mask)
+            g_lx = aw * g_fx * wf  # d out / d location
+            g_ly = aw * g_fy * hf
+            if FROM_OFFSETS:  # d location / d offset = 1 / (W, H): times the reciprocal, as addcdiv
+                g_lx = g_lx * tl.math.div_rn(1.0, wf)
+                g_ly = g_ly * tl.math.div_rn(1.0, hf)
+            tl.store(gpts_ptr + a_idx * 2, g_lx.to(gpts_ptr.dtype.element_ty), mask=q_mask)
+            tl.store(gpts_ptr + a_idx * 2 + 1, g_ly.to(gpts_ptr.dtype.element_ty), mask=q_mask)
 
 
 def _launch_params(Q: int, D: int) -> tuple[int, int, int]:
@@ -186,6 +220,76 @@ def _prepare(
     return shapes_i32, starts_i32
 
 
+def _reference_args(
+    points: torch.Tensor, reference: torch.Tensor | None
+) -> tuple[torch.Tensor, int, int, int]:
+    """``(ref, Z, REF_Q, REF_L)`` of the kernels: ``reference [B, Q, L_r, Z, 2]`` (contiguous), or the
+    points themselves as an unused pointer when the points are locations."""
+    if reference is None:
+        return points, 1, 0, 0
+    _, _, L_r, Z, _ = reference.shape
+    return reference.contiguous(), Z, L_r * Z, Z if L_r > 1 else 0
+
+
+def _forward(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    points: torch.Tensor,
+    attention_weights: torch.Tensor,
+    reference: torch.Tensor | None,
+) -> torch.Tensor:
+    B, S, M, D = value.shape
+    _, Q, _, L, P, _ = points.shape
+    shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
+    value = value.contiguous()
+    pts = points.contiguous()
+    attn = attention_weights.contiguous()
+    dtype = output_dtype(value, pts if reference is None else reference, attn)
+    out = torch.empty(B, Q, M * D, device=value.device, dtype=dtype)
+    if out.numel() == 0:
+        return out.zero_()
+    ref, Z, ref_q, ref_l = _reference_args(pts, reference)
+    block_q, block_d, warps = _launch_params(Q, D)
+    grid = (triton.cdiv(Q, block_q), B * M)
+    _msda_fwd_kernel[grid](
+        value, shapes_i32, starts_i32, pts, ref, attn, out, S, Q, M, D, L, P, Z, ref_q, ref_l,
+        reference is not None, block_q, block_d, num_warps=warps,
+    )  # fmt: skip
+    return out
+
+
+def _backward(
+    grad_out: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    points: torch.Tensor,
+    attention_weights: torch.Tensor,
+    reference: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, S, M, D = value.shape
+    _, Q, _, L, P, _ = points.shape
+    shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
+    value = value.contiguous()
+    pts = points.contiguous()
+    attn = attention_weights.contiguous()
+    grad_out = grad_out.contiguous()
+    grad_value = torch.zeros(B, S, M, D, device=value.device, dtype=torch.float32)  # atomics in fp32
+    if B * Q * M == 0 or S == 0:
+        return grad_value.to(value.dtype), torch.zeros_like(pts), torch.zeros_like(attn)
+    grad_pts = torch.empty_like(pts)  # every (q, m, l, p) is written by exactly one program
+    grad_attn = torch.empty_like(attn)
+    ref, Z, ref_q, ref_l = _reference_args(pts, reference)
+    block_q, block_d, warps = _launch_params(Q, D)
+    grid = (triton.cdiv(Q, block_q), B * M)
+    _msda_bwd_kernel[grid](
+        value, shapes_i32, starts_i32, pts, ref, attn, grad_out, grad_value, grad_pts, grad_attn,
+        S, Q, M, D, L, P, Z, ref_q, ref_l, reference is not None, block_q, block_d, num_warps=warps,
+    )  # fmt: skip
+    return grad_value.to(value.dtype), grad_pts, grad_attn
+
+
 def msda_forward(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -195,21 +299,7 @@ def msda_forward(
 ) -> torch.Tensor:
     """Triton forward; returns ``[B, Q, M * D]`` in the inputs' promoted dtype (``output_dtype``), fp32
     accumulation."""
-    B, S, M, D = value.shape
-    _, Q, _, L, P, _ = sampling_locations.shape
-    shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
-    value = value.contiguous()
-    locs = sampling_locations.contiguous()
-    attn = attention_weights.contiguous()
-    out = torch.empty(B, Q, M * D, device=value.device, dtype=output_dtype(value, locs, attn))
-    if out.numel() == 0:
-        return out.zero_()
-    block_q, block_d, warps = _launch_params(Q, D)
-    grid = (triton.cdiv(Q, block_q), B * M)
-    _msda_fwd_kernel[grid](
-        value, shapes_i32, starts_i32, locs, attn, out, S, Q, M, D, L, P, block_q, block_d, num_warps=warps
-    )
-    return out
+    return _forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, None)
 
 
 def msda_backward(
@@ -221,38 +311,32 @@ def msda_backward(
     attention_weights: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward: gradients of (value, sampling_locations, attention_weights), in their dtypes."""
-    B, S, M, D = value.shape
-    _, Q, _, L, P, _ = sampling_locations.shape
-    shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
-    value = value.contiguous()
-    locs = sampling_locations.contiguous()
-    attn = attention_weights.contiguous()
-    grad_out = grad_out.contiguous()
-    grad_value = torch.zeros(B, S, M, D, device=value.device, dtype=torch.float32)  # atomics in fp32
-    if B * Q * M == 0 or S == 0:
-        return grad_value.to(value.dtype), torch.zeros_like(locs), torch.zeros_like(attn)
-    grad_locs = torch.empty_like(locs)  # every (q, m, l, p) is written by exactly one program
-    grad_attn = torch.empty_like(attn)
-    block_q, block_d, warps = _launch_params(Q, D)
-    grid = (triton.cdiv(Q, block_q), B * M)
-    _msda_bwd_kernel[grid](
-        value,
-        shapes_i32,
-        starts_i32,
-        locs,
-        attn,
-        grad_out,
-        grad_value,
-        grad_locs,
-        grad_attn,
-        S,
-        Q,
-        M,
-        D,
-        L,
-        P,
-        block_q,
-        block_d,
-        num_warps=warps,
-    )
-    return grad_value.to(value.dtype), grad_locs, grad_attn
+    args = (grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return _backward(*args, None)
+
+
+def msda_offsets_forward(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Triton forward from ``reference [B, Q, L_r, Z, 2]`` fp32 and ``offsets [B, Q, M, L, P, 2]`` in
+    cells (the module docstring); ``[B, Q, M * D]`` in the promoted dtype of value, reference, weights."""
+    return _forward(value, spatial_shapes, level_start_index, offsets, attention_weights, reference)
+
+
+def msda_offsets_backward(
+    grad_out: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of (value, offsets, attention_weights), in their dtypes (none for the reference)."""
+    args = (grad_out, value, spatial_shapes, level_start_index, offsets, attention_weights)
+    return _backward(*args, reference)
