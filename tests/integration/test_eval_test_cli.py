@@ -123,19 +123,32 @@ def test_eval_runner_history_changes_predictions(setup, tmp_path):
 
 def test_eval_test_cli_channels_last(setup, tmp_path, monkeypatch):
     """``bevforge test`` with ``train.channels_last=true`` runs the backbone and neck channels-last (as
-    the recipe trains) and predicts what the NCHW model predicts."""
+    the recipe trains) and predicts what the NCHW model predicts; both run inference under the training's
+    kernel choices (``inference_backends``: cuDNN autotuning, TF32)."""
+    import contextlib
+
     import bevforge.train.setup as setup_module
 
     root, data, sets, ckpt = setup
-    calls = []
+    calls, backends = [], []
     real = setup_module.channels_last_
     monkeypatch.setattr(setup_module, "channels_last_", lambda model: calls.append(1) or real(model))
+    real_backends = setup_module.inference_backends
+
+    @contextlib.contextmanager
+    def recording(tc):
+        with real_backends(tc):
+            backends.append(torch.backends.cudnn.benchmark)
+            yield
+
+    monkeypatch.setattr(setup_module, "inference_backends", recording)
     outs = {}
     for layout, extra in (("nchw", []), ("nhwc", ["train.channels_last=true"])):
         outs[layout] = tmp_path / layout / "results_nusc.json"
         argv = ["test", "bevformer_debug", str(ckpt), "--out", str(outs[layout]), "--split", "val"]
         assert cli_main([*argv, "--set", *sets, *extra]) == 0
     assert calls == [1]
+    assert backends == [True, True], backends  # the debug recipe is not deterministic: autotuned
     r1, r2 = _results(outs["nchw"]), _results(outs["nhwc"])
     assert list(r1) == list(r2) and r1
     for tok in r1:

@@ -16,6 +16,10 @@ rig is fixed, as in deployment), in up to five modes:
 - ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU); BEVDet's
   graph has the rig's pooling plan baked in (:mod:`bevforge.export.bevdet_onnx`).
 
+The recipe's kernel choices apply as ``bevforge test`` makes them (``train.setup.inference_backends``):
+TF32 as ``train.tf32``, cuDNN's autotuned convolution algorithms unless ``train.deterministic`` (rows
+before the eleventh session ran with PyTorch's default, cuDNN's heuristic pick).
+
 ``--channels-last`` puts backbone + neck (and the images) in channels-last format for every mode, as a
 recipe with ``train.channels_last`` does (``--set train.channels_last=false`` times it in NCHW).
 
@@ -223,6 +227,9 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 fn = make_fn(frame, inputs, amp, args.device)
                 row.update(time_frames(fn, args.warmup, args.iters, args.device))
             row["note"] = f"amp {args.amp}"
+            if str(args.device).startswith("cuda"):
+                tuned = torch.backends.cudnn.benchmark
+                row["note"] += ", cuDNN autotuned" if tuned else ", cuDNN heuristics (train.deterministic)"
             if cfg.model.backbone.fuse_conv_relu:
                 from bevforge.bench.train import fused_convs_label
 
@@ -269,7 +276,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         # speed does not depend on the weights: random init (--ckpt loads real ones), no weight file needed
         cfg.model.backbone.pretrained = ""
-        rows = bench_modes(cfg, args.ckpt, modes, args)
+        from bevforge.train.setup import inference_backends
+
+        with inference_backends(cfg.train):  # as `bevforge test` runs the recipe
+            rows = bench_modes(cfg, args.ckpt, modes, args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}")
         return 2

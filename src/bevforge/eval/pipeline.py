@@ -174,11 +174,10 @@ def test_checkpoint(
     from bevforge.eval.runner import run_inference
     from bevforge.models.build import build_model
     from bevforge.train.distributed import init_distributed
-    from bevforge.train.setup import channels_last_, set_tf32
+    from bevforge.train.setup import channels_last_, inference_backends
 
     owns_group = not torch.distributed.is_initialized()
     info = init_distributed()
-    set_tf32(cfg.train.tf32)
     split = split or cfg.data.val_split
     try:
         model = build_model(cfg)
@@ -187,7 +186,8 @@ def test_checkpoint(
         if cfg.train.channels_last:  # the backbone + neck layout the recipe trains in, for inference too
             channels_last_(model)
         loader = build_dataloader(cfg, split, train=False, distributed=info.distributed)
-        results = run_inference(model, loader, cfg)
+        with inference_backends(cfg.train):  # TF32 and cuDNN autotuning as in training
+            results = run_inference(model, loader, cfg)
     finally:
         if owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,39 @@ def set_tf32(enabled: bool) -> None:
     """
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextlib.contextmanager
+def backend_switches() -> Iterator[None]:
+    """Give back on exit the process-wide switches a run sets (determinism, cuDNN autotuning, TF32), so
+    an in-process caller (a test, the demo's evaluation after its training) finds them as it left them."""
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[4], saved[5]
+
+
+@contextlib.contextmanager
+def inference_backends(tc: TrainConfig) -> Iterator[None]:
+    """Inside: the kernel choices training makes, for inference (``bevforge test``/``eval``, ``bench
+    infer``): TF32 as ``train.tf32``, and cuDNN's autotuned convolution algorithms (``cudnn.benchmark``;
+    a recipe's fixed input size pays the tuning once, in the first frames) unless
+    ``train.deterministic``. PyTorch's default is cuDNN's heuristic pick, which can be far from the
+    fastest for the large channels-last bf16 convs of a 6-camera R101. Switches given back on exit."""
+    with backend_switches():
+        set_tf32(tc.tf32)
+        torch.backends.cudnn.benchmark = not tc.deterministic
+        yield
 
 
 def build_parts(

@@ -35,6 +35,7 @@ from bevforge.train.errors import OutOfMemory, TrainingStopped, oom_advice
 from bevforge.train.monitor import TrainMonitor, truncate_metrics
 from bevforge.train.optim import build_optimizer, build_scheduler, scaled_lr
 from bevforge.train.setup import (
+    backend_switches,
     build_parts,
     load_weights,
     seed_everything,
@@ -67,24 +68,14 @@ def train(
     """
     owns_group = not is_dist()
     dist_info = init_distributed()
-    # --deterministic flips process-wide torch switches: give them back to an in-process caller
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-    )
     try:
-        return _train(
-            cfg, Path(work_dir), dist_info, resume, load_from or cfg.load_from, model, criterion,
-            train_loader, progress, tensorboard,
-        )  # fmt: skip
+        # --deterministic flips process-wide torch switches: given back to an in-process caller
+        with backend_switches():
+            return _train(
+                cfg, Path(work_dir), dist_info, resume, load_from or cfg.load_from, model, criterion,
+                train_loader, progress, tensorboard,
+            )  # fmt: skip
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[4], saved[5]
         if owns_group:
             cleanup()
 
