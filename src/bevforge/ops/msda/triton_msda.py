@@ -66,8 +66,8 @@ def _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS: 
 @triton.jit
 def _msda_fwd_kernel(
     value_ptr,  # [B, S, M, D]
-    shapes_ptr,  # [L, 2] int32 (H, W)
-    starts_ptr,  # [L] int32
+    shapes_ptr,  # [L, 2] int64 (or int32) (H, W)
+    starts_ptr,  # [L] int64 (or int32)
     pts_ptr,  # [B, Q, M, L, P, 2] locations, or offsets in cells (FROM_OFFSETS)
     ref_ptr,  # [B, Q, L_r, Z, 2] fp32 reference points (FROM_OFFSETS; else unused)
     attn_ptr,  # [B, Q, M, L, P]
@@ -98,9 +98,9 @@ def _msda_fwd_kernel(
     r_row = (b * Q + q) * REF_Q  # [BQ] flat index of reference (b, q, 0, 0)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
-        h = tl.load(shapes_ptr + 2 * lvl)
-        w = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(starts_ptr + lvl)
+        h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+        w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(starts_ptr + lvl).to(tl.int32)
         hf = h.to(tl.float32)
         wf = w.to(tl.float32)
         for p in range(P):
@@ -123,8 +123,8 @@ def _msda_fwd_kernel(
 @triton.jit
 def _msda_bwd_kernel(
     value_ptr,  # [B, S, M, D]
-    shapes_ptr,  # [L, 2] int32
-    starts_ptr,  # [L] int32
+    shapes_ptr,  # [L, 2] int64 (or int32)
+    starts_ptr,  # [L] int64 (or int32)
     pts_ptr,  # [B, Q, M, L, P, 2] locations, or offsets in cells (FROM_OFFSETS)
     ref_ptr,  # [B, Q, L_r, Z, 2] fp32 (FROM_OFFSETS; else unused)
     attn_ptr,  # [B, Q, M, L, P]
@@ -161,9 +161,9 @@ def _msda_bwd_kernel(
     g_ptrs = gout_ptr + ((b * Q + q) * M + m)[:, None] * D + d[None, :]  # [BQ, BD]
     g = tl.load(g_ptrs, mask=qd_mask, other=0.0).to(tl.float32)
     for lvl in range(L):
-        h = tl.load(shapes_ptr + 2 * lvl)
-        w = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(starts_ptr + lvl)
+        h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+        w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+        start = tl.load(starts_ptr + lvl).to(tl.int32)
         hf = h.to(tl.float32)
         wf = w.to(tl.float32)
         for p in range(P):
@@ -215,9 +215,11 @@ def _launch_params(Q: int, D: int) -> tuple[int, int, int]:
 def _prepare(
     value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    shapes_i32 = spatial_shapes.to(device=value.device, dtype=torch.int32).contiguous()  # [L, 2]
-    starts_i32 = level_start_index.to(device=value.device, dtype=torch.int32).contiguous()  # [L]
-    return shapes_i32, starts_i32
+    """The level shapes ``[L, 2]`` and starts ``[L]`` on the value's device, as they come (int64: the
+    kernels cast them to int32 as they load them; no conversion kernels per call)."""
+    shapes = spatial_shapes.to(device=value.device).contiguous()  # [L, 2]
+    starts = level_start_index.to(device=value.device).contiguous()  # [L]
+    return shapes, starts
 
 
 def _reference_args(
@@ -241,7 +243,7 @@ def _forward(
 ) -> torch.Tensor:
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = points.shape
-    shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
+    shapes, starts = _prepare(value, spatial_shapes, level_start_index)
     value = value.contiguous()
     pts = points.contiguous()
     attn = attention_weights.contiguous()
@@ -253,7 +255,7 @@ def _forward(
     block_q, block_d, warps = _launch_params(Q, D)
     grid = (triton.cdiv(Q, block_q), B * M)
     _msda_fwd_kernel[grid](
-        value, shapes_i32, starts_i32, pts, ref, attn, out, S, Q, M, D, L, P, Z, ref_q, ref_l,
+        value, shapes, starts, pts, ref, attn, out, S, Q, M, D, L, P, Z, ref_q, ref_l,
         reference is not None, block_q, block_d, num_warps=warps,
     )  # fmt: skip
     return out
@@ -270,7 +272,7 @@ def _backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = points.shape
-    shapes_i32, starts_i32 = _prepare(value, spatial_shapes, level_start_index)
+    shapes, starts = _prepare(value, spatial_shapes, level_start_index)
     value = value.contiguous()
     pts = points.contiguous()
     attn = attention_weights.contiguous()
@@ -284,7 +286,7 @@ def _backward(
     block_q, block_d, warps = _launch_params(Q, D)
     grid = (triton.cdiv(Q, block_q), B * M)
     _msda_bwd_kernel[grid](
-        value, shapes_i32, starts_i32, pts, ref, attn, grad_out, grad_value, grad_pts, grad_attn,
+        value, shapes, starts, pts, ref, attn, grad_out, grad_value, grad_pts, grad_attn,
         S, Q, M, D, L, P, Z, ref_q, ref_l, reference is not None, block_q, block_d, num_warps=warps,
     )  # fmt: skip
     return grad_value.to(value.dtype), grad_pts, grad_attn
