@@ -128,7 +128,10 @@ class FoldCache:
         if entry.weight is not None and entry.weight_stamp == _key((w,)):
             return entry.scale, entry.bias, entry.weight
         with torch.inference_mode(False), torch.no_grad():
-            weight = (w * entry.scale.to(w.dtype).view(-1, 1, 1, 1)).to(dtype)  # [O, C, k, k]
+            # one kernel: the product rounded to ``dtype`` as it is stored (bitwise ``(w * s).to(dtype)``), in
+            # the weight's memory format (channels-last convs keep channels-last weights)
+            weight = torch.empty_like(w, dtype=dtype)  # [O, C, k, k]
+            torch.mul(w, entry.scale.to(w.dtype).view(-1, 1, 1, 1), out=weight)
         if not w.requires_grad:  # frozen: kept (a trained weight moves at every step, unseen by versions)
             entry.weight_alive, entry.weight_stamp = (w.detach(),), _key((w,))
             entry.weight = weight
