@@ -5,13 +5,14 @@ under the Triton CPU interpreter in a fresh process (``TRITON_INTERPRET`` must b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -91,3 +92,26 @@ def case_file_tests(stem: str):
         load_cases(stem).CASES[case]("cuda")
 
     return test_kernels_under_interpreter, test_kernels_cuda
+
+
+class Recorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.launches = fn, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
+
+
+@contextlib.contextmanager
+def recorded(module, *names: str) -> Iterator[dict[str, Recorder]]:
+    """``module.<name>`` kernels replaced by recorders for the block (the wrappers look them up at call)."""
+    recorders = {name: Recorder(getattr(module, name)) for name in names}
+    try:
+        for name, rec in recorders.items():
+            setattr(module, name, rec)
+        yield recorders
+    finally:
+        for name, rec in recorders.items():
+            setattr(module, name, rec.fn)

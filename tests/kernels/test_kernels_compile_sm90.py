@@ -11,11 +11,9 @@ compiled by Triton's CUDA backend for sm_90 down to a cubin. Integer arguments a
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 import torch
+from kernel_harness import Recorder, recorded
 
 triton = pytest.importorskip("triton")
 
@@ -56,29 +54,6 @@ _TRITON_DTYPES = {
 }
 
 
-class _Recorder:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records the call."""
-
-    def __init__(self, fn) -> None:
-        self.fn, self.launches = fn, []
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.launches.append((args, kwargs))
-
-
-@contextlib.contextmanager
-def recorded(module, *names: str) -> Iterator[dict[str, _Recorder]]:
-    """``module.<name>`` kernels replaced by recorders for the block (the wrappers look them up at call)."""
-    recorders = {name: _Recorder(getattr(module, name)) for name in names}
-    try:
-        for name, rec in recorders.items():
-            setattr(module, name, rec)
-        yield recorders
-    finally:
-        for name, rec in recorders.items():
-            setattr(module, name, rec.fn)
-
-
 def _arg_type(value) -> str:
     if isinstance(value, torch.Tensor):
         return "*" + _TRITON_DTYPES[value.dtype]
@@ -109,7 +84,7 @@ def launch_source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict, tuple
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs), options, key
 
 
-def compile_all(recorders: dict[str, _Recorder]) -> int:
+def compile_all(recorders: dict[str, Recorder]) -> int:
     """Compile every distinct recorded launch for sm_90 (a cubin); returns how many were compiled."""
     seen = set()
     for rec in recorders.values():

@@ -58,3 +58,54 @@ def test_bench_kernel_offsets_column_under_interpreter(tmp_path):
     assert triton_vs_fp32 < 1e-5, cells
     locations_ms, kernel_ms = re.fullmatch(r"([\d.]+) -> ([\d.]+) \([\d.]+x\)", cells[-2]).groups()
     assert float(locations_ms) > 0 and float(kernel_ms) > 0, cells
+
+
+def test_msda_launch_override_reaches_the_kernels():
+    """``triton_msda.LAUNCH`` sets each kernel's (BLOCK_Q, warps); None keeps the choice from D."""
+    pytest.importorskip("triton")
+    from kernel_harness import recorded
+
+    from bevforge.ops.msda import triton_msda
+
+    value, spatial, start, locs, weights = kernel.make_inputs(kernel.SHAPES["tiny"], "cpu", torch.float32)
+    grad = torch.randn(1, 256, 256)
+    saved = dict(triton_msda.LAUNCH)
+    try:
+        with recorded(triton_msda, "_msda_fwd_kernel", "_msda_bwd_kernel") as recs:
+            triton_msda.LAUNCH.update(fwd=(32, 2), bwd=None)
+            triton_msda.msda_forward(value, spatial, start, locs, weights)
+            triton_msda.msda_backward(grad, value, spatial, start, locs, weights)
+    finally:
+        triton_msda.LAUNCH.update(saved)
+    (fwd_args, fwd_kwargs), (bwd_args, bwd_kwargs) = (
+        recs["_msda_fwd_kernel"].launches[0],
+        recs["_msda_bwd_kernel"].launches[0],
+    )
+    assert (fwd_args[-2], fwd_args[-1], fwd_kwargs["num_warps"]) == (32, 32, 2)  # BLOCK_Q, BLOCK_D, warps
+    assert (bwd_args[-2], bwd_args[-1], bwd_kwargs["num_warps"]) == (64, 32, 4)  # the default at D = 32
+    assert saved == triton_msda.LAUNCH
+
+
+def test_msda_launch_sweep_times_each_setting(monkeypatch):
+    """``--sweep``: each setting is in ``LAUNCH`` while its timings run, the default comes first, the old
+    settings come back; the table gives the backward as the difference, ratios against the default."""
+    from bevforge.ops.msda import triton_msda
+
+    seen = []
+
+    def fake_time(fn, warmup, iters, device):
+        config = triton_msda.LAUNCH["fwd"]
+        assert triton_msda.LAUNCH["bwd"] == config
+        seen.append(config)
+        fwd_ms = (64 if config is None else config[0]) / 32  # the default 2 ms, 32 queries 1 ms
+        return fwd_ms if len(seen) % 2 else fwd_ms + 4.0  # forward, then forward + backward (4 ms)
+
+    monkeypatch.setattr(kernel, "time_median_ms", fake_time)
+    saved = dict(triton_msda.LAUNCH)
+    rows = kernel.sweep_msda(kernel.SHAPES["tiny"], torch.float32, "cpu", 0, 1)
+    assert saved == triton_msda.LAUNCH
+    assert [r["config"] for r in rows] == list(kernel.MSDA_SWEEP) and seen[:2] == [None, None]
+    table = kernel.format_sweep_table(rows).splitlines()
+    assert len(table) == 2 + len(kernel.MSDA_SWEEP) and "default" in table[2]
+    cells = [c.strip() for c in table[3].strip("|").split("|")]  # 32 x 4: fwd 1 ms vs 2 ms, bwd 4 vs 4
+    assert cells[2:] == ["32 x 4", "1.000", "5.000", "4.000", "2.00x", "1.00x"], cells

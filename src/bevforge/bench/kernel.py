@@ -16,7 +16,9 @@ Where the model gives the sampling points as offsets around fixed reference poin
 points per query for all levels; the TSA: one per level), the table also times the two Triton paths of
 forward+backward at bf16-like offsets: the locations formed by ``addcdiv`` and then the kernel
 (``bevforge::msda``), and the kernel forming them itself (``bevforge::msda_offsets``), the models' path.
-The decoder's reference points train, so it keeps the locations path (no column).
+The decoder's reference points train, so it keeps the locations path (no column). ``--sweep`` then times
+the offsets path at other launch constants of the MSDA kernels (``triton_msda.LAUNCH``: BLOCK_Q queries x
+num_warps), forward and backward apart, on the SCA/TSA shapes.
 
 BEV pooling (``ops/bev_pool``, BEVDet's Lift-Splat splat), reference (gather + scatter_add) vs the Triton
 kernel, with letters B batch, N cameras, D depth bins, fH x fW feature map, C channels, H x W BEV cells:
@@ -115,6 +117,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--channels-last",
         action="store_true",
         help="DCNv2 shapes: channels-last inputs (pixel-major columns)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="MSDA shapes: also time the kernels' launch constants (BLOCK_Q x warps) on the offsets path",
     )
     p.add_argument("--dtype", choices=[*DTYPES, "all"], default="fp32", help="input dtype (default fp32)")
     p.add_argument("--iters", type=int, default=20, help="timed iterations (median reported)")
@@ -259,6 +266,58 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: (BLOCK_Q, num_warps) the MSDA launch sweep tries, the kernels' default (None) first
+MSDA_SWEEP: tuple[tuple[int, int] | None, ...] = (None, (32, 4), (64, 8), (32, 2), (128, 8), (16, 2), (32, 8))
+
+
+def sweep_msda(shape: MsdaShape, dtype: torch.dtype, device: str, warmup: int, iters: int) -> list[dict]:
+    """Median ms of the offsets op's forward and forward+backward at each :data:`MSDA_SWEEP` setting of
+    ``triton_msda.LAUNCH`` (both kernels; the backward's time is the difference)."""
+    from bevforge.ops.msda import triton_msda
+    from bevforge.ops.msda.op import msda_offsets_op
+
+    value, spatial, start, _, weights = make_inputs(shape, device, dtype)
+    reference, offsets = make_offsets(shape, device, dtype)
+    grad_out = torch.randn(shape.B, shape.Q, shape.M * shape.D, device=device)
+
+    def op(v, sp, st, off, w):
+        return msda_offsets_op(v, sp, st, reference, off, w)
+
+    saved = dict(triton_msda.LAUNCH)
+    rows = []
+    try:
+        for config in MSDA_SWEEP:
+            triton_msda.LAUNCH.update(fwd=config, bwd=config)
+            fwd = time_median_ms(lambda: op(value, spatial, start, offsets, weights), warmup, iters, device)
+            step = _fwd_bwd(op, value, spatial, start, offsets, weights, grad_out)
+            rows.append({"shape": shape, "dtype": dtype, "config": config, "fwd": fwd})
+            rows[-1]["fb"] = time_median_ms(step, warmup, iters, device)
+    finally:
+        triton_msda.LAUNCH.update(saved)
+    return rows
+
+
+def format_sweep_table(rows: list[dict]) -> str:
+    lines = [
+        "| shape | dtype | BLOCK_Q x warps | fwd ms | fwd+bwd ms | bwd ms | fwd vs default | "
+        "bwd vs default |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    default: dict = {}
+    for r in rows:
+        key = (r["shape"].name, r["dtype"])
+        bwd = r["fb"] - r["fwd"]
+        if r["config"] is None:
+            default[key] = (r["fwd"], bwd)
+        base_fwd, base_bwd = default.get(key, (None, None))
+        label = "default (64 x 4 at D=32)" if r["config"] is None else f"{r['config'][0]} x {r['config'][1]}"
+        lines.append(
+            f"| {r['shape'].name} | {str(r['dtype']).replace('torch.', '')} | {label} | {_fmt(r['fwd'])} | "
+            f"{_fmt(r['fb'])} | {_fmt(bwd)} | {_ratio(base_fwd, r['fwd'])} | {_ratio(base_bwd, bwd)} |"
+        )
+    return "\n".join(lines)
+
+
 def frustum_cells(shape: BevPoolShape, device: str) -> torch.Tensor:
     """``cell_index [B, N, D, fH, fW]`` of a ring of N pinhole cameras (70 x 35 deg field of view, 1.5 m
     high, yaws 360/N apart), depth bins 1, 2, ... m, over a +-51.2 m grid and z in [-5, 3) m; -1 outside."""
@@ -388,5 +447,29 @@ def run(args: argparse.Namespace) -> int:
     table = format_table(rows)
     print(table)
     path = append_result(args.out, "MSDA kernel", args.device, table + f"\n\nmedian of {args.iters} runs")
+    print(f"appended to {path}")
+    if args.sweep:
+        return run_msda_sweep(args, shapes, dtypes)
+    return 0
+
+
+def run_msda_sweep(args: argparse.Namespace, shapes: list[MsdaShape], dtypes: list[torch.dtype]) -> int:
+    """The launch sweep of the offsets path (:func:`sweep_msda`) on the shapes that take it."""
+    from bevforge.ops.msda import triton_import_error
+
+    swept = [s for s in shapes if s.ref_rows is not None]
+    reason = triton_import_error() or ("" if args.device.startswith("cuda") else "needs CUDA")
+    if reason or not swept:
+        print(f"MSDA launch sweep skipped: {reason or 'no shape with an offsets path'}")
+        return 0
+    rows = []
+    for shape in swept:
+        for dtype in dtypes:
+            rows += sweep_msda(shape, dtype, args.device, args.warmup, args.iters)
+            print(format_sweep_table(rows).splitlines()[-1], flush=True)
+    table = format_sweep_table(rows)
+    print(table)
+    note = f"\n\nmedian of {args.iters} runs; set the winners in ops/msda/triton_msda.py LAUNCH"
+    path = append_result(args.out, "MSDA launch sweep", args.device, table + note)
     print(f"appended to {path}")
     return 0

@@ -204,9 +204,20 @@ def _msda_bwd_kernel(
             tl.store(gpts_ptr + a_idx * 2 + 1, g_ly.to(gpts_ptr.dtype.element_ty), mask=q_mask)
 
 
-def _launch_params(Q: int, D: int) -> tuple[int, int, int]:
-    """(BLOCK_Q, BLOCK_D, num_warps): about 2048 fp32 accumulators per program."""
+#: (BLOCK_Q, num_warps) of the forward and the backward kernel; None: :func:`_launch_params`'s choice from
+#: D. ``bevforge bench kernel --sweep`` times others: at the default (64 queries x 32 channels, 4 warps) ptxas
+#: gives both kernels 255 registers per thread and the backward ~180 bytes of spills for sm_90 (found
+#: offline, ``tests/kernels/test_kernels_compile_sm90.py``'s compile path), 32 queries none.
+LAUNCH: dict[str, tuple[int, int] | None] = {"fwd": None, "bwd": None}
+
+
+def _launch_params(Q: int, D: int, kernel: str) -> tuple[int, int, int]:
+    """(BLOCK_Q, BLOCK_D, num_warps) of ``kernel`` ("fwd" / "bwd"): :data:`LAUNCH`, else about 2048 fp32
+    accumulators per program."""
     block_d = max(triton.next_power_of_2(D), 1)
+    if LAUNCH[kernel] is not None:
+        block_q, warps = LAUNCH[kernel]
+        return block_q, block_d, warps
     block_q = max(16, min(128, 2048 // block_d))
     block_q = min(block_q, max(16, triton.next_power_of_2(Q)))
     return block_q, block_d, 4
@@ -252,7 +263,7 @@ def _forward(
     if out.numel() == 0:
         return out.zero_()
     ref, Z, ref_q, ref_l = _reference_args(pts, reference)
-    block_q, block_d, warps = _launch_params(Q, D)
+    block_q, block_d, warps = _launch_params(Q, D, "fwd")
     grid = (triton.cdiv(Q, block_q), B * M)
     _msda_fwd_kernel[grid](
         value, shapes, starts, pts, ref, attn, out, S, Q, M, D, L, P, Z, ref_q, ref_l,
@@ -283,7 +294,7 @@ def _backward(
     grad_pts = torch.empty_like(pts)  # every (q, m, l, p) is written by exactly one program
     grad_attn = torch.empty_like(attn)
     ref, Z, ref_q, ref_l = _reference_args(pts, reference)
-    block_q, block_d, warps = _launch_params(Q, D)
+    block_q, block_d, warps = _launch_params(Q, D, "bwd")
     grid = (triton.cdiv(Q, block_q), B * M)
     _msda_bwd_kernel[grid](
         value, shapes, starts, pts, ref, attn, grad_out, grad_value, grad_pts, grad_attn,
