@@ -5,8 +5,8 @@ it cannot see what only the compiler sees (an op without a lowering, a shape or 
 rejects, a constexpr branch that does not type-check), and a session without a GPU would ship such a
 kernel. Here each op's Python wrapper runs on small CPU tensors with its kernel launches recorded instead
 of run (no device needed), and every distinct launch (argument dtypes, constexpr values, warps) is
-compiled by Triton's CUDA backend for sm_90 down to a cubin. Integer arguments are compiled unspecialised
-(the runtime also compiles the ==1 / %16 specialisations; those rarely differ in what can fail).
+compiled by Triton's CUDA backend for sm_90 down to a cubin, specialised as the runtime specialises the
+same arguments on a GPU (the JIT's own binder: alignment and divisibility of pointers and integers).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ triton = pytest.importorskip("triton")
 from triton import language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler.compiler import make_backend  # noqa: E402
+from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 SM90 = GPUTarget("cuda", 90, 32)
 
@@ -43,45 +45,24 @@ def _cuda_backend_compiles():
         pytest.skip(f"this Triton cannot compile for sm_90 here: {type(e).__name__}: {e}")
 
 
-_TRITON_DTYPES = {
-    torch.float32: "fp32",
-    torch.float16: "fp16",
-    torch.bfloat16: "bf16",
-    torch.int64: "i64",
-    torch.int32: "i32",
-    torch.uint8: "u8",
-    torch.bool: "i1",
-}
-
-
-def _arg_type(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return "*" + _TRITON_DTYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -(2**31) <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for {type(value).__name__} {value!r}")
-
-
 def launch_source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict, tuple]:
-    """(source, compile options, dedup key) of one recorded launch of the ``@triton.jit`` ``fn``."""
-    names = [p.name for p in fn.params]
-    values = dict(zip(names, args, strict=False))
-    values.update({k: v for k, v in kwargs.items() if k in names})
-    options = {k: v for k, v in kwargs.items() if k not in names}  # num_warps, num_stages
-    signature, constexprs = {}, {}
-    for i, p in enumerate(fn.params):
-        value = values.get(p.name, p.default)
-        if p.is_constexpr or value is None:
-            signature[p.name] = "constexpr"
-            constexprs[(i,)] = value
-        else:
-            signature[p.name] = _arg_type(value)
-    key = (fn.__name__, tuple(signature.values()), tuple(constexprs.items()), tuple(sorted(options.items())))
-    return ASTSource(fn=fn, signature=signature, constexprs=constexprs), options, key
+    """(source, compile options, dedup key) of one recorded launch of the ``@triton.jit`` ``fn``, specialised
+    as Triton's runtime specialises it (its own binder: 16-byte aligned pointers and integers divisible by
+    16 marked ``tt.divisibility``, which is what lets the compiler vectorise loads, stores and atomics)."""
+    backend = make_backend(SM90)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(
+        backend, kwargs, bound_args, specialization, options
+    )
+    key = (
+        fn.__name__,
+        tuple(signature.items()),
+        tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
+        tuple(sorted((k, repr(v)) for k, v in attrs.items())),
+        repr(sorted(kwargs.items())),
+    )
+    return ASTSource(fn, signature, constexprs, attrs), options.__dict__, key
 
 
 def compile_all(recorders: dict[str, Recorder]) -> int:
@@ -112,10 +93,10 @@ def test_msda_kernels_compile_for_sm90():
     start = torch.tensor([0, 20])
     with recorded(triton_msda, "_msda_fwd_kernel", "_msda_bwd_kernel") as recs:
         for dtype in (torch.float32, torch.bfloat16):
-            value = torch.randn(1, 26, 2, 8, generator=g).to(dtype)  # [B, S, M, D]
+            value = torch.randn(1, 26, 2, 32, generator=g).to(dtype)  # [B, S, M, D]: D = 32 as the models
             locs = torch.rand(1, 5, 2, 2, 4, 2, generator=g)  # [B, Q, M, L, P, 2]
             weights = torch.rand(1, 5, 2, 2, 4, generator=g)
-            grad = torch.randn(1, 5, 16, generator=g)
+            grad = torch.randn(1, 5, 64, generator=g)
             triton_msda.msda_forward(value, spatial, start, locs, weights)
             triton_msda.msda_backward(grad, value, spatial, start, locs, weights)
             offsets = locs.to(dtype)
@@ -128,6 +109,13 @@ def test_msda_kernels_compile_for_sm90():
     src, options, _ = launch_source(fwd.fn, *offsets_launch)
     ptx = triton.compile(src, target=SM90, options=options).asm["ptx"]
     assert "div.rn.f32" in ptx and "div.full.f32" not in ptx and "div.approx" not in ptx
+    # aligned rows of 32 channels: 16-byte value loads and Hopper's vector atomics for the value gradient
+    assert "ld.global.v4.b32" in ptx, "the value loads are not vectorised"
+    bwd = recs["_msda_bwd_kernel"]
+    src, options, _ = launch_source(bwd.fn, *next(c for c in bwd.launches if c[0][4] is not c[0][3]))
+    assert (
+        "atom.global.gpu.relaxed.add.v4.f32" in triton.compile(src, target=SM90, options=options).asm["ptx"]
+    )
 
 
 def test_dcn_kernels_compile_for_sm90():
