@@ -18,10 +18,16 @@ from kernel_harness import Recorder, recorded
 triton = pytest.importorskip("triton")
 
 from triton import language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-from triton.compiler.compiler import make_backend  # noqa: E402
-from triton.runtime.jit import create_function_from_signature  # noqa: E402
+
+try:  # the JIT's own specialisation (internals: checked against triton 3.8)
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+    assert hasattr(JITFunction, "_pack_args")
+except (ImportError, AssertionError) as e:  # another Triton: say so instead of failing on its internals
+    pytest.skip(f"this Triton's compile internals differ ({e!r}); update the test", allow_module_level=True)
 
 SM90 = GPUTarget("cuda", 90, 32)
 
