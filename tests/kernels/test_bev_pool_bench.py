@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from kernel_harness import bench_kernel_row_under_interpreter
 
 from bevforge.bench import kernel
 
@@ -49,15 +46,6 @@ def test_bench_frustum_cells_follow_the_camera_ring():
 def test_bench_bev_pool_triton_column_under_interpreter(tmp_path):
     """The Triton branch of the bench (timings meaningless here, the diff column is real), in a subprocess."""
     pytest.importorskip("triton")
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(repo / "src"))
-    env.pop("BEVFORGE_KERNELS", None)
-    out = tmp_path / "kernel.md"
-    cmd = [sys.executable, "-m", "bevforge.cli.main", "bench", "kernel", "--shape", "bevpool-tiny"]
-    cmd += ["--iters", "1", "--warmup", "0", "--device", "cpu", "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    row = next(line for line in out.read_text().splitlines() if line.startswith("| bevpool-tiny |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
+    cells = bench_kernel_row_under_interpreter(tmp_path, "bevpool-tiny")
     triton_vs_fp32, ref_vs_fp32 = (float(x) for x in cells[-1].split(" / "))
     assert triton_vs_fp32 < 1e-5 and ref_vs_fp32 == 0.0 and float(cells[11]) > 0  # triton fwd ms

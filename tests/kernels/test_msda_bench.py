@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from kernel_harness import bench_kernel_row_under_interpreter
 
 from bevforge.bench import kernel
 
@@ -44,16 +41,7 @@ def test_bench_kernel_offsets_column_under_interpreter(tmp_path):
     """The Triton branch (timings meaningless under the interpreter; the diff column is real) with the
     offsets paths' column (locations -> in kernel), in a subprocess."""
     pytest.importorskip("triton")
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(repo / "src"))
-    env.pop("BEVFORGE_KERNELS", None)
-    out = tmp_path / "kernel.md"
-    cmd = [sys.executable, "-m", "bevforge.cli.main", "bench", "kernel", "--shape", "tiny"]
-    cmd += ["--iters", "1", "--warmup", "0", "--device", "cpu", "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    row = next(line for line in out.read_text().splitlines() if line.startswith("| tiny |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
+    cells = bench_kernel_row_under_interpreter(tmp_path, "tiny")
     triton_vs_fp32, _ = (float(x) for x in cells[-1].split(" / "))
     assert triton_vs_fp32 < 1e-5, cells
     locations_ms, kernel_ms = re.fullmatch(r"([\d.]+) -> ([\d.]+) \([\d.]+x\)", cells[-2]).groups()
