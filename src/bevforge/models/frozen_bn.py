@@ -128,10 +128,13 @@ class FoldCache:
         if entry.weight is not None and entry.weight_stamp == _key((w,)):
             return entry.scale, entry.bias, entry.weight
         with torch.inference_mode(False), torch.no_grad():
-            # one kernel: the product rounded to ``dtype`` as it is stored (bitwise ``(w * s).to(dtype)``), in
-            # the weight's memory format (channels-last convs keep channels-last weights)
-            weight = torch.empty_like(w, dtype=dtype)  # [O, C, k, k]
-            torch.mul(w, entry.scale.to(w.dtype).view(-1, 1, 1, 1), out=weight)
+            scale = entry.scale.to(w.dtype).view(-1, 1, 1, 1)  # [O, 1, 1, 1]
+            if torch.jit.is_tracing():  # an exporter's trace (ONNX): ``out=`` does not export
+                weight = (w * scale).to(dtype)  # [O, C, k, k]
+            else:
+                # one kernel: the product rounded to ``dtype`` as it is stored (bitwise the two lines
+                # above), in the weight's memory format (channels-last convs keep channels-last weights)
+                weight = torch.mul(w, scale, out=torch.empty_like(w, dtype=dtype))  # [O, C, k, k]
         if not w.requires_grad:  # frozen: kept (a trained weight moves at every step, unseen by versions)
             entry.weight_alive, entry.weight_stamp = (w.detach(),), _key((w,))
             entry.weight = weight
