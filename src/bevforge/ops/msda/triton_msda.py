@@ -206,7 +206,7 @@ def _msda_bwd_kernel(
 
 #: (BLOCK_Q, num_warps) of the forward and the backward kernel; None: :func:`_launch_params`'s choice from
 #: D. ``bevforge bench kernel --sweep`` times others. Compiled offline for sm_90 with the runtime's
-#: specialisation (``tests/kernels/test_kernels_compile_sm90.py``), the default tile (64 queries x 32
+#: specialisation (``tests/kernels/test_kernels_compile_cuda.py``), the default tile (64 queries x 32
 #: channels, 4 warps) takes 59 registers in the forward and 144 in the backward (3 blocks per SM), 32
 #: queries on 4 warps 47 / 78 (6 blocks): occupancy against queries in flight per warp, for the sweep.
 LAUNCH: dict[str, tuple[int, int] | None] = {"fwd": None, "bwd": None}
