@@ -386,7 +386,8 @@ def check_offsets_match_locations(device: str) -> None:
 
 def check_offsets_dispatch(device: str) -> None:
     """``msda_from_offsets`` takes the offsets op where it can; a reference that needs a gradient (the
-    decoder's) takes the locations path and gets it; the op itself refuses to drop that gradient."""
+    decoder's) takes the locations path and gets it, as everything does with ``FORM_LOCATIONS_IN_KERNEL``
+    off; the op itself refuses to drop that gradient."""
     from bevforge.ops.msda import msda_from_offsets
     from bevforge.ops.msda.op import msda_offsets_op
 
@@ -404,6 +405,20 @@ def check_offsets_dispatch(device: str) -> None:
         want = _locations_path(value, spatial, start, reference.clone().requires_grad_(), offsets, weights)
         torch.testing.assert_close(out, want, atol=0, rtol=0)
         assert grad_ref.abs().sum() > 0
+        # the switch back to the locations form: the same numbers through the locations op
+        import bevforge.ops.msda as msda
+        from bevforge.ops.msda import triton_msda
+
+        real, forms = triton_msda.msda_offsets_forward, []
+        triton_msda.msda_offsets_forward = lambda *args: forms.append(1) or real(*args)
+        msda.FORM_LOCATIONS_IN_KERNEL = False
+        try:
+            back = msda_from_offsets(value, spatial, start, reference, offsets, weights)
+        finally:
+            msda.FORM_LOCATIONS_IN_KERNEL = True
+            triton_msda.msda_offsets_forward = real
+        assert not forms, "FORM_LOCATIONS_IN_KERNEL=False still ran the offsets kernel"
+        torch.testing.assert_close(back, _locations_path(value, spatial, start, reference, offsets, weights))
     try:
         msda_offsets_op(
             value, spatial, start, reference.clone().requires_grad_(), offsets, weights
@@ -416,9 +431,13 @@ def check_offsets_dispatch(device: str) -> None:
 
 def check_offsets_compile_graph(device: str) -> None:
     """``msda_from_offsets`` inside torch.compile (one graph, the offsets op opaque), forward and backward,
-    equal to eager."""
+    equal to eager; with both MSDA ops not yet imported (as in a process whose first MSDA call is
+    compiled), once ``prime_kernel_ops`` ran (what ``train.compile`` and ``bench infer``'s compile mode
+    do): the tracer cannot run the import itself."""
     from torch._dynamo.backends.registry import lookup_backend
 
+    import bevforge.ops.msda as msda
+    from bevforge.ops.dispatch import LazyOp, prime_kernel_ops
     from bevforge.ops.msda import msda_from_offsets
 
     inner = lookup_backend("inductor" if device == "cuda" else "aot_eager")  # CPU inductor needs a C++ build
@@ -433,10 +452,18 @@ def check_offsets_compile_graph(device: str) -> None:
     def f(value, offsets, weights):
         return msda_from_offsets(value * 2, spatial, start, reference, offsets, weights.softmax(-1)).sum()
 
-    leaves = [t.clone().requires_grad_() for t in (value.float(), offsets, weights)]
-    loss = torch.compile(f, backend=backend, fullgraph=True)(*leaves)
-    assert len(graphs) == 1 and "msda_offsets" in graphs[0], graphs
-    loss.backward()
+    saved = msda._OP, msda._OFFSETS_OP
+    fresh = msda._OP, msda._OFFSETS_OP = tuple(LazyOp(op.module, op.attribute) for op in saved)  # unimported
+    try:
+        prime_kernel_ops()
+        assert all(op.op is not None for op in fresh), [op.error for op in fresh]
+        leaves = [t.clone().requires_grad_() for t in (value.float(), offsets, weights)]
+        loss = torch.compile(f, backend=backend, fullgraph=True)(*leaves)
+        assert len(graphs) == 1 and "msda_offsets" in graphs[0], graphs
+        loss.backward()
+    finally:
+        msda._OP, msda._OFFSETS_OP = saved
+        LazyOp.instances = [op for op in LazyOp.instances if op not in fresh]
     plain = [t.clone().requires_grad_() for t in (value.float(), offsets, weights)]
     want = f(*plain)
     want.backward()

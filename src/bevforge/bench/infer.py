@@ -221,6 +221,9 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
             inputs = tuple(t.to(args.device) for t in inputs_cpu)
             frame = frame0
             if mode == "compile":
+                from bevforge.ops.dispatch import prime_kernel_ops
+
+                prime_kernel_ops()  # no first import inside the traced frame (a graph break)
                 frame = torch.compile(frame)
             with kernels("reference" if mode == "eager-ref" else None):
                 make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn

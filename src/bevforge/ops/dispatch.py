@@ -34,11 +34,15 @@ def interpreting() -> bool:
 class LazyOp:
     """``module:attribute`` of a custom op, imported on the first :meth:`get`."""
 
+    #: every LazyOp made so far (:func:`prime_kernel_ops` imports them all)
+    instances: list[LazyOp] = []
+
     def __init__(self, module: str, attribute: str) -> None:
         self.module, self.attribute = module, attribute
         self.op: Any = None
         self.error: str | None = None
         self._tried = False
+        LazyOp.instances.append(self)
 
     def get(self) -> Any:
         """The op, or None when it cannot be imported (no triton, a broken triton, no driver)."""
@@ -49,6 +53,26 @@ class LazyOp:
             except Exception as e:
                 self.error = f"{type(e).__name__}: {e}"
         return self.op
+
+
+#: the modules that make the kernel ops' LazyOps (imported by :func:`prime_kernel_ops`)
+_KERNEL_OP_MODULES = (
+    "bevforge.ops.msda",
+    "bevforge.ops.dcn.sampled",
+    "bevforge.ops.bev_pool",
+    "bevforge.data.device_images",
+)
+
+
+def prime_kernel_ops() -> None:
+    """Import every kernel op now, before ``torch.compile`` traces anything: its tracer cannot run an
+    import, so the first :meth:`LazyOp.get` inside a compiled region (the first kernel it dispatches,
+    where no eager call came before) is a graph break, and an error under ``fullgraph``. An op that cannot
+    be imported (no Triton) stays ineligible, as on first use."""
+    for module in _KERNEL_OP_MODULES:
+        importlib.import_module(module)
+    for op in LazyOp.instances:
+        op.get()
 
 
 def placement_ineligible_reason(tensors: list[torch.Tensor], fallback: str, hint: str = "") -> str | None:

@@ -294,6 +294,9 @@ def apply_speed_options(model: nn.Module, tc: TrainConfig) -> nn.Module:
 
         model.frame_graph = FrameGraph()
     if tc.compile:
+        from bevforge.ops.dispatch import prime_kernel_ops
+
+        prime_kernel_ops()  # no first import inside the traced forward (a graph break)
         for child in model.children():
             if any(True for _ in child.parameters()):
                 child.compile(mode=tc.compile)

@@ -213,3 +213,23 @@ def test_compile_in_the_trainer_same_losses_and_checkpoints(tmp_path):
     eager_ck, fast_ck = (load_checkpoint(tmp_path / run / "latest.pth") for run in ("eager", "fast"))
     assert list(fast_ck["model"]) == list(eager_ck["model"])  # no _orig_mod. prefixes
     si.StandInModel().load_state_dict(fast_ck["model"])  # an eager model loads it
+
+
+def test_compile_imports_every_kernel_op_before_tracing():
+    """``train.compile`` imports the kernel ops first (``prime_kernel_ops``): the tracer cannot run an
+    import, so a compiled region's first kernel would otherwise be a graph break (fullgraph: an error;
+    the interpreter case ``offsets_compile_graph`` shows it)."""
+    pytest.importorskip("triton")
+    from bevforge.ops import dispatch
+
+    fresh = dispatch.LazyOp("bevforge.ops.msda.op", "msda_offsets_op")  # as if never used in this process
+    try:
+        apply_speed_options(si.StandInModel(), si.tiny_config(["train.compile=default"]).train)
+        assert fresh._tried and fresh.op is not None, fresh.error
+        names = {(op.module, op.attribute) for op in dispatch.LazyOp.instances}
+        for module in ("bevforge.ops.msda.op", "bevforge.ops.dcn.triton_columns", "bevforge.ops.bev_pool.op",
+                       "bevforge.ops.images.triton_finish"):  # fmt: skip
+            assert any(m == module for m, _ in names), (module, names)
+        assert all(op._tried for op in dispatch.LazyOp.instances)
+    finally:
+        dispatch.LazyOp.instances.remove(fresh)

@@ -41,6 +41,12 @@ MAX_POINTS = 32
 MAX_NUMEL = 2**31 - 1
 _OP = LazyOp("bevforge.ops.msda.op", "msda_op")
 _OFFSETS_OP = LazyOp("bevforge.ops.msda.op", "msda_offsets_op")
+#: :func:`msda_from_offsets` forms the locations inside the kernel where it can (False: always with
+#: ``addcdiv`` first, then the kernel on the locations; the same numbers). The offsets kernels do a little
+#: more per sampling point (the reference load, two IEEE divisions; the backward takes 144 registers
+#: where the locations one takes 124 at the default tile), the locations form writes and reads an fp32
+#: tensor per layer: ``bench kernel``'s "from offsets" column times both on a GPU; not measured yet
+FORM_LOCATIONS_IN_KERNEL = True
 
 
 def triton_import_error() -> str | None:
@@ -116,7 +122,8 @@ def msda_from_offsets(
     reference point that trains, as the decoder's, takes this path). Returns ``[B, Q, M * D]``."""
     choice = kernel_choice()
     if (
-        choice != "reference"
+        FORM_LOCATIONS_IN_KERNEL
+        and choice != "reference"
         and reference.dtype == torch.float32
         and not (reference.requires_grad and torch.is_grad_enabled())
         and triton_ineligible_reason(value, offsets, attention_weights) is None
