@@ -44,13 +44,10 @@ def msda_as_on_cuda(backward: bool = False) -> None:
             locations = offset_locations(reference, offsets, spatial_shapes)
         return forward(value, spatial_shapes, level_start_index, locations, weights)
 
-    def backward_zeros(grad_out, value, spatial_shapes, level_start_index, points, weights):
+    def backward_zeros(grad_out, value, *args):
+        """Both backward ops: ``(..., points, weights)`` last (locations or offsets), zero gradients."""
+        points, weights = args[-2:]
         return torch.zeros_like(value), torch.zeros_like(points), torch.zeros_like(weights)
-
-    def offsets_backward_zeros(
-        grad_out, value, spatial_shapes, level_start_index, reference, offsets, weights
-    ):
-        return torch.zeros_like(value), torch.zeros_like(offsets), torch.zeros_like(weights)
 
     for lazy in (msda._OP, msda._OFFSETS_OP):
         if lazy.get() is None:
@@ -59,7 +56,7 @@ def msda_as_on_cuda(backward: bool = False) -> None:
     _register("bevforge::msda_offsets", offsets_forward)
     if backward:
         _register("bevforge::msda_backward", backward_zeros)
-        _register("bevforge::msda_offsets_backward", offsets_backward_zeros)
+        _register("bevforge::msda_offsets_backward", backward_zeros)
     msda.triton_ineligible_reason = lambda *args, **kwargs: None
 
 

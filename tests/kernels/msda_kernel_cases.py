@@ -219,17 +219,17 @@ def _counting_kernel_forwards():
     """``calls[0]``: how many times a Triton MSDA forward (either op) ran inside the block."""
     from bevforge.ops.msda import triton_msda
 
-    real, calls = triton_msda._forward, [0]  # both ops' forwards (locations and offsets)
+    real, calls = triton_msda.msda_forward, [0]  # both ops' forwards (locations and offsets)
 
     def counting(*args):
         calls[0] += 1
         return real(*args)
 
-    triton_msda._forward = counting
+    triton_msda.msda_forward = counting
     try:
         yield calls
     finally:
-        triton_msda._forward = real
+        triton_msda.msda_forward = real
 
 
 def check_sca_recompute(device: str) -> None:
@@ -409,15 +409,18 @@ def check_offsets_dispatch(device: str) -> None:
         import bevforge.ops.msda as msda
         from bevforge.ops.msda import triton_msda
 
-        real, forms = triton_msda.msda_offsets_forward, []
-        triton_msda.msda_offsets_forward = lambda *args: forms.append(1) or real(*args)
+        real, forms = triton_msda.msda_forward, []
+        # a forward called with a reference (its sixth argument) is the offsets kernel
+        triton_msda.msda_forward = lambda *args: (
+            forms.append(len(args) > 5 and args[5] is not None) or real(*args)
+        )
         msda.FORM_LOCATIONS_IN_KERNEL = False
         try:
             back = msda_from_offsets(value, spatial, start, reference, offsets, weights)
         finally:
             msda.FORM_LOCATIONS_IN_KERNEL = True
-            triton_msda.msda_offsets_forward = real
-        assert not forms, "FORM_LOCATIONS_IN_KERNEL=False still ran the offsets kernel"
+            triton_msda.msda_forward = real
+        assert forms == [False], f"FORM_LOCATIONS_IN_KERNEL=False: the forwards took a reference {forms}"
         torch.testing.assert_close(back, _locations_path(value, spatial, start, reference, offsets, weights))
     try:
         msda_offsets_op(

@@ -138,8 +138,8 @@ def record_msda() -> dict[str, Recorder]:
             triton_msda.msda_backward(grad, value, spatial, start, locs, weights)
             offsets = locs.to(dtype)
             for ref in (torch.rand(1, 5, 1, 2, 2, generator=g), torch.rand(1, 5, 2, 1, 2, generator=g)):
-                triton_msda.msda_offsets_forward(value, spatial, start, ref, offsets, weights)
-                triton_msda.msda_offsets_backward(grad, value, spatial, start, ref, offsets, weights)
+                triton_msda.msda_forward(value, spatial, start, offsets, weights, ref)
+                triton_msda.msda_backward(grad, value, spatial, start, offsets, weights, ref)
     return recs
 
 

@@ -147,8 +147,8 @@ def msda_offsets_op(
     ``sampling_locations(reference, offsets, (W, H))``, point p of a level around reference ``p % Z``.
     No gradient for ``reference``."""
     check_offsets_shapes(value, reference, offsets, attention_weights)
-    return triton_msda.msda_offsets_forward(
-        value, spatial_shapes, level_start_index, reference, offsets, attention_weights
+    return triton_msda.msda_forward(
+        value, spatial_shapes, level_start_index, offsets, attention_weights, reference
     )
 
 
@@ -172,8 +172,8 @@ def msda_offsets_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (value, offsets, attention_weights); value grads via fp32 atomics."""
     alert_not_deterministic("The Triton MSDA backward (bevforge::msda_offsets_backward)")
-    return triton_msda.msda_offsets_backward(
-        grad_out, value, spatial_shapes, level_start_index, reference, offsets, attention_weights
+    return triton_msda.msda_backward(
+        grad_out, value, spatial_shapes, level_start_index, offsets, attention_weights, reference
     )
 
 

@@ -14,13 +14,13 @@ with fp32 atomics (many queries sample the same pixel).
 
 The sampling points come either as normalised locations ``[B, Q, M, L, P, 2]`` (``FROM_OFFSETS`` off,
 the contract of the reference) or as offsets in cells of each level ``[B, Q, M, L, P, 2]`` around
-fp32 reference points ``[B, Q, L_r, Z, 2]`` (``FROM_OFFSETS`` on, :func:`msda_offsets_forward`): the
-kernel then forms each location as ``ref + offset / (W, H)`` in fp32, with an IEEE division as
-``torch.addcdiv`` does, so the locations are bitwise those of :func:`bevforge.ops.msda.shapes.
-sampling_locations` and the fp32 locations tensor is never written, read or kept for backward; the
-backward writes the offsets' gradient (the location's gradient times ``1 / (W, H)``, as ``addcdiv``'s
-backward) in the offsets' dtype. Point ``p`` of level ``l`` takes reference ``z = p % Z`` of level
-``l`` (``L_r = L``) or of the one level row (``L_r = 1``).
+fp32 reference points ``[B, Q, L_r, Z, 2]`` (``FROM_OFFSETS`` on: :func:`msda_forward` given a
+``reference``): the kernel then forms each location as ``ref + offset / (W, H)`` in fp32, with an IEEE
+division as ``torch.addcdiv`` does, so the locations are bitwise those of
+:func:`bevforge.ops.msda.shapes.sampling_locations` and the fp32 locations tensor is never written, read
+or kept for backward; the backward writes the offsets' gradient (the location's gradient times
+``1 / (W, H)``, as ``addcdiv``'s backward) in the offsets' dtype. Point ``p`` of level ``l`` takes
+reference ``z = p % Z`` of level ``l`` (``L_r = L``) or of the one level row (``L_r = 1``).
 
 Indices are int32: the dispatch (``bevforge.ops.msda``) only sends tensors with fewer than 2**31
 elements and D, L, P within ``MAX_HEAD_DIM``, ``MAX_LEVELS``, ``MAX_POINTS`` defined there.
@@ -245,14 +245,18 @@ def _reference_args(
     return reference.contiguous(), Z, L_r * Z, Z if L_r > 1 else 0
 
 
-def _forward(
+def msda_forward(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
     level_start_index: torch.Tensor,
     points: torch.Tensor,
     attention_weights: torch.Tensor,
-    reference: torch.Tensor | None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """Triton forward; ``points [B, Q, M, L, P, 2]``: the sampling locations, or with ``reference [B, Q,
+    L_r, Z, 2]`` fp32 the offsets in cells around it (the module docstring). Returns ``[B, Q, M * D]`` in
+    the promoted dtype of value, locations (or reference) and weights (``output_dtype``), fp32
+    accumulation."""
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = points.shape
     shapes, starts = _prepare(value, spatial_shapes, level_start_index)
@@ -273,15 +277,17 @@ def _forward(
     return out
 
 
-def _backward(
+def msda_backward(
     grad_out: torch.Tensor,
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
     level_start_index: torch.Tensor,
     points: torch.Tensor,
     attention_weights: torch.Tensor,
-    reference: torch.Tensor | None,
+    reference: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward: gradients of (value, points, attention_weights) in their dtypes, ``points`` and
+    ``reference`` as in :func:`msda_forward` (no gradient for the reference)."""
     B, S, M, D = value.shape
     _, Q, _, L, P, _ = points.shape
     shapes, starts = _prepare(value, spatial_shapes, level_start_index)
@@ -302,55 +308,3 @@ def _backward(
         S, Q, M, D, L, P, Z, ref_q, ref_l, reference is not None, block_q, block_d, num_warps=warps,
     )  # fmt: skip
     return grad_value.to(value.dtype), grad_pts, grad_attn
-
-
-def msda_forward(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Triton forward; returns ``[B, Q, M * D]`` in the inputs' promoted dtype (``output_dtype``), fp32
-    accumulation."""
-    return _forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, None)
-
-
-def msda_backward(
-    grad_out: torch.Tensor,
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton backward: gradients of (value, sampling_locations, attention_weights), in their dtypes."""
-    args = (grad_out, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    return _backward(*args, None)
-
-
-def msda_offsets_forward(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    reference: torch.Tensor,
-    offsets: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Triton forward from ``reference [B, Q, L_r, Z, 2]`` fp32 and ``offsets [B, Q, M, L, P, 2]`` in
-    cells (the module docstring); ``[B, Q, M * D]`` in the promoted dtype of value, reference, weights."""
-    return _forward(value, spatial_shapes, level_start_index, offsets, attention_weights, reference)
-
-
-def msda_offsets_backward(
-    grad_out: torch.Tensor,
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    reference: torch.Tensor,
-    offsets: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of (value, offsets, attention_weights), in their dtypes (none for the reference)."""
-    args = (grad_out, value, spatial_shapes, level_start_index, offsets, attention_weights)
-    return _backward(*args, reference)
