@@ -1,10 +1,10 @@
 """What the census scripts share: a CUDA training step's kernel paths, taken on the CPU.
 
-The custom ops (``bevforge::msda``, ``msda_offsets`` and, for the op census, their backwards,
-``dcn_columns`` and ``dcn_backward``) get CPU kernels and the dispatch takes them as it would on CUDA: the
-forwards are computed by the references, the backwards return zeros of the gradients' shapes (they run
-below autograd, where a reference cannot be differentiated; the censuses count operators and saved bytes,
-not values). The recompute regions (``nn/recompute.py``) are active as where the kernel runs.
+The custom ops (``bevforge::msda``, ``msda_offsets``, ``msda_cameras`` and, for the op census, their
+backwards, ``dcn_columns`` and ``dcn_backward``) get CPU kernels and the dispatch takes them as it would
+on CUDA: the forwards are computed by the references, the backwards return zeros of the gradients' shapes
+(they run below autograd, where a reference cannot be differentiated; the censuses count operators and
+saved bytes, not values). The recompute regions (``nn/recompute.py``) are active as where the kernel runs.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ def _register(name: str, kernel: Callable) -> None:
 
 
 def msda_as_on_cuda(backward: bool = False) -> None:
-    """The MSDA dispatches to ``bevforge::msda`` / ``bevforge::msda_offsets`` (their autograd saves what
-    the CUDA path saves); with ``backward`` their backward ops run too."""
+    """The MSDA dispatches to ``bevforge::msda`` / ``bevforge::msda_offsets`` and the SCA to
+    ``bevforge::msda_cameras`` (``model.sca_fuse_cameras`` as on CUDA; their autograd saves what the CUDA
+    path saves); with ``backward`` their backward ops run too."""
+    import bevforge.nn.spatial_cross_attn as sca_module
     import bevforge.ops.msda as msda
+    from bevforge.ops.msda import cameras
     from bevforge.ops.msda.reference import msda_reference
     from bevforge.ops.msda.shapes import offset_locations
 
@@ -44,20 +47,31 @@ def msda_as_on_cuda(backward: bool = False) -> None:
             locations = offset_locations(reference, offsets, spatial_shapes)
         return forward(value, spatial_shapes, level_start_index, locations, weights)
 
+    def cameras_forward(value, spatial_shapes, level_start_index, reference, hit, offsets, weights, grid_w=0):
+        with torch.no_grad():
+            return cameras.msda_cameras_reference(
+                value, spatial_shapes, level_start_index, reference, hit, offsets, weights, grid_w
+            )
+
     def backward_zeros(grad_out, value, *args):
-        """Both backward ops: ``(..., points, weights)`` last (locations or offsets), zero gradients."""
-        points, weights = args[-2:]
+        """The backward ops: ``(..., points, weights)`` last (locations or offsets; the camera op's a
+        grid width after them), zero gradients."""
+        points, weights = [a for a in args if isinstance(a, torch.Tensor)][-2:]
         return torch.zeros_like(value), torch.zeros_like(points), torch.zeros_like(weights)
 
-    for lazy in (msda._OP, msda._OFFSETS_OP):
+    for lazy in (msda._OP, msda._OFFSETS_OP, cameras._CAMERAS_OP):
         if lazy.get() is None:
             raise RuntimeError(f"the MSDA custom ops cannot be imported: {lazy.error}")
     _register("bevforge::msda", forward)
     _register("bevforge::msda_offsets", offsets_forward)
+    _register("bevforge::msda_cameras", cameras_forward)
     if backward:
         _register("bevforge::msda_backward", backward_zeros)
         _register("bevforge::msda_offsets_backward", backward_zeros)
+        _register("bevforge::msda_cameras_backward", backward_zeros)
     msda.triton_ineligible_reason = lambda *args, **kwargs: None
+    cameras.cameras_ineligible_reason = lambda *args, **kwargs: None
+    sca_module.cameras_kernel_runs = lambda device_tensor: True  # fuse_cameras="auto" takes the op
 
 
 def dcn_as_on_cuda() -> None:

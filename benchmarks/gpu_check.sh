@@ -135,6 +135,10 @@ elif want base && can_import bevforge.train.step; then
     "${BASELINE[@]}" --out "$RESULTS/train.md"
   # the history pass (3 frames, no grad: a quarter of the step's operators) replayed as one CUDA graph:
   # the base step is host-bound (455 ms CPU vs 236 ms GPU at 9cdd050); channels-last from the recipe
+  # the SCA's hit gather instead of the kernel over the cameras (the default since session 12)
+  step bench-train-base-bf16-sca-gather "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
+    --set model.backbone.pretrained= model.sca_fuse_cameras=off --amp bf16 --fake-data --warmup 3 --iters 10 \
+    --channels-last --no-baseline --out "$RESULTS/train.md"
   step bench-train-base-bf16-history-graph "$PY" -m bevforge.cli.main bench train configs/bevformer_base.py \
     --set model.backbone.pretrained= train.history_graph=true --amp bf16 --fake-data --warmup 3 --iters 10 \
     --no-baseline --out "$RESULTS/train.md"
@@ -190,8 +194,12 @@ fi
 if [ $HAVE_CUDA = 0 ]; then
   skip sca "no CUDA device"
 elif want sca && can_import bevforge.models.build; then
-  # SCA hit gather (one host read per frame) vs all queries (static shapes) on the base rig
-  step sca-query-bound-base "$PY" benchmarks/sca_query_bound.py bevformer_base --iters 10
+  # one SCA layer on the base and tiny rigs: hit gather (one host read per frame) vs all queries (static
+  # shapes) vs one kernel over the cameras (model.sca_fuse_cameras, default where the kernel runs)
+  step bench-sca-base "$PY" -m bevforge.cli.main bench kernel --shape sca-base --dtype bf16 --iters 10 \
+    --warmup 3 --out "$RESULTS/kernel.md"
+  step bench-sca-tiny "$PY" -m bevforge.cli.main bench kernel --shape sca-tiny --dtype bf16 --iters 10 \
+    --warmup 3 --out "$RESULTS/kernel.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

@@ -199,6 +199,10 @@ class ModelConfig:
     sca_recompute: str = "auto"
     # the same for the TSA (its value projection, offsets, weights, locations; ~54 MiB less per layer)
     tsa_recompute: str = "auto"
+    # the SCA as one kernel over the cameras (ops/msda/cameras.py: each BEV query's offsets and weights once,
+    # every camera it hits sampled in one program; no per-camera gather/scatter, no host sync, static
+    # shapes): "auto" where the MSDA kernel runs, "on" (its reference elsewhere: N times the work), "off"
+    sca_fuse_cameras: str = "auto"
     # each encoder layer's FFN recomputed in backward (its input kept): ~0.15 GiB less per layer at base for
     # its two GEMMs again; off for a layer that train.grad_ckpt recomputes whole
     ffn_recompute: bool = False

@@ -117,9 +117,10 @@ def recorded(module, *names: str) -> Iterator[dict[str, Recorder]]:
             setattr(module, name, rec.fn)
 
 
-def bench_kernel_row_under_interpreter(tmp_path: Path, shape: str) -> list[str]:
-    """The cells of ``shape``'s row of ``bevforge bench kernel --shape SHAPE`` run on CPU with
-    ``TRITON_INTERPRET=1`` in a fresh process (the Triton branch: timings meaningless, diffs real)."""
+def bench_kernel_row_under_interpreter(tmp_path: Path, shape: str, contains: str = "") -> list[str]:
+    """The cells of ``shape``'s (first) row holding ``contains`` of ``bevforge bench kernel --shape SHAPE``
+    run on CPU with ``TRITON_INTERPRET=1`` in a fresh process (the Triton branch: timings meaningless,
+    diffs real)."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO / "src"))
     env.pop("BEVFORGE_KERNELS", None)
     out = tmp_path / "kernel.md"
@@ -127,5 +128,6 @@ def bench_kernel_row_under_interpreter(tmp_path: Path, shape: str) -> list[str]:
     cmd += ["--iters", "1", "--warmup", "0", "--device", "cpu", "--out", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    row = next(line for line in out.read_text().splitlines() if line.startswith(f"| {shape} |"))
+    lines = out.read_text().splitlines()
+    row = next(line for line in lines if line.startswith(f"| {shape} |") and contains in line)
     return [c.strip() for c in row.strip("|").split("|")]

@@ -243,8 +243,10 @@ def check_sca_recompute(device: str) -> None:
     B, N, Q, Z, C = 2, 3, 10, 2, 8
     shapes = ((3, 4), (2, 2))
     start = torch.tensor([0, 12], device=device)
-    sca = SpatialCrossAttention(C, num_cams=N, num_heads=2, num_levels=2, num_points=4, dropout=0.0)
-    sca = sca.to(device)
+    # the paths of the per-camera kernel (the camera kernel's: msda_cameras_kernel_cases.py)
+    sca = SpatialCrossAttention(
+        C, num_cams=N, num_heads=2, num_levels=2, num_points=4, dropout=0.0, fuse_cameras="off"
+    ).to(device)
     with torch.no_grad():
         sca.deformable_attention.sampling_offsets.weight.normal_(0, 0.1)
         sca.deformable_attention.attention_weights.weight.normal_(0, 0.1)

@@ -97,3 +97,49 @@ def test_msda_launch_sweep_times_each_setting(monkeypatch):
     assert len(table) == 2 + len(kernel.MSDA_SWEEP) and "default" in table[2]
     cells = [c.strip() for c in table[3].strip("|").split("|")]  # 32 x 4: fwd 1 ms vs 2 ms, bwd 4 vs 4
     assert cells[2:] == ["32 x 4", "1.000", "5.000", "4.000", "2.00x", "1.00x"], cells
+
+
+def test_bench_sca_hit_rows_count_tiles_and_padding():
+    """The rig statistics of ``bench kernel --shape sca-*``: hits, the gather's rows (every camera padded
+    to the most any hits) and the fused kernel's (whole 8 x 8 tiles a camera hits at all)."""
+    from bevforge.bench.sca import hit_rows
+
+    mask = torch.zeros(1, 2, 10 * 12, 1, dtype=torch.bool)  # [1, N, Q, Z] on a 10 x 12 BEV
+    grid = mask.view(2, 10, 12)
+    grid[0, 0, :3] = True  # camera 0: 3 cells of tile (0, 0)
+    grid[1, 9, 11] = True  # camera 1: the last cell (tile (1, 1), partly outside the grid)
+    grid[1, 0, 8] = True  # and one in tile (0, 1)
+    assert hit_rows(mask, (10, 12)) == {"hits": 5, "gather_rows": 2 * 3, "fused_rows": 3 * 64}
+
+
+def test_bench_sca_base_geometry_and_cpu_row(tmp_path, monkeypatch):
+    """``sca-base`` is BEVFormer-base's SCA on the nuScenes-like ring (the levels of a 928 x 1600 input,
+    each query in ~1.15 cameras, 8 x 8 tiles evaluating fewer rows than the gather pads to); on a plain CPU
+    the row times the gather and says why the fused path is missing."""
+    from bevforge.bench.sca import hit_rows, sca_case
+
+    case = sca_case("bevformer_base")
+    assert case.levels == ((116, 200), (58, 100), (29, 50), (15, 25)) and case.bev_hw == (200, 200)
+    rows = hit_rows(case.bev_mask, case.bev_hw)
+    assert 1.05 < rows["hits"] / 40000 < 1.3, rows
+    assert rows["hits"] < rows["fused_rows"] < rows["gather_rows"], rows
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    parser = argparse.ArgumentParser()
+    kernel.add_arguments(parser)
+    args = parser.parse_args(["--shape", "sca-smoke", "--iters", "1", "--warmup", "0", "--device", "cpu"])
+    args.out = str(tmp_path / "kernel.md")
+    assert kernel.run(args) == 0
+    rows = [line for line in (tmp_path / "kernel.md").read_text().splitlines() if line.startswith("| sca-")]
+    cells = {r[7]: r for r in ([c.strip() for c in row.strip("|").split("|")] for row in rows)}
+    assert list(cells) == ["gather", "all-queries", "fused"], rows
+    assert float(cells["gather"][10]) > 0 and cells["gather"][-1] == "0.00e+00", cells
+    assert float(cells["all-queries"][-1]) < 1e-5 and int(cells["all-queries"][8]) == 6 * 256, cells
+    assert cells["fused"][10] == "n/a" and "needs the kernel" in cells["fused"][-1], cells
+
+
+def test_bench_sca_fused_row_under_interpreter(tmp_path):
+    """The fused path on the smoke rig under the interpreter (timings meaningless, the diff real)."""
+    pytest.importorskip("triton")
+    cells = bench_kernel_row_under_interpreter(tmp_path, "sca-smoke", "| fused |")
+    assert float(cells[9]) > 0 and float(cells[10]) > 0, cells  # fwd, fwd+bwd ms
+    assert int(cells[8]) < 6 * 256 and float(cells[-1]) < 1e-5, cells  # rows: tiles a camera hits

@@ -189,6 +189,14 @@ def frame_and_inputs(cfg, model, raw_wh: tuple[int, int] | None) -> tuple[torch.
     return BEVFormerFrame(model).eval(), example_inputs(cfg, raw_wh)
 
 
+def _sca_fused(model: torch.nn.Module, device: str) -> bool:
+    """Whether the model's spatial cross-attention runs as one op over the cameras on ``device``."""
+    from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+
+    probe = torch.empty(0, device=device)
+    return any(m.fused(probe) for m in model.modules() if isinstance(m, SpatialCrossAttention))
+
+
 def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespace) -> list[dict]:
     from bevforge.models.build import build_model
 
@@ -229,6 +237,7 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn
                 fn = make_fn(frame, inputs, amp, args.device)
                 row.update(time_frames(fn, args.warmup, args.iters, args.device))
+                sca_fused = cfg.model.arch == "bevformer" and _sca_fused(model, args.device)
             row["note"] = f"amp {args.amp}"
             if str(args.device).startswith("cuda"):
                 tuned = torch.backends.cudnn.benchmark
@@ -239,7 +248,9 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 row["note"] += f", {fused_convs_label(str(args.device))}"
             if cfg.model.arch == "bevdet":
                 row["note"] += ", pooling plan cached"
-            if mode == "cuda-graph" and cfg.model.arch == "bevformer":
+            if sca_fused:
+                row["note"] += ", SCA fused over cameras"
+            if mode == "cuda-graph" and cfg.model.arch == "bevformer" and not sca_fused:
                 from bevforge.models.history_graph import sca_hit_overflow
 
                 # the SCA gathers a static number of hit queries under capture (learnt in the warm-up)

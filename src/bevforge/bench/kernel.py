@@ -35,6 +35,9 @@ path vs its Triton kernels, forward + backward and forward, ``--channels-last`` 
   29x50) DCN on 6 cameras; ``dcn-tiny``: a small smoke shape. ``--dtype`` is the autocast dtype (fp32:
   none); means over the runs.
 
+The spatial cross-attention module, its hit gather vs one kernel over the cameras, on the recipe's real
+rig (:mod:`bevforge.bench.sca`): ``sca-base``, ``sca-tiny``, ``sca-smoke`` (``--dtype bf16``: autocast).
+
 Medians over ``--iters`` timed runs after ``--warmup`` runs (CUDA events on GPU). The table is appended
 to ``benchmarks/results/kernel.md`` with the device, commit and command.
 """
@@ -100,6 +103,9 @@ DCN_SHAPES: dict[str, tuple[int, int, int, int]] = {
     "dcn-tiny": (1, 8, 6, 7),
 }
 
+#: the spatial cross-attention module, hit gather vs fused over cameras (:mod:`bevforge.bench.sca`)
+SCA_SHAPE_NAMES = ("sca-base", "sca-tiny", "sca-smoke")
+
 BEV_POOL_SHAPES: dict[str, BevPoolShape] = {
     "bevdet-pool": BevPoolShape("bevdet-pool", B=1, N=6, D=59, fH=16, fW=44, C=64, H=128, W=128),
     "bevpool-tiny": BevPoolShape("bevpool-tiny", B=1, N=6, D=8, fH=4, fW=11, C=16, H=32, W=32),
@@ -109,9 +115,9 @@ BEV_POOL_SHAPES: dict[str, BevPoolShape] = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--shape",
-        choices=[*SHAPES, "all", *BEV_POOL_SHAPES, *DCN_SHAPES],
+        choices=[*SHAPES, "all", *BEV_POOL_SHAPES, *DCN_SHAPES, *SCA_SHAPE_NAMES],
         default="all",
-        help="which MSDA shape (default all = every MSDA shape), or a BEV pooling or DCNv2 shape",
+        help="which MSDA shape (default all = every MSDA shape), or a BEV pooling, DCNv2 or SCA shape",
     )
     p.add_argument(
         "--channels-last",
@@ -436,8 +442,12 @@ def run(args: argparse.Namespace) -> int:
         return run_bev_pool(args)
     if args.shape in DCN_SHAPES:
         return run_dcn(args)
-    shapes = list(SHAPES.values()) if args.shape == "all" else [SHAPES[args.shape]]
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
+    if args.shape in SCA_SHAPE_NAMES:
+        from bevforge.bench.sca import run_sca
+
+        return run_sca(args, dtypes)
+    shapes = list(SHAPES.values()) if args.shape == "all" else [SHAPES[args.shape]]
     rows = []
     for shape in shapes:
         for dtype in dtypes:

@@ -83,6 +83,7 @@ class BEVFormerLayer(nn.Module):
         sca_recompute: str = "auto",
         ffn_recompute: bool = False,
         tsa_recompute: str = "auto",
+        sca_fuse_cameras: str = "auto",
     ) -> None:
         super().__init__()
         self.ffn_recompute = ffn_recompute  # the FFN recomputed in backward (nn/recompute.py)
@@ -90,8 +91,9 @@ class BEVFormerLayer(nn.Module):
             embed_dims, tsa_heads, 1, tsa_points, 2, dropout, recompute=tsa_recompute
         )
         self.spatial_attn = SpatialCrossAttention(
-            embed_dims, num_cams, sca_heads, num_levels, sca_points, dropout, recompute=sca_recompute
-        )
+            embed_dims, num_cams, sca_heads, num_levels, sca_points, dropout, recompute=sca_recompute,
+            fuse_cameras=sca_fuse_cameras,
+        )  # fmt: skip
         self.ffn = FFN(embed_dims, ffn_dims, dropout)
         self.norms = nn.ModuleList([nn.LayerNorm(embed_dims) for _ in range(3)])
 
@@ -157,6 +159,7 @@ class BEVEncoder(nn.Module):
         sca_recompute: str = "auto",
         ffn_recompute: bool = False,
         tsa_recompute: str = "auto",
+        sca_fuse_cameras: str = "auto",
     ) -> None:
         super().__init__()
         if len(pc_range) != 6:
@@ -200,6 +203,7 @@ class BEVEncoder(nn.Module):
                 "off" if grad_ckpt else sca_recompute,  # a checkpointed layer is recomputed whole
                 ffn_recompute and not grad_ckpt,
                 "off" if grad_ckpt else tsa_recompute,
+                sca_fuse_cameras,
             )
             for _ in range(num_layers)
         )
@@ -266,11 +270,13 @@ class BEVEncoder(nn.Module):
         current one). :meth:`forward` then uses these very projections, so the sizes are its own.
 
         None where nothing would be read back: a CPU (a read costs no wait there), the static paths
-        (this encoder compiled, ``nn.Module.compile``; a capture; ``query_bound="all"``), no SCA."""
+        (this encoder compiled, ``nn.Module.compile``; a capture; ``query_bound="all"``; the SCA fused over
+        the cameras), no SCA."""
         if not self.layers or not read_costs_a_wait(lidar2img.device) or not frames:
             return None
         compiled = getattr(self, "_compiled_call_impl", None) is not None  # an int argument would recompile
-        if compiled or self.layers[0].spatial_attn.all_queries():
+        sca = self.layers[0].spatial_attn
+        if compiled or sca.all_queries() or sca.fused(lidar2img):
             return None
         projections, sizes = [], []
         for t in frames:
@@ -348,7 +354,7 @@ class BEVEncoder(nn.Module):
         # unless given)
         sca_plan = None
         if len(self.layers):
-            sca_plan = self.layers[0].spatial_attn.plan(ref_cam, bev_mask, max_len=sca_max_len)
+            sca_plan = self.layers[0].spatial_attn.plan(ref_cam, bev_mask, sca_max_len, self.bev_w)
         bev_query_init = query  # TSA's current-queue value in every layer (official)
         for layer in self.layers:
             args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)

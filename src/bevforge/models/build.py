@@ -13,6 +13,7 @@ from bevforge.models.grid_mask import GridMask
 from bevforge.models.neck import FPN
 from bevforge.models.seg_head import SegHead
 from bevforge.nn.recompute import check_recompute_mode
+from bevforge.nn.spatial_cross_attn import FUSE_CAMERAS_MODES
 
 MODEL_ARCHS = ("bevformer", "bevdet")
 
@@ -68,6 +69,10 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         raise ConfigError(f"model.num_classes={m.num_classes} but data.classes has {len(d.classes)} names")
     check_recompute_mode(m.sca_recompute, "model.sca_recompute", ConfigError)
     check_recompute_mode(m.tsa_recompute, "model.tsa_recompute", ConfigError)
+    if m.sca_fuse_cameras not in FUSE_CAMERAS_MODES:
+        raise ConfigError(
+            f"model.sca_fuse_cameras={m.sca_fuse_cameras!r} is not one of {', '.join(FUSE_CAMERAS_MODES)}"
+        )
     backbone = build_backbone(cfg)
     neck = FPN(list(backbone.out_channels), m.neck.out_channels, m.neck.num_outs, m.neck.add_extra_convs)
     if m.neck.out_channels != m.embed_dims:
@@ -98,6 +103,7 @@ def build_bevformer(cfg: Config) -> BEVFormer:
         sca_recompute=m.sca_recompute,
         tsa_recompute=m.tsa_recompute,
         ffn_recompute=m.ffn_recompute,
+        sca_fuse_cameras=m.sca_fuse_cameras,
     )
     det_head = None
     if m.with_det:

@@ -10,6 +10,11 @@ deformable attention on them, and the results are summed back and divided by the
 cameras that hit each query. The gather/scatter is vectorised over batch and cameras. Which queries
 each (sample, camera) attends depends only on the projected pillars, the same in every encoder layer
 of a frame: :func:`plan_spatial_cross_attention` builds it once (:class:`SCAPlan`) for all layers.
+
+Where the MSDA kernel runs (``fuse_cameras="auto"``), one kernel does it all instead
+(:func:`bevforge.ops.msda.msda_cameras`): every BEV query predicts its offsets and weights once and samples
+every camera it hits in the same program; no gather, no scatter, no host read of the gather size, static
+shapes (``torch.compile`` and CUDA graphs take it as it is).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from torch import nn
 from bevforge.nn.msdeform_attn import init_deformable_attention, init_xavier_linear
 from bevforge.nn.recompute import check_recompute_mode, recomputed
 from bevforge.ops.constants import capturing_cuda_graph
-from bevforge.ops.msda import msda_from_offsets, multi_scale_deformable_attention
+from bevforge.ops.msda import msda_cameras, msda_from_offsets, multi_scale_deformable_attention
+from bevforge.ops.msda.cameras import cameras_kernel_runs
 from bevforge.ops.msda.shapes import SpatialShapes, sampling_locations, wh_normaliser
 
 
@@ -146,6 +152,10 @@ class MSDeformableAttention3D(nn.Module):
 #: no sync, misses masked; more attention work), "auto" = "exact" in eager mode, "all" while compiling;
 #: while a CUDA graph is captured "auto" takes a static bound instead where it has one (:meth:`plan`)
 QUERY_BOUNDS = ("auto", "exact", "all")
+#: the SCA as one op over the cameras (:func:`bevforge.ops.msda.msda_cameras`): "auto" where its kernel runs
+#: (CUDA, or the CPU under ``TRITON_INTERPRET=1``), "on" always (its PyTorch reference elsewhere: every
+#: camera attends every query), "off" never (the hit gather or the all-queries path, ``query_bound``)
+FUSE_CAMERAS_MODES = ("auto", "on", "off")
 
 
 def hit_bound(max_len: int, num_q: int) -> int:
@@ -165,7 +175,9 @@ class SCAPlan:
     reference points ``refs [B*N, K, Z, 2]``. ``bounded``: ``K`` was given, not read back here (a static
     bound under CUDA-graph capture, or the exact size ``BEVEncoder.project_frames`` read ahead); with a
     bound, a (sample, camera) hitting more than ``K`` queries drops the rest and sets the 0-d bool
-    ``overflow`` (a device tensor the caller owns and reads later).
+    ``overflow`` (a device tensor the caller owns and reads later). ``fused``: the SCA runs as one op over
+    the cameras (``hit`` and ``num_hits`` only; ``all_queries`` True: no gather), ``grid_w`` the width of
+    the BEV grid the queries form (its kernel walks it in tiles; 0: none given).
     """
 
     all_queries: bool
@@ -177,6 +189,8 @@ class SCAPlan:
     flat_index: torch.Tensor | None = None
     refs: torch.Tensor | None = None
     bounded: bool = False
+    fused: bool = False
+    grid_w: int = 0
 
 
 def plan_spatial_cross_attention(
@@ -226,9 +240,11 @@ class SpatialCrossAttention(nn.Module):
 
     ``query_bound`` (:data:`QUERY_BOUNDS`) picks the gather; both give the same numbers (each query's
     attention depends only on its own query and reference points), the static one up to the order of
-    the sum over cameras. ``recompute`` (``nn/recompute.py``: auto / on / off): the deformable attention's
-    projections and sampling locations are recomputed in backward instead of kept (the MSDA kernel's output
-    is kept); ``"auto"`` where the MSDA runs as the kernel.
+    the sum over cameras. ``fuse_cameras`` (:data:`FUSE_CAMERAS_MODES`): the SCA as one op over the
+    cameras instead (where its kernel runs, by default; the same numbers up to the order of the sums).
+    ``recompute`` (``nn/recompute.py``: auto / on / off): the deformable attention's projections and
+    sampling locations are recomputed in backward instead of kept (the MSDA kernel's output is kept);
+    ``"auto"`` where the MSDA runs as the kernel.
     """
 
     def __init__(
@@ -241,15 +257,19 @@ class SpatialCrossAttention(nn.Module):
         dropout: float = 0.1,
         query_bound: str = "auto",
         recompute: str = "auto",
+        fuse_cameras: str = "auto",
     ) -> None:
         super().__init__()
         if query_bound not in QUERY_BOUNDS:
             raise ValueError(f"query_bound={query_bound!r} is not one of {', '.join(QUERY_BOUNDS)}")
+        if fuse_cameras not in FUSE_CAMERAS_MODES:
+            raise ValueError(f"fuse_cameras={fuse_cameras!r} is not one of {', '.join(FUSE_CAMERAS_MODES)}")
         check_recompute_mode(recompute, "SpatialCrossAttention recompute")
         self.embed_dims = embed_dims
         self.num_cams = num_cams
         self.query_bound = query_bound
         self.recompute = recompute
+        self.fuse_cameras = fuse_cameras
         self.deformable_attention = MSDeformableAttention3D(embed_dims, num_heads, num_levels, num_points)
         self.output_proj = nn.Linear(embed_dims, embed_dims)
         self.dropout = nn.Dropout(dropout)
@@ -261,6 +281,13 @@ class SpatialCrossAttention(nn.Module):
         #: that overflowed and is recaptured (whoever read the flags)
         self.bound_epoch = 0
 
+    def fused(self, device_tensor: torch.Tensor) -> bool:
+        """True when calls on ``device_tensor``'s device run as one op over the cameras (``fuse_cameras``:
+        "auto" where its kernel runs)."""
+        if self.fuse_cameras == "auto":
+            return cameras_kernel_runs(device_tensor)
+        return self.fuse_cameras == "on"
+
     def all_queries(self) -> bool:
         """True when this call takes the static path (every camera attends every query): always with
         ``"all"``; with ``"auto"`` under ``torch.compile`` and while a CUDA graph is being captured (the
@@ -271,7 +298,11 @@ class SpatialCrossAttention(nn.Module):
         return self.query_bound == "all"
 
     def plan(
-        self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor, max_len: int | None = None
+        self,
+        reference_points_cam: torch.Tensor,
+        bev_mask: torch.Tensor,
+        max_len: int | None = None,
+        grid_w: int = 0,
     ) -> SCAPlan:
         """The :class:`SCAPlan` of this module's path (build it once per frame, pass it to every layer).
 
@@ -281,7 +312,12 @@ class SpatialCrossAttention(nn.Module):
         hit gather with a static ``K`` (:func:`hit_bound` of the largest exact ``K`` an eager frame of
         these sizes had: the hits depend on the rig's calibration only, not on the images) where an eager
         frame came first, else every query. A frame that then hits more sets the bound's overflow flag
-        (:meth:`hit_overflow`)."""
+        (:meth:`hit_overflow`). Fused over the cameras (:meth:`fused`): the hits only, no gather, no read;
+        ``grid_w`` the BEV's width (the queries are its cells, row by row: the kernel walks it in tiles)."""
+        if self.fused(bev_mask):
+            hit = bev_mask.any(dim=-1)  # [B, N, Q]
+            num_hits = hit.sum(dim=1).clamp(min=1)  # [B, Q]
+            return SCAPlan(True, hit, num_hits, fused=True, grid_w=grid_w)
         all_queries = self.all_queries()
         key = (bev_mask.shape[0], bev_mask.shape[1], bev_mask.shape[2], bev_mask.device)  # (B, N, Q, device)
         if all_queries and self.query_bound == "auto" and capturing_cuda_graph() and key in self.hit_bounds:
@@ -338,15 +374,29 @@ class SpatialCrossAttention(nn.Module):
             raise ValueError(f"got {num_cams} cameras, the model was built for {self.num_cams}")
         if plan is None:
             plan = self.plan(reference_points_cam, bev_mask)
-        elif (plan.all_queries != self.all_queries() and not plan.bounded) or plan.hit.shape != (
-            batch, num_cams, num_q
-        ):  # fmt: skip
+        elif (
+            plan.fused != self.fused(value)
+            or (not plan.fused and plan.all_queries != self.all_queries() and not plan.bounded)
+            or plan.hit.shape != (batch, num_cams, num_q)
+        ):
             raise ValueError(
-                f"SCAPlan (all_queries={plan.all_queries}, hit {tuple(plan.hit.shape)}) does not fit this "
-                f"call (all_queries={self.all_queries()}, [B, N, Q] = {(batch, num_cams, num_q)}): build it "
-                "with this module's plan() on the same reference points and mask"
+                f"SCAPlan (fused={plan.fused}, all_queries={plan.all_queries}, hit {tuple(plan.hit.shape)}) "
+                f"does not fit this call (fused={self.fused(value)}, all_queries={self.all_queries()}, "
+                f"[B, N, Q] = {(batch, num_cams, num_q)}): build it with this module's plan() on the same "
+                "reference points and mask"
             )
-        if plan.all_queries:
+        if plan.fused:
+            args = (
+                query,
+                value,
+                reference_points_cam,
+                plan.hit,
+                spatial_shapes,
+                level_start_index,
+                plan.grid_w,
+            )
+            slots = recomputed(self.recompute, self._attend_fused, *args)  # [B, Q, C] fp32
+        elif plan.all_queries:
             slots = self._attend_all(
                 query, value, reference_points_cam, plan, spatial_shapes, level_start_index
             )
@@ -403,6 +453,37 @@ class SpatialCrossAttention(nn.Module):
         out = out.view(batch, num_cams, num_q, channels)  # [B, N, Q, C]
         # where, not a product: a miss's far-off sampling points never leak (not even a NaN)
         return torch.where(plan.hit[..., None], out, out.new_zeros(())).sum(dim=1)  # [B, Q, C]
+
+    def _attend_fused(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points_cam: torch.Tensor,
+        hit: torch.Tensor,
+        spatial_shapes: SpatialShapes,
+        level_start_index: torch.Tensor,
+        grid_w: int = 0,
+    ) -> torch.Tensor:
+        """One op over the cameras: each query's offsets and weights once, its samples in every camera
+        it hits summed (:func:`msda_cameras`): ``[B, Q, C]`` fp32 sums."""
+        batch, num_q, _ = query.shape
+        num_cams, num_value, channels = value.shape[1:]
+        attn = self.deformable_attention
+        m, lv, p = attn.num_heads, attn.num_levels, attn.num_points
+        offsets, weights = attn.sampling(query, spatial_shapes, reference_points_cam.shape[-2])
+        # [B, N, S, C] -> [B*N, S, C] -> [B*N, S, M, D] -> [B, N, S, M, D]
+        value_heads = attn.value_heads(value.reshape(batch * num_cams, num_value, channels))
+        value_heads = value_heads.view(batch, num_cams, num_value, m, channels // m)
+        return msda_cameras(
+            value_heads,
+            spatial_shapes,
+            level_start_index,
+            reference_points_cam.float(),  # [B, N, Q, Z, 2]
+            hit,  # [B, N, Q]
+            offsets.view(batch, num_q, m, lv, p, 2),  # [B, Q, M, L, P/Z, Z, 2] -> [B, Q, M, L, P, 2]
+            weights.float(),
+            grid_w,
+        )  # [B, Q, C]
 
     def _attend_all_cameras(
         self,

@@ -66,12 +66,14 @@ def test_op_census_takes_the_cuda_kernel_paths():
     args = ("--top", "200", "--set", "data.img_scale=0.2", dcn)
     cuda_total, cuda_ops = counts(_run("op_census.py", *args))
     cpu_total, cpu_ops = counts(_run("op_census.py", *args, "--paths", "cpu"))
-    # debug recipe: a TSA and an SCA in its one encoder layer (sampling points as offsets around fixed
-    # reference points: the offsets op), an MSDA per decoder layer (its reference points train: locations)
-    assert cuda_ops.get("msda_offsets", 0) >= 2 and cuda_ops.get("msda_offsets_backward", 0) >= 2, cuda_ops
+    # debug recipe: a TSA and an SCA in its one encoder layer (the TSA's sampling points as offsets around
+    # fixed reference points: the offsets op; the SCA one op over the cameras), an MSDA per decoder layer
+    # (its reference points train: locations)
+    assert cuda_ops.get("msda_offsets", 0) >= 1 and cuda_ops.get("msda_offsets_backward", 0) >= 1, cuda_ops
+    assert cuda_ops.get("msda_cameras", 0) >= 1 and cuda_ops.get("msda_cameras_backward", 0) >= 1, cuda_ops
     assert cuda_ops.get("msda", 0) >= 2 and cuda_ops.get("msda_backward", 0) >= 1, cuda_ops
     assert cuda_ops.get("dcn_columns", 0) >= 1 and cuda_ops.get("dcn_backward", 0) >= 1, cuda_ops
-    assert not {"msda", "msda_offsets", "dcn_columns"} & set(cpu_ops), cpu_ops
+    assert not {"msda", "msda_offsets", "msda_cameras", "dcn_columns"} & set(cpu_ops), cpu_ops
     assert cuda_total < cpu_total, (cuda_total, cpu_total)
 
 

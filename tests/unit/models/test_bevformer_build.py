@@ -53,3 +53,13 @@ def test_bad_sca_recompute_names_the_key():
     cfg = load_config("configs/bevformer_debug.py", ["model.sca_recompute=sometimes"])
     with pytest.raises(ConfigError, match="model.sca_recompute='sometimes'"):
         build_model(cfg)
+
+
+def test_sca_fuse_cameras_reaches_every_layer_and_a_bad_value_names_the_key():
+    model = build_model(load_config("bevformer_debug", ["model.sca_fuse_cameras=off"]))
+    assert [layer.spatial_attn.fuse_cameras for layer in model.encoder.layers] == ["off"] * len(
+        model.encoder.layers
+    )
+    cfg = load_config("configs/bevformer_debug.py", ["model.sca_fuse_cameras=maybe"])
+    with pytest.raises(ConfigError, match="model.sca_fuse_cameras='maybe'"):
+        build_model(cfg)

@@ -139,6 +139,10 @@ def test_static_paths_read_nothing(monkeypatch):
         if isinstance(m, SpatialCrossAttention):
             m.query_bound = "all"
     assert model.encoder.project_frames(lidar2img, (64, 96), range(4)) is None
+    for m in model.modules():
+        if isinstance(m, SpatialCrossAttention):
+            m.query_bound, m.fuse_cameras = "auto", "on"  # fused over the cameras: no gather size
+    assert model.encoder.project_frames(lidar2img, (64, 96), range(4)) is None
     other = debug_model().eval()
     other.encoder.compile()  # train.compile: an int argument would recompile it per size
     assert other.encoder.project_frames(lidar2img, (64, 96), range(4)) is None
@@ -149,6 +153,9 @@ def test_static_paths_read_nothing(monkeypatch):
 def test_cuda_lengths_arrive_without_a_sync_and_change_nothing(monkeypatch):
     torch.manual_seed(0)
     model = debug_model().cuda().eval()
+    for m in model.modules():
+        if isinstance(m, SpatialCrossAttention):
+            m.fuse_cameras = "off"  # the hit gather (fused over the cameras, nothing is read)
     batch = _batch().to("cuda")
     with torch.no_grad():
         model.encoder.project_frames(batch.lidar2img, (64, 96), range(4))  # warm-up: cached constants

@@ -64,10 +64,10 @@ def test_encoder_layer_forward_backward_without_sync():
     assert torch.isfinite(query.grad).all() and torch.isfinite(feats.grad).all()
 
 
-def test_sca_exact_gather_syncs_and_the_static_path_does_not():
+def test_sca_exact_gather_syncs_and_the_static_and_fused_paths_do_not():
     torch.manual_seed(0)
     # dropout off: the two calls below are compared (the module is in training mode)
-    sca = SpatialCrossAttention(C, N, 4, 2, 8, dropout=0.0, query_bound="exact").to(DEV)
+    sca = SpatialCrossAttention(C, N, 4, 2, 8, dropout=0.0, query_bound="exact", fuse_cameras="off").to(DEV)
     query, feats, ref_cam, mask, _, cam_start, _ = layer_inputs()
     want = sca(query, feats, ref_cam, mask, CAM_SHAPES, cam_start)
     with no_sync_allowed(), pytest.raises(RuntimeError, match="synchroniz"):
@@ -76,6 +76,13 @@ def test_sca_exact_gather_syncs_and_the_static_path_does_not():
     with no_sync_allowed():
         got = sca(query, feats, ref_cam, mask, CAM_SHAPES, cam_start)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)  # the Triton kernel's atomics reorder sums
+    sca.fuse_cameras = "auto"  # the default on CUDA: one kernel over the cameras, no gather, no read
+    assert sca.fused(feats)
+    with no_sync_allowed():
+        fused = sca(query, feats, ref_cam, mask, CAM_SHAPES, cam_start)
+        fused.square().sum().backward()
+    torch.testing.assert_close(fused, want, rtol=0, atol=1e-5)
+    assert torch.isfinite(feats.grad).all()
 
 
 def test_decoder_cross_attention_without_sync():

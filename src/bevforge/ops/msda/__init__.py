@@ -25,6 +25,7 @@ __all__ = [
     "SpatialShapes",
     "kernel_choice",
     "level_shapes",
+    "msda_cameras",
     "msda_from_offsets",
     "msda_reference",
     "multi_scale_deformable_attention",
@@ -136,3 +137,6 @@ def msda_from_offsets(
     return multi_scale_deformable_attention(
         value, spatial_shapes, level_start_index, locations, attention_weights
     )
+
+
+from bevforge.ops.msda.cameras import msda_cameras  # noqa: E402  (imports this package's submodules)

@@ -54,6 +54,12 @@ def _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS: 
         # fp32, IEEE division: bitwise the locations torch.addcdiv(ref, offsets, (W, H)) gives
         lx = tl.load(ref_ptr + r_idx * 2, mask=q_mask, other=0.0) + tl.math.div_rn(lx, wf)
         ly = tl.load(ref_ptr + r_idx * 2 + 1, mask=q_mask, other=0.0) + tl.math.div_rn(ly, hf)
+    return _bilinear(lx, ly, hf, wf)
+
+
+@triton.jit
+def _bilinear(lx, ly, hf, wf):
+    """Top-left corner (x0, y0) int32 and fractions (fx, fy) of normalised fp32 locations (lx, ly) [BQ]."""
     # align_corners=False: pixel centres at integers; clamp far-away points so the int cast cannot
     # overflow (a point beyond [-1, W] has all four corners outside either way)
     x = tl.minimum(tl.maximum(lx * wf - 0.5, -2.0), wf + 1.0)
@@ -61,6 +67,52 @@ def _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS: 
     x0f = tl.floor(x)
     y0f = tl.floor(y)
     return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f
+
+
+@triton.jit
+def _accumulate_sample(acc, v_base, start, x0, y0, fx, fy, aw, h, w, q_mask, d, d_mask, MD: tl.constexpr):
+    """``acc [BQ, BD]`` + ``aw [BQ]`` times the bilinear sample at corner (x0, y0) and fractions (fx, fy),
+    corner by corner (rows outside ``q_mask`` and corners outside the map read nothing)."""
+    ptr, msk = _corner_ptrs(v_base, start, y0, x0, h, w, q_mask, d, d_mask, MD)
+    acc += (aw * (1.0 - fy) * (1.0 - fx))[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+    ptr, msk = _corner_ptrs(v_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, MD)
+    acc += (aw * (1.0 - fy) * fx)[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+    ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0, h, w, q_mask, d, d_mask, MD)
+    acc += (aw * fy * (1.0 - fx))[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+    ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0 + 1, h, w, q_mask, d, d_mask, MD)
+    acc += (aw * fy * fx)[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _sample_grads(g, v_base, gv_base, start, x0, y0, fx, fy, aw, h, w, q_mask, d, d_mask, MD: tl.constexpr):
+    """The backward of one bilinear sample weighted by ``aw [BQ]`` under ``g [BQ, BD]`` (the output's
+    gradient): scatters the value gradient (fp32 atomics into ``gv_base``), returns ``(d out / d aw,
+    <g, d sample / d fx>, <g, d sample / d fy>)`` [BQ] (the fractions' gradients without aw and W, H)."""
+    hx = 1.0 - fx
+    hy = 1.0 - fy
+    # corner (y0, x0): weight hy*hx; <grad_out, v> per query; value grad scattered
+    ptr, msk = _corner_ptrs(v_base, start, y0, x0, h, w, q_mask, d, d_mask, MD)
+    gptr, _ = _corner_ptrs(gv_base, start, y0, x0, h, w, q_mask, d, d_mask, MD)
+    gv00 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)  # [BQ]
+    tl.atomic_add(gptr, (aw * hy * hx)[:, None] * g, mask=msk, sem="relaxed")
+    ptr, msk = _corner_ptrs(v_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, MD)
+    gptr, _ = _corner_ptrs(gv_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, MD)
+    gv01 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)
+    tl.atomic_add(gptr, (aw * hy * fx)[:, None] * g, mask=msk, sem="relaxed")
+    ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0, h, w, q_mask, d, d_mask, MD)
+    gptr, _ = _corner_ptrs(gv_base, start, y0 + 1, x0, h, w, q_mask, d, d_mask, MD)
+    gv10 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)
+    tl.atomic_add(gptr, (aw * fy * hx)[:, None] * g, mask=msk, sem="relaxed")
+    ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0 + 1, h, w, q_mask, d, d_mask, MD)
+    gptr, _ = _corner_ptrs(gv_base, start, y0 + 1, x0 + 1, h, w, q_mask, d, d_mask, MD)
+    gv11 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)
+    tl.atomic_add(gptr, (aw * fy * fx)[:, None] * g, mask=msk, sem="relaxed")
+    # d out / d attn = the bilinear sample; d sample / d x = (corner differences) * W
+    g_attn = hy * hx * gv00 + hy * fx * gv01 + fy * hx * gv10 + fy * fx * gv11
+    g_fx = hy * (gv01 - gv00) + fy * (gv11 - gv10)
+    g_fy = hx * (gv10 - gv00) + fx * (gv11 - gv01)
+    return g_attn, g_fx, g_fy
 
 
 @triton.jit
@@ -108,14 +160,7 @@ def _msda_fwd_kernel(
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
             r_idx = r_row + lvl * REF_L + p % Z
             x0, y0, fx, fy = _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS)
-            ptr, msk = _corner_ptrs(v_base, start, y0, x0, h, w, q_mask, d, d_mask, M * D)
-            acc += (aw * (1.0 - fy) * (1.0 - fx))[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
-            ptr, msk = _corner_ptrs(v_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, M * D)
-            acc += (aw * (1.0 - fy) * fx)[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
-            ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0, h, w, q_mask, d, d_mask, M * D)
-            acc += (aw * fy * (1.0 - fx))[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
-            ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0 + 1, h, w, q_mask, d, d_mask, M * D)
-            acc += (aw * fy * fx)[:, None] * tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+            acc = _accumulate_sample(acc, v_base, start, x0, y0, fx, fy, aw, h, w, q_mask, d, d_mask, M * D)
     out_ptrs = out_ptr + ((b * Q + q) * M + m)[:, None] * D + d[None, :]  # [BQ, BD] into [B, Q, M*D]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_mask[:, None] & d_mask[None, :])
 
@@ -171,29 +216,9 @@ def _msda_bwd_kernel(
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
             r_idx = r_row + lvl * REF_L + p % Z
             x0, y0, fx, fy = _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS)
-            hx = 1.0 - fx
-            hy = 1.0 - fy
-            # corner (y0, x0): weight hy*hx; <grad_out, v> per query; value grad scattered
-            ptr, msk = _corner_ptrs(v_base, start, y0, x0, h, w, q_mask, d, d_mask, M * D)
-            gptr, _ = _corner_ptrs(gv_base, start, y0, x0, h, w, q_mask, d, d_mask, M * D)
-            gv00 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)  # [BQ]
-            tl.atomic_add(gptr, (aw * hy * hx)[:, None] * g, mask=msk, sem="relaxed")
-            ptr, msk = _corner_ptrs(v_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, M * D)
-            gptr, _ = _corner_ptrs(gv_base, start, y0, x0 + 1, h, w, q_mask, d, d_mask, M * D)
-            gv01 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)
-            tl.atomic_add(gptr, (aw * hy * fx)[:, None] * g, mask=msk, sem="relaxed")
-            ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0, h, w, q_mask, d, d_mask, M * D)
-            gptr, _ = _corner_ptrs(gv_base, start, y0 + 1, x0, h, w, q_mask, d, d_mask, M * D)
-            gv10 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)
-            tl.atomic_add(gptr, (aw * fy * hx)[:, None] * g, mask=msk, sem="relaxed")
-            ptr, msk = _corner_ptrs(v_base, start, y0 + 1, x0 + 1, h, w, q_mask, d, d_mask, M * D)
-            gptr, _ = _corner_ptrs(gv_base, start, y0 + 1, x0 + 1, h, w, q_mask, d, d_mask, M * D)
-            gv11 = tl.sum(g * tl.load(ptr, mask=msk, other=0.0).to(tl.float32), axis=1)
-            tl.atomic_add(gptr, (aw * fy * fx)[:, None] * g, mask=msk, sem="relaxed")
-            # d out / d attn = the bilinear sample; d sample / d x = (corner differences) * W
-            g_attn = hy * hx * gv00 + hy * fx * gv01 + fy * hx * gv10 + fy * fx * gv11
-            g_fx = hy * (gv01 - gv00) + fy * (gv11 - gv10)
-            g_fy = hx * (gv10 - gv00) + fx * (gv11 - gv01)
+            g_attn, g_fx, g_fy = _sample_grads(
+                g, v_base, gv_base, start, x0, y0, fx, fy, aw, h, w, q_mask, d, d_mask, M * D
+            )
             tl.store(gattn_ptr + a_idx, g_attn.to(gattn_ptr.dtype.element_ty), mask=q_mask)
             g_lx = aw * g_fx * wf  # d out / d location
             g_ly = aw * g_fy * hf
