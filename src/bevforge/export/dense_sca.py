@@ -34,8 +34,16 @@ class DenseSpatialCrossAttention(nn.Module):
         """Every query, always (no gather size to read: ``BEVEncoder.project_frames`` reads none)."""
         return True
 
+    def fused(self, device_tensor: torch.Tensor) -> bool:
+        """Never one kernel over the cameras (an export sees no custom op: every query, every camera)."""
+        return False
+
     def plan(
-        self, reference_points_cam: torch.Tensor, bev_mask: torch.Tensor, max_len: int | None = None
+        self,
+        reference_points_cam: torch.Tensor,
+        bev_mask: torch.Tensor,
+        max_len: int | None = None,
+        grid_w: int = 0,
     ) -> None:
         """No hit gather plan (the encoder asks once per frame): every query is attended."""
         return None

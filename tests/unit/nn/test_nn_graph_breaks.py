@@ -47,6 +47,17 @@ def test_encoder_layer_has_no_graph_break_with_static_shapes():
     assert out.graph_count == 1
 
 
+def test_encoder_layer_fused_over_cameras_has_no_graph_break():
+    """The SCA as one op over the cameras (here its reference: the op itself is opaque to the tracer)
+    traces in the layer's one graph: no gather size, no host read."""
+    torch.manual_seed(0)
+    layer = BEVFormerLayer(C, 32, 0.1, N, 2, 4, 4, 4, 8).train()
+    layer.spatial_attn.fuse_cameras = "on"
+    out = explain(layer, *layer_inputs(CAM_SHAPES, ((BEV_H, BEV_W),)))
+    assert out.graph_break_count == 0, [r.reason.splitlines()[0] for r in out.break_reasons]
+    assert out.graph_count == 1
+
+
 def test_encoder_layer_with_tensor_shapes_still_breaks():
     """The tensor form is read back by the reference MSDA: the break the static form removes."""
     layer = BEVFormerLayer(C, 32, 0.1, N, 2, 4, 4, 4, 8).train()

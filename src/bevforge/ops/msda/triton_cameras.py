@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from bevforge.ops.msda.reference import output_dtype
-from bevforge.ops.msda.triton_msda import _accumulate_sample, _bilinear, _prepare, _sample_grads
+from bevforge.ops.msda.triton_msda import _accumulate_sample, _bilinear, _level, _prepare, _sample_grads
 
 #: one bit per camera in an int32 (the sign bit left alone)
 MAX_CAMERAS = 30
@@ -71,6 +71,16 @@ def _camera_bits(hit_ptr, b, q, q_mask, Q, N):
         bits = bits | (hit << n)
         any_bits = any_bits | (tl.max(hit, axis=0) << n)
     return bits, any_bits
+
+
+@triton.jit
+def _weight_and_offset(attn_ptr, off_ptr, a_idx, q_mask, hf, wf):
+    """The weight and the offset in normalised units (IEEE division, as ``addcdiv``) of the sampling
+    points ``a_idx`` ([BQ] flat (b, q, m, l, p)), fp32: read once for every camera."""
+    aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
+    dx = tl.math.div_rn(tl.load(off_ptr + a_idx * 2, mask=q_mask, other=0.0).to(tl.float32), wf)
+    dy = tl.math.div_rn(tl.load(off_ptr + a_idx * 2 + 1, mask=q_mask, other=0.0).to(tl.float32), hf)
+    return aw, dx, dy
 
 
 @triton.jit
@@ -115,17 +125,10 @@ def _msda_cameras_fwd_kernel(
     a_row = ((b * Q + q) * M + m) * (L * P)  # [BQ] flat index of (b, q, m, 0, 0)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
-        h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
-        w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
-        start = tl.load(starts_ptr + lvl).to(tl.int32)
-        hf = h.to(tl.float32)
-        wf = w.to(tl.float32)
+        h, w, start, hf, wf = _level(shapes_ptr, starts_ptr, lvl)
         for p in range(P):
             a_idx = a_row + lvl * P + p
-            aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
-            # the offset in normalised units, once for every camera (IEEE division, as addcdiv)
-            dx = tl.math.div_rn(tl.load(off_ptr + a_idx * 2, mask=q_mask, other=0.0).to(tl.float32), wf)
-            dy = tl.math.div_rn(tl.load(off_ptr + a_idx * 2 + 1, mask=q_mask, other=0.0).to(tl.float32), hf)
+            aw, dx, dy = _weight_and_offset(attn_ptr, off_ptr, a_idx, q_mask, hf, wf)
             for n in range(N):
                 if ((any_bits >> n) & 1) != 0:
                     rows, x0, y0, fx, fy = _camera_point(
@@ -173,16 +176,10 @@ def _msda_cameras_bwd_kernel(
     g_ptrs = gout_ptr + ((b * Q + q) * M + m)[:, None] * D + d[None, :]  # [BQ, BD]
     g = tl.load(g_ptrs, mask=q_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
     for lvl in range(L):
-        h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
-        w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
-        start = tl.load(starts_ptr + lvl).to(tl.int32)
-        hf = h.to(tl.float32)
-        wf = w.to(tl.float32)
+        h, w, start, hf, wf = _level(shapes_ptr, starts_ptr, lvl)
         for p in range(P):
             a_idx = a_row + lvl * P + p
-            aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
-            dx = tl.math.div_rn(tl.load(off_ptr + a_idx * 2, mask=q_mask, other=0.0).to(tl.float32), wf)
-            dy = tl.math.div_rn(tl.load(off_ptr + a_idx * 2 + 1, mask=q_mask, other=0.0).to(tl.float32), hf)
+            aw, dx, dy = _weight_and_offset(attn_ptr, off_ptr, a_idx, q_mask, hf, wf)
             g_attn = tl.zeros_like(aw)  # [BQ] fp32 sums over the cameras
             g_fx = tl.zeros_like(aw)
             g_fy = tl.zeros_like(aw)

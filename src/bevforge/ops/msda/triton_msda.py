@@ -45,6 +45,15 @@ def _corner_ptrs(v_base, start, yy, xx, h, w, q_mask, d, d_mask, MD: tl.constexp
 
 
 @triton.jit
+def _level(shapes_ptr, starts_ptr, lvl):
+    """Level ``lvl``'s (H, W) and first token (int32, loaded from int64 or int32) and (H, W) in fp32."""
+    h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
+    w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
+    start = tl.load(starts_ptr + lvl).to(tl.int32)
+    return h, w, start, h.to(tl.float32), w.to(tl.float32)
+
+
+@triton.jit
 def _pixel_coords(pts_ptr, ref_ptr, a_idx, r_idx, q_mask, hf, wf, FROM_OFFSETS: tl.constexpr):
     """Bilinear corner indices and fractions of the sampling points ``a_idx`` ([BQ] flat (q, m, l, p)):
     their locations, or (``FROM_OFFSETS``) reference ``r_idx`` ([BQ] flat (q, l_r, z)) + offset / (W, H)."""
@@ -150,11 +159,7 @@ def _msda_fwd_kernel(
     r_row = (b * Q + q) * REF_Q  # [BQ] flat index of reference (b, q, 0, 0)
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in range(L):
-        h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
-        w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
-        start = tl.load(starts_ptr + lvl).to(tl.int32)
-        hf = h.to(tl.float32)
-        wf = w.to(tl.float32)
+        h, w, start, hf, wf = _level(shapes_ptr, starts_ptr, lvl)
         for p in range(P):
             a_idx = a_row + lvl * P + p
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
@@ -206,11 +211,7 @@ def _msda_bwd_kernel(
     g_ptrs = gout_ptr + ((b * Q + q) * M + m)[:, None] * D + d[None, :]  # [BQ, BD]
     g = tl.load(g_ptrs, mask=qd_mask, other=0.0).to(tl.float32)
     for lvl in range(L):
-        h = tl.load(shapes_ptr + 2 * lvl).to(tl.int32)
-        w = tl.load(shapes_ptr + 2 * lvl + 1).to(tl.int32)
-        start = tl.load(starts_ptr + lvl).to(tl.int32)
-        hf = h.to(tl.float32)
-        wf = w.to(tl.float32)
+        h, w, start, hf, wf = _level(shapes_ptr, starts_ptr, lvl)
         for p in range(P):
             a_idx = a_row + lvl * P + p
             aw = tl.load(attn_ptr + a_idx, mask=q_mask, other=0.0).to(tl.float32)
