@@ -196,8 +196,10 @@ if [ $HAVE_CUDA = 0 ]; then
 elif want sca && can_import bevforge.models.build; then
   # one SCA layer on the base and tiny rigs: hit gather (one host read per frame) vs all queries (static
   # shapes) vs one kernel over the cameras (model.sca_fuse_cameras, default where the kernel runs)
+  # (--sweep: the camera kernels' launch constants too, BLOCK_Q / 8 x 8 tiles; winners into
+  # ops/msda/triton_cameras.py LAUNCH)
   step bench-sca-base "$PY" -m bevforge.cli.main bench kernel --shape sca-base --dtype bf16 --iters 10 \
-    --warmup 3 --out "$RESULTS/kernel.md"
+    --warmup 3 --sweep --out "$RESULTS/kernel.md"
   step bench-sca-tiny "$PY" -m bevforge.cli.main bench kernel --shape sca-tiny --dtype bf16 --iters 10 \
     --warmup 3 --out "$RESULTS/kernel.md"
 fi

@@ -143,3 +143,35 @@ def test_bench_sca_fused_row_under_interpreter(tmp_path):
     cells = bench_kernel_row_under_interpreter(tmp_path, "sca-smoke", "| fused |")
     assert float(cells[9]) > 0 and float(cells[10]) > 0, cells  # fwd, fwd+bwd ms
     assert int(cells[8]) < 6 * 256 and float(cells[-1]) < 1e-5, cells  # rows: tiles a camera hits
+
+
+def test_bench_sca_sweep_sets_each_camera_kernel_launch(monkeypatch):
+    """``--sweep`` on an SCA shape: the fused path again at each ``SCA_SWEEP`` launch of the camera kernels,
+    each in ``triton_cameras.LAUNCH`` while it is timed (forward and backward alike), the old settings
+    back afterwards; each row counts the rows of its own tiles (BLOCK_Q / 8 x 8)."""
+    pytest.importorskip("triton")
+    from bevforge.bench import sca as sca_bench
+    from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
+    from bevforge.ops.msda import triton_cameras
+
+    seen = []
+
+    def fake_time(fn, warmup, iters, device):
+        assert triton_cameras.LAUNCH["bwd"] == triton_cameras.LAUNCH["fwd"]
+        seen.append(triton_cameras.LAUNCH["fwd"])
+        return 1.0
+
+    monkeypatch.setattr(sca_bench, "time_median_ms", fake_time)
+    # the fused path on this CPU (its reference): what the kernel would be handed
+    monkeypatch.setattr(SpatialCrossAttention, "fused", lambda self, t: self.fuse_cameras != "off")
+    saved = dict(triton_cameras.LAUNCH)
+    rows = sca_bench.bench_sca("sca-smoke", torch.float32, "cpu", 0, 1, sweep=True)
+    assert saved == triton_cameras.LAUNCH
+    configs = sca_bench.SCA_SWEEP[1:]
+    assert [r["path"] for r in rows] == ["gather", "all-queries", "fused"] + [
+        f"fused {b} x {w}" for b, w in configs
+    ]
+    assert seen == [None] * 6 + [c for c in configs for _ in range(2)]
+    assert all(r["max_diff"] < 1e-5 for r in rows), rows
+    by_path = {r["path"]: r["rows"] for r in rows}
+    assert by_path["fused 16 x 2"] <= by_path["fused 32 x 4"] <= by_path["fused"] <= by_path["fused 128 x 8"]

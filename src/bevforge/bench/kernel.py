@@ -127,7 +127,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sweep",
         action="store_true",
-        help="MSDA shapes: also time the kernels' launch constants (BLOCK_Q x warps) on the offsets path",
+        help="MSDA shapes: also time the kernels' launch constants (BLOCK_Q x warps) on the offsets path; "
+        "SCA shapes: the camera kernels' on the fused path",
     )
     p.add_argument("--dtype", choices=[*DTYPES, "all"], default="fp32", help="input dtype (default fp32)")
     p.add_argument("--iters", type=int, default=20, help="timed iterations (median reported)")

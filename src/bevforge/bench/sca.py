@@ -30,6 +30,7 @@ import torch
 
 from bevforge.bench.kernel import _fmt, _ratio, time_median_ms
 from bevforge.bench.results import append_result
+from bevforge.ops.msda.cameras import TILE_W
 
 #: shape name -> (recipe, overrides)
 SCA_SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -89,20 +90,20 @@ def fpn_level_shapes(
     return tuple(levels)
 
 
-def hit_rows(bev_mask: torch.Tensor, bev_hw: tuple[int, int], tile: int = 8) -> dict[str, int]:
+def hit_rows(bev_mask: torch.Tensor, bev_hw: tuple[int, int], tile_hw: tuple[int, int] = (8, 8)) -> dict:
     """(query, camera) hits, the gather's rows (every camera padded to the most any hits) and the fused
-    kernel's (``tile`` x ``tile`` BEV tiles a camera hits at all, whole) of ``bev_mask [1, N, Q, Z]``."""
+    kernel's (the ``tile_hw`` BEV tiles a camera hits at all, whole) of ``bev_mask [1, N, Q, Z]``."""
     hit = bev_mask[0].any(-1)  # [N, Q]
     num_cams = hit.shape[0]
-    h, w = bev_hw
-    grid = torch.zeros(num_cams, -(-h // tile) * tile, -(-w // tile) * tile, dtype=torch.bool)
+    (h, w), (th, tw) = bev_hw, tile_hw
+    grid = torch.zeros(num_cams, -(-h // th) * th, -(-w // tw) * tw, dtype=torch.bool)
     grid[:, :h, :w] = hit.view(num_cams, h, w)
-    # [N, H', W'] -> [N, H'/t, t, W'/t, t] -> any over each tile
-    tiles = grid.view(num_cams, grid.shape[1] // tile, tile, grid.shape[2] // tile, tile).any(4).any(2)
+    # [N, H', W'] -> [N, H'/th, th, W'/tw, tw] -> any over each tile
+    tiles = grid.view(num_cams, grid.shape[1] // th, th, grid.shape[2] // tw, tw).any(4).any(2)
     return {
         "hits": int(hit.sum()),
         "gather_rows": num_cams * int(hit.sum(1).max()),
-        "fused_rows": int(tiles.sum()) * tile * tile,
+        "fused_rows": int(tiles.sum()) * th * tw,
     }
 
 
@@ -111,10 +112,18 @@ def hit_rows(bev_mask: torch.Tensor, bev_hw: tuple[int, int], tile: int = 8) -> 
 SCA_PATHS = (("gather", "off", "exact"), ("all-queries", "off", "all"), ("fused", "auto", "auto"))
 
 
-def bench_sca(name: str, dtype: torch.dtype, device: str, warmup: int, iters: int) -> list[dict]:
+#: (BLOCK_Q, num_warps) of the camera kernels ``--sweep`` tries (``triton_cameras.LAUNCH``; tiles of
+#: BLOCK_Q / 8 rows x 8 columns), the default (None: 64 x 4 at D = 32) first
+SCA_SWEEP: tuple[tuple[int, int] | None, ...] = (None, (32, 4), (32, 2), (16, 2), (64, 8), (128, 8))
+
+
+def bench_sca(
+    name: str, dtype: torch.dtype, device: str, warmup: int, iters: int, sweep: bool = False
+) -> list[dict]:
     """One row per :data:`SCA_PATHS` entry: median ms forward and forward+backward, the peak memory of
     forward+backward (CUDA), the rows the path evaluates and the max |diff| of its output from the
-    gather's."""
+    gather's; with ``sweep`` also the fused path at each :data:`SCA_SWEEP` launch of the camera kernels
+    (forward and backward alike)."""
     from bevforge.nn.spatial_cross_attn import SpatialCrossAttention
 
     case = sca_case(*SCA_SHAPES[name])
@@ -140,35 +149,48 @@ def bench_sca(name: str, dtype: torch.dtype, device: str, warmup: int, iters: in
     }
     common = {"name": name, "dtype": dtype, "N": num_cams, "Q": num_q, "S": tokens, "levels": case.levels}
     common["hits"] = counts["hits"]
+    runs = [(path, fuse, bound, None) for path, fuse, bound in SCA_PATHS]
+    runs += [("fused", "auto", "auto", config) for config in SCA_SWEEP[1:]] if sweep else []
     rows, want = [], None
-    for path, fuse, bound in SCA_PATHS:
+    for path, fuse, bound, config in runs:
         row = {**common, "path": path, "rows": evaluated[path]}
         rows.append(row)
+        if config is not None:
+            row["path"] = f"fused {config[0]} x {config[1]}"
+            tile_hw = (max(1, config[0] // TILE_W), TILE_W)
+            row["rows"] = hit_rows(case.bev_mask, case.bev_hw, tile_hw)["fused_rows"]
         sca.fuse_cameras, sca.query_bound = fuse, bound
         if path == "fused" and not sca.fused(value):
             row["note"] = "needs the kernel (CUDA, or TRITON_INTERPRET=1)"
             continue
-        # once per frame for every layer, as the encoder does (the gather's host read included)
-        plan = sca.plan(ref_cam, bev_mask, grid_w=case.bev_hw[1])
+        if config is not None:
+            from bevforge.ops.msda import triton_cameras
 
-        def forward(plan=plan):
-            with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
-                return sca(query, value, ref_cam, bev_mask, case.levels, start, plan)
+            saved = dict(triton_cameras.LAUNCH)
+            triton_cameras.LAUNCH.update(fwd=config, bwd=config)
+        try:
+            # the plan once per frame for every layer, as the encoder does (the gather's host read included)
+            plan = sca.plan(ref_cam, bev_mask, grid_w=case.bev_hw[1])
 
-        def fwd_bwd(forward=forward):
-            return torch.autograd.grad(forward(), leaves, grad_out)
+            def forward(plan=plan):
+                with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+                    return sca(query, value, ref_cam, bev_mask, case.levels, start, plan)
 
-        with torch.no_grad():
-            out = forward().float()
-            row["fwd"] = time_median_ms(forward, warmup, iters, device)
-        want = out if want is None else want
-        row["max_diff"] = (out - want).abs().max().item()
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        row["fb"] = time_median_ms(fwd_bwd, warmup, iters, device)
-        if device_type == "cuda":
-            row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            with torch.no_grad():
+                out = forward().float()
+                row["fwd"] = time_median_ms(forward, warmup, iters, device)
+            want = out if want is None else want
+            row["max_diff"] = (out - want).abs().max().item()
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            row["fb"] = time_median_ms(lambda f=forward: torch.autograd.grad(f(), leaves, grad_out), warmup,
+                                       iters, device)  # fmt: skip
+            if device_type == "cuda":
+                row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        finally:
+            if config is not None:
+                triton_cameras.LAUNCH.update(saved)
     return rows
 
 
@@ -198,14 +220,16 @@ def run_sca(args: argparse.Namespace, dtypes: list[torch.dtype]) -> int:
     """``bench kernel --shape sca-*``: one row per path and dtype, appended to ``--out``."""
     rows = []
     for dtype in dtypes:
-        new = bench_sca(args.shape, dtype, args.device, args.warmup, args.iters)
+        new = bench_sca(args.shape, dtype, args.device, args.warmup, args.iters, args.sweep)
         print("\n".join(format_sca_table(new).splitlines()[2:]), flush=True)
         rows += new
     table = format_sca_table(rows)
     print(table)
     note = (
         f"\n\nmedian of {args.iters} runs; one SCA layer (projections, attention, sum over cameras, output "
-        "projection); rows: (query, camera) rows the path evaluates; speed-ups are of forward+backward"
+        "projection); rows: (query, camera) rows the path evaluates; speed-ups are of forward+backward; "
+        "fused B x W: the camera kernels at BLOCK_Q B (B/8 x 8 tiles) on W warps (set the winner in "
+        "ops/msda/triton_cameras.py LAUNCH)"
     )
     path = append_result(args.out, "SCA over cameras", args.device, table + note)
     print(f"appended to {path}")

@@ -240,6 +240,9 @@ def option_labels(cfg: Config, device: str) -> list[str]:
         labels.append("frame graph")
     if cfg.model.backbone.fuse_conv_relu:
         labels.append(fused_convs_label(device))
+    # the SCA: "auto" (the default) runs one kernel over the cameras where the kernels run
+    if cfg.model.arch == "bevformer" and cfg.model.sca_fuse_cameras != "auto":
+        labels.append("SCA per-camera gather" if cfg.model.sca_fuse_cameras == "off" else "SCA over cameras")
     return labels
 
 

@@ -46,3 +46,5 @@ def test_rows_name_the_speed_options_and_a_fallback(monkeypatch) -> None:
     assert option_labels(cfg, "cuda") == ["history graph", "fused convs FELL BACK (RuntimeError: no engine)"]
     cfg.train.frame_graph = True
     assert option_labels(cfg, "cuda")[:2] == ["history graph", "frame graph"]
+    cfg.model.sca_fuse_cameras = "off"  # the default (auto) is the kernel over the cameras on CUDA
+    assert option_labels(cfg, "cuda")[-1] == "SCA per-camera gather"

@@ -25,6 +25,8 @@ from bevforge.ops.msda.shapes import SpatialShapes, offset_locations, shapes_ten
 
 #: the most cameras the kernel takes (one bit each in an int32; ``triton_cameras.MAX_CAMERAS``)
 MAX_CAMERAS = 30
+#: columns of a kernel program's tile of the BEV grid (``grid_w``; ``BLOCK_Q / TILE_W`` rows)
+TILE_W = 8
 _CAMERAS_OP = LazyOp("bevforge.ops.msda.cameras_op", "msda_cameras_op")
 
 

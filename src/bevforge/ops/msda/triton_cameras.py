@@ -34,13 +34,12 @@ import torch
 import triton
 import triton.language as tl
 
+from bevforge.ops.msda.cameras import TILE_W
 from bevforge.ops.msda.reference import output_dtype
 from bevforge.ops.msda.triton_msda import _accumulate_sample, _bilinear, _level, _prepare, _sample_grads
 
 #: one bit per camera in an int32 (the sign bit left alone)
 MAX_CAMERAS = 30
-#: columns of a program's tile of the BEV grid
-TILE_W = 8
 #: (BLOCK_Q, num_warps) of the forward and the backward kernel; None: 64 queries (an 8 x 8 tile) on 4 warps
 #: at D = 32, as the MSDA kernels (``bevforge bench kernel --shape base-sca-cameras`` times the SCA)
 LAUNCH: dict[str, tuple[int, int] | None] = {"fwd": None, "bwd": None}
