@@ -18,7 +18,7 @@ The table gives the rig's (query, camera) hits and the rows each path evaluates 
 padded to the most any hits; the fused kernel: the 8 x 8 BEV tiles a camera hits at all), the times, the
 peak memory of forward+backward (CUDA) and each output's distance from the gather's. Shapes: ``sca-base``
 (BEVFormer-base: 200 x 200 BEV, 928 x 1600 input, 4 levels), ``sca-tiny`` (50 x 50, 480 x 800, 1 level),
-``sca-smoke`` (16 x 16 BEV, small images: the CPU interpreter test).
+``sca-smoke`` (8 x 16 BEV, small images, 32 channels: the CPU interpreter test).
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ from bevforge.ops.msda.cameras import TILE_W
 SCA_SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "sca-base": ("bevformer_base", ()),
     "sca-tiny": ("bevformer_tiny", ()),
-    "sca-smoke": ("bevformer_tiny", ("model.bev_h=16", "model.bev_w=16", "data.img_scale=0.1")),
+    "sca-smoke": (
+        "bevformer_tiny",
+        ("model.bev_h=8", "model.bev_w=16", "data.img_scale=0.1", "model.embed_dims=32", "model.sca_heads=2"),
+    ),
 }
 
 
