@@ -225,6 +225,16 @@ def _launch(Q: int, D: int, grid_w: int, kernel: str) -> tuple[tuple[int, int], 
     return (triton.cdiv(Q, block_q),), (Q, block_q, block_q, block_d, warps)
 
 
+def _operands(value, spatial_shapes, level_start_index, reference, hit, offsets, attention_weights):
+    """The kernels' leading tensor operands (contiguous, the level tables on the value's device, ``hit`` as
+    bytes) and sizes ``(B, S, Q, N, M, D, L, P, Z)``."""
+    B, N, S, M, D = value.shape
+    _, Q, _, L, P, _ = offsets.shape
+    shapes, starts = _prepare(value, spatial_shapes, level_start_index)
+    value, ref, off, attn = (t.contiguous() for t in (value, reference, offsets, attention_weights))
+    return (value, shapes, starts, ref, _hit_bytes(hit), off, attn), (B, S, Q, N, M, D, L, P, ref.shape[3])
+
+
 def msda_cameras_forward(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -239,19 +249,17 @@ def msda_cameras_forward(
     [B, Q, M, L, P, 2]`` (cells), ``attention_weights [B, Q, M, L, P]`` -> ``[B, Q, M * D]`` summed over
     the cameras each query hits, in the promoted dtype of value, reference and weights. ``grid_w``: the
     queries' grid width (``q = row * grid_w + col``, processed in tiles), 0 for none."""
-    B, N, S, M, D = value.shape
-    _, Q, _, L, P, _ = offsets.shape
-    Z = reference.shape[3]
-    shapes, starts = _prepare(value, spatial_shapes, level_start_index)
-    value, ref, off, attn = (t.contiguous() for t in (value, reference, offsets, attention_weights))
-    out = torch.empty(B, Q, M * D, device=value.device, dtype=output_dtype(value, ref, attn))
+    operands, (B, S, Q, N, M, D, L, P, Z) = _operands(
+        value, spatial_shapes, level_start_index, reference, hit, offsets, attention_weights
+    )
+    dtype = output_dtype(value, reference, attention_weights)
+    out = torch.empty(B, Q, M * D, device=value.device, dtype=dtype)
     if out.numel() == 0 or N == 0:
         return out.zero_()
     (tiles,), (grid_w, tile_w, block_q, block_d, warps) = _launch(Q, D, grid_w, "fwd")
     _msda_cameras_fwd_kernel[(tiles, B * M)](
-        value, shapes, starts, ref, _hit_bytes(hit), off, attn, out, S, Q, N, M, D, L, P, Z,
-        grid_w, tile_w, block_q, block_d, num_warps=warps,
-    )  # fmt: skip
+        *operands, out, S, Q, N, M, D, L, P, Z, grid_w, tile_w, block_q, block_d, num_warps=warps
+    )
     return out
 
 
@@ -267,19 +275,17 @@ def msda_cameras_backward(
     grid_w: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (value, offsets, attention_weights) in their dtypes (none for reference and hit)."""
-    B, N, S, M, D = value.shape
-    _, Q, _, L, P, _ = offsets.shape
-    Z = reference.shape[3]
-    shapes, starts = _prepare(value, spatial_shapes, level_start_index)
-    value, ref, off, attn = (t.contiguous() for t in (value, reference, offsets, attention_weights))
+    operands, (B, S, Q, N, M, D, L, P, Z) = _operands(
+        value, spatial_shapes, level_start_index, reference, hit, offsets, attention_weights
+    )
     grad_value = torch.zeros(B, N, S, M, D, device=value.device, dtype=torch.float32)  # atomics in fp32
     if B * Q * M * N == 0 or S == 0:
-        return grad_value.to(value.dtype), torch.zeros_like(off), torch.zeros_like(attn)
-    grad_off = torch.empty_like(off)  # every (q, m, l, p) is written by exactly one program
-    grad_attn = torch.empty_like(attn)
+        return grad_value.to(value.dtype), torch.zeros_like(offsets), torch.zeros_like(attention_weights)
+    grad_off = torch.empty_like(operands[5])  # every (q, m, l, p) is written by exactly one program
+    grad_attn = torch.empty_like(operands[6])
     (tiles,), (grid_w, tile_w, block_q, block_d, warps) = _launch(Q, D, grid_w, "bwd")
     _msda_cameras_bwd_kernel[(tiles, B * M)](
-        value, shapes, starts, ref, _hit_bytes(hit), off, attn, grad_out.contiguous(), grad_value, grad_off,
-        grad_attn, S, Q, N, M, D, L, P, Z, grid_w, tile_w, block_q, block_d, num_warps=warps,
+        *operands, grad_out.contiguous(), grad_value, grad_off, grad_attn, S, Q, N, M, D, L, P, Z,
+        grid_w, tile_w, block_q, block_d, num_warps=warps,
     )  # fmt: skip
     return grad_value.to(value.dtype), grad_off, grad_attn
