@@ -2,10 +2,10 @@
 
 One BEVFormer encoder layer's :class:`~bevforge.nn.spatial_cross_attn.SpatialCrossAttention` (its
 projections, the deformable attention, the sum over cameras and the output projection), forward and
-forward+backward under bf16 autocast (``--dtype fp32``: none), on the recipe's real geometry: its BEV grid
-and pillars projected through the nuScenes-like camera ring (``export/rig.py``) into its network input,
-its FPN level sizes (:func:`fpn_level_shapes`). Three paths of the same module, the same weights and
-inputs (:data:`SCA_PATHS`):
+forward+backward under ``--dtype``'s autocast (``bf16`` as the recipes train; ``fp32``, the default:
+none), on the recipe's real geometry: its BEV grid and pillars projected through the nuScenes-like camera
+ring (``export/rig.py``) into its network input, its FPN level sizes (:func:`fpn_level_shapes`). Three
+paths of the same module, the same weights and inputs (:data:`SCA_PATHS`):
 
 - ``gather``: per (sample, camera) the queries it hits gathered (padded to the most any camera hits, read
   back to the host), the offsets kernel on them, scattered back (``fuse_cameras="off"``);

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from bevforge.ops.dispatch import LazyOp, kernel_choice, select_kernel
+from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 from bevforge.ops.msda.reference import msda_reference, output_dtype
 from bevforge.ops.msda.shapes import SpatialShapes, offset_locations, shapes_tensor
 
-#: the most cameras the kernel takes (one bit each in an int32; ``triton_cameras.MAX_CAMERAS``)
+#: the most cameras the kernel takes (a bit each in an int32, the sign bit left alone)
 MAX_CAMERAS = 30
 #: columns of a kernel program's tile of the BEV grid (``grid_w``; ``BLOCK_Q / TILE_W`` rows)
 TILE_W = 8
@@ -161,8 +161,6 @@ def msda_cameras(
 def cameras_kernel_runs(device_tensor: torch.Tensor) -> bool:
     """Whether :func:`msda_cameras` would take the kernel for tensors on ``device_tensor``'s device (as far
     as the device and ``BEVFORGE_KERNELS`` decide: the SCA's ``fuse_cameras="auto"``)."""
-    from bevforge.ops.dispatch import placement_ineligible_reason
-
     if kernel_choice() == "reference":
         return False
     return placement_ineligible_reason([device_tensor], "reference") is None and _CAMERAS_OP.get() is not None

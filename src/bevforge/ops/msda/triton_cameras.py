@@ -25,7 +25,7 @@ The locations are formed as in the offsets kernel (:mod:`bevforge.ops.msda.trito
 division, bitwise ``torch.addcdiv``'s.
 
 Indices are int32 (the dispatch only sends tensors with fewer than 2**31 elements); at most
-``MAX_CAMERAS`` cameras (one bit each).
+``cameras.MAX_CAMERAS`` cameras (a bit each in an int32, the sign bit left alone).
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ from bevforge.ops.msda.cameras import TILE_W
 from bevforge.ops.msda.reference import output_dtype
 from bevforge.ops.msda.triton_msda import _accumulate_sample, _bilinear, _level, _prepare, _sample_grads
 
-#: one bit per camera in an int32 (the sign bit left alone)
-MAX_CAMERAS = 30
 #: (BLOCK_Q, num_warps) of the forward and the backward kernel; None: 64 queries (an 8 x 8 tile) on 4 warps
 #: at D = 32, as the MSDA kernels (``bevforge bench kernel --shape sca-base --sweep`` times others). ptxas
 #: for sm_90 (offline, bf16, D = 32): 64 x 4 takes 72 / 121 registers (forward / backward), 32 x 4 48 / 64
@@ -86,8 +84,8 @@ def _weight_and_offset(attn_ptr, off_ptr, a_idx, q_mask, hf, wf):
 
 @triton.jit
 def _camera_point(ref_ptr, bits, b, n, q, q_mask, Q, N, Z, z, dx, dy, hf, wf):
-    """For camera n: whether any query of the block hits it (scalar), the rows that do ([BQ]) and the
-    bilinear corner and fractions of ``ref_cam[b, n, q, z] + (dx, dy)`` ([BQ] each)."""
+    """For camera n: the block's rows that hit it ([BQ]; the others read nothing) and the bilinear corner
+    and fractions of ``ref_cam[b, n, q, z] + (dx, dy)`` ([BQ] each)."""
     rows = q_mask & (((bits >> n) & 1) != 0)  # [BQ]
     r_idx = ((b * N + n) * Q + q) * Z + z  # [BQ] flat (b, n, q, z) of ref_cam [B, N, Q, Z, 2]
     lx = tl.load(ref_ptr + r_idx * 2, mask=rows, other=0.0) + dx
