@@ -150,12 +150,9 @@ def is_frozen(conv: nn.Module, bn: nn.BatchNorm2d) -> bool:
 
 
 def autocast_dtype(x: torch.Tensor, conv: nn.Module) -> torch.dtype:
-    """The dtype ``conv`` runs in on ``x``: autocast's, else its weight's (the meta device, where shapes
-    are worked out, has no autocast)."""
+    """The dtype ``conv`` runs in on ``x``: autocast's, else its weight's."""
     device = x.device.type
-    if device != "meta" and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return conv.weight.dtype
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else conv.weight.dtype
 
 
 def folded_conv(

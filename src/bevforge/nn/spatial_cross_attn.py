@@ -19,6 +19,7 @@ shapes (``torch.compile`` and CUDA graphs take it as it is).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -314,10 +315,9 @@ class SpatialCrossAttention(nn.Module):
         frame came first, else every query. A frame that then hits more sets the bound's overflow flag
         (:meth:`hit_overflow`). Fused over the cameras (:meth:`fused`): the hits only, no gather, no read;
         ``grid_w`` the BEV's width (the queries are its cells, row by row: the kernel walks it in tiles)."""
-        if self.fused(bev_mask):
-            hit = bev_mask.any(dim=-1)  # [B, N, Q]
-            num_hits = hit.sum(dim=1).clamp(min=1)  # [B, Q]
-            return SCAPlan(True, hit, num_hits, fused=True, grid_w=grid_w)
+        if self.fused(bev_mask):  # the static plan's hits and counts, nothing gathered
+            plan = plan_spatial_cross_attention(reference_points_cam, bev_mask, True)
+            return dataclasses.replace(plan, fused=True, grid_w=grid_w)
         all_queries = self.all_queries()
         key = (bev_mask.shape[0], bev_mask.shape[1], bev_mask.shape[2], bev_mask.device)  # (B, N, Q, device)
         if all_queries and self.query_bound == "auto" and capturing_cuda_graph() and key in self.hit_bounds:

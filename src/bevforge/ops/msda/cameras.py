@@ -119,7 +119,7 @@ def cameras_ineligible_reason(
 ) -> str | None:
     """None when the camera kernel can run these inputs, else why not: the MSDA kernel's rules on one
     camera's slice (device, dtypes, sizes) and at most :data:`MAX_CAMERAS` cameras."""
-    from bevforge.ops.msda import triton_ineligible_reason  # the package imports this module
+    from bevforge.ops.msda import MAX_NUMEL, triton_ineligible_reason  # the package imports this module
 
     if value.dim() != 5:
         return f"value {tuple(value.shape)} is not [B, N, S, M, D]"
@@ -127,7 +127,7 @@ def cameras_ineligible_reason(
         return f"{value.shape[1]} cameras (the kernel takes at most {MAX_CAMERAS})"
     if len({t.device for t in (value, reference, hit, offsets, weights)}) != 1:
         return "inputs on several devices"
-    if value.numel() >= 2**31 or reference.numel() >= 2**31:
+    if max(value.numel(), reference.numel()) > MAX_NUMEL:
         return "more than 2**31 elements (the kernel indexes with int32)"
     return triton_ineligible_reason(value[:, 0], offsets, weights)
 

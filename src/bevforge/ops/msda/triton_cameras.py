@@ -36,7 +36,14 @@ import triton.language as tl
 
 from bevforge.ops.msda.cameras import TILE_W
 from bevforge.ops.msda.reference import output_dtype
-from bevforge.ops.msda.triton_msda import _accumulate_sample, _bilinear, _level, _prepare, _sample_grads
+from bevforge.ops.msda.triton_msda import (
+    _accumulate_sample,
+    _bilinear,
+    _launch_params,
+    _level,
+    _prepare,
+    _sample_grads,
+)
 
 #: (BLOCK_Q, num_warps) of the forward and the backward kernel; None: 64 queries (an 8 x 8 tile) on 4 warps
 #: at D = 32, as the MSDA kernels (``bevforge bench kernel --shape sca-base --sweep`` times others). ptxas
@@ -211,12 +218,7 @@ def _hit_bytes(hit: torch.Tensor) -> torch.Tensor:
 def _launch(Q: int, D: int, grid_w: int, kernel: str) -> tuple[tuple[int, int], tuple[int, ...]]:
     """``(grid, (GRID_W, TILE_W, BLOCK_Q, BLOCK_D, num_warps))`` of ``kernel`` ("fwd" / "bwd"): tiles of
     :data:`TILE_W` columns where the ``Q`` queries form a ``grid_w``-wide grid, else runs of BLOCK_Q."""
-    block_d = max(triton.next_power_of_2(D), 1)
-    if LAUNCH[kernel] is not None:
-        block_q, warps = LAUNCH[kernel]
-    else:
-        block_q, warps = max(16, min(128, 2048 // block_d)), 4
-        block_q = min(block_q, max(16, triton.next_power_of_2(Q)))
+    block_q, block_d, warps = _launch_params(Q, D, kernel, LAUNCH)
     if 0 < grid_w < Q and Q % grid_w == 0 and block_q % TILE_W == 0:
         tiles = triton.cdiv(grid_w, TILE_W) * triton.cdiv(Q // grid_w, block_q // TILE_W)
         return (tiles,), (grid_w, TILE_W, block_q, block_d, warps)

@@ -238,12 +238,14 @@ def _msda_bwd_kernel(
 LAUNCH: dict[str, tuple[int, int] | None] = {"fwd": None, "bwd": None}
 
 
-def _launch_params(Q: int, D: int, kernel: str) -> tuple[int, int, int]:
-    """(BLOCK_Q, BLOCK_D, num_warps) of ``kernel`` ("fwd" / "bwd"): :data:`LAUNCH`, else about 2048 fp32
-    accumulators per program."""
+def _launch_params(
+    Q: int, D: int, kernel: str, launch: dict[str, tuple[int, int] | None] = LAUNCH
+) -> tuple[int, int, int]:
+    """(BLOCK_Q, BLOCK_D, num_warps) of ``kernel`` ("fwd" / "bwd"): ``launch`` (:data:`LAUNCH`; the camera
+    kernels pass theirs), else about 2048 fp32 accumulators per program."""
     block_d = max(triton.next_power_of_2(D), 1)
-    if LAUNCH[kernel] is not None:
-        block_q, warps = LAUNCH[kernel]
+    if launch[kernel] is not None:
+        block_q, warps = launch[kernel]
         return block_q, block_d, warps
     block_q = max(16, min(128, 2048 // block_d))
     block_q = min(block_q, max(16, triton.next_power_of_2(Q)))
