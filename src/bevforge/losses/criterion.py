@@ -73,16 +73,36 @@ class SetCriterion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder layer: ``cls_logits [B, Q, K]``, ``box_code [B, Q, 10]``, ``match [3, P]`` (sample,
         query, GT row), ``gt_boxes [T, 9]`` / ``gt_labels [T]`` of the batch -> (loss_cls, loss_bbox)."""
-        batch_idx, query_idx, gt_idx = match.unbind(0)  # 3 x [P]
-        num_pos = float(query_idx.numel()) if num_pos_override is None else float(num_pos_override)
+        loss_cls, loss_bbox = self.layers_loss(
+            cls_logits[None], box_code[None], match[None], gt_boxes, gt_labels, num_pos_override
+        )
+        return loss_cls[0], loss_bbox[0]
+
+    def layers_loss(
+        self,
+        cls_logits: torch.Tensor,
+        box_code: torch.Tensor,
+        matches: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        gt_labels: torch.Tensor,
+        num_pos_override: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every decoder layer at once (one set of operators, not one per layer): ``cls_logits [D, B, Q,
+        K]``, ``box_code [D, B, Q, 10]``, ``matches [D, 3, P]`` (sample, query, GT row per layer),
+        ``gt_boxes [T, 9]`` / ``gt_labels [T]`` of the batch -> (loss_cls [D], loss_bbox [D])."""
+        batch_idx, query_idx, gt_idx = matches.unbind(1)  # 3 x [D, P]
+        layer_idx = torch.arange(matches.shape[0], device=matches.device)[:, None].expand_as(gt_idx)
+        num_pos = float(matches.shape[-1]) if num_pos_override is None else float(num_pos_override)
         num_pos = max(num_pos, 1.0)
-        target = torch.zeros_like(cls_logits, dtype=torch.float32)  # [B, Q, K] one-hot, background = 0
+        target = torch.zeros_like(cls_logits, dtype=torch.float32)  # [D, B, Q, K] one-hot, background = 0
         # a device scalar as the value: a Python 1.0 is copied host->device synchronously on every call
-        target[batch_idx, query_idx, gt_labels[gt_idx]] = target.new_ones(())
-        loss_cls = sigmoid_focal_loss(cls_logits.float(), target, self.gamma, self.alpha).sum() / num_pos
-        code_target = encode_box_code(gt_boxes[gt_idx].float())  # [P, 10]
-        weight = self.code_weights.to(box_code.device).expand_as(code_target)  # [P, 10]
-        loss_bbox = weighted_l1_loss(box_code[batch_idx, query_idx].float(), code_target, weight) / num_pos
+        target[layer_idx, batch_idx, query_idx, gt_labels[gt_idx]] = target.new_ones(())
+        focal = sigmoid_focal_loss(cls_logits.float(), target, self.gamma, self.alpha)  # [D, B, Q, K]
+        loss_cls = focal.flatten(1).sum(1) / num_pos  # [D]
+        code_target = encode_box_code(gt_boxes[gt_idx].float())  # [D, P, 10]
+        weight = self.code_weights.to(box_code.device).expand_as(code_target)  # [D, P, 10]
+        matched = box_code[layer_idx, batch_idx, query_idx].float()  # [D, P, 10]
+        loss_bbox = weighted_l1_loss(matched, code_target, weight) / num_pos  # [D]
         return (
             torch.nan_to_num(loss_cls * self.cls_weight),
             torch.nan_to_num(loss_bbox * self.bbox_weight),
@@ -110,11 +130,11 @@ class SetCriterion(nn.Module):
             matches = self.matcher.match_layers(cls_all, code_all, gt_boxes, gt_labels, self.num_classes)
             boxes_all = torch.cat(gt_boxes).to(code_all.device)  # [T, 9]
             labels_all = torch.cat(gt_labels).to(code_all.device).long()  # [T]
+            loss_cls, loss_bbox = self.layers_loss(
+                cls_all, code_all, matches, boxes_all, labels_all, num_pos_override
+            )  # [D] each
             D = cls_all.shape[0]
-            for i in range(D):
-                lc, lb = self.layer_loss(
-                    cls_all[i], code_all[i], matches[i], boxes_all, labels_all, num_pos_override
-                )
+            for i, (lc, lb) in enumerate(zip(loss_cls.unbind(), loss_bbox.unbind(), strict=True)):
                 prefix = "" if i == D - 1 else f"d{i}."
                 losses[f"{prefix}loss_cls"] = lc
                 losses[f"{prefix}loss_bbox"] = lb

@@ -25,9 +25,10 @@ def sigmoid_focal_loss(
 
 def weighted_l1_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Sum of ``|pred - target| * weight`` over rows whose target is finite everywhere (official:
-    a GT box with an unknown (NaN) velocity is left out of the L1 loss entirely). ``[N, E]`` -> scalar."""
-    valid = torch.isfinite(target).all(dim=-1, keepdim=True)  # [N, 1]
+    a GT box with an unknown (NaN) velocity is left out of the L1 loss entirely). ``[..., N, E]`` ->
+    ``[...]`` (a scalar for ``[N, E]``; leading dims, e.g. decoder layers, are summed separately)."""
+    valid = torch.isfinite(target).all(dim=-1, keepdim=True)  # [..., N, 1]
     # masked, not indexed (a boolean index is a device sync); an invalid row's target becomes the
     # prediction itself, so it adds exactly 0 and no NaN reaches the gradient through abs()
-    safe = torch.where(valid, target, pred.detach())  # [N, E]
-    return ((pred - safe).abs() * weight * valid).sum()
+    safe = torch.where(valid, target, pred.detach())  # [..., N, E]
+    return ((pred - safe).abs() * weight * valid).sum(dim=(-2, -1))

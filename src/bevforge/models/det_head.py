@@ -21,6 +21,7 @@ from torch import nn
 
 from bevforge.nn.ffn import FFN
 from bevforge.nn.msdeform_attn import MSDeformAttn
+from bevforge.nn.self_attention import QuerySelfAttention
 from bevforge.structures.boxes import CODE_DIM
 
 
@@ -37,7 +38,7 @@ class DecoderLayer(nn.Module):
         self, embed_dims: int, ffn_dims: int, num_heads: int, num_points: int, dropout: float
     ) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = QuerySelfAttention(embed_dims, num_heads, dropout)  # nn.MultiheadAttention's keys
         self.self_attn_drop = nn.Dropout(dropout)
         self.cross_attn = MSDeformAttn(
             embed_dims, num_heads, num_levels=1, num_points=num_points, dropout=dropout
@@ -57,7 +58,7 @@ class DecoderLayer(nn.Module):
         """``query, query_pos [B, Q, C]``, ``bev [B, H*W, C]``, ``reference_xy [B, Q, 1, 2]``
         -> ``[B, Q, C]``."""
         qk = query + query_pos
-        attn = self.self_attn(qk, qk, query, need_weights=False)[0]  # [B, Q, C]
+        attn = self.self_attn(qk, query)  # [B, Q, C]
         query = self.norms[0](query + self.self_attn_drop(attn))
         query = self.cross_attn(
             query, bev, reference_xy, spatial_shapes, level_start_index, query_pos=query_pos

@@ -201,8 +201,10 @@ def wrap_model(
         else:
             warn("--sync-bn needs CUDA devices; keeping per-process BatchNorm on the CPU")
     device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets (no copy of every gradient
+    # into them after each backward, no second gradient-sized buffer)
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, find_unused_parameters=find_unused
+        model, device_ids=device_ids, find_unused_parameters=find_unused, gradient_as_bucket_view=True
     )
 
 

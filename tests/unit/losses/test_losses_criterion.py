@@ -152,3 +152,27 @@ def test_matcher_layers_match_brute_force_optimum():
         assert [got[j] for j in range(3)] == list(best)
         _, (q, g) = matcher(cls[d], code[d], [empty_b, boxes], [empty_l, labels])
         assert dict(zip(g.tolist(), q.tolist())) == got
+
+
+def test_layers_loss_is_each_layer_on_its_own():
+    """The decoder layers' losses in one set of operators equal each layer's own (values and gradients),
+    a GT box with an unknown velocity and an empty sample included."""
+    boxes, labels = _gt(5, seed=3)
+    boxes[1, 7:] = float("nan")  # unknown velocity: out of its L1 row
+    empty_b, empty_l = torch.zeros(0, 9), torch.zeros(0, dtype=torch.long)
+    torch.manual_seed(4)
+    cls = torch.randn(4, 2, 9, 10, requires_grad=True)
+    code = torch.randn(4, 2, 9, 10, requires_grad=True)
+    crit = SetCriterion()
+    matches = crit.matcher.match_layers(cls, code, [boxes, empty_b], [labels, empty_l])  # [D, 3, P]
+    got_cls, got_bbox = crit.layers_loss(cls, code, matches, boxes, labels)
+    assert got_cls.shape == got_bbox.shape == (4,)
+    grads = torch.autograd.grad((got_cls * torch.arange(1.0, 5.0)).sum() + got_bbox.sum(), (cls, code))
+    for d in range(4):
+        want_cls, want_bbox = crit.layer_loss(cls[d], code[d], matches[d], boxes, labels)
+        torch.testing.assert_close(got_cls[d], want_cls)
+        torch.testing.assert_close(got_bbox[d], want_bbox)
+        want = torch.autograd.grad((d + 1) * want_cls + want_bbox, (cls, code))
+        torch.testing.assert_close(grads[0][d], want[0][d])
+        torch.testing.assert_close(grads[1][d], want[1][d])
+    assert torch.isfinite(got_bbox).all() and (got_bbox > 0).all()
