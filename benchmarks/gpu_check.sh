@@ -96,7 +96,8 @@ elif can_import pytest; then
   # own, so a slow kernel step cannot cut them off (cuDNN may compile a fused engine per conv shape)
   STEP_TIMEOUT=${MODEL_TESTS_TIMEOUT:-150} step model-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu \
     tests/unit/models/test_history_graph.py tests/unit/models/test_fused_conv_relu.py \
-    tests/unit/models/test_frame_projections.py tests/unit/models/test_frame_graph.py
+    tests/unit/models/test_frame_projections.py tests/unit/models/test_frame_graph.py \
+    tests/unit/models/test_infer_graph.py
   # the MSDA kernels' launch constants on the SCA shape, offsets path (ptxas, offline: the backward takes
   # 144 registers at the default 64 x 4, 78 at 32 x 4): the winners go into ops/msda/triton_msda.py LAUNCH
   STEP_TIMEOUT=${SWEEP_TIMEOUT:-90} step bench-msda-sweep "$PY" -m bevforge.cli.main \
@@ -185,10 +186,12 @@ elif want base && can_import bevforge.train.step; then
   step bench-infer-base-bf16-cl "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
     --set model.backbone.pretrained= --amp bf16 --modes eager,cuda-graph --iters 20 --channels-last \
     --out "$RESULTS/infer.md"
-  # inference is all no-grad: every backbone conv fused (the 20 FPS target: 52.3 ms with a graph at 9cdd050)
+  # inference is all no-grad: every backbone conv fused (the 20 FPS target: 52.3 ms with a graph at 9cdd050);
+  # eval / eval-graph: the model's own forward with the state carried, eager and with eval.cuda_graph (what
+  # `bevforge test` runs per frame)
   step bench-infer-base-bf16-cl-fused "$PY" -m bevforge.cli.main bench infer configs/bevformer_base.py \
-    --set model.backbone.pretrained= model.backbone.fuse_conv_relu=true --amp bf16 --modes eager,cuda-graph \
-    --iters 20 --channels-last --out "$RESULTS/infer.md"
+    --set model.backbone.pretrained= model.backbone.fuse_conv_relu=true --amp bf16 \
+    --modes eager,cuda-graph,eval,eval-graph --iters 20 --channels-last --out "$RESULTS/infer.md"
 fi
 
 if [ $HAVE_CUDA = 0 ]; then

@@ -285,6 +285,9 @@ class EvalConfig:
     max_boxes: int = 300
     score_threshold: float = 0.0
     post_center_range: tuple[float, ...] = (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0)
+    # BEVFormer inference frames replayed as a CUDA graph (models/infer_graph.py: no per-kernel launch cost,
+    # which dominates batch-1 inference on an H100/H200); CUDA only, the same numbers as eager frames
+    cuda_graph: bool = False
 
 
 @dataclass

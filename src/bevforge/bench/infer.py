@@ -4,7 +4,7 @@ One frame of batch 1 (no post-processing) through, for BEVFormer, :class:`bevfor
 BEVFormerFrame` (backbone, encoder with the previous BEV, heads) and, for BEVDet (``model.arch =
 "bevdet"``), :class:`bevforge.export.bevdet_onnx.BEVDetEager` (the model's own forward: backbone, LSS,
 BEV pooling, BEV encoder, CenterPoint head; the pooling plan is cached after the first frame since the
-rig is fixed, as in deployment), in up to five modes:
+rig is fixed, as in deployment), in up to seven modes:
 
 - ``eager``: PyTorch eager, MSDA / BEV pooling through the dispatch (Triton on CUDA when eligible);
 - ``eager-ref``: the same with ``BEVFORGE_KERNELS=reference`` (grid_sample MSDA, scatter_add BEV pool);
@@ -15,6 +15,10 @@ rig is fixed, as in deployment), in up to five modes:
   host read; the note says if a frame hit more). CUDA only;
 - ``onnxruntime``: the ONNX export run by onnxruntime (CUDA provider when present, else CPU); BEVDet's
   graph has the rig's pooling plan baked in (:mod:`bevforge.export.bevdet_onnx`).
+- ``eval`` / ``eval-graph`` (BEVFormer): the model's own inference forward on a one-frame batch with the
+  temporal state carried, i.e. what ``bevforge test`` runs per frame (the host's temporal bookkeeping
+  included; loading and decoding not), eagerly and with ``eval.cuda_graph`` (:mod:`bevforge.models.
+  infer_graph`: the frame replayed as a CUDA graph, CUDA only).
 
 The recipe's kernel choices apply as ``bevforge test`` makes them (``train.setup.inference_backends``):
 TF32 as ``train.tf32``, cuDNN's autotuned convolution algorithms unless ``train.deterministic`` (rows
@@ -43,7 +47,7 @@ import torch
 from bevforge.bench.results import append_result
 from bevforge.ops.dispatch import kernels
 
-MODES = ("eager", "eager-ref", "compile", "cuda-graph", "onnxruntime")
+MODES = ("eager", "eager-ref", "compile", "cuda-graph", "onnxruntime", "eval", "eval-graph")
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -147,6 +151,43 @@ def _graph_fn(frame, inputs, amp: torch.dtype | None, device: str, warmup: int =
     return replay
 
 
+def _eval_fn(model, inputs, amp: torch.dtype | None, device: str, graph: bool) -> Callable[[], object]:
+    """``model(batch, state)`` on a one-frame batch made of ``inputs`` (:func:`example_inputs`), the state
+    carried from frame to frame (one scene: every frame after the first has a previous BEV); ``graph``
+    attaches an :class:`InferenceGraph` (the caller detaches it: ``model.infer_graph = None``)."""
+    from bevforge.models.infer_graph import InferenceGraph
+    from bevforge.structures.batch import Batch
+
+    if graph and not device.startswith("cuda"):
+        raise RuntimeError("eval-graph needs a CUDA device (--device cuda)")
+    images, _, _, can_bus, lidar2img = inputs  # [1, N, 3, H, W], [1, 18], [N, 4, 4] or [1, N, 4, 4]
+    eye = torch.eye(4, dtype=torch.float64, device=images.device).expand(1, 1, 4, 4)
+    batch = Batch(
+        images=images[:, None],  # [1, 1, N, 3, H, W]
+        lidar2img=lidar2img.reshape(1, 1, *lidar2img.shape[-3:]),  # [1, 1, N, 4, 4]
+        can_bus=can_bus[:, None],  # [1, 1, 18] (absolute: the same pose each frame)
+        ego2global=eye.clone(),
+        lidar2ego=eye.clone(),
+        frame_valid=torch.ones(1, 1, dtype=torch.bool),
+        scene_tokens=[["bench"]],
+        sample_tokens=["bench"],
+        timestamps=torch.zeros(1, 1, dtype=torch.int64),
+        img_hw=(int(images.shape[-2]), int(images.shape[-1])),
+        gt_boxes=[torch.zeros(0, 9)],
+        gt_labels=[torch.zeros(0, dtype=torch.int64)],
+    )
+    model.infer_graph = InferenceGraph() if graph else None
+    state: list = [None]
+
+    def step():
+        with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32,
+                                                    enabled=amp is not None):  # fmt: skip
+            preds, state[0] = model(batch, state[0])
+        return preds
+
+    return step
+
+
 def _ort_fn(
     model, inputs_cpu, tmpdir: str, arch: str = "bevformer", dynamic_rig: bool = False
 ) -> tuple[Callable[[], object], str]:
@@ -234,9 +275,18 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 prime_kernel_ops()  # no first import inside the traced frame (a graph break)
                 frame = torch.compile(frame)
             with kernels("reference" if mode == "eager-ref" else None):
-                make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn
-                fn = make_fn(frame, inputs, amp, args.device)
-                row.update(time_frames(fn, args.warmup, args.iters, args.device))
+                if mode in ("eval", "eval-graph"):
+                    if cfg.model.arch != "bevformer":
+                        raise ValueError(f"{mode} times BEVFormer's evaluation forward")
+                    fn = _eval_fn(model, inputs, amp, args.device, graph=mode == "eval-graph")
+                else:
+                    make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn
+                    fn = make_fn(frame, inputs, amp, args.device)
+                try:
+                    row.update(time_frames(fn, args.warmup, args.iters, args.device))
+                finally:
+                    if hasattr(model, "infer_graph"):
+                        model.infer_graph = None  # eval-graph's holder, with its memory pool
                 sca_fused = cfg.model.arch == "bevformer" and _sca_fused(model, args.device)
             row["note"] = f"amp {args.amp}"
             if str(args.device).startswith("cuda"):
@@ -250,7 +300,7 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 row["note"] += ", pooling plan cached"
             if sca_fused:
                 row["note"] += ", SCA fused over cameras"
-            if mode == "cuda-graph" and cfg.model.arch == "bevformer" and not sca_fused:
+            if mode in ("cuda-graph", "eval-graph") and cfg.model.arch == "bevformer" and not sca_fused:
                 from bevforge.models.history_graph import sca_hit_overflow
 
                 # the SCA gathers a static number of hit queries under capture (learnt in the warm-up)

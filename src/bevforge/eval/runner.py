@@ -60,6 +60,7 @@ def infer_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Config)
     device = next(model.parameters()).device
     state: TemporalState | None = None
     out: dict[str, dict[str, Any]] = {}
+    graphed = _attach_inference_graph(model, cfg)
     try:
         for batch in batches:
             if batch.num_frames != 1:
@@ -88,8 +89,26 @@ def infer_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Config)
                     res["seg_intersection"], res["seg_union"] = seg[0][b], seg[1][b]
                 out[token] = res
     finally:
+        if graphed is not None:
+            graphed.infer_graph = None  # the captured graphs and their memory pool go with the holder
         model.train(was_training)
     return out
+
+
+def _attach_inference_graph(model: torch.nn.Module, cfg: Config) -> torch.nn.Module | None:
+    """With ``eval.cuda_graph``, a fresh :class:`InferenceGraph` on a BEVFormer (plain or in DDP; the holder
+    replays CUDA frames and runs the others eagerly); returns the module holding it, else None."""
+    from bevforge.models.bevformer import BEVFormer
+    from bevforge.models.infer_graph import InferenceGraph
+
+    if not cfg.eval.cuda_graph:
+        return None
+    target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if not isinstance(target, BEVFormer):  # another family, or a compiled model (inductor's own graphs)
+        return None
+
+    target.infer_graph = InferenceGraph()
+    return target
 
 
 def gather_results(local: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:

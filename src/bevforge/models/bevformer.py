@@ -19,6 +19,7 @@ from bevforge.geometry.ego_motion import can_bus_deltas
 from bevforge.models.bev_encoder import BEVEncoder, FrameProjections
 from bevforge.models.frame_graph import FrameGraph
 from bevforge.models.history_graph import HistoryGraph, history_bev, history_prev_exists
+from bevforge.models.infer_graph import InferenceGraph
 from bevforge.structures.batch import Batch, require_finished_images
 from bevforge.structures.temporal import TemporalState, carried_tokens
 
@@ -50,6 +51,9 @@ class BEVFormer(nn.Module):
         self.history_graph: HistoryGraph | None = None
         # train.frame_graph: the training step's current frame as replayed CUDA graphs (models/frame_graph.py)
         self.frame_graph: FrameGraph | None = None
+        # eval.cuda_graph: inference frames replayed as a CUDA graph (models/infer_graph.py); the evaluation
+        # runner attaches one for a pass over a split
+        self.infer_graph: InferenceGraph | None = None
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``images [B', N, 3, H, W]`` -> L x ``[B', N, C, H_l, W_l]`` (one backbone call for all)."""
@@ -120,6 +124,21 @@ class BEVFormer(nn.Module):
         preds = self.frame_graph.run(self, tensors, pad_hw, images.shape[1])
         return preds, self._next_state(batch, t, preds["bev"].detach().clone())  # a replay reuses bev
 
+    def _graphed_inference(
+        self, batch: Batch, state: TemporalState
+    ) -> tuple[dict[str, torch.Tensor], TemporalState]:
+        """One inference frame (``T = 1``) through ``eval.cuda_graph`` (:class:`InferenceGraph`): the
+        temporal inputs here, :func:`frame_preds` replayed; the same computation as the eager frame."""
+        assert self.infer_graph is not None
+        images = batch.images[:, 0]  # [B, N, 3, H, W]
+        require_finished_images(images)
+        can_bus_delta, prev_bev, prev_exists = self._temporal_inputs(batch, 0, state)
+        assert prev_bev is not None
+        pad_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        tensors = (images.flatten(0, 1), batch.lidar2img[:, 0], can_bus_delta, prev_bev, prev_exists)
+        preds = self.infer_graph.run(self, tensors, pad_hw, images.shape[1])
+        return preds, self._next_state(batch, 0, preds["bev"].clone())  # a replay reuses bev
+
     def forward(
         self, batch: Batch, state: TemporalState | None = None
     ) -> tuple[dict[str, torch.Tensor], TemporalState]:
@@ -133,6 +152,8 @@ class BEVFormer(nn.Module):
         num_b, num_t = batch.images.shape[:2]
         pad_hw = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         if not (self.training and torch.is_grad_enabled()):
+            if self.infer_graph is not None and not self.training and num_t == 1 and state is not None:
+                return self._graphed_inference(batch, state)
             # inference: no mode switch needed, one backbone call for every frame
             projections = self.encoder.project_frames(batch.lidar2img, pad_hw, range(num_t))
             feats = self.extract_features(batch.images.flatten(0, 1))  # L x [B*T, N, C, h, w]

@@ -65,6 +65,28 @@ def test_bench_infer_cuda_graph_mode_needs_cuda(tmp_path):
     assert "skipped: RuntimeError: cuda-graph needs a CUDA device" in rows["cuda-graph"]
 
 
+def test_bench_infer_eval_modes(tmp_path):
+    """``eval`` times the model's own forward with the state carried; ``eval-graph`` needs CUDA; neither
+    leaves a graph holder on the model."""
+    from bevforge.config import load_config
+    from bevforge.models.build import build_model
+
+    out = tmp_path / "infer.md"
+    argv = ["configs/bevformer_debug.py", "--modes", "eval,eval-graph", "--iters", "2", "--warmup", "1"]
+    assert infer.run(_args([*argv, "--device", "cpu", "--out", str(out)])) == 0
+    rows = {
+        line.split("|")[1].strip(): line for line in out.read_text().splitlines() if line.startswith("| ")
+    }
+    assert "skipped" not in rows["eval"] and float(rows["eval"].split("|")[2]) > 0
+    assert "skipped: RuntimeError: eval-graph needs a CUDA device" in rows["eval-graph"]
+    cfg = load_config("bevformer_debug")
+    model = build_model(cfg).eval()
+    _, inputs = infer.frame_and_inputs(cfg, model, None)
+    step = infer._eval_fn(model, inputs, None, "cpu", graph=False)
+    first, second = step(), step()  # the second frame has the first's BEV
+    assert not torch.equal(first["bev"], second["bev"]) and model.infer_graph is None
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replay_matches_eager():
