@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from bevforge.config import Config
+from bevforge.data.prefetch import device_prefetch
 from bevforge.structures.batch import Batch
 from bevforge.structures.temporal import TemporalState
 
@@ -62,10 +63,9 @@ def infer_batches(model: torch.nn.Module, batches: Iterable[Batch], cfg: Config)
     out: dict[str, dict[str, Any]] = {}
     graphed = _attach_inference_graph(model, cfg)
     try:
-        for batch in batches:
+        for batch in device_prefetch(batches, device):  # the next batch's copy overlaps this frame
             if batch.num_frames != 1:
                 raise ValueError(f"evaluation batches must hold T=1 frame, got T={batch.num_frames}")
-            batch = batch.to(device)
             state = _slice_state(state, batch.batch_size)
             preds, state = model(batch, state)
             dets = model.decode(
