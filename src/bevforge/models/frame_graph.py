@@ -109,9 +109,7 @@ class FrameGraph(GraphHolder):
         ``prev_exists``): replayed on CUDA in grad mode, else eager."""
         if not tensors[0].is_cuda or not torch.is_grad_enabled() or not model.training:
             return frame_preds(model, *tensors, pad_hw, num_cams)
-        amp = torch.is_autocast_enabled("cuda")
-        dtype = torch.get_autocast_dtype("cuda")
-        key = (pad_hw, num_cams, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in tensors))
+        key = self.signature(tensors, pad_hw, num_cams)
         graphed = self._graphs.get(key)
         if graphed is None:
             if key not in self._seen or len(self._graphs) >= self.max_graphs:

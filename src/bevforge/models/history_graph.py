@@ -151,6 +151,32 @@ class GraphHolder:
         self._graphs: dict[tuple, Any] = {}
         self.replays = 0  # for tests and logs
         self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
+        #: the memory pool of this holder's captures (:meth:`_record`)
+        self.pool: Any = None
+
+    @staticmethod
+    def signature(tensors: tuple[torch.Tensor, ...], *static: Any) -> tuple:
+        """What a capture is specific to: the autocast state, ``static`` (sizes passed as numbers) and the
+        tensors' shapes, dtypes and strides."""
+        amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+        return (*static, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in tensors))
+
+    def _record(self, run: Callable[[], Any]) -> tuple[Any, Any]:
+        """``run()`` warmed up ``warmup`` times on a side stream (Triton compiles, cuDNN's picks, caches
+        fill), then captured into :attr:`pool`: ``(graph, run's output buffers)``."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream
+            for _ in range(self.warmup):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = run()
+        if self.pool is None:
+            self.pool = graph.pool()
+        return graph, out
 
     def __deepcopy__(self, memo: dict) -> GraphHolder:
         return type(self)(self.max_graphs, self.warmup)
@@ -193,12 +219,8 @@ class HistoryGraph(GraphHolder):
 
     what = "train.history_graph"
 
-    def __init__(self, max_graphs: int = 2, warmup: int = 2) -> None:
-        super().__init__(max_graphs, warmup)
-        #: the memory pool of every capture (``train.frame_graph`` captures into it too): each replay's
-        #: temporaries are dead when it returns (its output is cloned), so graphs that replay one after
-        #: the other may share the memory
-        self.pool: Any = None
+    # its pool is every capture's (``train.frame_graph`` captures into it too): each replay's temporaries are
+    # dead when it returns (its output is cloned), so graphs that replay one after the other may share it
 
     def run(
         self, model: nn.Module, inputs: tuple[torch.Tensor, ...], pad_hw: tuple[int, int]
@@ -213,15 +235,14 @@ class HistoryGraph(GraphHolder):
         if not inputs[0].is_cuda:
             with torch.no_grad():
                 return step(*inputs)
-        amp = torch.is_autocast_enabled("cuda")
-        dtype = torch.get_autocast_dtype("cuda")
-        key = (pad_hw, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in inputs))
+        key = self.signature(inputs, pad_hw)
         captured = self._graphs.get(key)
         if captured is None:
             if len(self._graphs) >= self.max_graphs:
                 with torch.no_grad():
                     return step(*inputs)  # a rare shape (an epoch's last batch): eager
             self._capturing_first(model)
+            amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
             captured = self._graphs[key] = self._capture(model, step, inputs, amp, dtype)
         out = captured(inputs)
         self._replayed(model)
@@ -242,16 +263,5 @@ class HistoryGraph(GraphHolder):
             with torch.no_grad(), autocast:
                 return step(*static)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture stream
-            for _ in range(self.warmup):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            out = run()
-        if self.pool is None:
-            self.pool = graph.pool()
+        graph, out = self._record(run)
         return _Captured(graph, static, out, _kept_tensors(model))

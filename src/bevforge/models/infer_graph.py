@@ -63,7 +63,6 @@ class InferenceGraph(GraphHolder):
     def __init__(self, max_graphs: int = 1, warmup: int = 2) -> None:
         super().__init__(max_graphs, warmup)
         self._seen: set[tuple] = set()  # signatures whose eager first frame ran
-        self.pool: Any = None
 
     def run(
         self,
@@ -75,50 +74,37 @@ class InferenceGraph(GraphHolder):
         """:func:`frame_preds` of ``tensors`` (``images [B*N, 3, H, W]`` finished, ``lidar2img [B, N, 4,
         4]``, ``can_bus_delta [B, 18]``, ``prev_bev [B, Q, C]``, ``prev_exists [B]``): replayed on CUDA
         without grad mode, else eager."""
-        if not tensors[0].is_cuda or torch.is_grad_enabled():
+        if not self._replayable(tensors):
             return frame_preds(model, *tensors, pad_hw, num_cams)
-        amp = torch.is_autocast_enabled("cuda")
-        dtype = torch.get_autocast_dtype("cuda")
-        key = (pad_hw, num_cams, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in tensors))
+        key = self.signature(tensors, pad_hw, num_cams)
         captured = self._graphs.get(key)
         if captured is None:
             if key not in self._seen or len(self._graphs) >= self.max_graphs:
                 self._seen.add(key)
                 return frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound
             self._capturing_first(model)
-            captured = self._graphs[key] = self._capture(model, tensors, pad_hw, num_cams, amp, dtype)
+            captured = self._graphs[key] = self._capture(model, tensors, pad_hw, num_cams)
         preds = captured(tensors)
         self._replayed(model)
         return preds
 
+    @staticmethod
+    def _replayable(tensors: tuple[torch.Tensor, ...]) -> bool:
+        """CUDA tensors and no grad mode: what a captured frame can take."""
+        return tensors[0].is_cuda and not torch.is_grad_enabled()
+
     def _capture(
-        self,
-        model: nn.Module,
-        tensors: tuple[torch.Tensor, ...],
-        pad_hw: tuple[int, int],
-        num_cams: int,
-        amp: bool,
-        dtype: torch.dtype,
+        self, model: nn.Module, tensors: tuple[torch.Tensor, ...], pad_hw: tuple[int, int], num_cams: int
     ) -> _CapturedFrame:
         static = tuple(t.clone() for t in tensors)
+        amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
 
         def run() -> dict[str, torch.Tensor]:
             autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
             with torch.no_grad(), autocast:
                 return frame_preds(model, *static, pad_hw, num_cams)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture stream (Triton compiles, cuDNN's picks)
-            for _ in range(self.warmup):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            preds = run()
-        if self.pool is None:
-            self.pool = graph.pool()
+        graph, preds = self._record(run)
         return _CapturedFrame(graph, static, preds, _kept_tensors(model))
 
 

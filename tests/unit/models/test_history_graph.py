@@ -136,3 +136,45 @@ def test_cuda_graph_replays_the_eager_history_pass():
         torch.testing.assert_close(got.prev_bev, want.prev_bev, rtol=2e-2, atol=2e-2)
         assert got.scene_tokens == want.scene_tokens
     assert graph.replays == 3 and len(graph._graphs) == 1
+
+
+def test_record_warms_up_on_a_side_stream_then_captures_into_one_pool(monkeypatch):
+    """GraphHolder._record's orchestration, with CUDA's stream and graph calls faked (CPU): ``warmup``
+    runs off the capture stream, one captured run, the first capture's pool kept for the next."""
+    import contextlib
+
+    from bevforge.models.history_graph import GraphHolder
+
+    events = []
+
+    class Stream:
+        def wait_stream(self, other):
+            events.append("wait")
+
+    class Graph:
+        def pool(self):
+            return "pool-0"
+
+    @contextlib.contextmanager
+    def stream(s):
+        events.append("side")
+        yield
+        events.append("main")
+
+    @contextlib.contextmanager
+    def graph(g, pool=None, capture_error_mode=None):
+        events.append(f"capture(pool={pool}, {capture_error_mode})")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    holder = GraphHolder(warmup=3)
+    runs = []
+    _, out = holder._record(lambda: runs.append(len(events)) or "out")
+    assert out == "out" and len(runs) == 4 and holder.pool == "pool-0"
+    assert events == ["wait", "side", "main", "wait", "capture(pool=None, thread_local)"]
+    holder._record(lambda: None)
+    assert events[-1] == "capture(pool=pool-0, thread_local)"

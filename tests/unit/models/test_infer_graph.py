@@ -97,6 +97,37 @@ def debug_model_copy(model):
     return other
 
 
+def test_capture_and_replays_emulated_on_the_cpu(monkeypatch):
+    """The holder's orchestration with the CUDA graph emulated (a replay re-runs the captured function
+    into the captured buffers): eager first frame, capture, replays that copy each frame's tensors in;
+    the same predictions and states as eager frames over scene starts and padding frames."""
+
+    def record(self, run):
+        buffers = run()
+
+        class Replay:
+            def replay(self):
+                for key, value in run().items():
+                    buffers[key].copy_(value)
+
+        return Replay(), buffers
+
+    monkeypatch.setattr(InferenceGraph, "_replayable", staticmethod(lambda tensors: True))
+    monkeypatch.setattr(InferenceGraph, "_record", record)
+    torch.manual_seed(0)
+    model = debug_model(with_seg=True).eval()
+    graphed = copy.deepcopy(model)
+    graphed.infer_graph = InferenceGraph()
+    frames = _frames()
+    want, got = _run(model, frames), _run(graphed, frames)  # eager, eager (learns), capture, 2 replays
+    for (w, w_state), (g, g_state) in zip(want, got, strict=True):
+        for key in w:
+            torch.testing.assert_close(g[key], w[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(g_state.prev_bev, w_state.prev_bev, rtol=0, atol=0)
+        assert g_state.scene_tokens == w_state.scene_tokens
+    assert graphed.infer_graph.replays == 3 and len(graphed.infer_graph._graphs) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
