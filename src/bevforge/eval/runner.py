@@ -106,7 +106,6 @@ def _attach_inference_graph(model: torch.nn.Module, cfg: Config) -> torch.nn.Mod
     target = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     if not isinstance(target, BEVFormer):  # another family, or a compiled model (inductor's own graphs)
         return None
-
     target.infer_graph = InferenceGraph()
     return target
 

@@ -9,8 +9,8 @@ the inputs of q and k, the same tensor), this one casts the packed weight and bi
 with one GEMM on their shared input and v with a second, and runs ``scaled_dot_product_attention`` on views.
 Per decoder layer of a bf16 training step (counted on the CPU's fused attention path, CUDA's flash one
 alike): 10 forward operators where torch's module dispatches 16 (28 at batch 2), and 6 (20) fewer in
-backward; the same numbers (fp32: the same values and gradients, the same dropout draws). A base step runs
-6 layers; inference's decoder is launch-bound.
+backward; the same numbers (tested on the CPU in fp32: the same values, gradients and dropout draws). A base
+step runs 6 layers; inference's decoder is launch-bound.
 
 Shape letters: B batch, Q queries, C channels, M heads, D = C / M channels per head.
 """
