@@ -112,16 +112,17 @@ def sca_bound_epoch(model: nn.Module) -> int:
 
 
 class _Captured:
-    """One captured history pass: its input buffers, its output, and what it reads that must stay alive."""
+    """One capture: its input buffers, its output buffers, and what it reads that must stay alive."""
 
-    def __init__(self, graph: Any, inputs: tuple[torch.Tensor, ...], out: torch.Tensor, kept: list) -> None:
+    def __init__(self, graph: Any, inputs: tuple[torch.Tensor, ...], out: Any, kept: list) -> None:
         self.graph, self.inputs, self.out, self.kept = graph, inputs, out, kept
 
-    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """Copy ``inputs`` in, replay: the output buffers (the next replay overwrites them)."""
         for buf, t in zip(self.inputs, inputs, strict=True):
             buf.copy_(t, non_blocking=True)
         self.graph.replay()
-        return self.out.clone()  # the next replay overwrites self.out
+        return self.out
 
 
 def _kept_tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -177,6 +178,22 @@ class GraphHolder:
         if self.pool is None:
             self.pool = graph.pool()
         return graph, out
+
+    def _capture_no_grad(
+        self, model: nn.Module, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]
+    ) -> _Captured:
+        """``fn(*inputs)`` of ``model`` without gradients, in the step's autocast dtype (its cast cache off: a
+        cached cast would not outlive the step), captured on buffers cloned from ``inputs``."""
+        static = tuple(t.clone() for t in inputs)
+        amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+
+        def run() -> Any:
+            autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
+            with torch.no_grad(), autocast:
+                return fn(*static)
+
+        graph, out = self._record(run)
+        return _Captured(graph, static, out, _kept_tensors(model))
 
     def __deepcopy__(self, memo: dict) -> GraphHolder:
         return type(self)(self.max_graphs, self.warmup)
@@ -242,26 +259,7 @@ class HistoryGraph(GraphHolder):
                 with torch.no_grad():
                     return step(*inputs)  # a rare shape (an epoch's last batch): eager
             self._capturing_first(model)
-            amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-            captured = self._graphs[key] = self._capture(model, step, inputs, amp, dtype)
-        out = captured(inputs)
+            captured = self._graphs[key] = self._capture_no_grad(model, step, inputs)
+        out = captured(inputs).clone()  # the next replay overwrites the captured buffer
         self._replayed(model)
         return out
-
-    def _capture(
-        self,
-        model: nn.Module,
-        step: Callable[..., torch.Tensor],
-        inputs: tuple[torch.Tensor, ...],
-        amp: bool,
-        dtype: torch.dtype,
-    ) -> _Captured:
-        static = tuple(t.clone() for t in inputs)
-
-        def run() -> torch.Tensor:
-            autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
-            with torch.no_grad(), autocast:
-                return step(*static)
-
-        graph, out = self._record(run)
-        return _Captured(graph, static, out, _kept_tensors(model))

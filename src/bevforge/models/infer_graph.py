@@ -29,29 +29,11 @@ it afterwards, with its memory pool.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any
-
 import torch
 from torch import nn
 
 from bevforge.models.frame_graph import frame_preds
-from bevforge.models.history_graph import GraphHolder, _kept_tensors
-
-
-class _CapturedFrame:
-    """One captured inference frame: input buffers, the predictions' buffers, what must stay alive."""
-
-    def __init__(
-        self, graph: Any, inputs: tuple[torch.Tensor, ...], preds: dict[str, torch.Tensor], kept: list
-    ) -> None:
-        self.graph, self.inputs, self.preds, self.kept = graph, inputs, preds, kept
-
-    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        for buf, t in zip(self.inputs, inputs, strict=True):
-            buf.copy_(t, non_blocking=True)
-        self.graph.replay()
-        return dict(self.preds)  # the buffers: the next replay overwrites them
+from bevforge.models.history_graph import GraphHolder
 
 
 class InferenceGraph(GraphHolder):
@@ -83,8 +65,12 @@ class InferenceGraph(GraphHolder):
                 self._seen.add(key)
                 return frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound
             self._capturing_first(model)
-            captured = self._graphs[key] = self._capture(model, tensors, pad_hw, num_cams)
-        preds = captured(tensors)
+
+            def step(*static: torch.Tensor) -> dict[str, torch.Tensor]:
+                return frame_preds(model, *static, pad_hw, num_cams)
+
+            captured = self._graphs[key] = self._capture_no_grad(model, step, tensors)
+        preds = dict(captured(tensors))  # the captured buffers: the next replay overwrites them
         self._replayed(model)
         return preds
 
@@ -92,20 +78,6 @@ class InferenceGraph(GraphHolder):
     def _replayable(tensors: tuple[torch.Tensor, ...]) -> bool:
         """CUDA tensors and no grad mode: what a captured frame can take."""
         return tensors[0].is_cuda and not torch.is_grad_enabled()
-
-    def _capture(
-        self, model: nn.Module, tensors: tuple[torch.Tensor, ...], pad_hw: tuple[int, int], num_cams: int
-    ) -> _CapturedFrame:
-        static = tuple(t.clone() for t in tensors)
-        amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-
-        def run() -> dict[str, torch.Tensor]:
-            autocast = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
-            with torch.no_grad(), autocast:
-                return frame_preds(model, *static, pad_hw, num_cams)
-
-        graph, preds = self._record(run)
-        return _CapturedFrame(graph, static, preds, _kept_tensors(model))
 
 
 __all__ = ["InferenceGraph"]
