@@ -155,27 +155,13 @@ def _eval_fn(model, inputs, amp: torch.dtype | None, device: str, graph: bool) -
     """``model(batch, state)`` on a one-frame batch made of ``inputs`` (:func:`example_inputs`), the state
     carried from frame to frame (one scene: every frame after the first has a previous BEV); ``graph``
     attaches an :class:`InferenceGraph` (the caller detaches it: ``model.infer_graph = None``)."""
+    from bevforge.export.bevdet_onnx import single_frame_batch
     from bevforge.models.infer_graph import InferenceGraph
-    from bevforge.structures.batch import Batch
 
     if graph and not device.startswith("cuda"):
         raise RuntimeError("eval-graph needs a CUDA device (--device cuda)")
-    images, _, _, can_bus, lidar2img = inputs  # [1, N, 3, H, W], [1, 18], [N, 4, 4] or [1, N, 4, 4]
-    eye = torch.eye(4, dtype=torch.float64, device=images.device).expand(1, 1, 4, 4)
-    batch = Batch(
-        images=images[:, None],  # [1, 1, N, 3, H, W]
-        lidar2img=lidar2img.reshape(1, 1, *lidar2img.shape[-3:]),  # [1, 1, N, 4, 4]
-        can_bus=can_bus[:, None],  # [1, 1, 18] (absolute: the same pose each frame)
-        ego2global=eye.clone(),
-        lidar2ego=eye.clone(),
-        frame_valid=torch.ones(1, 1, dtype=torch.bool),
-        scene_tokens=[["bench"]],
-        sample_tokens=["bench"],
-        timestamps=torch.zeros(1, 1, dtype=torch.int64),
-        img_hw=(int(images.shape[-2]), int(images.shape[-1])),
-        gt_boxes=[torch.zeros(0, 9)],
-        gt_labels=[torch.zeros(0, dtype=torch.int64)],
-    )
+    images, _, _, can_bus, lidar2img = inputs  # [1, N, 3, H, W], [1, 18], [1, N, 4, 4]
+    batch = single_frame_batch(images, lidar2img, can_bus)  # absolute can_bus: the same pose each frame
     model.infer_graph = InferenceGraph() if graph else None
     state: list = [None]
 

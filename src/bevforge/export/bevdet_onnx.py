@@ -46,17 +46,20 @@ def output_names(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"t{t}.{name}" for t, head in enumerate(model.head.task_heads) for name in head.branches)
 
 
-def single_frame_batch(images: torch.Tensor, lidar2img: torch.Tensor) -> Batch:
-    """A ``Batch`` of one frame: ``images [B, N, 3, H, W]``, ``lidar2img [B, N, 4, 4]`` (no ground truth)."""
+def single_frame_batch(
+    images: torch.Tensor, lidar2img: torch.Tensor, can_bus: torch.Tensor | None = None
+) -> Batch:
+    """A ``Batch`` of one frame: ``images [B, N, 3, H, W]``, ``lidar2img [B, N, 4, 4]``, absolute ``can_bus
+    [B, 18]`` (default zeros); one scene, no ground truth; ``frame_valid`` on the host as a loader's."""
     b = images.shape[0]
     eye = torch.eye(4, dtype=torch.float64, device=images.device).expand(b, 1, 4, 4)
     return Batch(
         images=images[:, None],  # [B, 1, N, 3, H, W]
         lidar2img=lidar2img[:, None],  # [B, 1, N, 4, 4]
-        can_bus=images.new_zeros(b, 1, 18),
+        can_bus=images.new_zeros(b, 1, 18) if can_bus is None else can_bus[:, None],  # [B, 1, 18]
         ego2global=eye,
         lidar2ego=eye,
-        frame_valid=torch.ones(b, 1, dtype=torch.bool, device=images.device),
+        frame_valid=torch.ones(b, 1, dtype=torch.bool),  # a host field (structures/batch.py)
         scene_tokens=[["export"]] * b,
         sample_tokens=["export"] * b,
         timestamps=torch.zeros(b, 1, dtype=torch.int64, device=images.device),
