@@ -29,7 +29,8 @@ What makes the replay the eager step's computation:
 The first step of an input signature runs eagerly (its plans learn the SCA bound and the prediction
 keys), the second captures (``warmup`` eager forward+backward passes on a side stream first, as
 ``make_graphed_callables`` does), later ones replay. CPU inputs, no grad mode, a previous BEV missing
-(a one-frame queue) or more signatures than ``max_graphs`` run :func:`frame_preds` eagerly. One process
+(a one-frame queue), more signatures than ``max_graphs`` or a signature whose capture failed (warned
+once; the run goes on) run :func:`frame_preds` eagerly. One process
 only: DDP's gradient hooks are untested with a graphed backward (``wrap_model`` refuses it). No gradient
 accumulation: autograd hands the parameters the backward graph's own gradient buffers (it steals a
 fresh-looking gradient), which the next replay rewrites (``apply_speed_options`` refuses
@@ -95,8 +96,7 @@ class FrameGraph(GraphHolder):
     what = "train.frame_graph"
 
     def __init__(self, max_graphs: int = 1, warmup: int = 2) -> None:
-        super().__init__(max_graphs, warmup)
-        self._seen: dict[tuple, tuple[str, ...]] = {}  # signature -> prediction keys of its eager step
+        super().__init__(max_graphs, warmup)  # _seen: signature -> prediction keys of its eager step
 
     def run(
         self,
@@ -110,17 +110,22 @@ class FrameGraph(GraphHolder):
         if not tensors[0].is_cuda or not torch.is_grad_enabled() or not model.training:
             return frame_preds(model, *tensors, pad_hw, num_cams)
         key = self.signature(tensors, pad_hw, num_cams)
-        graphed = self._graphs.get(key)
+        graphed = self._graph_for(
+            model, key, lambda: self._capture(model, tensors, pad_hw, num_cams, self._seen[key])
+        )
         if graphed is None:
-            if key not in self._seen or len(self._graphs) >= self.max_graphs:
-                preds = frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound, the keys
-                self._seen.setdefault(key, tuple(sorted(preds)))
-                return preds
-            self._capturing_first(model)
-            graphed = self._graphs[key] = self._capture(model, tensors, pad_hw, num_cams, self._seen[key])
+            preds = frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound, the keys
+            self._seen.setdefault(key, tuple(sorted(preds)))
+            return preds
         outs = graphed.module(*tensors)  # the captured buffers: read them before the next replay
         self._replayed(model)
         return dict(zip(graphed.keys, outs, strict=True))
+
+    def _pool_owner(self, model: nn.Module) -> GraphHolder:
+        """The history graph's pool when there is one: it replays before this forward and its output is
+        cloned, and this frame's activations are dead from the backward replay until the next forward."""
+        history = getattr(model, "history_graph", None)
+        return self if history is None else history
 
     def _capture(
         self,
@@ -134,10 +139,7 @@ class FrameGraph(GraphHolder):
         sample = tuple(t.detach().clone() for t in tensors)  # no input requires grad, as in the step
         amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
         autocast: Any = torch.autocast("cuda", dtype=dtype, cache_enabled=False) if amp else nullcontext()
-        # the history graph's pool: it replays before this forward and its output is cloned, and this
-        # frame's activations are dead from the backward replay until the next step's forward
-        history = getattr(model, "history_graph", None)
-        pool = None if history is None else history.pool
+        pool = self._pool_owner(model)._pool_id()
         with autocast:
             # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
             graphed = torch.cuda.make_graphed_callables(

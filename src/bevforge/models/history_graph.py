@@ -23,8 +23,9 @@ What makes that the same computation as the eager pass (:meth:`BEVFormer._histor
 - the output is cloned before it leaves (the next replay overwrites the captured buffer).
 
 Only training with ``state=None`` (each sample's queue starts fresh, as in the official training) and
-CUDA inputs take the graph; anything else, or a third input shape, runs :func:`history_bev` eagerly, which
-is also what the eager pass (``BEVFormer._history_state``) runs.
+CUDA inputs take the graph; anything else, a third input shape or a shape whose capture failed (warned
+once, ``GraphHolder._graph_for``: the run goes on) runs :func:`history_bev` eagerly, which is also what the
+eager pass (``BEVFormer._history_state``) runs.
 """
 
 from __future__ import annotations
@@ -111,6 +112,44 @@ def sca_bound_epoch(model: nn.Module) -> int:
     return sum(m.bound_epoch for m in model.modules() if isinstance(m, SpatialCrossAttention))
 
 
+def _unfinished(value: Any) -> bool:
+    """A CUDAGraph whose capture did not end (a finished one has a pool and cleans up after itself)."""
+    if not isinstance(value, torch.cuda.CUDAGraph):
+        return False
+    try:
+        value.pool()
+    except RuntimeError:
+        return True
+    return False
+
+
+def _release_failed_capture(error: BaseException, owner: GraphHolder, stream: Any) -> list[Any]:
+    """Put CUDA back as it was before a capture that raised, as far as torch allows: ``stream`` current again
+    (``torch.cuda.graph``'s exit raises before restoring it), the device allocator no longer routing to the
+    pool (``CUDAGraph::capture_end`` raises before ending that) and the pool's reference taken by the
+    unfinished capture handed back (the pool is freed when no graph uses it; ``owner`` takes a new one
+    for its next capture). Returns the CUDAGraph objects of ``error``'s traceback whose capture did not
+    end, to be kept alive: the allocators' capture filters point at them. A sticky CUDA error raises here
+    (no recovery)."""
+    torch.cuda.set_stream(stream)
+    torch.cuda.synchronize()
+    graphs, tb = [], error.__traceback__
+    while tb is not None:  # torch.cuda.graph's `graph`, make_graphed_callables' fwd_graphs / bwd_graphs
+        for value in list(tb.tb_frame.f_locals.values()):
+            items = value if isinstance(value, list | tuple) else (value,)
+            graphs += [g for g in items if _unfinished(g) and all(g is not k for k in graphs)]
+        tb = tb.tb_next
+    if owner.pool is not None:
+        device = torch.cuda.current_device()
+        try:
+            torch._C._cuda_endAllocateToPool(device, owner.pool)
+        except RuntimeError:  # no capture into the pool under way: it had not begun, or it ended
+            return graphs
+        torch._C._cuda_releasePool(device, owner.pool)  # the reference of the capture that did not end
+        owner.pool = None
+    return graphs
+
+
 class _Captured:
     """One capture: its input buffers, its output buffers, and what it reads that must stay alive."""
 
@@ -150,10 +189,16 @@ class GraphHolder:
     def __init__(self, max_graphs: int = 2, warmup: int = 2) -> None:
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: dict[tuple, Any] = {}
+        #: signatures whose eager first frame ran -> what it learnt (``FrameGraph``: the prediction keys)
+        self._seen: dict[tuple, Any] = {}
+        self._failed: set[tuple] = set()  # signatures whose capture raised: eager from then on
         self.replays = 0  # for tests and logs
         self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
-        #: the memory pool of this holder's captures (:meth:`_record`)
+        #: the memory pool of this holder's captures (:meth:`_pool_id`)
         self.pool: Any = None
+        #: failed captures' CUDAGraph objects, kept alive: the allocators still hold capture filters that
+        #: point at them (torch cannot undo a capture that ended in an error, see ``CUDAGraph::reset``)
+        self._dead: list[Any] = []
 
     @staticmethod
     def signature(tensors: tuple[torch.Tensor, ...], *static: Any) -> tuple:
@@ -162,9 +207,59 @@ class GraphHolder:
         amp, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
         return (*static, amp, dtype, *((t.shape, t.dtype, t.stride()) for t in tensors))
 
+    def _graph_for(
+        self, model: nn.Module, key: tuple, capture: Callable[[], Any], eager_first: bool = True
+    ) -> Any | None:
+        """The capture of signature ``key``, made by ``capture()`` if there is none yet; None where this
+        frame runs eagerly: the first frame of a signature when ``eager_first`` (the caller runs it and
+        records :attr:`_seen`), more signatures than ``max_graphs``, or a signature whose capture failed.
+
+        A capture that raises (an operation that cannot be captured, out of memory with the graph's own
+        pool, ...) does not stop the run: it is warned about once, with the option to turn off, and that
+        signature runs eagerly from then on (the same computation, at the eager speed)."""
+        captured = self._graphs.get(key)
+        if captured is not None or key in self._failed or len(self._graphs) >= self.max_graphs:
+            return captured
+        if eager_first and key not in self._seen:
+            return None
+        self._capturing_first(model)
+        stream = torch.cuda.current_stream() if torch.cuda.is_available() else None
+        try:
+            captured = capture()
+        except Exception as e:  # noqa: BLE001 - any failure of the capture falls back to the eager frame
+            if stream is not None:
+                self._dead += _release_failed_capture(e, self._pool_owner(model), stream)
+            self._failed.add(key)
+            first = (str(e).strip().splitlines() or [""])[0]
+            memory = (
+                " The graph keeps its activations in its own memory pool: a smaller data.batch_size may fit."
+                if isinstance(e, torch.OutOfMemoryError)
+                else ""
+            )
+            warnings.warn(
+                f"{self.what}: capturing a CUDA graph failed ({type(e).__name__}: {first}); frames of this "
+                f"input shape run eagerly from now on (same results, eager speed).{memory} Turn it off with "
+                f"--set {self.what}=false, and please report the error.",
+                stacklevel=4,
+            )
+            return None
+        self._graphs[key] = captured
+        return captured
+
+    def _pool_owner(self, model: nn.Module) -> GraphHolder:
+        """The holder whose memory pool this one's captures go into (its own)."""
+        return self
+
+    def _pool_id(self) -> Any:
+        """This holder's memory pool, made before its first capture (so a failed capture's reservation can
+        be handed back, :func:`_release_failed_capture`) and shared by its later captures."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        return self.pool
+
     def _record(self, run: Callable[[], Any]) -> tuple[Any, Any]:
         """``run()`` warmed up ``warmup`` times on a side stream (Triton compiles, cuDNN's picks, caches
-        fill), then captured into :attr:`pool`: ``(graph, run's output buffers)``."""
+        fill), then captured into :meth:`_pool_id`: ``(graph, run's output buffers)``."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the capture stream
@@ -173,10 +268,8 @@ class GraphHolder:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread-local: the data loader's pin-memory thread keeps calling CUDA during the capture
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._pool_id(), capture_error_mode="thread_local"):
             out = run()
-        if self.pool is None:
-            self.pool = graph.pool()
         return graph, out
 
     def _capture_no_grad(
@@ -253,13 +346,12 @@ class HistoryGraph(GraphHolder):
             with torch.no_grad():
                 return step(*inputs)
         key = self.signature(inputs, pad_hw)
-        captured = self._graphs.get(key)
-        if captured is None:
-            if len(self._graphs) >= self.max_graphs:
-                with torch.no_grad():
-                    return step(*inputs)  # a rare shape (an epoch's last batch): eager
-            self._capturing_first(model)
-            captured = self._graphs[key] = self._capture_no_grad(model, step, inputs)
+        captured = self._graph_for(
+            model, key, lambda: self._capture_no_grad(model, step, inputs), eager_first=False
+        )
+        if captured is None:  # a rare shape (an epoch's last batch), a failed capture: eager
+            with torch.no_grad():
+                return step(*inputs)
         out = captured(inputs).clone()  # the next replay overwrites the captured buffer
         self._replayed(model)
         return out

@@ -21,7 +21,8 @@ What makes the replay the eager frame's computation (as ``train.history_graph``'
 
 The first frame of an input signature runs eagerly (it learns the bound), the second captures, later
 ones replay; a first frame without a previous state, CPU tensors, grad mode or more signatures than
-``max_graphs`` (a smaller last batch of scene lanes) run eagerly. The returned predictions are the
+``max_graphs`` (a smaller last batch of scene lanes) run eagerly, as do frames whose capture failed
+(warned once; the evaluation goes on). The returned predictions are the
 captured buffers: read them before the next frame (the evaluation loop decodes each frame at once; the
 temporal state gets a copy of the BEV). The runner attaches a holder for one pass over a split and drops
 it afterwards, with its memory pool.
@@ -44,7 +45,6 @@ class InferenceGraph(GraphHolder):
 
     def __init__(self, max_graphs: int = 1, warmup: int = 2) -> None:
         super().__init__(max_graphs, warmup)
-        self._seen: set[tuple] = set()  # signatures whose eager first frame ran
 
     def run(
         self,
@@ -58,18 +58,15 @@ class InferenceGraph(GraphHolder):
         without grad mode, else eager."""
         if not self._replayable(tensors):
             return frame_preds(model, *tensors, pad_hw, num_cams)
+
+        def step(*static: torch.Tensor) -> dict[str, torch.Tensor]:
+            return frame_preds(model, *static, pad_hw, num_cams)
+
         key = self.signature(tensors, pad_hw, num_cams)
-        captured = self._graphs.get(key)
+        captured = self._graph_for(model, key, lambda: self._capture_no_grad(model, step, tensors))
         if captured is None:
-            if key not in self._seen or len(self._graphs) >= self.max_graphs:
-                self._seen.add(key)
-                return frame_preds(model, *tensors, pad_hw, num_cams)  # learns the SCA bound
-            self._capturing_first(model)
-
-            def step(*static: torch.Tensor) -> dict[str, torch.Tensor]:
-                return frame_preds(model, *static, pad_hw, num_cams)
-
-            captured = self._graphs[key] = self._capture_no_grad(model, step, tensors)
+            self._seen[key] = None
+            return step(*tensors)  # the first frame learns the SCA bound
         preds = dict(captured(tensors))  # the captured buffers: the next replay overwrites them
         self._replayed(model)
         return preds

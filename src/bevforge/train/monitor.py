@@ -1,16 +1,21 @@
 """What a training run tells its user: log lines / progress bar, ``metrics.jsonl``, TensorBoard, advice.
 
 Only rank 0 writes. Loss values stay on the device between log intervals (summed as tensors), so the
-hot loop never synchronises except at a log step (one ``tolist()`` for all terms).
+hot loop never synchronises except at a log step (one ``tolist()`` for all terms). Python warnings raised
+in the training process (a kernel fallback, a graph recaptured or left eager, ...) become WARNING lines of
+``output.log`` while :meth:`TrainMonitor.warnings_to_log` is active (the trainer's loop).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
+import warnings
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -179,6 +184,24 @@ class TrainMonitor:
 
     def warn(self, msg: str) -> None:
         self.info(f"WARNING: {msg}")
+
+    @contextlib.contextmanager
+    def warnings_to_log(self) -> Iterator[None]:
+        """Python warnings shown meanwhile (Python's filters first: each once per place by default) go to
+        :meth:`warn` on rank 0, so ``output.log`` keeps them; other ranks show them as usual."""
+        if not self.is_main:
+            yield
+            return
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+            self.warn(f"{message} ({category.__name__}, {Path(filename).name}:{lineno})")
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
     # ---------------------------------------------------------------- per step (no sync)
     def update(self, losses: dict[str, torch.Tensor], data_time: float, num_samples: int) -> None:

@@ -193,10 +193,11 @@ def _train(
         saver = _Saver(work_dir, cfg, dist_info, model, optimizer, scheduler, stepper)
         last: dict[str, Any] = {}
         try:
-            last = _loop(
-                cfg, loader, model, stepper, monitor, saver, dist_info, pos, total_iters, rng_resume,
-                epoch_rng_resume,
-            )  # fmt: skip
+            with monitor.warnings_to_log():  # the model's warnings (kernel fallbacks, graphs) in output.log
+                last = _loop(
+                    cfg, loader, model, stepper, monitor, saver, dist_info, pos, total_iters, rng_resume,
+                    epoch_rng_resume,
+                )  # fmt: skip
         except torch.OutOfMemoryError:
             optimizer.zero_grad(set_to_none=True)
             raise OutOfMemory(

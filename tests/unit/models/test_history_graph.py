@@ -140,7 +140,8 @@ def test_cuda_graph_replays_the_eager_history_pass():
 
 def test_record_warms_up_on_a_side_stream_then_captures_into_one_pool(monkeypatch):
     """GraphHolder._record's orchestration, with CUDA's stream and graph calls faked (CPU): ``warmup``
-    runs off the capture stream, one captured run, the first capture's pool kept for the next."""
+    runs off the capture stream, one captured run, into a pool made before the first capture and kept
+    for the next."""
     import contextlib
 
     from bevforge.models.history_graph import GraphHolder
@@ -152,8 +153,7 @@ def test_record_warms_up_on_a_side_stream_then_captures_into_one_pool(monkeypatc
             events.append("wait")
 
     class Graph:
-        def pool(self):
-            return "pool-0"
+        pass
 
     @contextlib.contextmanager
     def stream(s):
@@ -171,10 +171,137 @@ def test_record_warms_up_on_a_side_stream_then_captures_into_one_pool(monkeypatc
     monkeypatch.setattr(torch.cuda, "stream", stream)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
     monkeypatch.setattr(torch.cuda, "graph", graph)
+    handles = iter(["pool-0", "pool-1"])
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: next(handles))
     holder = GraphHolder(warmup=3)
     runs = []
     _, out = holder._record(lambda: runs.append(len(events)) or "out")
     assert out == "out" and len(runs) == 4 and holder.pool == "pool-0"
-    assert events == ["wait", "side", "main", "wait", "capture(pool=None, thread_local)"]
+    assert events == ["wait", "side", "main", "wait", "capture(pool=pool-0, thread_local)"]
     holder._record(lambda: None)
     assert events[-1] == "capture(pool=pool-0, thread_local)"
+
+
+def test_graph_for_captures_after_the_eager_first_frame_and_a_failed_capture_runs_eagerly():
+    """GraphHolder._graph_for: the first frame of a signature eager (``eager_first``), the second captured,
+    later ones replayed; a capture that raises is warned about once (naming the option to turn off) and
+    that signature runs eagerly from then on, never captured again; ``max_graphs`` bounds the rest."""
+    from bevforge.models.history_graph import GraphHolder
+
+    holder, model, tries = GraphHolder(max_graphs=2), torch.nn.Linear(2, 2), []
+    holder.what = "train.some_graph"
+
+    def capture(name, fail=False):
+        def make():
+            tries.append(name)
+            if fail:
+                raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+            return name
+
+        return make
+
+    assert holder._graph_for(model, ("a",), capture("a")) is None and tries == [], "first frame eager"
+    holder._seen[("a",)] = None
+    assert holder._graph_for(model, ("a",), capture("a")) == "a" and tries == ["a"]
+    assert holder._graph_for(model, ("a",), capture("a")) == "a" and tries == ["a"], "replayed"
+    holder._seen[("b",)] = None
+    with pytest.warns(
+        UserWarning,
+        match=r"train.some_graph: capturing a CUDA graph failed \(RuntimeError: "
+        r"operation not permitted when stream is capturing\).*--set train.some_graph=false",
+    ):
+        assert holder._graph_for(model, ("b",), capture("b", fail=True)) is None
+    assert holder._graph_for(model, ("b",), capture("b")) is None and tries == ["a", "b"], "not retried"
+    assert holder._graph_for(model, ("c",), capture("c"), eager_first=False) == "c"
+    assert holder._graph_for(model, ("d",), capture("d"), eager_first=False) is None, "max_graphs"
+    assert tries == ["a", "b", "c"] and holder._failed == {("b",)}
+
+
+def test_a_failed_capture_hands_its_pool_reservation_back(monkeypatch):
+    """_release_failed_capture with CUDA faked (CPU): the caller's stream current again, the pool's routing
+    ended and the unfinished capture's reference released (the holder takes a new pool next time); when no
+    capture into the pool was under way (it failed in the warm-up) the pool is left alone. The CUDAGraph
+    objects whose capture did not end are found in the traceback, to be kept alive."""
+    from bevforge.models import history_graph as hg
+
+    calls = []
+
+    class Graph:
+        def __init__(self, ended=False):
+            self.ended = ended
+
+        def pool(self):
+            if not self.ended:
+                raise RuntimeError("Called CUDAGraph::pool() without a preceding successful capture.")
+            return "its pool"
+
+    def fail_in_capture():
+        graph = Graph()  # noqa: F841 - found through the traceback's frame
+        fwd_graphs = [Graph(ended=True)]  # noqa: F841 - ended: it cleans up after itself, not kept
+        bwd_graphs = [Graph(), Graph()]  # noqa: F841 - make_graphed_callables keeps its graphs in lists
+        raise RuntimeError("capture failed")
+
+    def release_after(fail, owner):
+        try:
+            fail()
+        except RuntimeError as e:
+            return hg._release_failed_capture(e, owner, "main-stream")
+
+    def end_allocate(device, pool):
+        calls.append(("end", pool))
+        if pool == "idle":
+            raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: calls.append(("stream", s)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append(("sync",)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", end_allocate, raising=False)
+    monkeypatch.setattr(
+        torch._C, "_cuda_releasePool", lambda d, p: calls.append(("release", p)), raising=False
+    )
+    for pool, want in (("busy", [("end", "busy"), ("release", "busy")]), ("idle", [("end", "idle")])):
+        calls.clear()
+        owner = hg.GraphHolder()
+        owner.pool = pool
+        kept = release_after(fail_in_capture, owner)
+        assert calls == [("stream", "main-stream"), ("sync",), *want]
+        assert owner.pool == (None if pool == "busy" else pool)
+        assert len(kept) == 3 and all(isinstance(g, Graph) and not g.ended for g in kept)
+
+
+@pytest.mark.gpu
+def test_a_capture_that_syncs_falls_back_and_cuda_goes_on():
+    """A real capture failure (a host read inside the captured function): warned, None, the stream and the
+    allocator restored; eager work and a later capture into the holder's new pool replay correctly."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from bevforge.models.history_graph import GraphHolder
+
+    holder, model = GraphHolder(warmup=1), torch.nn.Linear(4, 4).cuda()
+    x = torch.randn(8, 4, device="cuda")
+    stream = torch.cuda.current_stream()
+
+    def syncing(t):
+        y = model(t)
+        return y * float(y.sum() > 0)  # a host read: fine eagerly, not capturable
+
+    with pytest.warns(UserWarning, match="capturing a CUDA graph failed"):
+        failed = holder._graph_for(
+            model, ("sync",), lambda: holder._capture_no_grad(model, syncing, (x,)), eager_first=False
+        )
+    assert failed is None and torch.cuda.current_stream() == stream and holder._dead
+    with torch.no_grad():
+        want = model(x) * 2
+    ok = holder._graph_for(
+        model,
+        ("ok",),
+        lambda: holder._capture_no_grad(model, lambda t: model(t) * 2, (x,)),
+        eager_first=False,
+    )
+    assert ok is not None
+    for _ in range(3):
+        x2 = torch.randn(8, 4, device="cuda")
+        with torch.no_grad():
+            torch.testing.assert_close(ok((x2,)), model(x2) * 2)
+    torch.testing.assert_close(want, model(x).detach() * 2)

@@ -148,3 +148,30 @@ def test_cuda_graph_replays_the_eager_frame(amp, monkeypatch):
             torch.testing.assert_close(g[key].float(), w[key].float(), **tol, msg=key)
         torch.testing.assert_close(g_state.prev_bev.float(), w_state.prev_bev.float(), **tol)
     assert graphed.infer_graph.replays == 3 and len(graphed.infer_graph._graphs) == 1
+
+
+def test_a_failed_capture_leaves_the_frames_eager(monkeypatch):
+    """A capture that raises (emulated on the CPU) is warned about once; every frame is still the eager
+    frame, and the signature is not captured again."""
+    tries = []
+
+    def record(self, run):
+        tries.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(InferenceGraph, "_replayable", staticmethod(lambda tensors: True))
+    monkeypatch.setattr(InferenceGraph, "_record", record)
+    torch.manual_seed(0)
+    model = debug_model(with_seg=True).eval()
+    graphed = copy.deepcopy(model)
+    graphed.infer_graph = InferenceGraph()
+    frames = _frames()
+    want = _run(model, frames)
+    with pytest.warns(UserWarning, match="eval.cuda_graph: capturing a CUDA graph failed") as caught:
+        got = _run(graphed, frames)
+    assert len([w for w in caught if "capturing" in str(w.message)]) == 1 and tries == [1]
+    for (w, w_state), (g, g_state) in zip(want, got, strict=True):
+        for key in w:
+            torch.testing.assert_close(g[key], w[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(g_state.prev_bev, w_state.prev_bev, rtol=0, atol=0)
+    assert graphed.infer_graph.replays == 0 and len(graphed.infer_graph._failed) == 1

@@ -100,3 +100,18 @@ def test_resume_with_longer_schedule_uses_new_lr_from_first_step(tmp_path) -> No
     assert sorted(recs) == [1, 2, 3, 4, 5]
     expected = 0.01 * lr_factor(3, 5, warmup_iters=2, warmup_ratio=1 / 3, min_lr_ratio=1e-3)
     assert recs[4]["lr"] == pytest.approx(expected, rel=1e-9)
+
+
+class _WarningModel(si.StandInModel):
+    def forward(self, batch, state=None):
+        if self.calls == 1:
+            import warnings
+
+            warnings.warn("eval.cuda_graph: a frame hit more BEV queries than the bound", stacklevel=1)
+        return super().forward(batch, state)
+
+
+def test_the_models_warnings_are_in_output_log(tmp_path) -> None:
+    _run(tmp_path, ["train.max_iters=3"], model=_WarningModel())
+    log = (tmp_path / "output.log").read_text()
+    assert "WARNING: eval.cuda_graph: a frame hit more BEV queries than the bound (UserWarning" in log

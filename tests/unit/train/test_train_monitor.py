@@ -74,3 +74,26 @@ def test_progress_bar_mode_logs_to_file(tmp_path) -> None:
     mon.log(epoch=0, global_iter=1, lr=1e-3, grad_norm=None, extra={})
     mon.close()
     assert "iter 1/2 loss 1.0000" in (tmp_path / "output.log").read_text()
+
+
+def test_warnings_go_to_the_log_while_routed(tmp_path) -> None:
+    """Python warnings raised inside ``warnings_to_log`` become WARNING lines of output.log (rank 0) and the
+    previous handler is back afterwards; a non-main rank leaves them alone."""
+    import warnings
+
+    mon = TrainMonitor(tmp_path, is_main=True, device=torch.device("cpu"), total_iters=1, tensorboard=False)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        with mon.warnings_to_log():
+            warnings.warn("train.frame_graph: capturing a CUDA graph failed", stacklevel=1)
+        assert warnings.showwarning is before
+        other = TrainMonitor(tmp_path / "r1", is_main=False, device=torch.device("cpu"), total_iters=1)
+        with other.warnings_to_log():
+            assert warnings.showwarning is before
+    mon.close()
+    log = (tmp_path / "output.log").read_text()
+    assert (
+        "WARNING: train.frame_graph: capturing a CUDA graph failed (UserWarning, test_train_monitor.py:"
+        in log
+    )
