@@ -61,3 +61,26 @@ def test_real_cuda_oom_gives_advice_and_keeps_checkpoint(tmp_path) -> None:
     with pytest.raises(OutOfMemory, match="--grad-ckpt"):
         _run(tmp_path, ["train.ckpt_iter_interval=1", "train.amp=off"], model=_Hog())
     assert load_checkpoint(tmp_path / "latest.pth")["global_iter"] == 2
+
+
+def test_training_with_loader_workers_prefetches_the_batches(tmp_path, monkeypatch) -> None:
+    """On CUDA with worker processes the trainer's batches come through ``device_prefetch`` (the next copy on
+    a side stream) and the run trains as with the inline loader (augmentation noise aside)."""
+    import bevforge.train.trainer as trainer
+
+    used = []
+    real = trainer.device_prefetch
+    monkeypatch.setattr(trainer, "device_prefetch", lambda b, d: used.append(d) or real(b, d))
+    inline = si.make_loader(8, 2)
+    workers = torch.utils.data.DataLoader(
+        inline.dataset, batch_size=2, sampler=inline.sampler, collate_fn=si.collate, num_workers=2,
+        pin_memory=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    out = train(si.tiny_config(["train.amp=off"]), tmp_path / "w", model=si.StandInModel(),
+                criterion=si.StandInCriterion(), train_loader=workers, progress=False,
+                tensorboard=False)  # fmt: skip
+    want = _run(tmp_path / "inline", ["train.amp=off"])
+    assert used and out["global_iter"] == want["global_iter"] == 8 and out["skipped_steps"] == 0
+    got_loss = out["last_metrics"]["loss"]
+    assert abs(got_loss - want["last_metrics"]["loss"]) < 0.1 * abs(want["last_metrics"]["loss"]) + 1e-3

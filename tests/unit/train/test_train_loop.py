@@ -115,3 +115,37 @@ def test_the_models_warnings_are_in_output_log(tmp_path) -> None:
     _run(tmp_path, ["train.max_iters=3"], model=_WarningModel())
     log = (tmp_path / "output.log").read_text()
     assert "WARNING: eval.cuda_graph: a frame hit more BEV queries than the bound (UserWarning" in log
+
+
+def test_batches_are_prefetched_to_the_gpu_only_with_worker_processes(monkeypatch) -> None:
+    """On CUDA with loader workers the trainer takes ``device_prefetch`` (the next batch's copy overlapping
+    the step); otherwise each batch is moved when its step starts, without pulling the next one first (the
+    main process's RNG draws keep their order with ``num_workers=0``)."""
+    import bevforge.train.trainer as trainer
+
+    seen = []
+    monkeypatch.setattr(
+        trainer, "device_prefetch", lambda batches, device: seen.append(device) or "prefetched"
+    )
+    workers = torch.utils.data.DataLoader(list(range(4)), num_workers=2)
+    assert trainer._on_device(iter([]), workers, torch.device("cuda")) == "prefetched" and seen
+    pulled = []
+
+    class Item:
+        def __init__(self, i):
+            self.i = i
+
+        def to(self, device):
+            return (self.i, device)
+
+    def source():
+        for i in range(3):
+            pulled.append(i)
+            yield Item(i)
+
+    inline = torch.utils.data.DataLoader(list(range(4)), num_workers=0)
+    for device in ("cuda", "cpu"):
+        pulled.clear()
+        moved = trainer._on_device(source(), inline if device == "cuda" else workers, torch.device(device))
+        assert next(moved) == (0, torch.device(device)) and pulled == [0], "no lookahead"
+    assert len(seen) == 1
