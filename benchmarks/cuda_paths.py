@@ -106,4 +106,6 @@ def recompute_as_on_cuda() -> None:
     """Recompute regions active wherever their setting is not "off" (as where the MSDA kernel runs)."""
     import bevforge.nn.recompute as recompute
 
-    recompute.recompute_active = lambda mode, tensor: mode != "off" and torch.is_grad_enabled()
+    recompute.recompute_active = lambda mode, tensor, draws_random=False: (
+        mode != "off" and torch.is_grad_enabled()
+    )

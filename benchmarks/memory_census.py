@@ -90,10 +90,10 @@ def _recompute_regions_counted(pack, saved: collections.Counter[str], stack: lis
     real_run = recompute.run_recomputed
     in_region = [False]
 
-    def run(fn, *args):
+    def run(fn, *args, **kwargs):
         in_region[0] = True
         try:
-            out = real_run(fn, *args)
+            out = real_run(fn, *args, **kwargs)
         finally:
             in_region[0] = False
         for a in args:

@@ -20,7 +20,6 @@ from torchvision.models.resnet import Bottleneck
 
 from bevforge.models.frozen_bn import FoldCache, block_fn, conv_bn
 from bevforge.models.fused_conv import conv_bn_relu, fused_block_fn
-from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.dcn import deform_conv2d_sampled
 
 _BUILDERS = {
@@ -279,15 +278,15 @@ class ResNetBackbone(nn.Module):
         outs: list[torch.Tensor] = []
         for i, layer in enumerate(self.stages):
             # checkpoint only blocks that train (frozen stages keep no activations for backward anyway);
-            # not under CUDA-graph capture (train.frame_graph: the checkpoint's RNG state is host-side)
+            # the blocks draw no random numbers: no RNG state to keep (which a CUDA-graph capture could
+            # not read: so train.frame_graph checkpoints them too)
             use_cp = self.with_cp and self.training and torch.is_grad_enabled() and i >= self.frozen_stages
-            use_cp = use_cp and not capturing_cuda_graph()
             for block in layer:
                 if not self.fold_bn:
                     run = block
                 else:
                     run = (fused_block_fn if self.fuse_conv_relu else block_fn)(block, self._fold_cache)
-                x = checkpoint(run, x, use_reentrant=False) if use_cp else run(x)
+                x = checkpoint(run, x, use_reentrant=False, preserve_rng_state=False) if use_cp else run(x)
             if i in self.out_indices:
                 outs.append(x)
             if i >= max(self.out_indices):

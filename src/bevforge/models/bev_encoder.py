@@ -128,7 +128,8 @@ class BEVFormerLayer(nn.Module):
         )
         query = self.norms[1](query)
         # with model.ffn_recompute a recompute region: only its input is kept for backward
-        return self.norms[2](recomputed("on" if self.ffn_recompute else "off", self.ffn, query))
+        ffn_mode = "on" if self.ffn_recompute else "off"
+        return self.norms[2](recomputed(ffn_mode, self.ffn, query, draws_random=self.training))  # dropout
 
 
 class BEVEncoder(nn.Module):
@@ -359,7 +360,8 @@ class BEVEncoder(nn.Module):
         for layer in self.layers:
             args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)
             args = (*args, value, ref_cam, bev_mask, spatial_shapes, level_start, bev_query_init, sca_plan)
-            # not under CUDA-graph capture (train.frame_graph: the checkpoint's RNG state is host-side)
+            # not under CUDA-graph capture (train.frame_graph): its layers draw dropout numbers, and the
+            # checkpoint cannot save the CUDA RNG state there (nn/recompute.py)
             if self.grad_ckpt and self.training and torch.is_grad_enabled() and not capturing_cuda_graph():
                 query = checkpoint(layer, *args, use_reentrant=False)
             else:

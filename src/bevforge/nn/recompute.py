@@ -21,8 +21,14 @@ checkpoint restores the RNG state).
 
 Modes (:data:`RECOMPUTE_MODES`): ``"auto"`` recomputes where the MSDA runs as the custom op (CUDA, or the
 CPU under ``TRITON_INTERPRET=1``; on the reference path the whole region would run twice), ``"on"``
-always, ``"off"`` never. Never without autograd, under ``torch.compile`` or while a CUDA graph is being
-captured.
+always, ``"off"`` never. Never without autograd or under ``torch.compile``.
+
+Random numbers: a region that draws none (the SCA's and TSA's: their dropout is outside, after the output
+projection) is recomputed without saving and restoring the RNG state, which is exact and works while a
+CUDA graph is captured (``train.frame_graph``: the graph's backward replays the recompute, so the frame
+keeps the same memory as the eager step); reading the CUDA generator's state is not allowed there. A
+region that draws (the FFN's dropout, ``draws_random=True``) restores the state in backward and is not
+recomputed under capture.
 """
 
 from __future__ import annotations
@@ -46,13 +52,14 @@ def check_recompute_mode(mode: str, what: str, error: type[ValueError] = ValueEr
         raise error(f"{what}={mode!r} is not one of {', '.join(RECOMPUTE_MODES)}")
 
 
-def recompute_active(mode: str, device_tensor: torch.Tensor) -> bool:
-    """Whether a region on ``device_tensor``'s device runs recomputed under ``mode``."""
+def recompute_active(mode: str, device_tensor: torch.Tensor, draws_random: bool = False) -> bool:
+    """Whether a region on ``device_tensor``'s device runs recomputed under ``mode`` (one that
+    ``draws_random`` not under CUDA-graph capture)."""
     if (
         mode == "off"
         or not torch.is_grad_enabled()
         or torch.compiler.is_compiling()
-        or capturing_cuda_graph()
+        or (draws_random and capturing_cuda_graph())
     ):
         return False
     if mode == "on":
@@ -82,19 +89,24 @@ def _without_autocast_cache(fn: Callable[..., torch.Tensor], device_type: str, *
         return fn(*args)
 
 
-def run_recomputed(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
-    """``fn(*args)``, keeping for backward only the region's inputs and its custom ops' outputs."""
+def run_recomputed(fn: Callable[..., torch.Tensor], *args: Any, draws_random: bool = False) -> torch.Tensor:
+    """``fn(*args)``, keeping for backward only the region's inputs and its custom ops' outputs; the RNG
+    state saved for the replay only when the region ``draws_random``."""
     device = next(a for a in args if isinstance(a, torch.Tensor)).device
     region = functools.partial(_without_autocast_cache, fn, device.type)
-    return checkpoint(region, *args, use_reentrant=False, context_fn=_CONTEXT)
+    return checkpoint(
+        region, *args, use_reentrant=False, context_fn=_CONTEXT, preserve_rng_state=draws_random
+    )
 
 
-def recomputed(mode: str, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+def recomputed(
+    mode: str, fn: Callable[..., torch.Tensor], *args: Any, draws_random: bool = False
+) -> torch.Tensor:
     """``fn(*args)``, as a recompute region where :func:`recompute_active` says so under ``mode`` (on the
-    device of the first tensor argument)."""
+    device of the first tensor argument). ``draws_random``: whether ``fn`` draws random numbers (dropout)."""
     device_tensor = next(a for a in args if isinstance(a, torch.Tensor))
-    if recompute_active(mode, device_tensor):
-        return run_recomputed(fn, *args)
+    if recompute_active(mode, device_tensor, draws_random):
+        return run_recomputed(fn, *args, draws_random=draws_random)
     return fn(*args)
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import bevforge.nn.recompute as recompute_module
 import bevforge.nn.spatial_cross_attn as sca_module
 from bevforge.bench import infer
 from bevforge.config import load_config
@@ -79,8 +80,10 @@ class HostTraffic(TorchDispatchMode):
 
 
 def _meta_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SCA on its capture path, and autocast off on the meta device (it knows no such device type)."""
+    """The SCA and the recompute regions on their capture paths, and autocast off on the meta device (it
+    knows no such device type)."""
     monkeypatch.setattr(sca_module, "capturing_cuda_graph", lambda: True)
+    monkeypatch.setattr(recompute_module, "capturing_cuda_graph", lambda: True)
     real_enabled, real_autocast = torch.is_autocast_enabled, torch.autocast
 
     def autocast(dev, *a, **k):
@@ -110,11 +113,13 @@ def _seed_hit_bound(model, cfg, monkeypatch: pytest.MonkeyPatch) -> list:
     return bounds
 
 
-def _meta_model(recipe: str, bounded: bool, monkeypatch: pytest.MonkeyPatch, training: bool):
+def _meta_model(
+    recipe: str, bounded: bool, monkeypatch: pytest.MonkeyPatch, training: bool, overrides: tuple = ()
+):
     """``(cfg, model on the meta device in the mode, the plans' max_len list)`` with the SCA on its capture
     path (bounded: as after an eager warm-up on a GPU)."""
     _meta_device(monkeypatch)
-    cfg = load_config(recipe, ["model.backbone.pretrained="])
+    cfg = load_config(recipe, ["model.backbone.pretrained=", *overrides])
     torch.manual_seed(0)
     model = build_model(cfg).train(training).to("meta")
     return cfg, model, _seed_hit_bound(model, cfg, monkeypatch) if bounded else []
@@ -183,11 +188,19 @@ def test_probe_sees_host_copies(monkeypatch):
 @pytest.mark.parametrize("recipe", ["bevformer_debug", "bevformer_base"])
 def test_training_frame_has_no_host_traffic_after_warmup(recipe, bounded, monkeypatch):
     """train.frame_graph captures models/frame_graph.frame_preds forward and backward, in training mode:
-    capturable the same way (dropout, the trained convs' weight folds, every backward)."""
+    capturable the same way (dropout, the trained convs' weight folds, every backward, the SCA's and TSA's
+    recompute regions replayed in backward without the RNG state, the FFN kept)."""
     from bevforge.models.frame_graph import frame_preds
 
-    cfg, model, bounds = _meta_model(recipe, bounded, monkeypatch, training=True)
+    recompute = ("model.sca_recompute=on", "model.tsa_recompute=on", "model.ffn_recompute=true")
+    cfg, model, bounds = _meta_model(recipe, bounded, monkeypatch, training=True, overrides=recompute)
+    regions = []
+    real_checkpoint = recompute_module.checkpoint
+    monkeypatch.setattr(
+        recompute_module, "checkpoint", lambda *a, **k: regions.append((a[0], k)) or real_checkpoint(*a, **k)
+    )
     _, (images, prev_bev, exists, can_bus, lidar2img) = infer.frame_and_inputs(cfg, model, None)
+    model.train()  # the inference wrapper put it in eval mode
     images, prev_bev, exists, can_bus, lidar2img = (
         t.to("meta") for t in (images, prev_bev, exists, can_bus, lidar2img)
     )
@@ -209,3 +222,6 @@ def test_training_frame_has_no_host_traffic_after_warmup(recipe, bounded, monkey
     assert preds["bev"].device.type == "meta" and {"cls_logits", "box_code"} <= preds.keys()
     assert traffic.events == [], "\n".join(traffic.events)
     assert not bounded or bounds == [cfg.model.bev_h * cfg.model.bev_w // 2] * 2, bounds
+    layers = cfg.model.encoder_layers
+    assert len(regions) == 2 * 2 * layers, "each step: every layer's SCA and TSA, not the FFN (dropout)"
+    assert not any(k["preserve_rng_state"] for _, k in regions)

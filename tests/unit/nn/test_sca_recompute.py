@@ -64,3 +64,35 @@ def test_recompute_under_autocast_after_a_cached_cast():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("capturing", [False, True], ids=["eager", "under-capture"])
+def test_the_region_draws_no_random_numbers_so_it_recomputes_under_capture(capturing, monkeypatch):
+    """The SCA's region is recomputed without the RNG state (its dropout is outside, after the output
+    projection): in training with dropout on, the same output and gradients as the kept SCA from the same
+    seed, also while a CUDA graph is captured (emulated), where a region that draws random numbers is
+    not recomputed at all."""
+    import bevforge.nn.recompute as recompute
+
+    monkeypatch.setattr(recompute, "capturing_cuda_graph", lambda: capturing)
+    regions = []
+    real = recompute.run_recomputed
+    monkeypatch.setattr(recompute, "run_recomputed", lambda *a, **k: regions.append(k) or real(*a, **k))
+    sca, *inputs = make_case()
+    sca.dropout.p = 0.5
+    sca.train()
+    results = {}
+    for mode in ("off", "on"):
+        sca.recompute = mode
+        torch.manual_seed(1)
+        results[mode] = run(sca, "exact", *inputs, SHAPES)
+    (want, want_grads), (got, grads) = results["off"], results["on"]
+    assert regions == [{"draws_random": False}]
+    assert torch.equal(got, want) and 0 < (got == inputs[0]).float().mean() < 1, "dropout drew"
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+    t = torch.zeros(1)
+    assert (
+        recompute.recompute_active("on", t)
+        and recompute.recompute_active("on", t, draws_random=True) != capturing
+    )

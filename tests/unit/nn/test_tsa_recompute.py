@@ -81,3 +81,24 @@ def test_recompute_under_autocast_after_a_cached_cast():
 def test_bad_mode_is_refused():
     with pytest.raises(ValueError, match="recompute='always'"):
         TemporalSelfAttention(16, 4, 1, 2, recompute="always")
+
+
+def test_the_region_draws_no_random_numbers_so_it_recomputes_under_capture(monkeypatch):
+    """The TSA's region is recomputed without the RNG state (its dropout is outside the region): with
+    dropout on and a CUDA-graph capture emulated, the same output and gradients as the kept TSA."""
+    import bevforge.nn.recompute as recompute
+
+    monkeypatch.setattr(recompute, "capturing_cuda_graph", lambda: True)
+    torch.manual_seed(0)
+    tsa = make_tsa().train()
+    tsa.dropout.p = 0.5
+    query, pos, prev, ref, shapes, start = inputs(2)
+    args = (query, pos, prev, torch.tensor([True, False]), ref, shapes, start, None)
+    torch.manual_seed(1)
+    want, want_grads, kept = _run(tsa, "off", *args)
+    torch.manual_seed(1)
+    got, grads, kept_outside = _run(tsa, "on", *args)
+    assert kept_outside < kept / 3, "recomputed under the capture"
+    assert torch.equal(got, want)
+    for g, w in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
