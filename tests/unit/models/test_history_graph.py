@@ -270,38 +270,69 @@ def test_a_failed_capture_hands_its_pool_reservation_back(monkeypatch):
         assert len(kept) == 3 and all(isinstance(g, Graph) and not g.ended for g in kept)
 
 
-@pytest.mark.gpu
-def test_a_capture_that_syncs_falls_back_and_cuda_goes_on():
-    """A real capture failure (a host read inside the captured function): warned, None, the stream and the
-    allocator restored; eager work and a later capture into the holder's new pool replay correctly."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    from bevforge.models.history_graph import GraphHolder
+# a real capture failure, in its own process: if torch's state after it were broken, the other CUDA tests of
+# the run (gpu_check runs them in one process) would not suffer from it
+_FAILED_CAPTURES = r"""
+import warnings
+import torch
+from torch import nn
+from bevforge.models.history_graph import GraphHolder
 
-    holder, model = GraphHolder(warmup=1), torch.nn.Linear(4, 4).cuda()
-    x = torch.randn(8, 4, device="cuda")
-    stream = torch.cuda.current_stream()
+model = nn.Linear(4, 4).cuda()
+x = torch.randn(8, 4, device="cuda")
+stream = torch.cuda.current_stream()
 
-    def syncing(t):
-        y = model(t)
-        return y * float(y.sum() > 0)  # a host read: fine eagerly, not capturable
 
-    with pytest.warns(UserWarning, match="capturing a CUDA graph failed"):
-        failed = holder._graph_for(
-            model, ("sync",), lambda: holder._capture_no_grad(model, syncing, (x,)), eager_first=False
+def syncing(t):
+    y = model(t)
+    return y * float(y.sum() > 0)  # a host read: fine eagerly, not capturable
+
+
+class Syncing(nn.Module):
+    def forward(self, t):
+        return syncing(t)
+
+
+for kind in ("no-grad", "graphed-callables"):  # the history / inference holders, the frame graph
+    holder = GraphHolder(warmup=1)
+    if kind == "no-grad":
+        capture = lambda: holder._capture_no_grad(model, syncing, (x,))
+    else:
+        sample = (x.clone().requires_grad_(),)
+        capture = lambda: torch.cuda.make_graphed_callables(
+            Syncing(), sample, num_warmup_iters=1, pool=holder._pool_id(), capture_error_mode="thread_local"
         )
-    assert failed is None and torch.cuda.current_stream() == stream and holder._dead
-    with torch.no_grad():
-        want = model(x) * 2
-    ok = holder._graph_for(
-        model,
-        ("ok",),
-        lambda: holder._capture_no_grad(model, lambda t: model(t) * 2, (x,)),
-        eager_first=False,
-    )
-    assert ok is not None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        failed = holder._graph_for(model, (kind,), capture, eager_first=False)
+    assert failed is None and any("capturing a CUDA graph failed" in str(w.message) for w in caught), caught
+    # (torch may refuse the read before CUDA does: then the capture ends cleanly, nothing to hand back)
+    assert torch.cuda.current_stream() == stream, kind
+    loss = model(x).square().sum()  # eager training work goes on
+    loss.backward()
+    doubled = lambda: holder._capture_no_grad(model, lambda t: model(t) * 2, (x,))
+    ok = holder._graph_for(model, ("ok",), doubled, eager_first=False)
+    assert ok is not None and holder.pool is not None
     for _ in range(3):
         x2 = torch.randn(8, 4, device="cuda")
         with torch.no_grad():
             torch.testing.assert_close(ok((x2,)), model(x2) * 2)
-    torch.testing.assert_close(want, model(x).detach() * 2)
+torch.cuda.synchronize()
+print("OK")
+"""
+
+
+@pytest.mark.gpu
+def test_a_capture_that_syncs_falls_back_and_cuda_goes_on():
+    """A real capture failure (a host read inside the captured function, through torch.cuda.graph and
+    through make_graphed_callables): warned, None, the stream restored (and the pool handed back); eager
+    forward and backward go on, and a later capture into the holder's new pool replays correctly."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FAILED_CAPTURES], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
