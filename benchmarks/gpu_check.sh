@@ -97,7 +97,8 @@ elif can_import pytest; then
   STEP_TIMEOUT=${MODEL_TESTS_TIMEOUT:-150} step model-tests-cuda "$PY" -m pytest -q -p no:cacheprovider -m gpu \
     tests/unit/models/test_history_graph.py tests/unit/models/test_fused_conv_relu.py \
     tests/unit/models/test_frame_projections.py tests/unit/models/test_frame_graph.py \
-    tests/unit/models/test_infer_graph.py tests/unit/data/test_prefetch.py
+    tests/unit/models/test_infer_graph.py tests/unit/data/test_prefetch.py \
+    "tests/unit/train/test_train_gpu.py::test_training_with_loader_workers_prefetches_the_batches"
   # the MSDA kernels' launch constants on the SCA shape, offsets path (ptxas, offline: the backward takes
   # 144 registers at the default 64 x 4, 78 at 32 x 4): the winners go into ops/msda/triton_msda.py LAUNCH
   STEP_TIMEOUT=${SWEEP_TIMEOUT:-90} step bench-msda-sweep "$PY" -m bevforge.cli.main \
