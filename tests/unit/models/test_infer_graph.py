@@ -97,6 +97,27 @@ def debug_model_copy(model):
     return other
 
 
+def _emulated_on_the_cpu(record, monkeypatch):
+    """``(eager model, a copy with an InferenceGraph whose ``_record`` is ``record``, the frames)`` on the
+    CPU, every frame taken as replayable."""
+    monkeypatch.setattr(InferenceGraph, "_replayable", staticmethod(lambda tensors: True))
+    monkeypatch.setattr(InferenceGraph, "_record", record)
+    torch.manual_seed(0)
+    model = debug_model(with_seg=True).eval()
+    graphed = copy.deepcopy(model)
+    graphed.infer_graph = InferenceGraph()
+    return model, graphed, _frames()
+
+
+def _assert_the_same_frames(got, want):
+    """Bitwise the same predictions and states, frame by frame."""
+    for (w, w_state), (g, g_state) in zip(want, got, strict=True):
+        for key in w:
+            torch.testing.assert_close(g[key], w[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(g_state.prev_bev, w_state.prev_bev, rtol=0, atol=0)
+        assert g_state.scene_tokens == w_state.scene_tokens
+
+
 def test_capture_and_replays_emulated_on_the_cpu(monkeypatch):
     """The holder's orchestration with the CUDA graph emulated (a replay re-runs the captured function
     into the captured buffers): eager first frame, capture, replays that copy each frame's tensors in;
@@ -112,19 +133,9 @@ def test_capture_and_replays_emulated_on_the_cpu(monkeypatch):
 
         return Replay(), buffers
 
-    monkeypatch.setattr(InferenceGraph, "_replayable", staticmethod(lambda tensors: True))
-    monkeypatch.setattr(InferenceGraph, "_record", record)
-    torch.manual_seed(0)
-    model = debug_model(with_seg=True).eval()
-    graphed = copy.deepcopy(model)
-    graphed.infer_graph = InferenceGraph()
-    frames = _frames()
+    model, graphed, frames = _emulated_on_the_cpu(record, monkeypatch)
     want, got = _run(model, frames), _run(graphed, frames)  # eager, eager (learns), capture, 2 replays
-    for (w, w_state), (g, g_state) in zip(want, got, strict=True):
-        for key in w:
-            torch.testing.assert_close(g[key], w[key], rtol=0, atol=0, msg=key)
-        torch.testing.assert_close(g_state.prev_bev, w_state.prev_bev, rtol=0, atol=0)
-        assert g_state.scene_tokens == w_state.scene_tokens
+    _assert_the_same_frames(got, want)
     assert graphed.infer_graph.replays == 3 and len(graphed.infer_graph._graphs) == 1
 
 
@@ -159,19 +170,10 @@ def test_a_failed_capture_leaves_the_frames_eager(monkeypatch):
         tries.append(1)
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(InferenceGraph, "_replayable", staticmethod(lambda tensors: True))
-    monkeypatch.setattr(InferenceGraph, "_record", record)
-    torch.manual_seed(0)
-    model = debug_model(with_seg=True).eval()
-    graphed = copy.deepcopy(model)
-    graphed.infer_graph = InferenceGraph()
-    frames = _frames()
+    model, graphed, frames = _emulated_on_the_cpu(record, monkeypatch)
     want = _run(model, frames)
     with pytest.warns(UserWarning, match="eval.cuda_graph: capturing a CUDA graph failed") as caught:
         got = _run(graphed, frames)
     assert len([w for w in caught if "capturing" in str(w.message)]) == 1 and tries == [1]
-    for (w, w_state), (g, g_state) in zip(want, got, strict=True):
-        for key in w:
-            torch.testing.assert_close(g[key], w[key], rtol=0, atol=0, msg=key)
-        torch.testing.assert_close(g_state.prev_bev, w_state.prev_bev, rtol=0, atol=0)
+    _assert_the_same_frames(got, want)
     assert graphed.infer_graph.replays == 0 and len(graphed.infer_graph._failed) == 1
