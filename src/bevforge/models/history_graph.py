@@ -112,6 +112,12 @@ def sca_bound_epoch(model: nn.Module) -> int:
     return sum(m.bound_epoch for m in model.modules() if isinstance(m, SpatialCrossAttention))
 
 
+#: failed captures' CUDAGraph objects, alive as long as the process: the allocators may still hold capture
+#: filters that point at them (torch cannot undo a capture that ended in an error, see ``CUDAGraph::reset``),
+#: also after their holder is dropped (the evaluation runner drops its holder after each pass)
+_UNFINISHED_CAPTURES: list[Any] = []
+
+
 def _unfinished(value: Any) -> bool:
     """A CUDAGraph whose capture did not end (a finished one has a pool and cleans up after itself)."""
     if not isinstance(value, torch.cuda.CUDAGraph):
@@ -196,9 +202,6 @@ class GraphHolder:
         self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
         #: the memory pool of this holder's captures (:meth:`_pool_id`)
         self.pool: Any = None
-        #: failed captures' CUDAGraph objects, kept alive: the allocators still hold capture filters that
-        #: point at them (torch cannot undo a capture that ended in an error, see ``CUDAGraph::reset``)
-        self._dead: list[Any] = []
 
     @staticmethod
     def signature(tensors: tuple[torch.Tensor, ...], *static: Any) -> tuple:
@@ -228,7 +231,7 @@ class GraphHolder:
             captured = capture()
         except Exception as e:  # noqa: BLE001 - any failure of the capture falls back to the eager frame
             if stream is not None:
-                self._dead += _release_failed_capture(e, self._pool_owner(model), stream)
+                _UNFINISHED_CAPTURES.extend(_release_failed_capture(e, self._pool_owner(model), stream))
             self._failed.add(key)
             first = (str(e).strip().splitlines() or [""])[0]
             memory = (
