@@ -268,13 +268,16 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                 else:
                     make_fn = _graph_fn if mode == "cuda-graph" else _torch_fn
                     fn = make_fn(frame, inputs, amp, args.device)
+                graph_note = ""
                 try:
                     row.update(time_frames(fn, args.warmup, args.iters, args.device))
                 finally:
+                    if getattr(model, "infer_graph", None) is not None:
+                        graph_note = f", {model.infer_graph.outcome('graph')}"  # a fallback is said
                     if hasattr(model, "infer_graph"):
                         model.infer_graph = None  # eval-graph's holder, with its memory pool
                 sca_fused = cfg.model.arch == "bevformer" and _sca_fused(model, args.device)
-            row["note"] = f"amp {args.amp}"
+            row["note"] = f"amp {args.amp}{graph_note}"
             if str(args.device).startswith("cuda"):
                 tuned = torch.backends.cudnn.benchmark
                 row["note"] += ", cuDNN autotuned" if tuned else ", cuDNN heuristics (train.deterministic)"

@@ -219,7 +219,15 @@ def benchmark(
         # what the caching allocator held at most (what nvidia-smi shows, fragmentation included)
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
         "is_main": info.is_main,
+        "graphs": graph_outcomes(unwrap(model)),
     }
+
+
+def graph_outcomes(model: nn.Module) -> list[str]:
+    """The graph holders of ``model`` as result-row labels (``GraphHolder.outcome``: a capture that fell
+    back to eager, or no replay, is said)."""
+    holders = (("history_graph", "history graph"), ("frame_graph", "frame graph"))
+    return [h.outcome(label) for attr, label in holders if (h := getattr(model, attr, None)) is not None]
 
 
 def fused_convs_label(device: str) -> str:
@@ -233,11 +241,13 @@ def fused_convs_label(device: str) -> str:
     return "fused convs" if failed is None else f"fused convs FELL BACK ({failed[:80]})"
 
 
-def option_labels(cfg: Config, device: str) -> list[str]:
-    """The speed options a result row ran with beyond its variant."""
-    labels = ["history graph"] if cfg.train.history_graph else []
-    if cfg.train.frame_graph:
-        labels.append("frame graph")
+def option_labels(cfg: Config, device: str, graphs: list[str] | None = None) -> list[str]:
+    """The speed options a result row ran with beyond its variant (``graphs``: :func:`graph_outcomes` of the
+    run, else the graph options as set)."""
+    if graphs is None:
+        graphs = ["history graph"] if cfg.train.history_graph else []
+        graphs += ["frame graph"] if cfg.train.frame_graph else []
+    labels = list(graphs)
     if cfg.model.backbone.fuse_conv_relu:
         labels.append(fused_convs_label(device))
     # the SCA: "auto" (the default) runs one kernel over the cameras where the kernels run
@@ -352,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         vcfg.train.channels_last, vcfg.train.compile = channels_last, mode
         loader = FakeLoader(vcfg) if args.fake_data else None
         res = benchmark(vcfg, warmup=args.warmup, iters=args.iters, loader=loader)  # type: ignore[arg-type]
-        labels = [label, *option_labels(vcfg, res["device"])]
+        labels = [label, *option_labels(vcfg, res["device"], res.get("graphs"))]
         res["variant"] = ", ".join(labels) + (" (fake data)" if args.fake_data else "")
         results.append(res)
         if not res["is_main"]:

@@ -198,6 +198,7 @@ class GraphHolder:
         #: signatures whose eager first frame ran -> what it learnt (``FrameGraph``: the prediction keys)
         self._seen: dict[tuple, Any] = {}
         self._failed: set[tuple] = set()  # signatures whose capture raised: eager from then on
+        self.failures: list[str] = []  # their errors, "Type: first line" (bench rows say so)
         self.replays = 0  # for tests and logs
         self._epoch = 0  # sca_bound_epoch of the model when the graphs were captured
         #: the memory pool of this holder's captures (:meth:`_pool_id`)
@@ -234,6 +235,7 @@ class GraphHolder:
                 _UNFINISHED_CAPTURES.extend(_release_failed_capture(e, self._pool_owner(model), stream))
             self._failed.add(key)
             first = (str(e).strip().splitlines() or [""])[0]
+            self.failures.append(f"{type(e).__name__}: {first}")
             memory = (
                 " The graph keeps its activations in its own memory pool: a smaller data.batch_size may fit."
                 if isinstance(e, torch.OutOfMemoryError)
@@ -248,6 +250,13 @@ class GraphHolder:
             return None
         self._graphs[key] = captured
         return captured
+
+    def outcome(self, label: str) -> str:
+        """``label`` for a result row, saying when the graph did not do its job: a capture that failed (the
+        frames ran eagerly) or no replay at all (CPU, or too few steps)."""
+        if self.failures:
+            return f"{label} FELL BACK to eager ({self.failures[0][:80]})"
+        return label if self.replays else f"{label} NOT REPLAYED"
 
     def _pool_owner(self, model: nn.Module) -> GraphHolder:
         """The holder whose memory pool this one's captures go into (its own)."""

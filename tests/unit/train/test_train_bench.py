@@ -48,3 +48,28 @@ def test_rows_name_the_speed_options_and_a_fallback(monkeypatch) -> None:
     assert option_labels(cfg, "cuda")[:2] == ["history graph", "frame graph"]
     cfg.model.sca_fuse_cameras = "off"  # the default (auto) is the kernel over the cameras on CUDA
     assert option_labels(cfg, "cuda")[-1] == "SCA per-camera gather"
+
+
+def test_rows_say_when_a_graph_fell_back_or_never_replayed() -> None:
+    """The graph labels of a row come from the holders after the run (``GraphHolder.outcome``): a capture
+    that failed or a graph that never replayed (the CPU) is in the row, not the option's bare name."""
+    from bevforge.bench.train import graph_outcomes, option_labels
+    from bevforge.config import load_config
+    from bevforge.models.frame_graph import FrameGraph
+    from bevforge.models.history_graph import HistoryGraph
+
+    model = torch.nn.Module()
+    model.history_graph, model.frame_graph = HistoryGraph(), FrameGraph()
+    model.history_graph.replays = 5
+    model.frame_graph.failures.append("RuntimeError: operation not permitted when stream is capturing")
+    outcomes = graph_outcomes(model)
+    assert outcomes == [
+        "history graph",
+        "frame graph FELL BACK to eager (RuntimeError: operation not permitted when stream is capturing)",
+    ]
+    cfg = load_config("bevformer_base")
+    cfg.train.history_graph = cfg.train.frame_graph = True
+    assert option_labels(cfg, "cuda", outcomes)[:2] == outcomes
+    model.history_graph.replays = 0
+    assert graph_outcomes(model)[0] == "history graph NOT REPLAYED"
+    assert graph_outcomes(torch.nn.Module()) == []
