@@ -171,6 +171,7 @@ def benchmark(
     from bevforge.train.optim import build_optimizer, build_scheduler
     from bevforge.train.setup import build_parts, seed_everything, set_tf32, unwrap, wrap_model
     from bevforge.train.step import Stepper, resolve_amp
+    from bevforge.train.trainer import prefetched
 
     info = init_distributed()
     seed_everything(cfg.train.seed + info.rank, cfg.train.deterministic)
@@ -188,7 +189,7 @@ def benchmark(
         while True:
             yield from loader
 
-    it = batches()
+    it = iter(prefetched(batches(), loader, device))  # as the trainer: prefetched with loader workers
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         stepper.forward_backward(finish_images(next(it).to(device), cfg.data))

@@ -1,5 +1,5 @@
 """Batches moved to the device one ahead, on a copy stream (the evaluation runner's input, and the
-trainer's on CUDA with worker processes: ``train/trainer._on_device``).
+trainer's and ``bench train``'s on CUDA with worker processes: ``train/trainer.prefetched``).
 
 ``batch.to(device)`` on the compute stream runs the host->device copy in stream order: after the previous
 frame's kernels, before the next frame's, with the GPU idle meanwhile (a BEVFormer-base evaluation frame

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -318,15 +318,16 @@ class _Saver:
         barrier()
 
 
-def _on_device(batches: Iterable[Batch], loader: DataLoader, device: torch.device) -> Iterator[Batch]:
-    """The loader's batches on ``device``. On CUDA with worker processes the next batch's host->device copy
-    runs on a side stream while this step computes (:func:`device_prefetch`; base: ~100 MB of uint8 images
-    per sample). Otherwise each batch moves when its step starts: with ``num_workers=0`` the lookahead would
-    draw the next batch's augmentations from the main process's RNG before this step's grid mask and
-    dropout, and a resumed run would no longer retrace an uninterrupted one."""
-    if device.type == "cuda" and loader.num_workers > 0:
+def prefetched(batches: Iterable[Batch], loader: Any, device: torch.device) -> Iterable[Batch]:
+    """The loader's batches; on CUDA with worker processes already on the device, the next batch's
+    host->device copy running on a side stream while this step computes (:func:`device_prefetch`; base:
+    ~100 MB of uint8 images per sample). Otherwise as they come, the caller moving each when its step
+    starts (``batch.to(device)``, a no-op on a prefetched batch): with ``num_workers=0`` a lookahead would
+    draw the next batch's augmentations from the main process's RNG before this step's grid mask, and a
+    resumed run would no longer retrace an uninterrupted one."""
+    if device.type == "cuda" and getattr(loader, "num_workers", 0) > 0:
         return device_prefetch(batches, device)
-    return (batch.to(device) for batch in batches)
+    return batches
 
 
 def _loop(
@@ -370,9 +371,9 @@ def _loop(
         rng_resume = epoch_rng_resume = None
         model.train()
         t_end = time.perf_counter()
-        for batch in _on_device(data_iter, loader, device):
+        for batch in prefetched(data_iter, loader, device):
             data_time = time.perf_counter() - t_end
-            batch = finish_images(batch, cfg.data)  # data.images_on_device: uint8 -> normalised
+            batch = finish_images(batch.to(device), cfg.data)  # data.images_on_device: uint8 -> normalised
             i = pos.iter_in_epoch
             boundary = (i + 1) % tc.accum_steps == 0 or i + 1 == n or pos.global_iter + 1 == total_iters
             losses = stepper.forward_backward(batch, sync_grads=boundary)

@@ -119,8 +119,8 @@ def test_the_models_warnings_are_in_output_log(tmp_path) -> None:
 
 def test_batches_are_prefetched_to_the_gpu_only_with_worker_processes(monkeypatch) -> None:
     """On CUDA with loader workers the trainer takes ``device_prefetch`` (the next batch's copy overlapping
-    the step); otherwise each batch is moved when its step starts, without pulling the next one first (the
-    main process's RNG draws keep their order with ``num_workers=0``)."""
+    the step); otherwise the batches come as they are, without pulling the next one first (the main
+    process's RNG draws keep their order with ``num_workers=0``), and the loop moves each itself."""
     import bevforge.train.trainer as trainer
 
     seen = []
@@ -128,24 +128,17 @@ def test_batches_are_prefetched_to_the_gpu_only_with_worker_processes(monkeypatc
         trainer, "device_prefetch", lambda batches, device: seen.append(device) or "prefetched"
     )
     workers = torch.utils.data.DataLoader(list(range(4)), num_workers=2)
-    assert trainer._on_device(iter([]), workers, torch.device("cuda")) == "prefetched" and seen
+    assert trainer.prefetched(iter([]), workers, torch.device("cuda")) == "prefetched" and seen
     pulled = []
-
-    class Item:
-        def __init__(self, i):
-            self.i = i
-
-        def to(self, device):
-            return (self.i, device)
 
     def source():
         for i in range(3):
             pulled.append(i)
-            yield Item(i)
+            yield i
 
     inline = torch.utils.data.DataLoader(list(range(4)), num_workers=0)
-    for device in ("cuda", "cpu"):
+    for device, loader in (("cuda", inline), ("cpu", workers), ("cuda", object())):
         pulled.clear()
-        moved = trainer._on_device(source(), inline if device == "cuda" else workers, torch.device(device))
-        assert next(moved) == (0, torch.device(device)) and pulled == [0], "no lookahead"
+        batches = iter(trainer.prefetched(source(), loader, torch.device(device)))
+        assert next(batches) == 0 and pulled == [0], "no lookahead"
     assert len(seen) == 1
