@@ -22,7 +22,7 @@ from bevforge.geometry.projection import project_to_cameras
 from bevforge.geometry.reference_points import bev_reference_points_2d, pillar_reference_points_3d
 from bevforge.nn.ffn import FFN
 from bevforge.nn.positional_encoding import LearnedPositionalEncoding
-from bevforge.nn.recompute import recomputed
+from bevforge.nn.recompute import recomputed, regions_off
 from bevforge.nn.spatial_cross_attn import SCAPlan, SpatialCrossAttention
 from bevforge.nn.temporal_self_attn import TemporalSelfAttention
 from bevforge.ops.constants import capturing_cuda_graph, device_constant
@@ -132,6 +132,13 @@ class BEVFormerLayer(nn.Module):
         return self.norms[2](recomputed(ffn_mode, self.ffn, query, draws_random=self.training))  # dropout
 
 
+def _whole_layer(layer: nn.Module, *args: object) -> torch.Tensor:
+    """``layer(*args)`` with its recompute regions off: what a checkpoint of the whole layer runs (in its
+    forward and again in backward)."""
+    with regions_off():
+        return layer(*args)
+
+
 class BEVEncoder(nn.Module):
     """Image features of one frame (+ the aligned previous BEV) -> BEV features ``[B, Q, C]``."""
 
@@ -201,9 +208,9 @@ class BEVEncoder(nn.Module):
                 tsa_points,
                 sca_heads,
                 sca_points,
-                "off" if grad_ckpt else sca_recompute,  # a checkpointed layer is recomputed whole
-                ffn_recompute and not grad_ckpt,
-                "off" if grad_ckpt else tsa_recompute,
+                sca_recompute,  # not inside a checkpointed layer (grad_ckpt): see forward
+                ffn_recompute,
+                tsa_recompute,
                 sca_fuse_cameras,
             )
             for _ in range(num_layers)
@@ -360,10 +367,11 @@ class BEVEncoder(nn.Module):
         for layer in self.layers:
             args = (query, bev_pos, prev_bev, has_prev, hybrid_ref, bev_shapes, bev_start)
             args = (*args, value, ref_cam, bev_mask, spatial_shapes, level_start, bev_query_init, sca_plan)
-            # not under CUDA-graph capture (train.frame_graph): its layers draw dropout numbers, and the
-            # checkpoint cannot save the CUDA RNG state there (nn/recompute.py)
+            # a checkpointed layer is recomputed whole (its recompute regions run plainly inside); not
+            # under CUDA-graph capture (train.frame_graph): its layers draw dropout numbers, and the
+            # checkpoint cannot save the CUDA RNG state there: the layer's own regions recompute instead
             if self.grad_ckpt and self.training and torch.is_grad_enabled() and not capturing_cuda_graph():
-                query = checkpoint(layer, *args, use_reentrant=False)
+                query = checkpoint(_whole_layer, layer, *args, use_reentrant=False)
             else:
                 query = layer(*args)
         return query

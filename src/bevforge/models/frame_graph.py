@@ -22,7 +22,7 @@ What makes the replay the eager step's computation:
 - the recompute regions that draw no random numbers (the SCA's, the TSA's, checkpointed backbone blocks)
   replay in the backward graph without the RNG state (``nn/recompute.py``), so the frame keeps what the
   eager step keeps; those that draw (the FFN's, whole encoder layers under ``train.grad_ckpt``) are kept
-  whole under capture;
+  under capture (with ``train.grad_ckpt`` the layers' SCA/TSA regions recompute instead);
 - dropout draws new numbers at each replay (the CUDA generator's offsets advance in the graph);
 - the SCA gathers a static number of hit queries learnt from the first, eager step (+10%) and flags a
   frame that hits more; every ``CHECK_EVERY`` replays the flags are read and an overflow (found by this or

@@ -29,12 +29,18 @@ CUDA graph is captured (``train.frame_graph``: the graph's backward replays the 
 keeps the same memory as the eager step); reading the CUDA generator's state is not allowed there. A
 region that draws (the FFN's dropout, ``draws_random=True``) restores the state in backward and is not
 recomputed under capture.
+
+Inside :func:`regions_off` regions run plainly: a checkpointed encoder layer (``train.grad_ckpt``) is
+recomputed whole, and a region inside it would only add a third run of its projections. Under capture the
+layer is not checkpointed (its dropout) and its regions are recomputed as configured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,6 +50,8 @@ from bevforge.ops.constants import capturing_cuda_graph
 from bevforge.ops.dispatch import kernel_choice, placement_ineligible_reason
 
 RECOMPUTE_MODES = ("auto", "on", "off")
+
+_STATE = threading.local()  # ``off``: inside regions_off (thread-local: the CUDA backward has its own thread)
 
 
 def check_recompute_mode(mode: str, what: str, error: type[ValueError] = ValueError) -> None:
@@ -105,9 +113,27 @@ def recomputed(
     """``fn(*args)``, as a recompute region where :func:`recompute_active` says so under ``mode`` (on the
     device of the first tensor argument). ``draws_random``: whether ``fn`` draws random numbers (dropout)."""
     device_tensor = next(a for a in args if isinstance(a, torch.Tensor))
-    if recompute_active(mode, device_tensor, draws_random):
+    if not getattr(_STATE, "off", False) and recompute_active(mode, device_tensor, draws_random):
         return run_recomputed(fn, *args, draws_random=draws_random)
     return fn(*args)
 
 
-__all__ = ["RECOMPUTE_MODES", "check_recompute_mode", "recompute_active", "recomputed", "run_recomputed"]
+@contextlib.contextmanager
+def regions_off() -> Iterator[None]:
+    """Recompute regions run plainly meanwhile (in this thread): for a computation checkpointed whole."""
+    before = getattr(_STATE, "off", False)
+    _STATE.off = True
+    try:
+        yield
+    finally:
+        _STATE.off = before
+
+
+__all__ = [
+    "RECOMPUTE_MODES",
+    "check_recompute_mode",
+    "recompute_active",
+    "recomputed",
+    "regions_off",
+    "run_recomputed",
+]

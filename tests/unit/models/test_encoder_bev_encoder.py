@@ -6,6 +6,7 @@ import torch
 from models_test_rig import ring_lidar2img
 
 from bevforge.models.bev_encoder import BEVEncoder
+from bevforge.nn.ffn import FFN
 
 B, N, C, BEV = 2, 6, 32, 8
 PC_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
@@ -93,3 +94,42 @@ def test_encoder_official_compat_shifts_current_queue_too():
     compat = enc(feats, lidar2img, IMG_HW, can_bus, prev)
     enc.official_compat = False
     torch.testing.assert_close(enc(feats, lidar2img, IMG_HW, can_bus, prev), compat)
+
+
+def test_checkpointed_layers_run_their_regions_plainly_and_capture_recomputes_the_regions(monkeypatch):
+    """With grad_ckpt a layer is recomputed whole and its SCA / TSA / FFN recompute regions run plainly
+    inside it (no third run of their projections). Under CUDA-graph capture (emulated) the layer is not
+    checkpointed (its dropout), and the SCA's and TSA's regions recompute instead (the FFN's draws dropout:
+    kept). The gradients are those of the plain encoder every way."""
+    import bevforge.models.bev_encoder as bev_encoder
+    import bevforge.nn.recompute as recompute
+
+    torch.manual_seed(0)
+    enc = make_encoder(sca_recompute="on", tsa_recompute="on", ffn_recompute=True, dropout=0.1).train()
+    feats, lidar2img, can_bus, prev = make_inputs()
+    regions = []
+    real = recompute.run_recomputed
+    monkeypatch.setattr(
+        recompute, "run_recomputed", lambda fn, *a, **k: regions.append(fn) or real(fn, *a, **k)
+    )
+
+    def grads(grad_ckpt: bool, capturing: bool):
+        monkeypatch.setattr(bev_encoder, "capturing_cuda_graph", lambda: capturing)
+        monkeypatch.setattr(recompute, "capturing_cuda_graph", lambda: capturing)
+        enc.grad_ckpt = grad_ckpt
+        enc.zero_grad()
+        regions.clear()
+        torch.manual_seed(1)
+        out = enc(feats, lidar2img, IMG_HW, can_bus, prev)
+        (out * torch.linspace(-1, 1, C)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in enc.parameters() if p.grad is not None], list(regions)
+
+    want, want_grads, plain_regions = grads(grad_ckpt=False, capturing=False)
+    assert len(plain_regions) == 3 * 2, "SCA, TSA and FFN of both layers"
+    for grad_ckpt, capturing, n_regions in ((True, False, 0), (True, True, 2 * 2)):
+        out, got_grads, ran = grads(grad_ckpt, capturing)
+        assert len(ran) == n_regions, (grad_ckpt, capturing, ran)
+        assert not any(isinstance(fn, FFN) for fn in ran), "the FFN's region draws dropout: kept"
+        torch.testing.assert_close(out, want)
+        for g, w in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
