@@ -111,7 +111,7 @@ class FrameGraph(GraphHolder):
     ) -> dict[str, torch.Tensor]:
         """:func:`frame_preds` of ``tensors`` (``images``, ``lidar2img``, ``can_bus_delta``, ``prev_bev``,
         ``prev_exists``): replayed on CUDA in grad mode, else eager."""
-        if not tensors[0].is_cuda or not torch.is_grad_enabled() or not model.training:
+        if not self._replayable(tensors, model):
             return frame_preds(model, *tensors, pad_hw, num_cams)
         key = self.signature(tensors, pad_hw, num_cams)
         graphed = self._graph_for(
@@ -124,6 +124,11 @@ class FrameGraph(GraphHolder):
         outs = graphed.module(*tensors)  # the captured buffers: read them before the next replay
         self._replayed(model)
         return dict(zip(graphed.keys, outs, strict=True))
+
+    @staticmethod
+    def _replayable(tensors: tuple[torch.Tensor, ...], model: nn.Module) -> bool:
+        """CUDA tensors, grad mode and a training model: what the captured frame can take."""
+        return tensors[0].is_cuda and torch.is_grad_enabled() and model.training
 
     def _pool_owner(self, model: nn.Module) -> GraphHolder:
         """The history graph's pool when there is one: it replays before this forward and its output is

@@ -4,6 +4,7 @@ on a GPU) is the eager frame: the same predictions, state and gradients; it refu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import pickle
 
@@ -166,3 +167,64 @@ def test_graphed_frames_are_not_projected_beforehand(history_graph, monkeypatch)
     model.history_graph = HistoryGraph() if history_graph else None
     model(random_batch(SCENES, VALID))
     assert asked == [[] if history_graph else [0, 1, 2]]
+
+
+def _emulate_capture_on_the_cpu(monkeypatch, fail: bool = False) -> list:
+    """The frame graph's CUDA parts faked on the CPU: every frame replayable, ``make_graphed_callables``
+    warming up as torch's does (forward + ``autograd.grad``, parameters untouched) and returning the
+    captured module itself (so a "replay" runs it eagerly), or raising when ``fail``. Returns its calls."""
+    calls = []
+
+    def make_graphed_callables(
+        module, sample, num_warmup_iters, allow_unused_input, pool, capture_error_mode
+    ):
+        calls.append((pool, num_warmup_iters, capture_error_mode))
+        assert not any(t.requires_grad for t in sample), "the step's inputs need no gradient"
+        with torch.random.fork_rng():  # the warm-up's dropout draws (its own on a GPU) left out here
+            for _ in range(num_warmup_iters):
+                outs = module(*sample)
+                params = [p for p in module.parameters() if p.requires_grad]
+                torch.autograd.grad(sum(o.float().sum() for o in outs), params, allow_unused=True)
+        if fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return module
+
+    monkeypatch.setattr(FrameGraph, "_replayable", staticmethod(lambda tensors, model: model.training))
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", 1))
+    return calls
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
+def test_capture_and_replays_emulated_on_the_cpu(fail, monkeypatch):
+    """FrameGraph's orchestration with the capture emulated: the first step eager (learns the prediction
+    keys), the second captures (warm-up, the holder's pool) and later ones "replay"; predictions, states
+    and gradients those of the eager model step after step, or, when the capture raises, a warning and
+    eager steps from then on (no second attempt)."""
+    calls = _emulate_capture_on_the_cpu(monkeypatch, fail)
+    torch.manual_seed(0)
+    model = debug_model().train()
+    other = copy.deepcopy(model)
+    other.frame_graph = FrameGraph()
+    for seed in (1, 2, 3, 4):
+        batch = random_batch(SCENES, VALID if seed != 3 else torch.ones(3, 4, dtype=torch.bool))
+        want, want_state, want_grads = _step(model, batch, seed)
+        warned = fail and seed == 2  # (a pytest.warns checker is falsy while empty: no `or` here)
+        context = pytest.warns(UserWarning, match="train.frame_graph: capturing") if warned else None
+        with contextlib.nullcontext() if context is None else context:
+            got, got_state, got_grads = _step(other, batch, seed)
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(got_state.prev_bev, want_state.prev_bev, rtol=0, atol=0)
+        assert got_grads.keys() == want_grads.keys()
+        for name in want_grads:
+            torch.testing.assert_close(got_grads[name], want_grads[name], rtol=0, atol=0, msg=name)
+        for m in (model, other):
+            m.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the debug BNs train: keep the two models' statistics equal
+            for a, b in zip(model.buffers(), other.buffers(), strict=True):
+                b.copy_(a)
+    assert calls == [(("pool", 1), 2, "thread_local")], "captured once, at the second step"
+    holder = other.frame_graph
+    assert (holder.replays, len(holder._graphs), len(holder._failed)) == ((0, 0, 1) if fail else (3, 1, 0))
