@@ -354,7 +354,7 @@ class HistoryGraph(GraphHolder):
         def step(*tensors: torch.Tensor) -> torch.Tensor:
             return history_bev(model, *tensors, pad_hw)
 
-        if not inputs[0].is_cuda:
+        if not self._replayable(inputs):
             with torch.no_grad():
                 return step(*inputs)
         key = self.signature(inputs, pad_hw)
@@ -367,3 +367,8 @@ class HistoryGraph(GraphHolder):
         out = captured(inputs).clone()  # the next replay overwrites the captured buffer
         self._replayed(model)
         return out
+
+    @staticmethod
+    def _replayable(inputs: tuple[torch.Tensor, ...]) -> bool:
+        """CUDA tensors: what a captured history pass can take."""
+        return inputs[0].is_cuda

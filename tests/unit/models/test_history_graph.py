@@ -84,6 +84,40 @@ def test_training_forward_with_the_history_graph_gives_the_same_predictions():
     torch.testing.assert_close(got_state.prev_bev, want_state.prev_bev, rtol=0, atol=0)
 
 
+def test_capture_and_replays_emulated_on_the_cpu(monkeypatch):
+    """HistoryGraph's orchestration with the CUDA graph emulated (a replay re-runs the captured pass into
+    the captured buffer): the first pass captured, later ones copy their tensors in and replay; the same
+    state as the eager pass each time, over new images, flags and a scene change; one capture in all."""
+    records = []
+
+    def record(self, run):
+        records.append(1)
+        buffer = run()
+
+        class Replay:
+            def replay(self):
+                buffer.copy_(run())
+
+        return Replay(), buffer
+
+    monkeypatch.setattr(HistoryGraph, "_replayable", staticmethod(lambda inputs: True))
+    monkeypatch.setattr(HistoryGraph, "_record", record)
+    torch.manual_seed(0)
+    model = debug_model().train()
+    graph = HistoryGraph()
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        batch = random_batch(SCENES, VALID if seed != 2 else torch.ones(3, 4, dtype=torch.bool))
+        with torch.no_grad():
+            model.history_graph = None
+            want = model._history_state(batch, None)
+            model.history_graph = graph
+            got = model._history_state(batch, None)
+        torch.testing.assert_close(got.prev_bev, want.prev_bev, rtol=0, atol=0)
+        assert got.scene_tokens == want.scene_tokens
+    assert records == [1] and graph.replays == 3 and len(graph._graphs) == 1
+
+
 def test_a_given_state_takes_the_eager_pass(monkeypatch):
     model = debug_model().train()
     graph = model.history_graph = HistoryGraph()
