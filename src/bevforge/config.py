@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bevforge.errors import InputError
+
 CAMERAS: tuple[str, ...] = (
     "CAM_FRONT",
     "CAM_FRONT_RIGHT",
@@ -305,7 +307,7 @@ class Config:
 # overrides
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A config key or value is wrong; the message names it and the fix."""
 
 

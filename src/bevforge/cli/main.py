@@ -2,7 +2,9 @@
 
 Each subcommand module ``bevforge.cli.<module>`` defines ``HELP: str``, ``add_arguments(parser)`` and
 ``run(args) -> int`` (the exit code). Modules are imported lazily so ``bevforge --help`` is fast and a
-broken optional dependency only affects its own subcommand.
+broken optional dependency only affects its own subcommand. Bad input (``bevforge.errors.InputError``: a
+recipe, a setting, a file, a checkpoint) is printed as one ``error:`` line naming it and the fix, exit
+status 2; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -69,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     module = _module(module_name)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    from bevforge.config import ConfigError
+    from bevforge.errors import InputError
 
     try:
         return int(module.run(args) or 0)
-    except ConfigError as e:  # a bad recipe or --set: the message names the key and the fix
+    except InputError as e:  # a bad recipe, --set, file or checkpoint: the message names it and the fix
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bevforge.errors import InputError
+
 #: nuScenes ``.pcd.bin``: float32 (x, y, z, intensity, ring) per point
 LIDAR_POINT_DIMS = 5
 
 
-class LidarFileError(ValueError):
+class LidarFileError(InputError, ValueError):
     """A LIDAR_TOP file is missing or not a nuScenes ``.pcd.bin`` (float32 x 5 per point)."""
 
 

@@ -17,8 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bevforge.errors import InputError
 
-class ImageDecodeError(OSError):
+
+class ImageDecodeError(InputError, OSError):
     """An image file is missing or cannot be decoded; the message names the file and the fix."""
 
 

@@ -22,6 +22,7 @@ import orjson
 from pyquaternion import Quaternion
 
 from bevforge.data.nuscenes.schema import CATEGORY_TO_DETECTION
+from bevforge.errors import InputError
 from bevforge.eval.box_table import (
     ATTR_INDEX,
     BICYCLE_RACK,
@@ -32,7 +33,7 @@ from bevforge.eval.box_table import (
 )
 
 
-class GroundTruthError(ValueError):
+class GroundTruthError(InputError, ValueError):
     """The dataset or info file cannot give ground truth; the message names the file and the fix."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from bevforge.config import DET_CLASSES
+from bevforge.errors import InputError
 from bevforge.eval.box_table import ATTR_INDEX, CLASS_INDEX, BoxTable, GroundTruth
 from bevforge.eval.gt import lidar_boxes_to_global
 from bevforge.eval.metrics import DetectionEvalConfig, detection_metrics
@@ -58,7 +59,7 @@ CAMERA_META = {
 }
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InputError, ValueError):
     """A submission is malformed; the message names the file, sample token, box and field, and the fix."""
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bevforge.config import Config
+from bevforge.errors import CheckpointError
 from bevforge.eval.box_table import GroundTruth
 from bevforge.eval.metrics import DetectionEvalConfig
 from bevforge.eval.nuscenes_det import evaluate, make_submission, write_submission
@@ -22,10 +23,6 @@ from bevforge.io import atomic_write_text
 
 if TYPE_CHECKING:  # torch is imported where a model is run: `bevforge eval` (scoring only) never needs it
     import torch
-
-
-class CheckpointError(ValueError):
-    """The checkpoint file is missing or not a bevforge trainer checkpoint."""
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:

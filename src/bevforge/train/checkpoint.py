@@ -17,16 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bevforge.errors import CheckpointError
 from bevforge.io import atomic_write
 
 FORMAT = "bevforge-checkpoint"
 FORMAT_VERSION = 1
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.pth$")
 RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "iter_in_epoch", "global_iter")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged or of the wrong kind; the message names the file and the fix."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,13 +18,14 @@ import numpy as np
 from PIL import Image
 from pyquaternion import Quaternion
 
+from bevforge.errors import InputError
 from bevforge.structures.boxes import global_to_lidar
 from bevforge.viz.bev import GT_COLOR, PRED_COLOR, BevView, render_bev
 from bevforge.viz.cameras import compose_cameras, compose_sample, draw_boxes_camera, placeholder
 from bevforge.viz.video import write_video
 
 
-class VisInputError(ValueError):
+class VisInputError(InputError, ValueError):
     """A results/info file or a requested sample is wrong; the message names it and the fix."""
 
 

@@ -1,4 +1,4 @@
-"""The console script: help lists every subcommand; unknown subcommands fail."""
+"""The console script: help lists every subcommand; unknown subcommands fail; bad input is one error line."""
 
 import subprocess
 import sys
@@ -33,3 +33,60 @@ def test_config_errors_exit_2_with_the_fix(command, capsys):
     assert main([command, "bevformer_debug", "--set", "model.bev_hh=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'model.bev_hh'" in err and "Did you mean: model.bev_h" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "data", "bevformer_debug"],
+        ["bench", "train", "bevformer_debug", "--iters", "1"],
+        ["train", "bevformer_debug", "--work-dir", "{tmp}/work"],
+    ],
+)
+def test_a_missing_info_file_is_one_error_line_with_the_fix(argv, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main([*argv, "--set", f"data.info_dir={tmp_path}/infos"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{tmp_path}/infos/infos_train.json" in err, err
+    assert "bevforge prepare" in err and "Traceback" not in err, err
+
+
+def test_other_exceptions_keep_their_traceback(monkeypatch):
+    import bevforge.cli.config_cmd as config_cmd
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(config_cmd, "run", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["config", "bevformer_debug"])
+
+
+def test_the_input_errors_are_one_kind_and_keep_their_old_bases():
+    from bevforge.config import ConfigError
+    from bevforge.data.depth_targets import LidarFileError
+    from bevforge.data.image_io import ImageDecodeError, MissingImageError
+    from bevforge.data.nuscenes.convert import InfoConvertError
+    from bevforge.data.nuscenes.image_cache import ImageCacheError
+    from bevforge.data.nuscenes.infos import InfoFormatError
+    from bevforge.data.nuscenes.prepare import DatasetError
+    from bevforge.errors import InputError
+    from bevforge.eval import pipeline
+    from bevforge.eval.gt import GroundTruthError
+    from bevforge.eval.nuscenes_det import SubmissionError
+    from bevforge.train import checkpoint
+    from bevforge.viz.results import VisInputError
+
+    value_errors = [ConfigError, LidarFileError, InfoConvertError, ImageCacheError, InfoFormatError]
+    value_errors += [
+        DatasetError,
+        GroundTruthError,
+        SubmissionError,
+        VisInputError,
+        checkpoint.CheckpointError,
+    ]
+    for cls in value_errors:
+        assert issubclass(cls, InputError) and issubclass(cls, ValueError), cls
+    assert issubclass(ImageDecodeError, InputError) and issubclass(ImageDecodeError, OSError)
+    assert issubclass(MissingImageError, FileNotFoundError) and issubclass(MissingImageError, InputError)
+    assert pipeline.CheckpointError is checkpoint.CheckpointError  # one class for both loaders

@@ -29,6 +29,7 @@ from pyquaternion import Quaternion
 from bevforge.config import CAMERAS, DET_CLASSES
 from bevforge.data.nuscenes.can_bus import overwrite_ego_pose
 from bevforge.data.nuscenes.infos import InfoFile, now_utc
+from bevforge.errors import InputError
 from bevforge.geometry.transforms import pose_matrix
 from bevforge.structures.boxes import from_mmdet3d_v0, from_mmdet3d_v1
 
@@ -52,7 +53,7 @@ _ALLOWED = {
 }
 
 
-class InfoConvertError(ValueError):
+class InfoConvertError(InputError, ValueError):
     """The pickle cannot be converted; the message names the file and the fix."""
 
 

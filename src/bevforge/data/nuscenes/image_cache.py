@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from bevforge.data.image_io import read_image, target_size
+from bevforge.errors import InputError
 from bevforge.io import atomic_write_json
 
 CACHE_FORMAT = "bevforge-image-cache"
 CACHE_VERSION = 1
 
 
-class ImageCacheError(ValueError):
+class ImageCacheError(InputError, ValueError):
     """The cache is missing, stale or does not match the config; names the file and the fix."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bevforge.errors import InputError
 from bevforge.io import atomic_write_text
 from bevforge.structures.boxes import BOX_CONVENTION
 
@@ -59,7 +60,7 @@ GT_KEYS: tuple[str, ...] = (
 )
 
 
-class InfoFormatError(ValueError):
+class InfoFormatError(InputError, ValueError):
     """An info file is missing, truncated, of another format/version, or lacks a key."""
 
 

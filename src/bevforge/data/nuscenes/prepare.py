@@ -21,11 +21,12 @@ from bevforge.data.nuscenes.can_bus import find_can_bus_root, get_can_bus
 from bevforge.data.nuscenes.infos import InfoFile, now_utc, save_infos
 from bevforge.data.nuscenes.schema import CATEGORY_TO_DETECTION, TABLES
 from bevforge.data.nuscenes.splits import split_scene_names
+from bevforge.errors import InputError
 from bevforge.geometry.transforms import pose_from_record
 from bevforge.structures.boxes import global_to_lidar
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """The nuScenes-format dataset is broken (missing table, dangling token...); names file and fix."""
 
 
