@@ -11,6 +11,8 @@
 #   BEVFORGE_COMMIT=$(git rev-parse --short HEAD) benchmarks/gpu_check.sh   # where .git is absent
 #   GPU_CHECK_STEPS=kernels,bench-kernel,base benchmarks/gpu_check.sh       # only these groups
 #   GPU_CHECK_SKIP=bench-train-base-bf16-ckpt,... benchmarks/gpu_check.sh  # minus these steps (by name)
+#   GPU_CHECK_DRY_RUN=1 benchmarks/gpu_check.sh /tmp/x   # no GPU: print each step's command, run nothing
+#     (as if CUDA and every import were there; tests/unit/bench/test_gpu_check_script.py parses them all)
 #
 # Step groups (GPU_CHECK_STEPS, comma-separated, default all): kernels (CUDA kernel tests), dcn (the DCNv2
 # op: torchvision vs grid_sample vs Triton columns, forward+backward and forward), syncs (device
@@ -27,6 +29,7 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 RESULTS=${1:-${RESULTS_DIR:-benchmarks/results}}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
+DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
 mkdir -p "$RESULTS"
 LOG="$RESULTS/gpu_check.log"
 SUMMARY="$RESULTS/gpu_check.md"
@@ -54,6 +57,12 @@ step() {  # step NAME CMD... : run with a timeout, log, record ok/FAIL and secon
     skip "$name" "GPU_CHECK_SKIP"
     return
   fi
+  if [ "$DRY_RUN" = 1 ]; then  # one line per step: STEP NAME ARGS..., each shell-quoted
+    printf 'STEP %q' "$name"
+    printf ' %q' "$@"
+    printf '\n'
+    return
+  fi
   echo "== $name: $*" | tee -a "$LOG"
   local t0=$SECONDS
   if timeout "$STEP_TIMEOUT" "$@" 2>&1 | tee -a "$LOG"; then
@@ -71,17 +80,17 @@ skip() {
   write_summary
 }
 
-can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
+can_import() { [ "$DRY_RUN" = 1 ] || "$PY" -c "import $1" >/dev/null 2>&1; }
 STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,sca,batch,data,profile,bevdet,tiny,compile},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
 'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA')"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+[ "$DRY_RUN" = 0 ] && command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
   2>&1 | tee -a "$LOG"
 
-HAVE_CUDA=0
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && HAVE_CUDA=1
+HAVE_CUDA=$DRY_RUN
+[ "$DRY_RUN" = 0 ] && "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && HAVE_CUDA=1
 
 if ! want kernels; then
   :
