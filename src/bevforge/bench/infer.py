@@ -278,6 +278,11 @@ def bench_modes(cfg, ckpt: str | None, modes: list[str], args: argparse.Namespac
                         model.infer_graph = None  # eval-graph's holder, with its memory pool
                 sca_fused = cfg.model.arch == "bevformer" and _sca_fused(model, args.device)
             row["note"] = f"amp {args.amp}{graph_note}"
+            if mode == "compile" and not str(args.device).startswith("cuda"):
+                # 2.7x slower than ATen's kernel on the SCA's shapes (CPU, 2 cores, fifteenth session)
+                row["note"] += (
+                    ", CPU: inductor decomposes the reference MSDA's grid_sample (slower than eager)"
+                )
             if str(args.device).startswith("cuda"):
                 tuned = torch.backends.cudnn.benchmark
                 row["note"] += ", cuDNN autotuned" if tuned else ", cuDNN heuristics (train.deterministic)"
