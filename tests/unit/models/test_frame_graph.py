@@ -10,6 +10,7 @@ import pickle
 
 import pytest
 import torch
+from graph_fakes import emulate_make_graphed_callables
 from test_bevformer_forward import debug_model, random_batch
 
 from bevforge.config import ConfigError, load_config
@@ -170,29 +171,13 @@ def test_graphed_frames_are_not_projected_beforehand(history_graph, monkeypatch)
 
 
 def _emulate_capture_on_the_cpu(monkeypatch, fail: bool = False) -> list:
-    """The frame graph's CUDA parts faked on the CPU: every frame replayable, ``make_graphed_callables``
-    warming up as torch's does (forward + ``autograd.grad``, parameters untouched) and returning the
-    captured module itself (so a "replay" runs it eagerly), or raising when ``fail``. Returns its calls."""
-    calls = []
-
-    def make_graphed_callables(
-        module, sample, num_warmup_iters, allow_unused_input, pool, capture_error_mode
-    ):
-        calls.append((pool, num_warmup_iters, capture_error_mode))
-        assert not any(t.requires_grad for t in sample), "the step's inputs need no gradient"
-        with torch.random.fork_rng():  # the warm-up's dropout draws (its own on a GPU) left out here
-            for _ in range(num_warmup_iters):
-                outs = module(*sample)
-                params = [p for p in module.parameters() if p.requires_grad]
-                torch.autograd.grad(sum(o.float().sum() for o in outs), params, allow_unused=True)
-        if fail:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        return module
-
+    """The frame graph's CUDA parts faked on the CPU: every training frame replayable and
+    ``make_graphed_callables`` built as torch builds it (``graph_fakes``: one autograd Function, the
+    captured output and gradient buffers rewritten at each "replay"), or raising after its warm-up when
+    ``fail``. Returns its calls."""
     monkeypatch.setattr(FrameGraph, "_replayable", staticmethod(lambda tensors, model: model.training))
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", 1))
-    return calls
+    error = RuntimeError("operation not permitted when stream is capturing") if fail else None
+    return emulate_make_graphed_callables(monkeypatch, fail=error)
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
@@ -206,6 +191,7 @@ def test_capture_and_replays_emulated_on_the_cpu(fail, monkeypatch):
     model = debug_model().train()
     other = copy.deepcopy(model)
     other.frame_graph = FrameGraph()
+    kept = {}  # replays 3 and 4: (state, its BEV then, prediction and gradient storages)
     for seed in (1, 2, 3, 4):
         batch = random_batch(SCENES, VALID if seed != 3 else torch.ones(3, 4, dtype=torch.bool))
         want, want_state, want_grads = _step(model, batch, seed)
@@ -220,11 +206,60 @@ def test_capture_and_replays_emulated_on_the_cpu(fail, monkeypatch):
         assert got_grads.keys() == want_grads.keys()
         for name in want_grads:
             torch.testing.assert_close(got_grads[name], want_grads[name], rtol=0, atol=0, msg=name)
+        if seed >= 3:
+            storages = {k: v.data_ptr() for k, v in (*got.items(), *got_grads.items())}
+            kept[seed] = (got_state, got_state.prev_bev.clone(), storages)
         for m in (model, other):
             m.zero_grad(set_to_none=True)
         with torch.no_grad():  # the debug BNs train: keep the two models' statistics equal
             for a, b in zip(model.buffers(), other.buffers(), strict=True):
                 b.copy_(a)
+    state, bev, storages = kept[3]
+    torch.testing.assert_close(state.prev_bev, bev, rtol=0, atol=0, msg="a later replay changed a state")
+    # replays rewrite the captured buffers: the predictions and the gradients (hence no accumulation)
+    assert (storages == kept[4][2]) != fail
     assert calls == [(("pool", 1), 2, "thread_local")], "captured once, at the second step"
     holder = other.frame_graph
     assert (holder.replays, len(holder._graphs), len(holder._failed)) == ((0, 0, 1) if fail else (3, 1, 0))
+
+
+class _SquaredPredictions(torch.nn.Module):
+    """A criterion of the Stepper's signature that reads every prediction."""
+
+    def forward(self, preds, gt_boxes, gt_labels, seg_target):
+        return {"loss": sum(v.square().mean() for k, v in preds.items() if k != "bev")}
+
+
+def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(monkeypatch):
+    """The Stepper's forward/backward, clipping (in place, on the graph's gradient buffers), AdamW and
+    ``zero_grad`` around emulated replays: the parameters move as the eager model's, step after step."""
+    from bevforge.train.optim import build_optimizer, build_scheduler
+    from bevforge.train.step import Stepper
+
+    _emulate_capture_on_the_cpu(monkeypatch)
+    torch.manual_seed(0)
+    model = debug_model().train()
+    other = copy.deepcopy(model)
+    other.frame_graph = FrameGraph()
+    cfg = load_config("bevformer_debug")
+    steppers = []
+    for m in (model, other):
+        optimizer = build_optimizer(m, cfg.train, torch.device("cpu"), lr=1e-3)
+        scheduler = build_scheduler(optimizer, cfg.train, 10)
+        steppers.append(Stepper(m, _SquaredPredictions(), optimizer, scheduler, device=torch.device("cpu"),
+                                amp="off", grad_clip=0.05, accum_steps=1, max_nan_steps=3))  # fmt: skip
+    for seed in (1, 2, 3, 4, 5):
+        batch = random_batch(SCENES, VALID)
+        norms = []
+        for stepper in steppers:
+            torch.manual_seed(seed)
+            stepper.forward_backward(batch)
+            norms.append(stepper.optimizer_step())
+        assert norms[0] > 0.05, "clipping is active"
+        torch.testing.assert_close(norms[1], norms[0], rtol=0, atol=0)
+        for (name, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=f"step {seed}: {name}")
+        with torch.no_grad():  # the capture's warm-up moved the BN statistics the history pass (eval) reads
+            for a, b in zip(model.buffers(), other.buffers(), strict=True):
+                b.copy_(a)
+    assert other.frame_graph.replays == 4  # every step after the eager first
