@@ -277,7 +277,7 @@ class TrainConfig:
     history_graph: bool = False
     # the current frame of a BEVFormer training step (backbone, neck, encoder, heads; forward and backward)
     # captured as two CUDA graphs and replayed (models/frame_graph.py): most of the rest of a base step's
-    # operators; CUDA, one process, not with compile; off until a GPU shows it pays
+    # operators; CUDA, not with compile, SyncBN or gradient accumulation; off until a GPU shows it pays
     frame_graph: bool = False
     tf32: bool = True  # TF32 for fp32 matmuls/convs on CUDA (what autocast leaves in fp32: DCN, losses)
 

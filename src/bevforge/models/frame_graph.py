@@ -34,8 +34,11 @@ The first step of an input signature runs eagerly (its plans learn the SCA bound
 keys), the second captures (``warmup`` eager forward+backward passes on a side stream first, as
 ``make_graphed_callables`` does), later ones replay. CPU inputs, no grad mode, a previous BEV missing
 (a one-frame queue), more signatures than ``max_graphs`` or a signature whose capture failed (warned
-once; the run goes on) run :func:`frame_preds` eagerly. One process
-only: DDP's gradient hooks are untested with a graphed backward (``wrap_model`` refuses it). No gradient
+once; the run goes on) run :func:`frame_preds` eagerly. Under DDP the all-reduce stays outside the graphs:
+DDP's hooks fire as the backward graph's autograd node hands the parameters their gradients (the same
+parameters as eager DDP, on the CPU with gloo and the capture emulated, ``tests/unit/models/
+frame_graph_ddp.py``; not yet on GPUs); every trained parameter must get a gradient (the node hides an
+unused one from DDP's search) and SyncBN is refused (``wrap_model``). No gradient
 accumulation: autograd hands the parameters the backward graph's own gradient buffers (it steals a
 fresh-looking gradient), which the next replay rewrites (``apply_speed_options`` refuses
 ``train.accum_steps > 1``).

@@ -176,14 +176,19 @@ def wrap_model(
     ``find_unused_parameters`` is turned on only if needed: ``probe(model)`` lists parameters without
     gradient (every rank must agree, so the decision is all-reduced).
     """
+    if (
+        cfg.train.frame_graph
+        and cfg.train.sync_bn
+        and dist_info.distributed
+        and dist_info.device.type == "cuda"
+    ):
+        raise ConfigError(
+            "train.frame_graph with train.sync_bn: SyncBatchNorm all-reduces inside the captured forward "
+            "(collectives in a CUDA graph: untested); set one of them false"
+        )
     model = apply_speed_options(model.to(dist_info.device), cfg.train)
     if not dist_info.distributed:
         return model
-    if cfg.train.frame_graph:
-        raise ConfigError(
-            "train.frame_graph runs in one process for now (DDP's gradient hooks with a graphed backward are "
-            "untested): set train.frame_graph=false for multi-GPU training (train.history_graph works there)"
-        )
     find_unused = cfg.train.find_unused_parameters
     if not find_unused and probe is not None:
         unused = probe(model)
@@ -195,6 +200,13 @@ def wrap_model(
                 f"{len(unused)} trainable parameters get no gradient (e.g. {unused[0]}): DDP runs with "
                 "find_unused_parameters=True (slower); freeze them (requires_grad=False) to avoid it"
             )
+    if cfg.train.frame_graph and find_unused:  # DDP's search runs on the forward's autograd graph
+        raise ConfigError(
+            "train.frame_graph under DDP needs a gradient for every trained parameter: a graphed backward "
+            "hands all gradients over at once, past DDP's search for unused parameters "
+            "(find_unused_parameters). Freeze the parameters that get none (requires_grad=False) or set "
+            "train.frame_graph=false"
+        )
     if cfg.train.sync_bn:
         if dist_info.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -1,12 +1,18 @@
 """train.frame_graph: the current frame of a training step as a function of tensors (captured as CUDA graphs
 on a GPU) is the eager frame: the same predictions, state and gradients; it refuses what it cannot do
-(compile, non-BEVFormer models, several processes). The ``gpu`` test replays the captured graphs."""
+(compile, non-BEVFormer models; under DDP, unused parameters and SyncBN). The ``gpu`` test replays the
+captured graphs."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,14 +135,52 @@ def test_cuda_graphs_replay_the_eager_frame(amp, monkeypatch):
     assert graphed.frame_graph.replays == 3 and len(graphed.frame_graph._graphs) == 1
 
 
-def test_several_processes_are_refused():
+@pytest.mark.parametrize(
+    ("settings", "device", "match"),
+    [
+        (["train.find_unused_parameters=true"], "cpu", "needs a gradient for every trained parameter"),
+        (["train.sync_bn=true"], "cuda", "train.frame_graph with train.sync_bn"),
+    ],
+)
+def test_under_ddp_unused_parameters_and_sync_bn_are_refused(settings, device, match):
     from bevforge.train.distributed import DistInfo
     from bevforge.train.setup import wrap_model
 
-    cfg = load_config("bevformer_debug", ["train.frame_graph=true"])
-    two = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="train.frame_graph runs in one process"):
+    cfg = load_config("bevformer_debug", ["train.frame_graph=true", *settings])
+    two = DistInfo(
+        rank=0, world_size=2, local_rank=0, device=torch.device(device, 0 if device == "cuda" else None)
+    )
+    with pytest.raises(ConfigError, match=match):
         wrap_model(build_model(cfg), cfg, two, print)
+
+
+def test_ddp_steps_with_the_emulated_graphs_are_the_eager_ddp_steps(tmp_path):
+    """Two gloo processes (``frame_graph_ddp.py``), each on its own batches, train the debug model through
+    ``wrap_model`` and the Stepper eagerly and with the frame graph emulated as torch builds it: DDP's hooks
+    get the gradients from the backward "graph" and all-reduce them; both runs end with the same
+    parameters on both ranks."""
+    here = Path(__file__).resolve().parent
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
+    }
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here.parents[2] / "src"), str(here)]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(here / "frame_graph_ddp.py"),
+           str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for rank in ranks:
+        assert rank["graphed"]["replays"] == 3, "eager first step, then captured and replayed"
+        assert rank["graphed"]["losses"] == rank["eager"]["losses"]
+        for name, want in rank["eager"]["params"].items():
+            torch.testing.assert_close(rank["graphed"]["params"][name], want, rtol=0, atol=0, msg=name)
+    assert ranks[0]["eager"]["losses"] != ranks[1]["eager"]["losses"], "each rank trains on its own batches"
+    for name, want in ranks[0]["graphed"]["params"].items():  # the gradients were all-reduced
+        torch.testing.assert_close(ranks[1]["graphed"]["params"][name], want, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("with_seg", [False, True])
