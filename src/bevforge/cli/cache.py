@@ -7,6 +7,7 @@ instead of decoding JPEGs (set ``data.image_cache`` to the same folder).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 HELP = "build the pre-resized image cache"
@@ -17,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="", help="cache folder (default: data.image_cache)")
     p.add_argument("--splits", default="", help="comma-separated splits (default: train and val splits)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="samples decoded at once (default: this process's CPU cores)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,13 +35,19 @@ def run(args: argparse.Namespace) -> int:
         print("error: no cache folder: pass --out DIR or --set data.image_cache=DIR")
         return 2
     splits = [s for s in args.splits.split(",") if s] or [cfg.data.train_split, cfg.data.val_split]
+    if args.threads < 0:
+        print(f"error: --threads must be >= 0 (0: one per CPU core), got {args.threads}")
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = args.threads or cores
     for split in dict.fromkeys(splits):
         path = Path(cfg.data.info_dir) / f"infos_{split}.json"
         try:
             info = load_infos(path, expect_version=cfg.data.version)
             build_image_cache(
-                info.samples, cfg.data.data_root, cfg.data.cameras, cfg.data.img_scale, out, split
-            )
+                info.samples, cfg.data.data_root, cfg.data.cameras, cfg.data.img_scale, out, split,
+                threads=threads,
+            )  # fmt: skip
         except (InfoFormatError, ImageDecodeError, ValueError) as e:
             print(f"error: {e}")
             return 2

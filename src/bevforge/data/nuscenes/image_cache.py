@@ -7,8 +7,12 @@ Used by the dataset when ``cfg.data.image_cache`` is set; built by ``bevforge ca
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,25 +37,62 @@ def build_image_cache(
     cache_dir: str | Path,
     split: str,
     log: Callable[[str], None] = print,
+    threads: int = 1,
 ) -> Path:
-    """Decode + resize every camera image of ``samples`` into ``{cache_dir}/{split}.u8``."""
+    """Decode + resize every camera image of ``samples`` into ``{cache_dir}/{split}.u8``, ``threads``
+    samples at a time (JPEG decoding and resizing run outside the GIL).
+
+    Checked before anything is decoded: every camera has the first one's size, and the cache fits on its
+    disk (a memmap write to a full disk kills the process with SIGBUS, no Python error). The data file
+    appears only when complete (written to a temporary name first, removed if a read fails); its index
+    last."""
+    if not samples:
+        raise ImageCacheError(f"split {split!r} has no samples: nothing to cache")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     cam0 = samples[0]["cams"][cameras[0]]
     w, h = target_size(cam0["width"], cam0["height"], img_scale)
-    data_path = cache_dir / f"{split}.u8"
-    tmp = cache_dir / f".{split}.u8.tmp"
-    mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(samples), len(cameras), h, w, 3))
-    for i, s in enumerate(samples):
-        for j, cam in enumerate(cameras):
+    for s in samples:
+        for cam in cameras:
             c = s["cams"][cam]
             if target_size(c["width"], c["height"], img_scale) != (w, h):
                 raise ImageCacheError(
-                    f"{c['path']}: camera size differs from the first image; cache needs one size"
+                    f"{c['path']}: {c['width']}x{c['height']} differs from the first image "
+                    f"({cam0['width']}x{cam0['height']}); the cache needs one camera size (train without "
+                    "data.image_cache)"
                 )
-            mm[i, j] = read_image(Path(data_root) / c["path"], (w, h))
-        if (i + 1) % 500 == 0:
-            log(f"  cached {i + 1}/{len(samples)} samples")
+    shape = (len(samples), len(cameras), h, w, 3)
+    data_path = cache_dir / f"{split}.u8"
+    tmp = cache_dir / f".{split}.u8.tmp"
+    need = int(np.prod(shape))
+    free = shutil.disk_usage(cache_dir).free + (tmp.stat().st_size if tmp.exists() else 0)
+    if need > free:
+        raise ImageCacheError(
+            f"{cache_dir}: the {split} cache needs {need / 2**30:.1f} GiB ({len(samples)} samples x "
+            f"{len(cameras)} cameras x {w}x{h}), {free / 2**30:.1f} GiB free there; pass --out DIR on a "
+            "larger disk, or cache fewer splits (--splits)"
+        )
+    mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+
+    def write(out: np.memmap, i: int) -> None:
+        for j, cam in enumerate(cameras):
+            out[i, j] = read_image(Path(data_root) / samples[i]["cams"][cam]["path"], (w, h))
+
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bevforge-cache")
+    try:
+        rows = pool.map(functools.partial(write, mm), range(len(samples)))
+        for done, _ in enumerate(rows, start=1):  # in sample order: a failed read raises here
+            if done % 500 == 0 or done == len(samples):
+                rate = done / max(time.perf_counter() - start, 1e-9)
+                eta = (len(samples) - done) / rate
+                log(f"  cached {done}/{len(samples)} samples ({rate:.1f}/s, {eta / 60:.1f} min left)")
+    except BaseException:  # a bad image or Ctrl-C: the queued reads dropped, the partial file removed
+        pool.shutdown(wait=True, cancel_futures=True)
+        del mm
+        tmp.unlink(missing_ok=True)
+        raise
+    pool.shutdown()
     mm.flush()
     del mm
     tmp.replace(data_path)
@@ -61,7 +102,7 @@ def build_image_cache(
         "split": split,
         "img_scale": img_scale,
         "cameras": list(cameras),
-        "shape": [len(samples), len(cameras), h, w, 3],
+        "shape": list(shape),
         "tokens": [s["token"] for s in samples],
     }
     atomic_write_json(cache_dir / f"{split}.json", index)
