@@ -190,6 +190,7 @@ def wrap_model(
     if not dist_info.distributed:
         return model
     find_unused = cfg.train.find_unused_parameters
+    unused: list[str] = []  # this rank's probe: parameters without a gradient
     if not find_unused and probe is not None:
         unused = probe(model)
         flag = torch.tensor([1 if unused else 0], device=dist_info.device)
@@ -204,8 +205,8 @@ def wrap_model(
         raise ConfigError(
             "train.frame_graph under DDP needs a gradient for every trained parameter: a graphed backward "
             "hands all gradients over at once, past DDP's search for unused parameters "
-            "(find_unused_parameters). Freeze the parameters that get none (requires_grad=False) or set "
-            "train.frame_graph=false"
+            f"(find_unused_parameters{f', e.g. {unused[0]}' if unused else ''}). Freeze the "
+            "parameters that get none (requires_grad=False) or set train.frame_graph=false"
         )
     if cfg.train.sync_bn:
         if dist_info.device.type == "cuda":
