@@ -1,4 +1,6 @@
-"""``torch.cuda.make_graphed_callables`` as torch builds it, on the CPU.
+"""The CUDA graph captures faked on the CPU: ``torch.cuda.make_graphed_callables`` as torch builds it (the
+frame graph), and ``GraphHolder._record`` re-running into its buffers (:func:`record_by_rerunning`: the
+history graph, inference frames).
 
 What a graphed module is to autograd on a GPU, kept here: one ``autograd.Function`` over the flattened user
 inputs and the module's parameters; its forward copies new inputs into the captured input buffers and
@@ -135,3 +137,16 @@ def emulate_make_graphed_callables(monkeypatch: Any, fail: BaseException | None 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", fake_pool)
     return calls
+
+
+def record_by_rerunning(holder: Any, run: Callable[[], Any]) -> tuple[Any, Any]:
+    """``GraphHolder._record`` on the CPU (the no-grad captures: the history pass, inference frames): the
+    capture's run makes the output buffers; a replay re-runs ``run`` and copies its results into them."""
+    buffers = run()
+
+    class Replay:
+        def replay(self) -> None:
+            for buf, new in zip(tree_leaves(buffers), tree_leaves(run()), strict=True):
+                buf.copy_(new)
+
+    return Replay(), buffers

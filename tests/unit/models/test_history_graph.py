@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graph_fakes import record_by_rerunning
 from test_bevformer_forward import debug_model, random_batch
 
 from bevforge.config import ConfigError, load_config
@@ -92,13 +93,7 @@ def test_capture_and_replays_emulated_on_the_cpu(monkeypatch):
 
     def record(self, run):
         records.append(1)
-        buffer = run()
-
-        class Replay:
-            def replay(self):
-                buffer.copy_(run())
-
-        return Replay(), buffer
+        return record_by_rerunning(self, run)
 
     monkeypatch.setattr(HistoryGraph, "_replayable", staticmethod(lambda inputs: True))
     monkeypatch.setattr(HistoryGraph, "_record", record)

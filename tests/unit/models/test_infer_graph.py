@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from graph_fakes import record_by_rerunning
 from test_bevformer_forward import debug_model, random_batch
 
 from bevforge.config import load_config
@@ -122,18 +123,7 @@ def test_capture_and_replays_emulated_on_the_cpu(monkeypatch):
     """The holder's orchestration with the CUDA graph emulated (a replay re-runs the captured function
     into the captured buffers): eager first frame, capture, replays that copy each frame's tensors in;
     the same predictions and states as eager frames over scene starts and padding frames."""
-
-    def record(self, run):
-        buffers = run()
-
-        class Replay:
-            def replay(self):
-                for key, value in run().items():
-                    buffers[key].copy_(value)
-
-        return Replay(), buffers
-
-    model, graphed, frames = _emulated_on_the_cpu(record, monkeypatch)
+    model, graphed, frames = _emulated_on_the_cpu(record_by_rerunning, monkeypatch)
     want, got = _run(model, frames), _run(graphed, frames)  # eager, eager (learns), capture, 2 replays
     _assert_the_same_frames(got, want)
     assert graphed.infer_graph.replays == 3 and len(graphed.infer_graph._graphs) == 1
