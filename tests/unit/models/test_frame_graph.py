@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from graph_fakes import emulate_make_graphed_callables
+from graph_fakes import emulate_make_graphed_callables, record_by_rerunning
 from test_bevformer_forward import debug_model, random_batch
 
 from bevforge.config import ConfigError, load_config
@@ -274,17 +274,23 @@ class _SquaredPredictions(torch.nn.Module):
         return {"loss": sum(v.square().mean() for k, v in preds.items() if k != "bev")}
 
 
-def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(monkeypatch):
+@pytest.mark.parametrize("history_graph", [False, True], ids=["frame", "history+frame"])
+def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(history_graph, monkeypatch):
     """The Stepper's forward/backward, clipping (in place, on the graph's gradient buffers), AdamW and
-    ``zero_grad`` around emulated replays: the parameters move as the eager model's, step after step."""
+    ``zero_grad`` around emulated replays (the frame graph's, and the history graph's feeding it): the
+    parameters move as the eager model's, step after step."""
+    from bevforge.models.history_graph import HistoryGraph
     from bevforge.train.optim import build_optimizer, build_scheduler
     from bevforge.train.step import Stepper
 
     _emulate_capture_on_the_cpu(monkeypatch)
+    monkeypatch.setattr(HistoryGraph, "_replayable", staticmethod(lambda inputs: True))
+    monkeypatch.setattr(HistoryGraph, "_record", record_by_rerunning)
     torch.manual_seed(0)
     model = debug_model().train()
     other = copy.deepcopy(model)
     other.frame_graph = FrameGraph()
+    other.history_graph = HistoryGraph() if history_graph else None
     cfg = load_config("bevformer_debug")
     steppers = []
     for m in (model, other):
@@ -307,3 +313,4 @@ def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(monkeypatch)
             for a, b in zip(model.buffers(), other.buffers(), strict=True):
                 b.copy_(a)
     assert other.frame_graph.replays == 4  # every step after the eager first
+    assert other.history_graph is None or other.history_graph.replays == 5  # captured at the first
