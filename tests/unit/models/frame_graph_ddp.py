@@ -28,6 +28,8 @@ STEPS = 4
 
 
 class SquaredPredictions(torch.nn.Module):
+    """A criterion of the Stepper's signature that reads every prediction."""
+
     def forward(self, preds, gt_boxes, gt_labels, seg_target):
         return {"loss": sum(v.square().mean() for k, v in preds.items() if k != "bev")}
 

@@ -150,3 +150,16 @@ def record_by_rerunning(holder: Any, run: Callable[[], Any]) -> tuple[Any, Any]:
                 buf.copy_(new)
 
     return Replay(), buffers
+
+
+def emulate_training_graphs(monkeypatch: Any, fail: BaseException | None = None) -> list[tuple]:
+    """Both training graphs on the CPU: every training frame replayable, ``FrameGraph``'s capture by
+    :func:`make_graphed_callables_on_the_cpu` (raising ``fail`` after its warm-up when given) and
+    ``HistoryGraph``'s by :func:`record_by_rerunning`. Returns the frame captures' calls."""
+    from bevforge.models.frame_graph import FrameGraph
+    from bevforge.models.history_graph import HistoryGraph
+
+    monkeypatch.setattr(FrameGraph, "_replayable", staticmethod(lambda tensors, model: model.training))
+    monkeypatch.setattr(HistoryGraph, "_replayable", staticmethod(lambda inputs: True))
+    monkeypatch.setattr(HistoryGraph, "_record", record_by_rerunning)
+    return emulate_make_graphed_callables(monkeypatch, fail=fail)

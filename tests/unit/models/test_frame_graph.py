@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from graph_fakes import emulate_make_graphed_callables, record_by_rerunning
+from frame_graph_ddp import SquaredPredictions
+from graph_fakes import emulate_training_graphs
 from test_bevformer_forward import debug_model, random_batch
 
 from bevforge.config import ConfigError, load_config
@@ -215,13 +216,11 @@ def test_graphed_frames_are_not_projected_beforehand(history_graph, monkeypatch)
 
 
 def _emulate_capture_on_the_cpu(monkeypatch, fail: bool = False) -> list:
-    """The frame graph's CUDA parts faked on the CPU: every training frame replayable and
-    ``make_graphed_callables`` built as torch builds it (``graph_fakes``: one autograd Function, the
-    captured output and gradient buffers rewritten at each "replay"), or raising after its warm-up when
-    ``fail``. Returns its calls."""
-    monkeypatch.setattr(FrameGraph, "_replayable", staticmethod(lambda tensors, model: model.training))
+    """The training graphs faked on the CPU (``graph_fakes.emulate_training_graphs``: the frame's capture
+    built as torch builds it, one autograd Function, the captured output and gradient buffers rewritten at
+    each "replay"), the frame's raising after its warm-up when ``fail``. Returns its calls."""
     error = RuntimeError("operation not permitted when stream is capturing") if fail else None
-    return emulate_make_graphed_callables(monkeypatch, fail=error)
+    return emulate_training_graphs(monkeypatch, fail=error)
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
@@ -267,13 +266,6 @@ def test_capture_and_replays_emulated_on_the_cpu(fail, monkeypatch):
     assert (holder.replays, len(holder._graphs), len(holder._failed)) == ((0, 0, 1) if fail else (3, 1, 0))
 
 
-class _SquaredPredictions(torch.nn.Module):
-    """A criterion of the Stepper's signature that reads every prediction."""
-
-    def forward(self, preds, gt_boxes, gt_labels, seg_target):
-        return {"loss": sum(v.square().mean() for k, v in preds.items() if k != "bev")}
-
-
 @pytest.mark.parametrize("history_graph", [False, True], ids=["frame", "history+frame"])
 def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(history_graph, monkeypatch):
     """The Stepper's forward/backward, clipping (in place, on the graph's gradient buffers), AdamW and
@@ -284,8 +276,6 @@ def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(history_grap
     from bevforge.train.step import Stepper
 
     _emulate_capture_on_the_cpu(monkeypatch)
-    monkeypatch.setattr(HistoryGraph, "_replayable", staticmethod(lambda inputs: True))
-    monkeypatch.setattr(HistoryGraph, "_record", record_by_rerunning)
     torch.manual_seed(0)
     model = debug_model().train()
     other = copy.deepcopy(model)
@@ -296,7 +286,7 @@ def test_trainer_steps_with_the_emulated_graphs_are_the_eager_steps(history_grap
     for m in (model, other):
         optimizer = build_optimizer(m, cfg.train, torch.device("cpu"), lr=1e-3)
         scheduler = build_scheduler(optimizer, cfg.train, 10)
-        steppers.append(Stepper(m, _SquaredPredictions(), optimizer, scheduler, device=torch.device("cpu"),
+        steppers.append(Stepper(m, SquaredPredictions(), optimizer, scheduler, device=torch.device("cpu"),
                                 amp="off", grad_clip=0.05, accum_steps=1, max_nan_steps=3))  # fmt: skip
     for seed in (1, 2, 3, 4, 5):
         batch = random_batch(SCENES, VALID)

@@ -80,17 +80,12 @@ def test_bench_train_with_both_graphs_emulated_replays_them(monkeypatch) -> None
     the CUDA graphs emulated on the CPU (the history pass re-run into its captured buffer, the frame as
     make_graphed_callables builds it): the steps run through the graphs and the row says they replayed."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "models"))
-    from graph_fakes import emulate_make_graphed_callables, record_by_rerunning
+    from graph_fakes import emulate_training_graphs
 
     from bevforge.bench.train import FakeLoader
     from bevforge.config import load_config
-    from bevforge.models.frame_graph import FrameGraph
-    from bevforge.models.history_graph import HistoryGraph
 
-    monkeypatch.setattr(HistoryGraph, "_replayable", staticmethod(lambda inputs: True))
-    monkeypatch.setattr(HistoryGraph, "_record", record_by_rerunning)
-    monkeypatch.setattr(FrameGraph, "_replayable", staticmethod(lambda tensors, model: model.training))
-    calls = emulate_make_graphed_callables(monkeypatch)
+    calls = emulate_training_graphs(monkeypatch)
     cfg = load_config("bevformer_debug", ["train.history_graph=true", "train.frame_graph=true"])
     res = benchmark(cfg, warmup=2, iters=2, loader=FakeLoader(cfg, num=2))
     assert res["graphs"] == ["history graph", "frame graph"], res["graphs"]  # no NOT REPLAYED, no FELL BACK
