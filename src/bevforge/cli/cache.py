@@ -7,7 +7,6 @@ instead of decoding JPEGs (set ``data.image_cache`` to the same folder).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 HELP = "build the pre-resized image cache"
@@ -26,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bevforge.config import load_config
     from bevforge.data.image_io import ImageDecodeError
+    from bevforge.data.nuscenes.decode_pool import usable_cores
     from bevforge.data.nuscenes.image_cache import build_image_cache
     from bevforge.data.nuscenes.infos import InfoFormatError, load_infos
 
@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         print(f"error: --threads must be >= 0 (0: one per CPU core), got {args.threads}")
         return 2
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = args.threads or cores
+    threads = args.threads or usable_cores()
     for split in dict.fromkeys(splits):
         path = Path(cfg.data.info_dir) / f"infos_{split}.json"
         try:

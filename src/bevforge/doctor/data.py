@@ -123,9 +123,9 @@ def loader_advice(cores: int, gpus: int, workers: int, threads: int) -> str | No
 
 def _check_loader(report: DoctorReport, cfg: Any) -> None:
     """The loader's decoding parallelism against this machine's cores and GPUs."""
-    import os
+    from bevforge.data.nuscenes.decode_pool import usable_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
     d = cfg.data
     advice = loader_advice(cores, gpus, d.num_workers, d.decode_threads)

@@ -33,7 +33,9 @@ def cpu_thread_advice(
         return None
     threads = torch.get_num_threads() if threads is None else threads
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        from bevforge.data.nuscenes.decode_pool import usable_cores
+
+        cores = usable_cores()
     if load is None:
         try:
             load = os.getloadavg()[0]

@@ -17,6 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class DecodePool:
     """``threads`` reader threads per process (0 or 1: none, the reads run where they are asked for)."""
 
@@ -46,4 +51,4 @@ class DecodePool:
         return {key: self._pool.submit(read, *args) for key, args in jobs.items()}
 
 
-__all__ = ["DecodePool"]
+__all__ = ["DecodePool", "usable_cores"]
