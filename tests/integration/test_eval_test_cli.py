@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from bevforge.cli.main import main as cli_main
+from bevforge.doctor.smoke import free_port
 
 OVERRIDES = ["data.num_workers=0"]
 
@@ -57,9 +57,7 @@ def test_eval_test_cli_one_vs_two_processes(setup):
     assert set(_results(out1)) == {s["token"] for s in infos}  # every sample, nothing else
     assert len({s["scene_token"] for s in infos}) == 2  # two scenes -> one per rank below
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     out2 = root / "two" / "results_nusc.json"

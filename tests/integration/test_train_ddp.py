@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from bevforge.doctor.smoke import free_port
 from bevforge.train.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "unit" / "train" / "train_standin.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**kw: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PORT=str(_free_port()), **kw)
+    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", PORT=str(free_port()), **kw)
     return env
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from bevforge.doctor.smoke import free_port
 
 GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "golden_loss_debug.json"
 RTOL = 5e-3
@@ -71,16 +72,10 @@ def test_golden_loss_curve_of_debug_recipe(tiny_data, tmp_path, images_on_device
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_debug_recipe_via_launcher(tiny_data, tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(DATA_PATH=str(tiny_data), CONFIG="bevformer_debug", GPUS="2", WORK_DIR=str(tmp_path),
-               PORT=str(_free_port()), OMP_NUM_THREADS="1")  # fmt: skip
+               PORT=str(free_port()), OMP_NUM_THREADS="1")  # fmt: skip
     cmd = [sys.executable, "-m", "bevforge.cli.main", "launch", "--", "--max-iters", "2", "--no-progress",
            "--set", *TOY]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

@@ -46,7 +46,8 @@ def _check_matmul(report: DoctorReport) -> None:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback free right now (for a rendezvous; the tests' torchrun launches too)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -82,7 +83,7 @@ def allreduce_smoke(backend: str = "nccl", world_size: int = 2, timeout_s: float
 
     import torch.multiprocessing as mp
 
-    port = _free_port()
+    port = free_port()
     ctx = mp.spawn(
         _allreduce_worker, args=(world_size, port, backend, timeout_s), nprocs=world_size, join=False
     )

@@ -9,7 +9,6 @@ import contextlib
 import copy
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from graph_fakes import emulate_training_graphs
 from test_bevformer_forward import debug_model, random_batch
 
 from bevforge.config import ConfigError, load_config
+from bevforge.doctor.smoke import free_port
 from bevforge.models.build import build_model
 from bevforge.models.frame_graph import FrameGraph
 from bevforge.train.setup import apply_speed_options
@@ -165,9 +165,7 @@ def test_ddp_steps_with_the_emulated_graphs_are_the_eager_ddp_steps(tmp_path):
         k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")
     }
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here.parents[2] / "src"), str(here)]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(port), str(here / "frame_graph_ddp.py"),
            str(tmp_path)]  # fmt: skip
