@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -323,12 +324,12 @@ def run(args: argparse.Namespace) -> int:
     from bevforge.config import ConfigError, load_config
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available; pass --device cpu")
+        print("error: --device cuda but CUDA is not available; pass --device cpu", file=sys.stderr)
         return 2
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        print(f"error: --modes {unknown} unknown; choose from {', '.join(MODES)}")
+        print(f"error: --modes {unknown} unknown; choose from {', '.join(MODES)}", file=sys.stderr)
         return 2
     try:
         cfg = load_config(args.config, args.overrides)
@@ -339,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
         with inference_backends(cfg.train):  # as `bevforge test` runs the recipe
             rows = bench_modes(cfg, args.ckpt, modes, args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 2
     m = cfg.model
     table = format_table(rows)

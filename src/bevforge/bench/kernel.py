@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -437,7 +438,10 @@ def run_dcn(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available; use --device cpu (reference only)")
+        print(
+            "error: --device cuda but CUDA is not available; use --device cpu (reference only)",
+            file=sys.stderr,
+        )
         return 2
     if args.shape in BEV_POOL_SHAPES:
         return run_bev_pool(args)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 HELP = "benchmarks: train, infer, data, kernel, eval"
 KINDS = ("train", "infer", "data", "kernel", "eval")
@@ -27,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "_import_error", None):
-        print(f"error: the {args.kind} benchmark could not be imported: {args._import_error}")
+        print(
+            f"error: the {args.kind} benchmark could not be imported: {args._import_error}", file=sys.stderr
+        )
         return 2
     return int(importlib.import_module(f"bevforge.bench.{args.kind}").run(args) or 0)

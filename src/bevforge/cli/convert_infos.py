@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "convert official BEVFormer / mmdet3d info pickles"
 
@@ -21,20 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bevforge.data.nuscenes.convert import InfoConvertError, convert_infos
-    from bevforge.data.nuscenes.infos import InfoFormatError, save_infos
+    from bevforge.data.nuscenes.convert import convert_infos
+    from bevforge.data.nuscenes.infos import save_infos
 
     try:
         w, h = (int(v) for v in args.image_size.split(","))
     except ValueError:
-        print(f"error: --image-size expects W,H (e.g. 1600,900), got {args.image_size!r}")
+        print(f"error: --image-size expects W,H (e.g. 1600,900), got {args.image_size!r}", file=sys.stderr)
         return 2
-    try:
-        info = convert_infos(args.input, args.layout, (w, h), args.scene_gap_s)
-        path = save_infos(info, args.out)
-    except (InfoConvertError, InfoFormatError) as e:
-        print(f"error: {e}")
-        return 2
+    # InfoConvertError / InfoFormatError (InputErrors): one error line from cli/main.py
+    info = convert_infos(args.input, args.layout, (w, h), args.scene_gap_s)
+    path = save_infos(info, args.out)
     n_scenes = len({s["scene_token"] for s in info.samples})
     print(f"wrote {path} ({len(info.samples)} samples, {n_scenes} scenes, split {info.split!r})")
     return 0

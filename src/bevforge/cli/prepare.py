@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "write versioned info files for a nuScenes-format dataset"
 
@@ -23,10 +24,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         written = create_infos(args.data_root, args.version, args.out, can_bus_root=args.can_bus_root or None)
-    except (DatasetError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}")
+    except (DatasetError, FileNotFoundError, ValueError) as e:  # the devkit's own (a table's bad JSON...)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not written:
-        print(f"error: no split of {args.version} has scenes in {args.data_root}; nothing written")
+        print(
+            f"error: no split of {args.version} has scenes in {args.data_root}; nothing written",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -36,17 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bevforge.data.synthetic import generate
 
-    try:
-        generate(
-            args.out,
-            num_scenes=args.scenes,
-            samples_per_scene=args.samples_per_scene,
-            seed=args.seed,
-            image_wh=args.size,
-            version=args.version,
-            workers=args.workers or None,
-        )
-    except ValueError as e:
-        print(f"error: {e}")
-        return 2
+    generate(  # SynthSettingsError (an InputError): one error line from cli/main.py
+        args.out,
+        num_scenes=args.scenes,
+        samples_per_scene=args.samples_per_scene,
+        seed=args.seed,
+        image_wh=args.size,
+        version=args.version,
+        workers=args.workers or None,
+    )
     return 0

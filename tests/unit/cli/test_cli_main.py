@@ -90,3 +90,35 @@ def test_the_input_errors_are_one_kind_and_keep_their_old_bases():
     assert issubclass(ImageDecodeError, InputError) and issubclass(ImageDecodeError, OSError)
     assert issubclass(MissingImageError, FileNotFoundError) and issubclass(MissingImageError, InputError)
     assert pipeline.CheckpointError is checkpoint.CheckpointError  # one class for both loaders
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["synth", "--out", "{tmp}/synth", "--scenes", "0"], ["--scenes", ">= 1"]),
+        (["synth", "--out", "{tmp}/synth", "--samples-per-scene", "1"], ["--samples-per-scene"]),
+        (["convert-infos", "{tmp}/nope.pkl", "--out", "{tmp}/i.json"], ["{tmp}/nope.pkl", "file not found"]),
+        (["convert-infos", "{tmp}/nope.pkl", "--out", "{tmp}/i.json", "--image-size", "16"], ["W,H"]),
+        (["prepare", "--data-root", "{tmp}", "--out", "{tmp}/infos"], ["{tmp}/v1.0-mini", "--data-root"]),
+        (
+            ["cache", "bevformer_debug", "--out", "{tmp}/c", "--set", "data.info_dir={tmp}/infos"],
+            ["{tmp}/infos/infos_train.json", "bevforge prepare"],
+        ),
+        (["cache", "bevformer_debug", "--out", "{tmp}/c", "--threads", "-1"], ["--threads"]),
+        (["bench", "kernel", "--device", "cuda"], ["CUDA is not available"]),
+        (["bench", "infer", "bevformer_debug", "--device", "cuda"], ["CUDA is not available"]),
+    ],
+)
+def test_every_command_reports_bad_input_on_stderr_with_status_2(argv, names, tmp_path, capsys):
+    if "cuda" in argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert "error" not in out, out  # stdout stays clean for scripts that parse it
+    for name in names:
+        assert name.replace("{tmp}", str(tmp_path)) in err, (name, err)

@@ -42,7 +42,7 @@ def test_synth_scene_names_follow_devkit_splits():
     assert set(train) <= set(splits["train"]) and set(val) <= set(splits["val"])
     with pytest.raises(ValueError, match="v1.0-trainval"):
         scene_names("v1.0-mini", 11)
-    with pytest.raises(ValueError, match="version must be one of"):
+    with pytest.raises(ValueError, match=r"version \(--version\) must be one of"):
         scene_names("v1.0-test", 2)
 
 
@@ -70,4 +70,4 @@ def test_synth_cli_writes_a_trainval_dataset(tmp_path, capsys):
     assert [s["name"] for s in scenes] == ["scene-0001", "scene-0003"]
     assert "wrote 2 scenes" in capsys.readouterr().out
     assert main(["synth", "--out", str(out), "--scenes", "20"]) == 2  # mini has only 10 scene names
-    assert "v1.0-trainval" in capsys.readouterr().out
+    assert "v1.0-trainval" in capsys.readouterr().err

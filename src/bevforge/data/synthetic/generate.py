@@ -29,6 +29,7 @@ from bevforge.data.synthetic.maps import MAP_TOKENS, write_expansion, write_mask
 from bevforge.data.synthetic.rig import all_calibs
 from bevforge.data.synthetic.scene import SceneJob, generate_scene
 from bevforge.data.synthetic.tokens import shared_token
+from bevforge.errors import InputError
 from bevforge.io import atomic_write_text
 
 VERSIONS = ("v1.0-mini", "v1.0-trainval")
@@ -38,6 +39,12 @@ LOCATIONS: tuple[tuple[str, str, str], ...] = (
     ("singapore-onenorth", "n015", "+0800"),
     ("boston-seaport", "n008", "-0400"),
 )
+
+
+class SynthSettingsError(InputError, ValueError):
+    """A generator setting out of range (scene count, frames per scene, image size, version)."""
+
+
 _CAN_BLACKLIST = set(range(161, 169)) | set(range(170, 177)) | set(range(309, 315))
 _START = dt.datetime(2018, 7, 24, 11, 22, 45, tzinfo=dt.timezone(dt.timedelta(hours=8)))
 _SCENE_GAP_S = 60
@@ -47,9 +54,9 @@ def scene_names(version: str, num_scenes: int) -> tuple[list[str], list[str]]:
     """(train names, val names) from the devkit's official lists: mini_train/mini_val for v1.0-mini,
     train/val for v1.0-trainval; about 20 % val, at least one of each when num_scenes >= 2."""
     if version not in VERSIONS:
-        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+        raise SynthSettingsError(f"version (--version) must be one of {VERSIONS}, got {version!r}")
     if num_scenes < 1:
-        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+        raise SynthSettingsError(f"num_scenes (--scenes) must be >= 1, got {num_scenes}")
     splits = create_splits_scenes()
     train_key, val_key = ("mini_train", "mini_val") if version == "v1.0-mini" else ("train", "val")
 
@@ -60,7 +67,7 @@ def scene_names(version: str, num_scenes: int) -> tuple[list[str], list[str]]:
     n_val = 0 if num_scenes == 1 else max(1, round(0.2 * num_scenes))
     n_train = num_scenes - n_val
     if n_train > len(train_all) or n_val > len(val_all):
-        raise ValueError(
+        raise SynthSettingsError(
             f"{version} has only {len(train_all)} train + {len(val_all)} val scene names; asked for "
             f"{num_scenes} scenes ({n_train} train + {n_val} val). Use --version v1.0-trainval for more."
         )
@@ -102,10 +109,12 @@ def generate(
     :func:`scene_names`), so the devkit's own splits (mini_train/mini_val or train/val) work.
     """
     if samples_per_scene < 2:
-        raise ValueError(f"samples_per_scene must be >= 2, got {samples_per_scene}")
+        raise SynthSettingsError(
+            f"samples_per_scene (--samples-per-scene) must be >= 2, got {samples_per_scene}"
+        )
     w, h = int(image_wh[0]), int(image_wh[1])
     if w < 16 or h < 16:
-        raise ValueError(f"image_wh must be at least 16x16 pixels, got {image_wh}")
+        raise SynthSettingsError(f"image_wh (--size) must be at least 16x16 pixels, got {image_wh}")
     train, val = scene_names(version, num_scenes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
