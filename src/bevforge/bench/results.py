@@ -13,18 +13,34 @@ import torch
 
 from bevforge.io import atomic_write_text
 
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../src/bevforge
 
-def git_commit() -> str:
-    """Short commit of the working tree (``BEVFORGE_COMMIT`` wins: machines without git/.git)."""
+
+def _git(repo_dir: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit(package_dir: Path = _PACKAGE_DIR) -> str:
+    """The commit of the bevforge source that ran: ``BEVFORGE_COMMIT`` wins (a snapshot without .git);
+    else git's short HEAD of the checkout holding ``src/bevforge``, ``-dirty`` when tracked files under
+    ``src/`` or ``configs/`` differ from it (the results files that benchmarks append to do not count);
+    else (an installed package, not a checkout) ``bevforge <version>``. Never the commit of whatever
+    repository the command was started in."""
     if os.environ.get("BEVFORGE_COMMIT"):
         return os.environ["BEVFORGE_COMMIT"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    top = _git(package_dir, "rev-parse", "--show-toplevel")
+    if top and (Path(top) / "src" / "bevforge").resolve() == package_dir.resolve():
+        sha = _git(package_dir, "rev-parse", "--short", "HEAD")
+        if sha:
+            changed = _git(Path(top), "status", "--porcelain", "--untracked-files=no", "--", "src", "configs")
+            return sha + ("-dirty" if changed else "")
+    from bevforge import __version__
+
+    return f"bevforge {__version__}"
 
 
 def device_name(device: str) -> str:
