@@ -22,7 +22,8 @@
 # batch (tiny training at batch 4 and 8, base at 2 with gradient checkpointing), data (a synthetic
 # 1600x900 set made on the box: the loader and tiny training on real batches, data share), profile
 # (benchmarks/profile_parts.py on base), bevdet (BEVDet-R50 training + inference), tiny (tiny training +
-# inference eager/ORT), compile (torch.compile inference + training, graph breaks, compile-parity tests).
+# inference eager/ORT), compile (torch.compile inference + training, graph breaks, compile-parity tests),
+# doctor (`bevforge doctor`: its smoke test of every kernel against its reference, as a user first sees it).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -81,7 +82,7 @@ skip() {
 }
 
 can_import() { [ "$DRY_RUN" = 1 ] || "$PY" -c "import $1" >/dev/null 2>&1; }
-STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,sca,batch,data,profile,bevdet,tiny,compile},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,dcn,syncs,bench-kernel,base,sca,batch,data,profile,bevdet,tiny,compile,doctor},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 
 step env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
@@ -115,6 +116,15 @@ elif can_import pytest; then
 else
   step kernel-cases-cuda "$PY" tests/kernels/msda_kernel_cases.py --device cuda
   step kernel-cases-cuda-bev-pool "$PY" tests/kernels/bev_pool_kernel_cases.py --device cuda
+fi
+
+if ! want doctor; then
+  :
+elif [ $HAVE_CUDA = 0 ]; then
+  skip doctor-cuda "no CUDA device"
+else
+  # every kernel forward + backward against its reference at small shapes (fp32, bf16), in a child process
+  STEP_TIMEOUT=${DOCTOR_TIMEOUT:-240} step doctor-cuda "$PY" -m bevforge.cli.main doctor --no-nccl
 fi
 
 if ! want bench-kernel; then

@@ -18,6 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides"
     )
     p.add_argument("--no-nccl", action="store_true", help="skip the multi-GPU NCCL all-reduce smoke test")
+    p.add_argument(
+        "--no-kernels",
+        action="store_true",
+        help="skip the Triton kernels' smoke test (each kernel forward + backward against its reference on "
+        "the first GPU; compiles them, ~1 min the first time)",
+    )
 
 
 def _print_rich(report) -> None:  # noqa: ANN001 - DoctorReport, imported lazily
@@ -49,7 +55,9 @@ def _print_plain(report) -> None:  # noqa: ANN001
 def run(args: argparse.Namespace) -> int:
     from bevforge.doctor import run_checks
 
-    report = run_checks(config=args.config, nccl=not args.no_nccl, overrides=args.overrides)
+    report = run_checks(
+        config=args.config, nccl=not args.no_nccl, overrides=args.overrides, kernels=not args.no_kernels
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif sys.stdout.isatty():

@@ -7,7 +7,8 @@ Every check returns a :class:`Check` with a status ``ok`` / ``warn`` / ``fail`` 
 Library only: :func:`run_checks` returns a :class:`DoctorReport`; ``cli/doctor.py`` prints it.
 
 Layout: ``report`` (statuses, :class:`Check`, :class:`DoctorReport`), ``env`` (versions, CUDA, GPUs,
-NVML), ``smoke`` (matmul and all-reduce smoke tests), ``data`` (recipe, data root, infos, checkpoints).
+NVML), ``smoke`` (matmul and all-reduce smoke tests), ``kernels`` (every Triton kernel against its reference,
+in a child process), ``data`` (recipe, data root, infos, checkpoints).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bevforge.doctor.env import (
     _check_torch,
     _check_triton,
 )
+from bevforge.doctor.kernels import KERNELS_TIMEOUT_S, _check_kernels
 from bevforge.doctor.report import FAIL, OK, WARN, Check, DoctorReport, GpuInfo
 from bevforge.doctor.smoke import (
     MATMUL_SIZE,
@@ -44,6 +46,7 @@ __all__ = [
     "Check",
     "DoctorReport",
     "GpuInfo",
+    "KERNELS_TIMEOUT_S",
     "allreduce_smoke",
     "matmul_smoke",
     "run_checks",
@@ -51,9 +54,13 @@ __all__ = [
 
 
 def run_checks(
-    config: str | None = None, nccl: bool = True, overrides: list[str] | None = None
+    config: str | None = None,
+    nccl: bool = True,
+    overrides: list[str] | None = None,
+    kernels: bool = True,
 ) -> DoctorReport:
-    """Run every check; ``config`` (recipe name or path, with ``overrides``) adds the data checks."""
+    """Run every check; ``config`` (recipe name or path, with ``overrides``) adds the data checks;
+    ``kernels``: the Triton kernels' smoke test against their references (a GPU, or TRITON_INTERPRET=1)."""
     report = DoctorReport()
     keys = ("os", "python", "torch", "torchvision", "cuda", "cudnn", "nccl", "triton", "nuscenes-devkit")
     report.versions = dict.fromkeys(keys)
@@ -67,6 +74,8 @@ def run_checks(
     _check_matmul(report)
     if nccl:
         _check_nccl_allreduce(report)
+    if kernels:
+        _check_kernels(report)
     _check_nuscenes(report)
     if config:
         _check_config(report, config, overrides)

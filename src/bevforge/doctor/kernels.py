@@ -1,0 +1,64 @@
+"""The doctor's kernel check: the smoke test of ``doctor/kernel_smoke.py`` in a child process, one check per
+kernel (a kernel that faults, hangs or computes wrong numbers fails its check; the doctor goes on)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from bevforge.doctor.report import FAIL, OK, WARN, Check, DoctorReport
+from bevforge.ops.dispatch import interpreting
+
+KERNELS_TIMEOUT_S = 300.0
+_FIX = (
+    "BEVFORGE_KERNELS=reference runs the pure-PyTorch paths (correct, slower); report the detail with "
+    "`bevforge doctor --json` (torch, Triton, driver versions)"
+)
+
+
+def _check_kernels(report: DoctorReport, only: str = "", timeout_s: float = KERNELS_TIMEOUT_S) -> None:
+    """The smoke test of every kernel in a child process, one check each (``kernel <name>``): on the first
+    GPU; on the CPU only under ``TRITON_INTERPRET=1`` (elsewhere the kernels are not used)."""
+    if report.gpus:
+        device = f"cuda:{report.gpus[0].index}"
+    elif interpreting():
+        device = "cpu"
+    else:
+        report.checks.append(
+            Check("kernels", OK, "no GPU: the pure-PyTorch references run, nothing to check")
+        )
+        return
+    cmd = [sys.executable, "-m", "bevforge.doctor.kernel_smoke", "--device", device]
+    if only:
+        cmd += ["--only", only]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stdout, stderr, rc = out, f"did not finish within {timeout_s:.0f} s (a kernel hangs?)", None
+    results = []
+    for line in stdout.splitlines():
+        try:
+            results.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a library's own print
+    statuses = {"ok": OK, "fail": FAIL, "skip": WARN}
+    for r in results:
+        status = statuses.get(r.get("status"), FAIL)
+        fix = {OK: "", WARN: "pip install triton (the version matching torch) for the fast kernels"}.get(
+            status, _FIX
+        )
+        report.checks.append(Check(f"kernel {r.get('name')}", status, str(r.get("detail", "")), fix))
+    if rc != 0:  # crashed (a fault takes the process), timed out, or refused its arguments
+        tail = (stderr or "").strip().splitlines()[-3:]
+        where = f"after {results[-1].get('name')}" if results else "before the first kernel"
+        report.checks.append(
+            Check(
+                "kernels",
+                FAIL,
+                f"the kernel smoke test stopped {where} (exit {rc}): {' | '.join(tail)}",
+                _FIX,
+            )
+        )
