@@ -52,6 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="instead of timing: torch._dynamo.explain graph breaks of the whole model and of each part",
     )
     p.add_argument(
+        "--busy-steps",
+        type=int,
+        default=2,
+        help="CUDA: steps after the timed ones under the profiler, for the GPU-busy share (0: skip)",
+    )
+    p.add_argument(
         "--fake-data",
         action="store_true",
         help="random batches of the recipe's shapes instead of the data loader (no dataset needed; "
@@ -164,8 +170,10 @@ def benchmark(
     model: nn.Module | None = None,
     criterion: nn.Module | None = None,
     loader: DataLoader | None = None,
+    busy_steps: int = 2,
 ) -> dict[str, Any]:
-    """Time ``iters`` training iterations after ``warmup``; returns the numbers."""
+    """Time ``iters`` training iterations after ``warmup``; returns the numbers. On CUDA, ``busy_steps``
+    more iterations under the profiler give the share of the time the GPU was busy (:func:`gpu_busy`)."""
     from bevforge.data.device_images import finish_images
     from bevforge.train.distributed import init_distributed
     from bevforge.train.optim import build_optimizer, build_scheduler
@@ -198,30 +206,88 @@ def benchmark(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     data_s, samples = 0.0, 0
-    t0 = time.perf_counter()
-    for _ in range(iters):
+
+    def step() -> None:
+        nonlocal data_s, samples
         t_data = time.perf_counter()
         batch = next(it)
         data_s += time.perf_counter() - t_data
         samples += batch.batch_size
         stepper.forward_backward(finish_images(batch.to(device), cfg.data))
         stepper.optimizer_step()
+
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
     sync()
     total = time.perf_counter() - t0
+    timed_samples, timed_data_s = samples, data_s  # the profiled steps below are not timed
     cuda = device.type == "cuda"
+    peak_alloc = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    peak_reserved = torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None
+    busy, busy_note = (None, "CPU") if not cuda else gpu_busy(step, busy_steps) if busy_steps else (None, "")
     return {
         "device": str(device),
         "amp": amp,
         "global_batch": (loader.batch_size or cfg.data.batch_size) * info.world_size,
-        "samples_per_s": samples * info.world_size / total,
+        "samples_per_s": timed_samples * info.world_size / total,
         "step_ms": 1000.0 * total / max(iters, 1),
-        "data_share": data_s / total if total > 0 else math.nan,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "data_share": timed_data_s / total if total > 0 else math.nan,
+        "peak_mem_gib": peak_alloc,
         # what the caching allocator held at most (what nvidia-smi shows, fragmentation included)
-        "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
+        "peak_reserved_gib": peak_reserved,
         "is_main": info.is_main,
         "graphs": graph_outcomes(unwrap(model)),
+        "gpu_busy": busy,
+        "gpu_busy_note": busy_note,
     }
+
+
+def busy_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals (overlapping kernels of several streams count
+    once)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+#: the profiler's device activities that are work (not the annotations and sync waits on the GPU timeline)
+_BUSY_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_busy(step: Any, steps: int) -> tuple[float | None, str]:
+    """The share of the wall time of ``steps`` calls of ``step`` in which the GPU ran anything (kernels,
+    copies, memsets of any stream, from the profiler's CUDA activity): near 100 % the step is GPU-bound,
+    well below it the GPU waits for the host (launches, syncs, data). (None, why) when the profiler
+    fails or records no device activity; the profiler's own host overhead makes a host-bound step look a
+    little less busy than it is."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+            wall_us = 1e6 * (time.perf_counter() - t0)
+        spans = [
+            (e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == DeviceType.CUDA
+            and (getattr(e, "activity_type", None) or "kernel") in _BUSY_ACTIVITIES
+            and e.time_range.end > e.time_range.start
+        ]
+    except Exception as e:  # a profiler that cannot start (CUPTI in use, missing): the row says why
+        return None, f"profiler failed: {type(e).__name__}: {str(e)[:80]}"
+    if not spans:
+        return None, "no GPU activity in the profile (CUPTI unavailable?)"
+    return min(busy_us(spans) / wall_us, 1.0), ""
 
 
 def graph_outcomes(model: nn.Module) -> list[str]:
@@ -307,14 +373,22 @@ def explain_graph_breaks(model: nn.Module, batch: Any, max_reasons: int = 4) -> 
     return rows
 
 
+def busy_cell(res: dict[str, Any]) -> str:
+    """The GPU-busy share of a result, or ``-`` with why it is missing (CPU, not measured, failed)."""
+    if res.get("gpu_busy") is not None:
+        return f"{100 * res['gpu_busy']:.0f}%"
+    note = res.get("gpu_busy_note", "")
+    return "-" if note in ("", "CPU") else f"- ({note})"
+
+
 def result_body(res: dict[str, Any] | list[dict[str, Any]], config: str) -> str:
     """The markdown table of one run or of several variants (``res["variant"]``; the section header
     comes from ``bevforge.bench.results``). The last column is the speed-up over the first row."""
     rows = res if isinstance(res, list) else [res]
     lines = [
-        "| recipe | amp | global batch | samples/s | step ms | data share | peak mem GiB (reserved) "
-        "| variant | vs first |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| recipe | amp | global batch | samples/s | step ms | data share | GPU busy "
+        "| peak mem GiB (reserved) | variant | vs first |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") is not None else "-"
@@ -323,8 +397,8 @@ def result_body(res: dict[str, Any] | list[dict[str, Any]], config: str) -> str:
         ratio = r["samples_per_s"] / rows[0]["samples_per_s"] if rows[0]["samples_per_s"] > 0 else math.nan
         lines.append(
             f"| {config} | {r['amp']} | {r['global_batch']} | {r['samples_per_s']:.2f} | "
-            f"{r['step_ms']:.1f} | {100 * r['data_share']:.0f}% | {mem} | {r.get('variant', 'eager')} | "
-            f"{ratio:.2f}x |"
+            f"{r['step_ms']:.1f} | {100 * r['data_share']:.0f}% | {busy_cell(r)} | {mem} | "
+            f"{r.get('variant', 'eager')} | {ratio:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -362,7 +436,9 @@ def run(args: argparse.Namespace) -> int:
         vcfg = copy.deepcopy(cfg)
         vcfg.train.channels_last, vcfg.train.compile = channels_last, mode
         loader = FakeLoader(vcfg) if args.fake_data else None
-        res = benchmark(vcfg, warmup=args.warmup, iters=args.iters, loader=loader)  # type: ignore[arg-type]
+        res = benchmark(  # type: ignore[arg-type]
+            vcfg, warmup=args.warmup, iters=args.iters, loader=loader, busy_steps=args.busy_steps
+        )
         labels = [label, *option_labels(vcfg, res["device"], res.get("graphs"))]
         res["variant"] = ", ".join(labels) + (" (fake data)" if args.fake_data else "")
         results.append(res)
@@ -372,7 +448,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(
             f"{device_name(res['device'])} [{label}]: {res['samples_per_s']:.2f} samples/s, "
-            f"{res['step_ms']:.1f} ms/step, data {100 * res['data_share']:.0f}% of the time, peak mem "
+            f"{res['step_ms']:.1f} ms/step, data {100 * res['data_share']:.0f}% of the time, GPU busy "
+            f"{busy_cell(res)}, peak mem "
             + (
                 f"{res['peak_mem_gib']:.2f} GiB ({res['peak_reserved_gib']:.2f} reserved)"
                 if res["peak_mem_gib"] is not None

@@ -29,6 +29,82 @@ def test_benchmark_numbers_and_results_section(tmp_path) -> None:
     # on CUDA the memory column shows the allocator's peak reserved bytes beside the allocated peak
     cuda_row = result_body({**res, "peak_mem_gib": 10.0, "peak_reserved_gib": 11.5}, "standin")
     assert "| 10.00 (11.50) |" in cuda_row and "peak mem GiB (reserved)" in cuda_row
+    # the GPU-busy column: "-" on the CPU, the share on CUDA, why where the profiler could not say
+    assert res["gpu_busy"] is None and "| GPU busy |" in text and "| - | - | eager | 1.00x |" in text
+    assert "| 73% | 10.00" in result_body({**res, "gpu_busy": 0.73, "peak_mem_gib": 10.0}, "standin")
+    failed = {**res, "gpu_busy_note": "profiler failed: RuntimeError: CUPTI"}
+    assert "| - (profiler failed: RuntimeError: CUPTI) |" in result_body(failed, "standin")
+
+
+def test_busy_time_is_the_union_of_the_device_intervals() -> None:
+    from bevforge.bench.train import busy_us
+
+    assert busy_us([]) == 0.0
+    assert busy_us([(0, 10), (20, 30)]) == 20.0
+    assert busy_us([(20, 30), (0, 10), (5, 12), (25, 26), (29, 40)]) == 32.0  # overlaps count once
+
+
+class _Range:
+    def __init__(self, start, end):
+        self.start, self.end = start, end
+
+
+class _Event:
+    def __init__(self, device_type, start, end, activity_type="kernel"):
+        self.device_type, self.time_range, self.activity_type = device_type, _Range(start, end), activity_type
+
+
+def test_gpu_busy_from_the_profilers_device_events(monkeypatch) -> None:
+    """What the profiler hands over on CUDA (host events, device events of two streams), faked: the busy
+    share is the union of the device events over the wall time; a failing profiler is said, not raised."""
+    from torch.autograd import DeviceType
+
+    from bevforge.bench import train as bench_train
+
+    clock = iter([100.0, 100.001])  # the two perf_counter reads around the steps: 1000 us of wall time
+    monkeypatch.setattr(bench_train.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    events = [
+        _Event(DeviceType.CPU, 0, 900),
+        _Event(DeviceType.CUDA, 0, 300),
+        _Event(DeviceType.CUDA, 200, 500),
+    ]
+    events.append(_Event(DeviceType.CUDA, 700, 700))  # an empty span (an instant marker)
+    events.append(_Event(DeviceType.CUDA, 600, 650, "gpu_memcpy"))  # a copy is work too
+    events.append(_Event(DeviceType.CUDA, 0, 1000, "gpu_user_annotation"))  # a range marker is not
+
+    class FakeProfile:
+        def __init__(self, activities):
+            assert activities == [torch.profiler.ProfilerActivity.CUDA]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return events
+
+    monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
+    calls = []
+    busy, note = bench_train.gpu_busy(lambda: calls.append(1), steps=2)
+    assert calls == [1, 1] and note == "" and abs(busy - 0.55) < 1e-9  # 550 us of 1000
+
+    events[:] = [_Event(DeviceType.CPU, 0, 900)]
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(bench_train.time, "perf_counter", lambda: next(clock))
+    assert bench_train.gpu_busy(lambda: None, steps=1) == (
+        None,
+        "no GPU activity in the profile (CUPTI unavailable?)",
+    )
+
+    def broken(activities):
+        raise RuntimeError("CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED")
+
+    monkeypatch.setattr(torch.profiler, "profile", broken)
+    busy, note = bench_train.gpu_busy(lambda: None, steps=1)
+    assert busy is None and note.startswith("profiler failed: RuntimeError: CUPTI_ERROR"), note
 
 
 def test_rows_name_the_speed_options_and_a_fallback(monkeypatch) -> None:
