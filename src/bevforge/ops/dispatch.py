@@ -104,6 +104,27 @@ def select_kernel(choice: str, op: LazyOp, reason: str | None, what: str) -> Any
     return kernel
 
 
+class KernelLaunchError(RuntimeError):
+    """A Triton kernel failed to compile or launch on this machine; the message names it and the way
+    around it (the original error is its ``__cause__``)."""
+
+
+def launch(what: str, kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)``. Where it fails (Triton cannot compile the kernel for this GPU,
+    too little shared memory or too many registers, a driver error at launch) the error is a
+    :class:`KernelLaunchError` that names ``what`` and says how to run without the kernels, instead of
+    Triton's own. A fault inside a running kernel is reported by CUDA later, not here."""
+    try:
+        kernel[grid](*args, **kwargs)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise KernelLaunchError(
+            f"the {what} failed to compile or launch here ({type(e).__name__}: {first}); "
+            "BEVFORGE_KERNELS=reference runs the pure-PyTorch paths instead (slower), and `bevforge "
+            "doctor` checks every kernel against its reference on this GPU"
+        ) from e
+
+
 @contextlib.contextmanager
 def kernels(choice: str | None) -> Iterator[None]:
     """``BEVFORGE_KERNELS=choice`` inside the block (None: leave it as it is), restored afterwards."""

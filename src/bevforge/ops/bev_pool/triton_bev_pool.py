@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bevforge.ops.dispatch import launch
+
 
 @triton.jit
 def _bev_pool_fwd_kernel(
@@ -152,7 +154,10 @@ def bev_pool_forward(
         return out
     block_p, block_c, warps = _launch_params(C)
     grid = (num_intervals, triton.cdiv(C, block_c))
-    _bev_pool_fwd_kernel[grid](
+    launch(
+        "Triton BEV pooling forward kernel",
+        _bev_pool_fwd_kernel,
+        grid,
         depth.contiguous(),
         context.contiguous(),
         ranks_depth,
@@ -193,7 +198,10 @@ def bev_pool_backward(
     # [B, C, H, W] -> [B, H, W, C]: one row of C per cell, read coalesced by both kernels
     gout_cells = grad_out.permute(0, 2, 3, 1).contiguous()
     block_p, block_c, warps = _launch_params(C)
-    _bev_pool_grad_depth_kernel[(triton.cdiv(P, block_p),)](
+    launch(
+        "Triton BEV pooling depth-gradient kernel",
+        _bev_pool_grad_depth_kernel,
+        (triton.cdiv(P, block_p),),
         context,
         gout_cells,
         ranks_depth,
@@ -207,7 +215,10 @@ def bev_pool_backward(
         num_warps=warps,
     )
     grid = (feat_interval_starts.shape[0], triton.cdiv(C, block_c))
-    _bev_pool_grad_context_kernel[grid](
+    launch(
+        "Triton BEV pooling context-gradient kernel",
+        _bev_pool_grad_context_kernel,
+        grid,
         depth,
         gout_cells,
         ranks_depth,

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from bevforge.ops.dcn.triton_columns import cols_strides, tap_position
-from bevforge.ops.dispatch import alert_not_deterministic
+from bevforge.ops.dispatch import alert_not_deterministic, launch
 
 #: pixel_major -> (BLOCK_C channels per loop step, BLOCK_L output pixels per program, warps), read at each
 #: launch (``python -m bevforge.ops.dcn.bench --sweep [--channels-last]`` times others)
@@ -159,7 +159,7 @@ def dcn_backward_op(
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
     block_c, block_l, num_warps = LAUNCH[pixel_major]
     grid = (B * G, triton.cdiv(L, block_l), K)
-    _dcn_backward_kernel[grid](
+    launch("Triton DCN backward kernel", _dcn_backward_kernel, grid,
         grad_cols, x, offset, m, grad_x, grad_off, grad_mask,
         H, W, Wo, L, Cg, G,
         *x.stride(), *offset.stride(), *m.stride(), *cols_strides(grad_cols, C, K, pixel_major), *gx_strides,

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bevforge.ops.dispatch import launch
+
 #: pixel_major -> (BLOCK_C channels, BLOCK_L output pixels, warps) per program, read at each launch
 #: (``python -m bevforge.ops.dcn.bench --sweep [--channels-last]`` times others). Set from the H200 sweep
 #: at 9cdd050 (R101 stage 3, bf16 forward): channel-major 0.81 ms against 1.30 ms for (16, 64, 4),
@@ -152,7 +154,7 @@ def dcn_columns_op(
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
     block_c, block_l, num_warps = LAUNCH[pixel_major]
     grid = (B * G, triton.cdiv(L, block_l), triton.cdiv(Cg, block_c))
-    _dcn_columns_kernel[grid](
+    launch("Triton DCN columns kernel", _dcn_columns_kernel, grid,
         x, offset, m, out,
         H, W, Wo, L, Cg, G,
         *x.stride(), *offset.stride(), *m.stride(), *cols_strides(out, C, K, pixel_major),
