@@ -33,7 +33,7 @@ def test_bench_infer_debug_eager(tmp_path):
 def test_bench_infer_rejects_unknown_mode(tmp_path, capsys):
     args = _args(["configs/bevformer_debug.py", "--modes", "tensorrt", "--device", "cpu"])
     assert infer.run(args) == 2
-    assert "tensorrt" in capsys.readouterr().out
+    assert "tensorrt" in capsys.readouterr().err
 
 
 def test_bench_infer_channels_last(tmp_path):
