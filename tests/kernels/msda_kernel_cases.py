@@ -458,7 +458,9 @@ def check_offsets_compile_graph(device: str) -> None:
         return msda_from_offsets(value * 2, spatial, start, reference, offsets, weights.softmax(-1)).sum()
 
     saved = msda._OP, msda._OFFSETS_OP
-    fresh = msda._OP, msda._OFFSETS_OP = tuple(LazyOp(op.module, op.attribute) for op in saved)  # unimported
+    fresh = msda._OP, msda._OFFSETS_OP = tuple(
+        LazyOp(op.module, op.attribute, op.name) for op in saved
+    )  # unimported
     try:
         prime_kernel_ops()
         assert all(op.op is not None for op in fresh), [op.error for op in fresh]

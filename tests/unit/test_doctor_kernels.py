@@ -109,8 +109,11 @@ def test_a_child_that_crashes_midway_keeps_the_results_so_far(monkeypatch):
     assert calls[0][-2:] == ["--device", "cuda:0"]
     (ok, crash) = report.checks
     assert (ok.name, ok.status) == ("kernel msda", OK)
-    assert crash.status == FAIL and "stopped after msda (exit -11): Segmentation fault" in crash.detail
-    assert "BEVFORGE_KERNELS=reference" in crash.fix
+    assert (
+        crash.status == FAIL
+        and "stopped in kernel msda-offsets (exit -11): Segmentation fault" in crash.detail
+    )
+    assert crash.fix.startswith("BEVFORGE_KERNELS_OFF=msda-offsets runs this kernel's pure-PyTorch reference")
 
 
 def test_a_hanging_child_is_reported_and_a_skip_is_a_warning(monkeypatch):
@@ -129,7 +132,7 @@ def test_a_failing_kernel_fails_the_doctor(monkeypatch):
     report = _gpu_report()
     doctor_kernels._check_kernels(report)
     assert [(c.name, c.status) for c in report.checks] == [("kernel msda-cameras", FAIL)]
-    assert report.exit_code() != 0
+    assert "BEVFORGE_KERNELS_OFF=msda-cameras" in report.checks[0].fix and report.exit_code() != 0
 
 
 def test_the_real_kernels_under_the_interpreter_in_a_child(monkeypatch):
@@ -142,6 +145,12 @@ def test_the_real_kernels_under_the_interpreter_in_a_child(monkeypatch):
         ("kernel bev-pool", OK),
         ("kernel finish-images", OK),
     ], report.checks
+    # a kernel the user switched off is not checked, and not a warning: its reference runs
+    monkeypatch.setenv("BEVFORGE_KERNELS_OFF", "bev-pool")
+    report = DoctorReport()
+    doctor_kernels._check_kernels(report, only="bev-pool")
+    (check,) = report.checks
+    assert check.status == OK and "switched off by BEVFORGE_KERNELS_OFF=bev-pool" in check.detail, check
 
 
 def test_the_child_refuses_unknown_kernel_names(capsys):

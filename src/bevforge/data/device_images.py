@@ -28,7 +28,7 @@ from bevforge.data.transforms import apply_photometric, normalize
 from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_reason, select_kernel
 from bevforge.structures.batch import Batch
 
-_FINISH_OP = LazyOp("bevforge.ops.images.triton_finish", "finish_images_kernel")
+_FINISH_OP = LazyOp("bevforge.ops.images.triton_finish", "finish_images_kernel", "finish-images")
 
 
 def finish_images(batch: Batch, data: DataConfig) -> Batch:

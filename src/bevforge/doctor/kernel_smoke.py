@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bevforge.ops.dispatch import kernels
+from bevforge.ops.dispatch import KERNEL_NAMES, kernels
 
 #: (forward, gradient) tolerances of the error relative to the reference's largest magnitude
 TOLERANCES = {torch.float32: (1e-4, 1e-3), torch.bfloat16: (3e-2, 1e-1)}
@@ -237,6 +237,9 @@ def run_smoke(smoke: Smoke, device: torch.device) -> dict:
         f"error vs reference (out/grad) {', '.join(parts)}; {time.perf_counter() - t0:.1f} s with compiles"
     )
     return {"name": smoke.name, "status": "ok", "detail": detail}
+
+
+assert tuple(s.name for s in SMOKES) == KERNEL_NAMES, "one smoke per kernel, in the names' order"
 
 
 def main(argv: list[str] | None = None) -> int:

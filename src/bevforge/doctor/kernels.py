@@ -8,13 +8,16 @@ import subprocess
 import sys
 
 from bevforge.doctor.report import FAIL, OK, WARN, Check, DoctorReport
-from bevforge.ops.dispatch import interpreting
+from bevforge.ops.dispatch import KERNEL_NAMES, interpreting
 
 KERNELS_TIMEOUT_S = 300.0
-_FIX = (
-    "BEVFORGE_KERNELS=reference runs the pure-PyTorch paths (correct, slower); report the detail with "
-    "`bevforge doctor --json` (torch, Triton, driver versions)"
-)
+
+
+def _fix(name: str) -> str:
+    return (
+        f"BEVFORGE_KERNELS_OFF={name} runs this kernel's pure-PyTorch reference instead (correct, slower; "
+        "BEVFORGE_KERNELS=reference: every kernel's); report the detail with `bevforge doctor --json`"
+    )
 
 
 def _check_kernels(report: DoctorReport, only: str = "", timeout_s: float = KERNELS_TIMEOUT_S) -> None:
@@ -44,21 +47,28 @@ def _check_kernels(report: DoctorReport, only: str = "", timeout_s: float = KERN
             results.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a library's own print
-    statuses = {"ok": OK, "fail": FAIL, "skip": WARN}
     for r in results:
-        status = statuses.get(r.get("status"), FAIL)
-        fix = {OK: "", WARN: "pip install triton (the version matching torch) for the fast kernels"}.get(
-            status, _FIX
-        )
-        report.checks.append(Check(f"kernel {r.get('name')}", status, str(r.get("detail", "")), fix))
+        name, detail = str(r.get("name")), str(r.get("detail", ""))
+        if r.get("status") == "ok":
+            status, fix = OK, ""
+        elif r.get("status") == "skip" and "BEVFORGE_KERNELS_OFF" in detail:
+            status, fix = OK, ""  # the user's own choice: its reference runs
+        elif r.get("status") == "skip":
+            status, fix = WARN, "pip install triton (the version matching torch) for the fast kernels"
+        else:
+            status, fix = FAIL, _fix(name)
+        report.checks.append(Check(f"kernel {name}", status, detail, fix))
     if rc != 0:  # crashed (a fault takes the process), timed out, or refused its arguments
+        asked = [n for n in KERNEL_NAMES if not only or n in only.split(",")]
+        done = {str(r.get("name")) for r in results}
+        running = next((n for n in asked if n not in done), None)
         tail = (stderr or "").strip().splitlines()[-3:]
-        where = f"after {results[-1].get('name')}" if results else "before the first kernel"
+        where = f"in kernel {running}" if running else "after the last kernel"
         report.checks.append(
             Check(
                 "kernels",
                 FAIL,
                 f"the kernel smoke test stopped {where} (exit {rc}): {' | '.join(tail)}",
-                _FIX,
+                _fix(running) if running else _fix("<name>"),
             )
         )

@@ -2,9 +2,11 @@
 :func:`kernels` to set it for a block), a lazily imported op, the device checks every kernel starts with
 (:func:`placement_ineligible_reason`) and the kernel-or-reference decision (:func:`select_kernel`).
 
-``BEVFORGE_KERNELS=reference|triton|auto`` (default ``auto``). A custom op is imported on first use, so
-importing bevforge never imports Triton; an op whose import fails is simply not eligible and
-:attr:`LazyOp.error` says why.
+``BEVFORGE_KERNELS=reference|triton|auto`` (default ``auto``). ``BEVFORGE_KERNELS_OFF=name,...`` switches
+single kernels off (their references run; names: :data:`KERNEL_NAMES`, as ``bevforge doctor`` reports
+them): the way around one kernel that fails on a GPU without giving up the others. A custom op is imported
+on first use, so importing bevforge never imports Triton; an op whose import fails is simply not eligible
+and :attr:`LazyOp.error` says why.
 """
 
 from __future__ import annotations
@@ -26,33 +28,61 @@ def kernel_choice() -> str:
     return choice
 
 
+#: the kernels by name (``BEVFORGE_KERNELS_OFF``, ``bevforge doctor``, :class:`LazyOp`)
+KERNEL_NAMES = ("msda", "msda-offsets", "msda-cameras", "dcn", "bev-pool", "finish-images")
+
+
+def kernels_off() -> tuple[str, ...]:
+    """The kernel names in ``BEVFORGE_KERNELS_OFF`` (comma-separated; an unknown name is an error)."""
+    raw = os.environ.get("BEVFORGE_KERNELS_OFF", "")
+    if not raw:
+        return ()
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
+    unknown = [n for n in names if n not in KERNEL_NAMES]
+    if unknown:
+        raise ValueError(
+            f"BEVFORGE_KERNELS_OFF={raw!r}: unknown kernel(s) {unknown}; use {', '.join(KERNEL_NAMES)}"
+        )
+    return names
+
+
 def interpreting() -> bool:
     """True under ``TRITON_INTERPRET=1`` (Triton kernels then run on CPU tensors, for tests)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 class LazyOp:
-    """``module:attribute`` of a custom op, imported on the first :meth:`get`."""
+    """``module:attribute`` of a custom op of the kernel ``name`` (:data:`KERNEL_NAMES`), imported on the
+    first :meth:`get`."""
 
     #: every LazyOp made so far (:func:`prime_kernel_ops` imports them all)
     instances: list[LazyOp] = []
 
-    def __init__(self, module: str, attribute: str) -> None:
-        self.module, self.attribute = module, attribute
+    def __init__(self, module: str, attribute: str, name: str) -> None:
+        if name not in KERNEL_NAMES:
+            raise ValueError(f"kernel name {name!r} is not one of {KERNEL_NAMES}")
+        self.module, self.attribute, self.name = module, attribute, name
         self.op: Any = None
         self.error: str | None = None
         self._tried = False
         LazyOp.instances.append(self)
 
     def get(self) -> Any:
-        """The op, or None when it cannot be imported (no triton, a broken triton, no driver)."""
+        """The op, or None when it cannot be imported (no triton, a broken triton, no driver) or its kernel
+        is in ``BEVFORGE_KERNELS_OFF`` (:meth:`unavailable` says which)."""
         if not self._tried:
             self._tried = True
             try:
                 self.op = getattr(importlib.import_module(self.module), self.attribute)
             except Exception as e:
                 self.error = f"{type(e).__name__}: {e}"
-        return self.op
+        return None if self.name in kernels_off() else self.op
+
+    def unavailable(self) -> str:
+        """Why :meth:`get` returns None."""
+        if self.name in kernels_off():
+            return f"switched off by BEVFORGE_KERNELS_OFF={os.environ.get('BEVFORGE_KERNELS_OFF')}"
+        return f"triton could not be imported ({self.error})"
 
 
 #: the modules that make the kernel ops' LazyOps (imported by :func:`prime_kernel_ops`)
@@ -95,7 +125,7 @@ def select_kernel(choice: str, op: LazyOp, reason: str | None, what: str) -> Any
     under ``BEVFORGE_KERNELS=triton`` a kernel that cannot run is an error naming ``what`` and why."""
     kernel = op.get() if reason is None else None
     if reason is None and kernel is None:
-        reason = f"triton could not be imported ({op.error})"
+        reason = op.unavailable()
     if reason is not None and choice == "triton":
         raise RuntimeError(
             f"BEVFORGE_KERNELS=triton but the {what} cannot run: {reason}. "
@@ -110,18 +140,20 @@ class KernelLaunchError(RuntimeError):
 
 
 def launch(what: str, kernel: Any, grid: Any, *args: Any, **kwargs: Any) -> None:
-    """``kernel[grid](*args, **kwargs)``. Where it fails (Triton cannot compile the kernel for this GPU,
-    too little shared memory or too many registers, a driver error at launch) the error is a
-    :class:`KernelLaunchError` that names ``what`` and says how to run without the kernels, instead of
-    Triton's own. A fault inside a running kernel is reported by CUDA later, not here."""
+    """``kernel[grid](*args, **kwargs)`` for ``what`` ("<kernel name> <part>", e.g. "msda-cameras
+    backward"). Where it fails (Triton cannot compile the kernel for this GPU, too little shared memory
+    or too many registers, a driver error at launch) the error is a :class:`KernelLaunchError` that names
+    the kernel and how to run without it, instead of Triton's own. A fault inside a running kernel is
+    reported by CUDA later, not here."""
     try:
         kernel[grid](*args, **kwargs)
     except Exception as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        name = what.split()[0]
         raise KernelLaunchError(
-            f"the {what} failed to compile or launch here ({type(e).__name__}: {first}); "
-            "BEVFORGE_KERNELS=reference runs the pure-PyTorch paths instead (slower), and `bevforge "
-            "doctor` checks every kernel against its reference on this GPU"
+            f"the Triton {what} kernel failed to compile or launch here ({type(e).__name__}: {first}); "
+            f"BEVFORGE_KERNELS_OFF={name} runs its pure-PyTorch reference instead (BEVFORGE_KERNELS="
+            "reference: every kernel's), and `bevforge doctor` checks every kernel on this GPU"
         ) from e
 
 

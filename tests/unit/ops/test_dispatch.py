@@ -4,8 +4,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from bevforge.ops.dispatch import KernelLaunchError, launch
+from bevforge.ops import dispatch
+from bevforge.ops.dispatch import KERNEL_NAMES, KernelLaunchError, kernels_off, launch, select_kernel
 
 
 class _FakeKernel:
@@ -25,19 +27,18 @@ class _FakeKernel:
 
 def test_launch_runs_the_kernel_on_its_grid():
     kernel = _FakeKernel()
-    launch("Triton test kernel", kernel, (3, 2), "a", 1, num_warps=4)
+    launch("msda forward", kernel, (3, 2), "a", 1, num_warps=4)
     assert kernel.calls == [((3, 2), ("a", 1), {"num_warps": 4})]
 
 
 def test_a_failed_compile_names_the_kernel_and_the_way_around_it():
     cause = RuntimeError("out of resource: shared memory, Required: 232448, Hardware limit: 101376\nmore")
     with pytest.raises(KernelLaunchError) as info:
-        launch("Triton MSDA backward kernel", _FakeKernel(cause), (1,))
+        launch("msda-cameras backward", _FakeKernel(cause), (1,))
     message = str(info.value)
-    assert message.startswith(
-        "the Triton MSDA backward kernel failed to compile or launch here (RuntimeError: "
-    )
+    assert message.startswith("the Triton msda-cameras backward kernel failed to compile or launch here (")
     assert "Hardware limit: 101376)" in message and "more" not in message  # the first line of the cause
+    assert "BEVFORGE_KERNELS_OFF=msda-cameras runs its pure-PyTorch reference" in message
     assert "BEVFORGE_KERNELS=reference" in message and "bevforge doctor" in message
     assert info.value.__cause__ is cause and isinstance(info.value, RuntimeError)
 
@@ -57,3 +58,41 @@ def test_every_triton_kernel_is_launched_through_it():
         for path in src.rglob("triton_*.py")
     )
     assert launches >= 10, launches
+
+
+def test_kernels_off_names_kernels_and_refuses_unknown_ones(monkeypatch):
+    monkeypatch.delenv("BEVFORGE_KERNELS_OFF", raising=False)
+    assert kernels_off() == ()
+    monkeypatch.setenv("BEVFORGE_KERNELS_OFF", " msda-cameras, DCN ,")
+    assert kernels_off() == ("msda-cameras", "dcn")
+    monkeypatch.setenv("BEVFORGE_KERNELS_OFF", "msda,cameras")
+    with pytest.raises(
+        ValueError, match=r"unknown kernel\(s\) \['cameras'\]; use msda, msda-offsets, msda-cameras"
+    ):
+        kernels_off()
+    with pytest.raises(ValueError, match="is not one of"):
+        dispatch.LazyOp("bevforge.ops.msda.op", "msda_op", "cameras")
+
+
+def test_a_kernel_switched_off_is_unavailable_and_forcing_it_says_why(monkeypatch):
+    from bevforge.ops.msda import cameras
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernels' device check passes for CPU tensors
+    monkeypatch.delenv("BEVFORGE_KERNELS", raising=False)
+    monkeypatch.delenv("BEVFORGE_KERNELS_OFF", raising=False)
+    op = cameras._CAMERAS_OP
+    if op.get() is None:
+        pytest.skip(f"triton cannot be imported here: {op.error}")
+    assert cameras.cameras_kernel_runs(torch.zeros(1))  # the SCA's fuse_cameras="auto" takes it
+    monkeypatch.setenv("BEVFORGE_KERNELS_OFF", "msda-cameras")
+    assert op.get() is None and not cameras.cameras_kernel_runs(torch.zeros(1))
+    assert select_kernel("auto", op, None, "Triton MSDA camera kernel") is None  # the reference runs
+    with pytest.raises(RuntimeError, match="cannot run: switched off by BEVFORGE_KERNELS_OFF=msda-cameras"):
+        select_kernel("triton", op, None, "Triton MSDA camera kernel")
+    monkeypatch.setenv("BEVFORGE_KERNELS_OFF", "dcn")
+    assert op.get() is not None  # only the named kernel
+
+
+def test_every_kernel_op_has_a_name_the_doctor_knows():
+    dispatch.prime_kernel_ops()
+    assert {op.name for op in dispatch.LazyOp.instances} == set(KERNEL_NAMES)

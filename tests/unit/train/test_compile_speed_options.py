@@ -222,7 +222,9 @@ def test_compile_imports_every_kernel_op_before_tracing():
     pytest.importorskip("triton")
     from bevforge.ops import dispatch
 
-    fresh = dispatch.LazyOp("bevforge.ops.msda.op", "msda_offsets_op")  # as if never used in this process
+    fresh = dispatch.LazyOp(
+        "bevforge.ops.msda.op", "msda_offsets_op", "msda-offsets"
+    )  # as if never used in this process
     try:
         apply_speed_options(si.StandInModel(), si.tiny_config(["train.compile=default"]).train)
         assert fresh._tried and fresh.op is not None, fresh.error

@@ -32,7 +32,7 @@ __all__ = [
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_NUMEL = 2**31 - 1  # the kernels index with int32
-_OP = LazyOp("bevforge.ops.bev_pool.op", "bev_pool_plan_op")
+_OP = LazyOp("bevforge.ops.bev_pool.op", "bev_pool_plan_op", "bev-pool")
 
 
 def triton_import_error() -> str | None:

@@ -155,7 +155,7 @@ def bev_pool_forward(
     block_p, block_c, warps = _launch_params(C)
     grid = (num_intervals, triton.cdiv(C, block_c))
     launch(
-        "Triton BEV pooling forward kernel",
+        "bev-pool forward",
         _bev_pool_fwd_kernel,
         grid,
         depth.contiguous(),
@@ -199,7 +199,7 @@ def bev_pool_backward(
     gout_cells = grad_out.permute(0, 2, 3, 1).contiguous()
     block_p, block_c, warps = _launch_params(C)
     launch(
-        "Triton BEV pooling depth-gradient kernel",
+        "bev-pool depth-gradient",
         _bev_pool_grad_depth_kernel,
         (triton.cdiv(P, block_p),),
         context,
@@ -216,7 +216,7 @@ def bev_pool_backward(
     )
     grid = (feat_interval_starts.shape[0], triton.cdiv(C, block_c))
     launch(
-        "Triton BEV pooling context-gradient kernel",
+        "bev-pool context-gradient",
         _bev_pool_grad_context_kernel,
         grid,
         depth,

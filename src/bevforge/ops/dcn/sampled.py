@@ -61,8 +61,8 @@ from bevforge.ops.dispatch import LazyOp, kernel_choice, placement_ineligible_re
 
 __all__ = ["columns_ineligible_reason", "deform_conv2d_sampled"]
 
-_COLUMNS_OP = LazyOp("bevforge.ops.dcn.triton_columns", "dcn_columns_op")
-_BACKWARD_OP = LazyOp("bevforge.ops.dcn.triton_backward", "dcn_backward_op")
+_COLUMNS_OP = LazyOp("bevforge.ops.dcn.triton_columns", "dcn_columns_op", "dcn")
+_BACKWARD_OP = LazyOp("bevforge.ops.dcn.triton_backward", "dcn_backward_op", "dcn")
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -159,7 +159,7 @@ def dcn_backward_op(
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
     block_c, block_l, num_warps = LAUNCH[pixel_major]
     grid = (B * G, triton.cdiv(L, block_l), K)
-    launch("Triton DCN backward kernel", _dcn_backward_kernel, grid,
+    launch("dcn backward", _dcn_backward_kernel, grid,
         grad_cols, x, offset, m, grad_x, grad_off, grad_mask,
         H, W, Wo, L, Cg, G,
         *x.stride(), *offset.stride(), *m.stride(), *cols_strides(grad_cols, C, K, pixel_major), *gx_strides,

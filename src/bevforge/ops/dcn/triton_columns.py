@@ -154,7 +154,7 @@ def dcn_columns_op(
     m = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
     block_c, block_l, num_warps = LAUNCH[pixel_major]
     grid = (B * G, triton.cdiv(L, block_l), triton.cdiv(Cg, block_c))
-    launch("Triton DCN columns kernel", _dcn_columns_kernel, grid,
+    launch("dcn columns", _dcn_columns_kernel, grid,
         x, offset, m, out,
         H, W, Wo, L, Cg, G,
         *x.stride(), *offset.stride(), *m.stride(), *cols_strides(out, C, K, pixel_major),

@@ -125,7 +125,7 @@ def finish_images_kernel(
     p = params.to(torch.float32).contiguous() if params is not None else out  # never read without HAS_PHOTO
     k = keep.to(torch.uint8).contiguous() if keep is not None else images  # never read without HAS_KEEP
     grid = (M, triton.cdiv(H * W, BLOCK))
-    launch("Triton image finishing kernel", _finish_kernel, grid,
+    launch("finish-images", _finish_kernel, grid,
         images, p, k, out,
         H * W, W, valid_hw[0], valid_hw[1],
         float(mean[0]), float(mean[1]), float(mean[2]), float(std[0]), float(std[1]), float(std[2]),

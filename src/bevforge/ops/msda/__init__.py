@@ -40,8 +40,8 @@ MAX_HEAD_DIM = 256
 MAX_LEVELS = 8
 MAX_POINTS = 32
 MAX_NUMEL = 2**31 - 1
-_OP = LazyOp("bevforge.ops.msda.op", "msda_op")
-_OFFSETS_OP = LazyOp("bevforge.ops.msda.op", "msda_offsets_op")
+_OP = LazyOp("bevforge.ops.msda.op", "msda_op", "msda")
+_OFFSETS_OP = LazyOp("bevforge.ops.msda.op", "msda_offsets_op", "msda-offsets")
 #: :func:`msda_from_offsets` forms the locations inside the kernel where it can (False: always with
 #: ``addcdiv`` first, then the kernel on the locations; the same numbers). The offsets kernels do a little
 #: more per sampling point (the reference load, two IEEE divisions; the backward takes 144 registers

@@ -27,7 +27,7 @@ from bevforge.ops.msda.shapes import SpatialShapes, offset_locations, shapes_ten
 MAX_CAMERAS = 30
 #: columns of a kernel program's tile of the BEV grid (``grid_w``; ``BLOCK_Q / TILE_W`` rows)
 TILE_W = 8
-_CAMERAS_OP = LazyOp("bevforge.ops.msda.cameras_op", "msda_cameras_op")
+_CAMERAS_OP = LazyOp("bevforge.ops.msda.cameras_op", "msda_cameras_op", "msda-cameras")
 
 
 def check_cameras_shapes(

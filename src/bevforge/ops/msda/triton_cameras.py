@@ -258,7 +258,7 @@ def msda_cameras_forward(
     if out.numel() == 0 or N == 0:
         return out.zero_()
     (tiles,), (grid_w, tile_w, block_q, block_d, warps) = _launch(Q, D, grid_w, "fwd")
-    launch("Triton MSDA camera forward kernel", _msda_cameras_fwd_kernel, (tiles, B * M),
+    launch("msda-cameras forward", _msda_cameras_fwd_kernel, (tiles, B * M),
         *operands, out, S, Q, N, M, D, L, P, Z, grid_w, tile_w, block_q, block_d, num_warps=warps,
     )  # fmt: skip
     return out
@@ -285,7 +285,7 @@ def msda_cameras_backward(
     grad_off = torch.empty_like(operands[5])  # every (q, m, l, p) is written by exactly one program
     grad_attn = torch.empty_like(operands[6])
     (tiles,), (grid_w, tile_w, block_q, block_d, warps) = _launch(Q, D, grid_w, "bwd")
-    launch("Triton MSDA camera backward kernel", _msda_cameras_bwd_kernel, (tiles, B * M),
+    launch("msda-cameras backward", _msda_cameras_bwd_kernel, (tiles, B * M),
         *operands, grad_out.contiguous(), grad_value, grad_off, grad_attn, S, Q, N, M, D, L, P, Z,
         grid_w, tile_w, block_q, block_d, num_warps=warps,
     )  # fmt: skip
