@@ -299,7 +299,8 @@ def msda_forward(
     ref, Z, ref_q, ref_l = _reference_args(pts, reference)
     block_q, block_d, warps = _launch_params(Q, D, "fwd")
     grid = (triton.cdiv(Q, block_q), B * M)
-    launch("msda forward", _msda_fwd_kernel, grid,
+    name = "msda" if reference is None else "msda-offsets"  # the op that called (BEVFORGE_KERNELS_OFF)
+    launch(f"{name} forward", _msda_fwd_kernel, grid,
         value, shapes, starts, pts, ref, attn, out, S, Q, M, D, L, P, Z, ref_q, ref_l,
         reference is not None, block_q, block_d, num_warps=warps,
     )  # fmt: skip
@@ -332,7 +333,8 @@ def msda_backward(
     ref, Z, ref_q, ref_l = _reference_args(pts, reference)
     block_q, block_d, warps = _launch_params(Q, D, "bwd")
     grid = (triton.cdiv(Q, block_q), B * M)
-    launch("msda backward", _msda_bwd_kernel, grid,
+    name = "msda" if reference is None else "msda-offsets"
+    launch(f"{name} backward", _msda_bwd_kernel, grid,
         value, shapes, starts, pts, ref, attn, grad_out, grad_value, grad_pts, grad_attn,
         S, Q, M, D, L, P, Z, ref_q, ref_l, reference is not None, block_q, block_d, num_warps=warps,
     )  # fmt: skip
