@@ -102,7 +102,7 @@ def _fake_child(monkeypatch, stdout, returncode=0, stderr="", timeout=False):
 
 
 def test_a_child_that_crashes_midway_keeps_the_results_so_far(monkeypatch):
-    lines = '{"name": "msda", "status": "ok", "detail": "fine"}\nsome library print\n'
+    lines = '{"name": "msda", "status": "ok", "detail": "fine"}\nsome library print\n1\n[2]\n'
     calls = _fake_child(monkeypatch, lines, returncode=-11, stderr="Segmentation fault\n")
     report = _gpu_report()
     doctor_kernels._check_kernels(report)
@@ -123,7 +123,9 @@ def test_a_hanging_child_is_reported_and_a_skip_is_a_warning(monkeypatch):
     doctor_kernels._check_kernels(report, timeout_s=5)
     (skip, hang) = report.checks
     assert skip.status == WARN and "pip install triton" in skip.fix
-    assert hang.status == FAIL and "did not finish within 5 s" in hang.detail
+    assert (
+        hang.status == FAIL and "stopped in kernel msda (timed out): did not finish within 5 s" in hang.detail
+    )
 
 
 def test_a_failing_kernel_fails_the_doctor(monkeypatch):

@@ -44,9 +44,11 @@ def _check_kernels(report: DoctorReport, only: str = "", timeout_s: float = KERN
     results = []
     for line in stdout.splitlines():
         try:
-            results.append(json.loads(line))
+            result = json.loads(line)
         except json.JSONDecodeError:
             continue  # a library's own print
+        if isinstance(result, dict) and "name" in result:
+            results.append(result)
     for r in results:
         name, detail = str(r.get("name")), str(r.get("detail", ""))
         if r.get("status") == "ok":
@@ -59,16 +61,18 @@ def _check_kernels(report: DoctorReport, only: str = "", timeout_s: float = KERN
             status, fix = FAIL, _fix(name)
         report.checks.append(Check(f"kernel {name}", status, detail, fix))
     if rc != 0:  # crashed (a fault takes the process), timed out, or refused its arguments
-        asked = [n for n in KERNEL_NAMES if not only or n in only.split(",")]
-        done = {str(r.get("name")) for r in results}
-        running = next((n for n in asked if n not in done), None)
+        asked = [n for n in KERNEL_NAMES if not only or n in only.split(",")]  # the child's order
+        last = str(results[-1].get("name")) if results else None
+        after = asked.index(last) + 1 if last in asked else 0
+        running = asked[after] if after < len(asked) else None
         tail = (stderr or "").strip().splitlines()[-3:]
         where = f"in kernel {running}" if running else "after the last kernel"
         report.checks.append(
             Check(
                 "kernels",
                 FAIL,
-                f"the kernel smoke test stopped {where} (exit {rc}): {' | '.join(tail)}",
+                f"the kernel smoke test stopped {where} ({'timed out' if rc is None else f'exit {rc}'}): "
+                + " | ".join(tail),
                 _fix(running) if running else _fix("<name>"),
             )
         )
