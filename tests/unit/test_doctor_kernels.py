@@ -124,7 +124,8 @@ def test_a_hanging_child_is_reported_and_a_skip_is_a_warning(monkeypatch):
     (skip, hang) = report.checks
     assert skip.status == WARN and "pip install triton" in skip.fix
     assert (
-        hang.status == FAIL and "stopped in kernel msda (timed out): did not finish within 5 s" in hang.detail
+        hang.status == FAIL
+        and "stopped in kernel bev-pool (timed out): did not finish within 5 s" in hang.detail
     )
 
 
