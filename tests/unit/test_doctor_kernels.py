@@ -160,3 +160,18 @@ def test_the_child_refuses_unknown_kernel_names(capsys):
     assert main(["--device", "cpu", "--only", "msda,nope"]) == 2
     assert "nope" in capsys.readouterr().err
     assert len({s.name for s in SMOKES}) == len(SMOKES) == 6
+
+
+def test_a_kernel_switched_off_is_not_run(monkeypatch):
+    # its dispatch may take another kernel (msda-offsets off: the locations path's msda kernel), so the
+    # check would pass without testing it
+    def make(device, dtype):
+        raise AssertionError("a switched-off kernel's case is not built")
+
+    monkeypatch.setenv("BEVFORGE_KERNELS_OFF", "msda-offsets")
+    r = run_smoke(Smoke("msda-offsets", make), torch.device("cpu"))
+    assert r == {
+        "name": "msda-offsets",
+        "status": "skip",
+        "detail": "switched off by BEVFORGE_KERNELS_OFF=msda-offsets",
+    }
