@@ -56,6 +56,7 @@ import torch
 from bevforge.bench.results import append_result
 from bevforge.ops import bev_pool as bev_pool_ops
 from bevforge.ops.msda import msda_reference, triton_import_error, triton_ineligible_reason
+from bevforge.ops.msda.shapes import level_start_index
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -144,7 +145,7 @@ def make_inputs(shape: MsdaShape, device: str, dtype: torch.dtype, seed: int = 0
     L = len(shape.levels)
     S = sum(h * w for h, w in shape.levels)
     spatial = torch.tensor(shape.levels, dtype=torch.long, device=device)  # [L, 2]
-    start = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])  # [L]
+    start = level_start_index(spatial)  # [L]
     value = torch.randn(shape.B, S, shape.M, shape.D, device=device, generator=g, dtype=dtype)
     locs = torch.rand(shape.B, shape.Q, shape.M, L, shape.P, 2, device=device, generator=g, dtype=dtype)
     logits = torch.randn(shape.B, shape.Q, shape.M, L * shape.P, device=device, generator=g)

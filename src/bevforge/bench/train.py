@@ -225,7 +225,7 @@ def benchmark(
     cuda = device.type == "cuda"
     peak_alloc = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     peak_reserved = torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None
-    busy, busy_note = (None, "CPU") if not cuda else gpu_busy(step, busy_steps) if busy_steps else (None, "")
+    busy, busy_note = gpu_busy(step, busy_steps) if cuda and busy_steps else (None, "")
     return {
         "device": str(device),
         "amp": amp,
@@ -378,7 +378,7 @@ def busy_cell(res: dict[str, Any]) -> str:
     if res.get("gpu_busy") is not None:
         return f"{100 * res['gpu_busy']:.0f}%"
     note = res.get("gpu_busy_note", "")
-    return "-" if note in ("", "CPU") else f"- ({note})"
+    return f"- ({note})" if note else "-"
 
 
 def result_body(res: dict[str, Any] | list[dict[str, Any]], config: str) -> str:

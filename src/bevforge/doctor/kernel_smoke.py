@@ -13,8 +13,8 @@ reference on the same rounded inputs).
 
 The doctor runs it in a child process (``python -m bevforge.doctor.kernel_smoke --device cuda:0``, see
 ``doctor/kernels.py``), so a kernel that faults or hangs cannot take the doctor with it; one JSON line per
-kernel. On a CPU it runs
-under ``TRITON_INTERPRET=1`` only (the tests), else the kernels are never used there.
+kernel. On a CPU it runs under ``TRITON_INTERPRET=1`` only (the tests), else the kernels are never used
+there.
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ class Smoke:
 
 
 def _levels(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    spatial = torch.tensor(LEVELS, dtype=torch.long)  # [L, 2]
-    start = torch.cat([spatial.new_zeros(1), (spatial[:, 0] * spatial[:, 1]).cumsum(0)[:-1]])  # [L]
-    return spatial.to(device), start.to(device)
+    from bevforge.ops.msda.shapes import level_start_index
+
+    spatial = torch.tensor(LEVELS, dtype=torch.long, device=device)  # [L, 2]
+    return spatial, level_start_index(spatial)
 
 
 def _msda(device: torch.device, dtype: torch.dtype) -> Case:
@@ -200,8 +201,9 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     if got.shape != want.shape or not bool(torch.isfinite(got).all()):
         return float("inf")
-    scale = float(want.abs().max()) if want.numel() else 0.0
-    return float((got - want).abs().max()) / max(scale, 1e-12) if want.numel() else 0.0
+    if want.numel() == 0:
+        return 0.0
+    return float((got - want).abs().max()) / max(float(want.abs().max()), 1e-12)
 
 
 def run_smoke(smoke: Smoke, device: torch.device) -> dict:

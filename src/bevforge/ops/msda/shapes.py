@@ -64,6 +64,12 @@ def shapes_tensor(spatial_shapes: SpatialShapes, device: torch.device) -> torch.
     return device_constant(static, torch.long, device)  # [L, 2] (copied to the device once)
 
 
+def level_start_index(spatial_shapes: torch.Tensor) -> torch.Tensor:
+    """``[L]`` int64: the first token of each level in the flattened value, from ``[L, 2]`` (H, W)."""
+    sizes = spatial_shapes[:, 0] * spatial_shapes[:, 1]  # [L] tokens per level
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])  # [L]
+
+
 def wh_normaliser(spatial_shapes: SpatialShapes, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``[L, 2]`` (W, H) per level in ``dtype`` on ``device``: divides cell offsets into normalised
     (x, y) offsets. The same values from either form (a division by a tensor, never by a Python scalar,
